@@ -1,0 +1,1 @@
+//! Chroma: typed v2 client, connection pool, retry policy, circuit breaker.

@@ -1,0 +1,315 @@
+//! Configuration: one TOML file, overridable from the environment, validated
+//! in full before anything uses it.
+//!
+//! Loading is layered: compiled-in defaults, then the file, then
+//! `CHROMAPROD__SECTION__KEY` environment variables. [`load`] returns either
+//! a complete, valid [`Config`] or every problem found, each with its key path.
+
+mod diff;
+mod load;
+pub mod watch;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use url::Url;
+
+use crate::secret::Secret;
+
+pub use diff::{diff, ConfigDiff};
+pub use load::{load, load_from_str, ConfigError, ConfigIssue, ConfigSource, Loaded};
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/chromaprod/chromaprod.toml";
+/// Environment variable naming the configuration file (overridden by `--config`).
+pub const CONFIG_PATH_ENV: &str = "CHROMAPROD_CONFIG";
+/// Prefix of per-key environment overrides: `CHROMAPROD__POOL__MAX_CONNECTIONS=20`.
+pub const ENV_PREFIX: &str = "CHROMAPROD";
+
+/// The whole daemon configuration (the founding design's
+/// `ProductionVectorStoreConfig`, as TOML sections).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub chroma: ChromaConfig,
+    pub pool: ConnectionPoolConfig,
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub backup: BackupConfig,
+    pub migrations: MigrationsConfig,
+    pub control: ControlConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+    pub daemon: DaemonConfig,
+}
+
+/// Where Chroma is and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChromaConfig {
+    /// One or more base URLs of Chroma servers; the first healthy one is preferred.
+    pub endpoints: Vec<Url>,
+    pub tenant: String,
+    pub database: String,
+    /// File holding the auth token (e.g. from `LoadCredential=`); never the token itself.
+    pub auth_token_file: Option<PathBuf>,
+    /// Header that carries the token: `authorization` (sent as `Bearer …`) or `x-chroma-token`.
+    pub auth_header: AuthHeader,
+    /// PEM file of an extra CA to trust for `https://` endpoints.
+    pub tls_ca_file: Option<PathBuf>,
+    /// How long start-up waits for Chroma to become reachable before giving up.
+    #[serde(with = "humantime_serde")]
+    pub startup_wait: Duration,
+    /// The token read from `auth_token_file` at load time.
+    #[serde(skip)]
+    pub auth_token: Option<Secret<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthHeader {
+    Authorization,
+    XChromaToken,
+}
+
+/// The founding design's `ConnectionPoolConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnectionPoolConfig {
+    /// Connections kept open (and health-checked) per endpoint.
+    pub min_connections: usize,
+    /// Calls in flight at once across the pool; further callers wait.
+    pub max_connections: usize,
+    /// How long a caller waits for a free slot before `ConnectionPoolError`.
+    #[serde(with = "humantime_serde")]
+    pub connection_timeout: Duration,
+    /// TCP (and TLS) connect timeout of every call.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Whole-request timeout of every call.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// An endpoint idle longer than this is health-checked before use.
+    #[serde(with = "humantime_serde")]
+    pub max_idle_time: Duration,
+    /// Period of background health checks of every endpoint.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+}
+
+/// Classes of failure a call may be retried on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum RetryableError {
+    #[serde(rename = "connect")]
+    Connect,
+    #[serde(rename = "timeout")]
+    Timeout,
+    #[serde(rename = "reset")]
+    Reset,
+    #[serde(rename = "429")]
+    TooManyRequests,
+    /// Retried for reads only: a 500 on a write may have been applied.
+    #[serde(rename = "500")]
+    InternalError,
+    #[serde(rename = "502")]
+    BadGateway,
+    #[serde(rename = "503")]
+    Unavailable,
+    #[serde(rename = "504")]
+    GatewayTimeout,
+}
+
+impl RetryableError {
+    pub const ALL: [RetryableError; 8] = [
+        Self::Connect,
+        Self::Timeout,
+        Self::Reset,
+        Self::TooManyRequests,
+        Self::InternalError,
+        Self::BadGateway,
+        Self::Unavailable,
+        Self::GatewayTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::TooManyRequests => "429",
+            Self::InternalError => "500",
+            Self::BadGateway => "502",
+            Self::Unavailable => "503",
+            Self::GatewayTimeout => "504",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// The founding design's `RetryConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryConfig {
+    /// Retries after the first attempt (0 = no retries).
+    pub max_retries: u32,
+    #[serde(with = "humantime_serde")]
+    pub base_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    pub exponential_base: f64,
+    /// Full jitter: each delay is uniform in [0, capped backoff].
+    pub jitter: bool,
+    pub retryable_errors: Vec<RetryableError>,
+    /// Overall time limit of one call including all retries.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Retries allowed as a fraction of recent calls (token bucket); retries
+    /// stop when most calls are failing.
+    pub budget_ratio: f64,
+    /// Retries always allowed per second regardless of the ratio.
+    pub budget_min_per_second: u32,
+}
+
+/// Circuit breaker per endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BreakerConfig {
+    /// Consecutive transient failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long an open breaker rejects calls before letting one probe through.
+    #[serde(with = "humantime_serde")]
+    pub open_duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BackupConfig {
+    pub enabled: bool,
+    /// Cron expression (six fields, seconds first) of the scheduled backup, in UTC.
+    pub schedule: String,
+    pub retention_days: u32,
+    /// Repository location: a path, `file://`, `s3://`, `az://` or `gs://` URL.
+    pub storage_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigrationsConfig {
+    pub auto_migrate: bool,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ControlConfig {
+    pub socket_path: PathBuf,
+    /// Permission bits of the socket file (octal).
+    #[serde(serialize_with = "serialize_mode")]
+    pub socket_mode: u32,
+    /// Group owning the socket; members may run control commands. Empty = the daemon's group.
+    pub socket_group: Option<String>,
+}
+
+fn serialize_mode<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsConfig {
+    /// `host:port` of the Prometheus endpoint; `None` = off.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// journald under systemd (`JOURNAL_STREAM` set), text otherwise.
+    Auto,
+    Journald,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `chromaprod=debug,reqwest=warn`, ….
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DaemonConfig {
+    /// State directory (audit log, job state). systemd's `StateDirectory=`.
+    pub state_dir: PathBuf,
+    /// Time a graceful stop may take before work is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Reload when the config file changes on disk.
+    pub watch_config: bool,
+    /// Polling period used when the file watcher is unavailable, and as a backstop.
+    #[serde(with = "humantime_serde")]
+    pub watch_poll_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            chroma: ChromaConfig {
+                endpoints: vec![Url::parse("http://127.0.0.1:8000").expect("static URL")],
+                tenant: "default_tenant".into(),
+                database: "default_database".into(),
+                auth_token_file: None,
+                auth_header: AuthHeader::Authorization,
+                tls_ca_file: None,
+                startup_wait: Duration::from_secs(120),
+                auth_token: None,
+            },
+            pool: ConnectionPoolConfig {
+                min_connections: 2,
+                max_connections: 10,
+                connection_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(30),
+                max_idle_time: Duration::from_secs(60),
+                health_check_interval: Duration::from_secs(10),
+            },
+            retry: RetryConfig {
+                max_retries: 3,
+                base_delay: Duration::from_millis(100),
+                max_delay: Duration::from_secs(10),
+                exponential_base: 2.0,
+                jitter: true,
+                retryable_errors: RetryableError::ALL.to_vec(),
+                deadline: Duration::from_secs(60),
+                budget_ratio: 0.2,
+                budget_min_per_second: 10,
+            },
+            breaker: BreakerConfig {
+                failure_threshold: 5,
+                open_duration: Duration::from_secs(30),
+            },
+            backup: BackupConfig {
+                enabled: false,
+                schedule: "0 0 3 * * *".into(),
+                retention_days: 30,
+                storage_path: "/var/lib/chromaprod/backups".into(),
+            },
+            migrations: MigrationsConfig {
+                auto_migrate: false,
+                path: "/etc/chromaprod/migrations".into(),
+            },
+            control: ControlConfig {
+                socket_path: "/run/chromaprod/control.sock".into(),
+                socket_mode: 0o660,
+                socket_group: None,
+            },
+            metrics: MetricsConfig { listen: None },
+            log: LogConfig {
+                format: LogFormat::Auto,
+                level: "info".into(),
+            },
+            daemon: DaemonConfig {
+                state_dir: "/var/lib/chromaprod".into(),
+                shutdown_grace: Duration::from_secs(30),
+                watch_config: true,
+                watch_poll_interval: Duration::from_secs(5),
+            },
+        }
+    }
+}

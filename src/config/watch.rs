@@ -1,0 +1,1 @@
+//! Watches the config file and reports changes (filled in with the daemon).

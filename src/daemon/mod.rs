@@ -1,0 +1,1 @@
+//! Daemon lifecycle: start-up, systemd notification, reload, shutdown.

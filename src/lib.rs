@@ -1,0 +1,17 @@
+//! chromaprod: a production companion daemon for Chroma.
+//!
+//! The modules follow the architecture in the design: `config` (load,
+//! validate, diff, watch), `chroma` (typed v2 client, pool, retry, breaker),
+//! `control` (Unix-socket protocol, server and client), `daemon` (lifecycle,
+//! systemd, reload), `observe` (logging, metrics, health, audit).
+
+pub mod chroma;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod observe;
+pub mod secret;
+
+/// Exit code for configuration errors (sysexits' `EX_CONFIG`); the unit's
+/// `RestartPreventExitStatus=` keeps systemd from restart-looping on it.
+pub const EXIT_CONFIG: i32 = 78;

@@ -1,0 +1,241 @@
+//! Prometheus metrics (`MetricsCollector`). Every label set is bounded: label
+//! values come from fixed operation names, outcomes and configured endpoints.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// Outcome of one logical Chroma call (after retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The server answered with a client error (4xx): not retried.
+    ClientError,
+    /// Transport or server failure that exhausted retries or the deadline.
+    Failure,
+    /// Refused locally: breaker open or pool exhausted.
+    Rejected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::ClientError => "client_error",
+            Outcome::Failure => "failure",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// The daemon's metrics registry and the handles that update it.
+pub struct MetricsCollector {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<OperationLabels, Histogram>,
+    retries: Family<OperationLabels, Counter>,
+    endpoint_up: Family<EndpointLabels, Gauge>,
+    circuit_open: Family<EndpointLabels, Gauge>,
+    reloads: Family<OutcomeLabels, Counter>,
+    /// Endpoints currently exported, so removed endpoints stop being reported.
+    endpoints: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for MetricsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsCollector")
+    }
+}
+
+impl Default for MetricsCollector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MetricsCollector {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("chromaprod");
+        registry.register(
+            "build",
+            "chromaprod build information",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "chroma_requests",
+            "Chroma API calls by operation and outcome (after retries)",
+            requests.clone(),
+        );
+        let durations = Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+        });
+        registry.register_with_unit(
+            "chroma_request_duration",
+            "Duration of Chroma API calls including retries",
+            Unit::Seconds,
+            durations.clone(),
+        );
+        let retries = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Retried Chroma calls by operation",
+            retries.clone(),
+        );
+        let endpoint_up = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "endpoint_up",
+            "1 when the endpoint's last health check passed",
+            endpoint_up.clone(),
+        );
+        let circuit_open = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "circuit_open",
+            "1 when the endpoint's circuit breaker is open",
+            circuit_open.clone(),
+        );
+        let reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by outcome",
+            reloads.clone(),
+        );
+        MetricsCollector {
+            registry,
+            requests,
+            durations,
+            retries,
+            endpoint_up,
+            circuit_open,
+            reloads,
+            endpoints: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// One logical call finished.
+    pub fn chroma_request(&self, operation: &'static str, outcome: Outcome, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                operation,
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&OperationLabels { operation })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A call is being retried.
+    pub fn retry(&self, operation: &'static str) {
+        self.retries
+            .get_or_create(&OperationLabels { operation })
+            .inc();
+    }
+
+    /// Current health and breaker state of one configured endpoint.
+    pub fn endpoint_state(&self, endpoint: &str, up: bool, circuit_open: bool) {
+        let labels = EndpointLabels {
+            endpoint: endpoint.to_string(),
+        };
+        {
+            let mut known = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+            if !known.iter().any(|e| e == endpoint) {
+                known.push(endpoint.to_string());
+            }
+        }
+        self.endpoint_up.get_or_create(&labels).set(i64::from(up));
+        self.circuit_open
+            .get_or_create(&labels)
+            .set(i64::from(circuit_open));
+    }
+
+    /// Replace the set of reported endpoints (after a reload removed some).
+    pub fn retain_endpoints(&self, endpoints: &[String]) {
+        let mut known = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        for old in known.iter().filter(|e| !endpoints.contains(e)) {
+            let labels = EndpointLabels {
+                endpoint: old.clone(),
+            };
+            self.endpoint_up.remove(&labels);
+            self.circuit_open.remove(&labels);
+        }
+        *known = endpoints.to_vec();
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_the_documented_ones() {
+        let m = MetricsCollector::new();
+        m.chroma_request("get", Outcome::Success, Duration::from_millis(3));
+        m.retry("get");
+        m.endpoint_state("http://127.0.0.1:8000/", true, false);
+        m.config_reload(false);
+        let text = m.encode();
+        for needle in [
+            "chromaprod_build_info{version=",
+            "chromaprod_chroma_requests_total{operation=\"get\",outcome=\"success\"} 1",
+            "chromaprod_chroma_request_duration_seconds_bucket",
+            "chromaprod_retries_total{operation=\"get\"} 1",
+            "chromaprod_endpoint_up{endpoint=\"http://127.0.0.1:8000/\"} 1",
+            "chromaprod_circuit_open{endpoint=\"http://127.0.0.1:8000/\"} 0",
+            "chromaprod_config_reloads_total{outcome=\"failure\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} not in\n{text}");
+        }
+        m.retain_endpoints(&[]);
+        assert!(!m.encode().contains("chromaprod_endpoint_up{"));
+    }
+}

@@ -1,0 +1,5 @@
+//! Observability: logging, metrics, health, audit.
+
+pub mod metrics;
+
+pub use metrics::{MetricsCollector, Outcome};
