@@ -1,1 +1,4 @@
 //! Daemon lifecycle: start-up, systemd notification, reload, shutdown.
+
+pub mod sd;
+pub mod watchdog;

@@ -3,3 +3,4 @@
 pub mod metrics;
 
 pub use metrics::{MetricsCollector, Outcome};
+pub mod logging;
