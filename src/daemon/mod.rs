@@ -1,4 +1,50 @@
 //! Daemon lifecycle: start-up, systemd notification, reload, shutdown.
 
+mod run;
 pub mod sd;
 pub mod watchdog;
+
+use std::time::Duration;
+
+pub use run::{run, ReloadCause, ReloadReport};
+
+use crate::chroma::ChromaError;
+
+/// Exit code when Chroma did not become reachable during start-up (`EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: i32 = 69;
+/// Exit code after a second stop signal cut the graceful stop short.
+pub const EXIT_FORCED: i32 = 130;
+
+/// Why the daemon could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("Chroma did not become reachable at {endpoints} within {}: {last_error}; check that the server runs and chroma.endpoints is right, or raise chroma.startup_wait", humantime::format_duration(*waited))]
+    ChromaUnavailable {
+        endpoints: String,
+        waited: Duration,
+        last_error: String,
+    },
+    #[error("cannot set up the Chroma pool: {0}")]
+    Chroma(#[source] ChromaError),
+    #[error("control socket: {0}")]
+    Control(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("state directory: {0}; check daemon.state_dir and that the service may write it (StateDirectory=)")]
+    StateDir(String),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(String),
+    #[error("stopped at once by a second stop signal")]
+    ForcedStop,
+}
+
+impl DaemonError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DaemonError::ChromaUnavailable { .. } => EXIT_UNAVAILABLE,
+            DaemonError::ForcedStop => EXIT_FORCED,
+            _ => 1,
+        }
+    }
+}

@@ -4,3 +4,5 @@ pub mod metrics;
 
 pub use metrics::{MetricsCollector, Outcome};
 pub mod logging;
+pub mod http;
+pub mod health;

@@ -1,0 +1,514 @@
+//! The daemon's main: start-up in order, one reload path, one shutdown path.
+//!
+//! Start-up: config (done by the caller) → logging (caller) → Chroma pool
+//! (waiting for Chroma with bounded retries, reported in `STATUS=`) →
+//! control socket → metrics → `READY=1`. Every long-running task is spawned
+//! on one [`TaskTracker`] and stops on one [`CancellationToken`].
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::sd::{self, Notifier};
+use super::watchdog::{self, Beat, Liveness};
+use super::DaemonError;
+use crate::chroma::{ChromaError, DenseRetriever, ProductionChromaStore};
+use crate::config::{self, Config, ConfigDiff, ConfigSource, Loaded};
+use crate::control::{self, Command, EventSink, Handler, HandlerError, Peer};
+use crate::observe::audit::{Actor, AuditLog};
+use crate::observe::health::HealthMonitor;
+use crate::observe::logging::LogHandle;
+use crate::observe::{http, MetricsCollector};
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum ReloadCause {
+    FileChanged,
+    Signal,
+    Command { uid: u32, pid: Option<i32> },
+}
+
+/// The result of one reload, kept for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub at: String,
+    pub cause: ReloadCause,
+    pub ok: bool,
+    /// Keys whose new values are in force.
+    pub changed_keys: Vec<String>,
+    /// Keys that changed on disk but take effect only after a restart.
+    pub needs_restart: Vec<String>,
+    /// Why the new config was rejected (the old one keeps running).
+    pub error: Option<String>,
+}
+
+struct ReloadRequest {
+    cause: ReloadCause,
+    reply: Option<oneshot::Sender<ReloadReport>>,
+}
+
+/// The running configuration and the parts built from it.
+struct Running {
+    config: Arc<Config>,
+    store: ProductionChromaStore,
+    /// Stops the current store's health-check loop when the store is replaced.
+    store_cancel: CancellationToken,
+    metrics_task: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+/// State shared by the control handler, the reload loop and status reporting.
+pub(crate) struct Shared {
+    running: RwLock<Running>,
+    source: ConfigSource,
+    started: std::time::Instant,
+    last_reload: Mutex<Option<ReloadReport>>,
+    metrics: Arc<MetricsCollector>,
+    audit: AuditLog,
+    reload_tx: mpsc::Sender<ReloadRequest>,
+}
+
+impl Shared {
+    fn store(&self) -> ProductionChromaStore {
+        self.running.read().unwrap_or_else(|e| e.into_inner()).store.clone()
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.running.read().unwrap_or_else(|e| e.into_inner()).config.clone()
+    }
+
+    fn status(&self) -> Value {
+        let config = self.config();
+        let pool = self.store().status();
+        let last_reload = self.last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "config": {
+                "path": self.source.path,
+                "env_overrides": self.source.env_overrides,
+                "last_reload": last_reload,
+            },
+            "chroma": {
+                "tenant": config.chroma.tenant,
+                "database": config.chroma.database,
+            },
+            "pool": pool,
+            "health": HealthMonitor::summary(&pool, last_reload.as_ref().map(|r| r.ok)),
+        })
+    }
+}
+
+/// Run the daemon until SIGTERM/SIGINT. `loaded` is the already-validated config.
+pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
+    let notifier = Notifier;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let liveness = Liveness::new();
+    let config = Arc::new(loaded.config);
+    let metrics = Arc::new(MetricsCollector::new());
+
+    // Signals first, so a stop during a long start-up is honoured.
+    let mut signals = Signals::new()?;
+
+    fs_err::create_dir_all(&config.daemon.state_dir).map_err(|e| DaemonError::StateDir(e.to_string()))?;
+    let audit = AuditLog::open(&config.daemon.state_dir).map_err(|e| DaemonError::StateDir(e.to_string()))?;
+
+    // Chroma: build the pool, then wait for a healthy endpoint.
+    let store = ProductionChromaStore::new(&config, metrics.clone()).map_err(DaemonError::Chroma)?;
+    let store_cancel = cancel.child_token();
+    {
+        let (s, c) = (store.clone(), store_cancel.clone());
+        tracker.spawn(async move { s.run_health_checks(c).await });
+    }
+    let server = tokio::select! {
+        r = wait_for_chroma(&store, &config, notifier) => r?,
+        () = signals.stop() => {
+            notifier.stopping("stopping before start-up finished");
+            cancel.cancel();
+            tracker.close();
+            tracker.wait().await;
+            return Ok(());
+        }
+    };
+    tracing::info!(chroma_version = %server, "Chroma is reachable");
+
+    // Migrations and schedules are added here by their modules.
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
+    let shared = Arc::new(Shared {
+        running: RwLock::new(Running {
+            config: config.clone(),
+            store,
+            store_cancel,
+            metrics_task: None,
+        }),
+        source: loaded.source,
+        started: std::time::Instant::now(),
+        last_reload: Mutex::new(None),
+        metrics: metrics.clone(),
+        audit,
+        reload_tx: reload_tx.clone(),
+    });
+
+    notifier.status("opening control socket");
+    let listener = control::bind(&config.control).map_err(|e| DaemonError::Control(e.to_string()))?;
+    {
+        let handler = Arc::new(ControlHandler { shared: shared.clone() });
+        let c = cancel.clone();
+        tracker.spawn(async move { control::serve(listener, handler, control::Limits::default(), c).await });
+    }
+
+    if let Some(addr) = &config.metrics.listen {
+        let task = start_metrics(addr, metrics.clone(), &cancel, &tracker).await?;
+        shared.running.write().unwrap_or_else(|e| e.into_inner()).metrics_task = Some(task);
+    }
+
+    if config.daemon.watch_config {
+        let tx = reload_tx.clone();
+        let path = shared.source.path.clone();
+        let (poll, c) = (config.daemon.watch_poll_interval, cancel.clone());
+        tracker.spawn(config::watch::watch_file(path, poll, c, move || {
+            let _ = tx.try_send(ReloadRequest {
+                cause: ReloadCause::FileChanged,
+                reply: None,
+            });
+        }));
+    }
+
+    // The watchdog vouches for the main loop below and for the runtime itself.
+    let wd_interval = sd::watchdog_interval();
+    let beat_every = watchdog::beat_period(wd_interval.unwrap_or(Duration::from_secs(4)));
+    let main_beat = liveness.register("main");
+    if let Some(interval) = wd_interval {
+        let runtime_beat = liveness.register("runtime");
+        let c = cancel.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(beat_every);
+            loop {
+                tokio::select! { () = c.cancelled() => return, _ = tick.tick() => runtime_beat.beat() }
+            }
+        });
+        tracker.spawn(watchdog::run(interval, liveness.clone(), notifier, cancel.clone(), |n| n.watchdog()));
+        tracing::info!(interval = %humantime::format_duration(interval), "systemd watchdog enabled");
+    }
+
+    notifier.ready(&status_line(&shared));
+    tracing::info!(socket = %config.control.socket_path.display(), "chromaprod ready");
+    shared.audit_system("daemon_start", json!({ "config": shared.source.path }));
+
+    // The main loop: reloads, signals, status refresh. One reload path for all causes.
+    let mut status_tick = tokio::time::interval(beat_every);
+    let stall_hook = debug_stall_hook();
+    loop {
+        tokio::select! {
+            () = signals.stop() => break,
+            () = signals.hangup() => {
+                apply_reload(&shared, &log, &cancel, &tracker, notifier, ReloadRequest { cause: ReloadCause::Signal, reply: None }, &stall_hook).await;
+            }
+            Some(req) = reload_rx.recv() => {
+                apply_reload(&shared, &log, &cancel, &tracker, notifier, req, &stall_hook).await;
+            }
+            _ = status_tick.tick() => {
+                main_beat.beat();
+                notifier.status(&status_line(&shared));
+            }
+        }
+        main_beat.beat();
+    }
+
+    // Graceful stop: one token, one tracker, bounded by the grace period.
+    let grace = shared.config().daemon.shutdown_grace;
+    notifier.stopping("stopping: finishing work in progress");
+    tracing::info!(grace = %humantime::format_duration(grace), "stopping");
+    cancel.cancel();
+    tracker.close();
+    tokio::select! {
+        () = tracker.wait() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!("grace period over; abandoning unfinished work");
+        }
+        () = signals.stop() => {
+            tracing::warn!("second stop signal; exiting at once");
+            return Err(DaemonError::ForcedStop);
+        }
+    }
+    shared.audit_system("daemon_stop", json!({}));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+impl Shared {
+    fn audit_system(&self, action: &str, details: Value) {
+        if let Err(e) = self.audit.append(&Actor::System("daemon".into()), action, details) {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+}
+
+async fn wait_for_chroma(store: &ProductionChromaStore, config: &Config, notifier: Notifier) -> Result<String, DaemonError> {
+    let deadline = tokio::time::Instant::now() + config.chroma.startup_wait;
+    let endpoints: Vec<String> = config.chroma.endpoints.iter().map(ToString::to_string).collect();
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1u32;
+    loop {
+        notifier.status(&format!("connecting to Chroma at {} (attempt {attempt})", endpoints.join(", ")));
+        match store.check_ready().await {
+            Ok(info) => return Ok(info.to_string()),
+            Err(e) => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(DaemonError::ChromaUnavailable {
+                        endpoints: endpoints.join(", "),
+                        waited: config.chroma.startup_wait,
+                        last_error: e.to_string(),
+                    });
+                }
+                let msg = format!("waiting for Chroma at {} (attempt {attempt}): {e}", endpoints.join(", "));
+                tracing::warn!(attempt, error = %e, "Chroma not reachable yet");
+                notifier.status(&msg);
+                let wait = delay.min(deadline - now);
+                notifier.extend_timeout(wait + Duration::from_secs(10));
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+async fn start_metrics(
+    addr: &str,
+    metrics: Arc<MetricsCollector>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(CancellationToken, JoinHandle<()>), DaemonError> {
+    let listener = http::bind(addr).await.map_err(DaemonError::Metrics)?;
+    let c = cancel.child_token();
+    let handle = tracker.spawn(http::serve_metrics(listener, metrics, c.clone()));
+    tracing::info!(listen = addr, "serving metrics");
+    Ok((c, handle))
+}
+
+/// The one reload path: parse and validate in full, diff, apply, report.
+async fn apply_reload(
+    shared: &Arc<Shared>,
+    log: &LogHandle,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+    notifier: Notifier,
+    req: ReloadRequest,
+    stall_hook: &Option<String>,
+) {
+    if stall_hook.is_some() {
+        // Test hook (debug builds only): a stuck main loop, to prove the watchdog stops pinging.
+        std::future::pending::<()>().await;
+    }
+    notifier.reloading();
+    let report = reload_once(shared, log, cancel, tracker, req.cause.clone()).await;
+    shared.metrics.config_reload(report.ok);
+    if report.ok {
+        tracing::info!(changed = ?report.changed_keys, needs_restart = ?report.needs_restart, "configuration reloaded");
+    } else {
+        tracing::error!(error = report.error.as_deref().unwrap_or(""), "configuration rejected; the running configuration stays in force");
+    }
+    let actor = match &req.cause {
+        ReloadCause::Command { uid, pid } => Actor::Peer { uid: *uid, pid: *pid },
+        ReloadCause::Signal => Actor::System("SIGHUP".into()),
+        ReloadCause::FileChanged => Actor::System("file watcher".into()),
+    };
+    if let Err(e) = shared.audit.append(&actor, "config_reload", json!(report)) {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
+    *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+    notifier.ready(&status_line(shared));
+    if let Some(reply) = req.reply {
+        let _ = reply.send(report);
+    }
+}
+
+async fn reload_once(
+    shared: &Arc<Shared>,
+    log: &LogHandle,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+    cause: ReloadCause,
+) -> ReloadReport {
+    let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let fail = |error: String| ReloadReport {
+        at: at.clone(),
+        cause: cause.clone(),
+        ok: false,
+        changed_keys: Vec::new(),
+        needs_restart: Vec::new(),
+        error: Some(error),
+    };
+    let new = match config::load(&shared.source.path) {
+        Ok(Loaded { config, .. }) => config,
+        Err(e) => return fail(e.to_string()),
+    };
+    let old = shared.config();
+    let diff: ConfigDiff = config::diff(&old, &new);
+    // Keys that need a restart keep their running values.
+    let mut effective = new.clone();
+    effective.control = old.control.clone();
+    effective.daemon.state_dir = old.daemon.state_dir.clone();
+    effective.log.format = old.log.format;
+
+    // Build everything new first; swap only when all of it succeeded.
+    let new_store = if diff.rebuild_store {
+        match ProductionChromaStore::new(&effective, shared.metrics.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => return fail(format!("cannot build the Chroma pool: {e}")),
+        }
+    } else {
+        None
+    };
+    let new_metrics = if diff.rebind_metrics {
+        match &effective.metrics.listen {
+            Some(addr) => match start_metrics(addr, shared.metrics.clone(), cancel, tracker).await {
+                Ok(t) => Some(Some(t)),
+                Err(e) => return fail(e.to_string()),
+            },
+            None => Some(None),
+        }
+    } else {
+        None
+    };
+    if diff.relog {
+        if let Err(e) = log.set_level(&effective.log.level) {
+            return fail(format!("log.level: {e}"));
+        }
+    }
+
+    let mut running = shared.running.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(store) = new_store {
+        let c = cancel.child_token();
+        let s = store.clone();
+        let loop_cancel = c.clone();
+        tracker.spawn(async move { s.run_health_checks(loop_cancel).await });
+        running.store_cancel.cancel();
+        running.store = store;
+        running.store_cancel = c;
+        let endpoints: Vec<String> = effective.chroma.endpoints.iter().map(ToString::to_string).collect();
+        shared.metrics.retain_endpoints(&endpoints);
+    }
+    if let Some(task) = new_metrics {
+        if let Some((old_cancel, _)) = running.metrics_task.take() {
+            old_cancel.cancel();
+        }
+        running.metrics_task = task;
+    }
+    running.config = Arc::new(effective);
+    ReloadReport {
+        at,
+        cause,
+        ok: true,
+        changed_keys: diff.changed_keys,
+        needs_restart: diff.needs_restart,
+        error: None,
+    }
+}
+
+fn status_line(shared: &Shared) -> String {
+    let pool = shared.store().status();
+    let last = shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    HealthMonitor::status_line(&pool, last.as_ref().map(|r| (r.ok, r.error.as_deref())))
+}
+
+#[cfg(debug_assertions)]
+fn debug_stall_hook() -> Option<String> {
+    std::env::var("CHROMAPROD_DEBUG_STALL_ON_RELOAD").ok()
+}
+
+#[cfg(not(debug_assertions))]
+fn debug_stall_hook() -> Option<String> {
+    None
+}
+
+/// SIGTERM/SIGINT (stop) and SIGHUP (reload).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, DaemonError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let sig = |k| signal(k).map_err(|e| DaemonError::Signals(e.to_string()));
+        Ok(Signals {
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+            hup: sig(SignalKind::hangup())?,
+        })
+    }
+
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+
+    async fn hangup(&mut self) {
+        self.hup.recv().await;
+    }
+}
+
+/// Control commands, served over the Unix socket.
+struct ControlHandler {
+    shared: Arc<Shared>,
+}
+
+impl Handler for ControlHandler {
+    async fn handle(&self, command: Command, peer: Peer, _events: EventSink) -> Result<Value, HandlerError> {
+        match command {
+            Command::Status => Ok(self.shared.status()),
+            Command::Reload => {
+                let (tx, rx) = oneshot::channel();
+                let req = ReloadRequest {
+                    cause: ReloadCause::Command { uid: peer.uid, pid: peer.pid },
+                    reply: Some(tx),
+                };
+                self.shared
+                    .reload_tx
+                    .send(req)
+                    .await
+                    .map_err(|_| HandlerError::new("shutting_down", "the daemon is stopping"))?;
+                let report = rx
+                    .await
+                    .map_err(|_| HandlerError::new("shutting_down", "the daemon stopped before the reload finished"))?;
+                serde_json::to_value(report).map_err(|e| HandlerError::new("internal", e.to_string()))
+            }
+            Command::Query { collection, id, vector, k } => {
+                let retriever = DenseRetriever::new(self.shared.store());
+                let hits = match (id, vector) {
+                    (Some(id), None) => retriever.nearest_to_id(&collection, &id, k).await,
+                    (None, Some(v)) => retriever.nearest(&collection, &v, k).await,
+                    _ => {
+                        return Err(HandlerError::new("bad_request", "give exactly one of id or vector"));
+                    }
+                };
+                hits.map(|h| json!({ "collection": collection, "results": h }))
+                    .map_err(chroma_to_handler)
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(HandlerError::new(
+                "unsupported",
+                format!("{other:?} is not supported by this daemon"),
+            )),
+        }
+    }
+}
+
+fn chroma_to_handler(e: ChromaError) -> HandlerError {
+    HandlerError::new("chroma", e.to_string())
+}
