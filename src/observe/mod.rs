@@ -1,5 +1,7 @@
 //! Observability: logging, metrics, health, audit.
 
+pub mod audit;
 pub mod metrics;
 
+pub use audit::{Actor, AuditError, AuditLog};
 pub use metrics::{MetricsCollector, Outcome};
