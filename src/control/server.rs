@@ -309,7 +309,7 @@ fn user_in_group(uid: u32, gid: u32) -> bool {
     if user.gid.as_raw() == gid {
         return true;
     }
-    matches!(Group::from_gid(Gid::from_raw(gid)), Ok(Some(g)) if g.mem.iter().any(|m| *m == user.name))
+    matches!(Group::from_gid(Gid::from_raw(gid)), Ok(Some(g)) if g.mem.contains(&user.name))
 }
 
 /// Identity of the socket file we serve, so we remove only our own on exit.
