@@ -39,6 +39,10 @@ impl Handler for TestHandler {
             Command::Status => Ok(json!({"state": "ready", "peer_uid": peer.uid})),
             Command::Reload => Ok(json!({"reloaded": true})),
             Command::Query { collection, k, .. } => {
+                if collection == "slow" {
+                    events.send(json!({"stage": "started"})).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
                 if collection == "missing" {
                     return Err(HandlerError::new("not_found", "no collection `missing`"));
                 }
@@ -251,6 +255,40 @@ async fn a_request_round_trips_and_stop_removes_the_socket() {
     let path = server.path.clone();
     server.stop().await;
     assert!(!path.exists(), "socket file removed on exit");
+}
+
+#[tokio::test]
+async fn stopping_ends_running_commands_with_shutting_down() {
+    let server = start().await;
+    let path = server.path.clone();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let mut started_tx = Some(started_tx);
+    let client = tokio::spawn(async move {
+        let slow = Command::Query {
+            collection: "slow".into(),
+            id: None,
+            vector: None,
+            k: 1,
+        };
+        call(&path, slow, |_| {
+            if let Some(tx) = started_tx.take() {
+                let _ = tx.send(());
+            }
+        })
+        .await
+    });
+    started_rx.await.expect("command started");
+    let stopped = std::time::Instant::now();
+    server.stop().await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "grace, not the 30 s job"
+    );
+    let err = client.await.expect("client").expect_err("interrupted");
+    assert!(
+        matches!(&err, ClientError::Remote { kind, .. } if kind == "shutting_down"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

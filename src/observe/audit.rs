@@ -19,8 +19,8 @@
 //!
 //! [`verify`] names the first line that was edited, removed, reordered or
 //! cut short. Removing whole lines from the end cannot be seen from the file
-//! alone; compare [`AuditLog::head`] (e.g. logged at each start) with the
-//! count [`verify`] returns.
+//! alone; record [`AuditLog::head`] elsewhere (e.g. in the journal at each
+//! start) and check with [`verify_against`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -315,6 +315,17 @@ fn last_line(file: &mut File, len: u64) -> io::Result<Option<(usize, Vec<u8>)>> 
 /// Check the whole chain of the log at `path`; returns the number of good
 /// records, or the first line that was edited, removed, reordered or cut.
 pub fn verify(path: &Path) -> Result<usize, AuditError> {
+    verify_inner(path, None)
+}
+
+/// [`verify`], and also check that the log still reaches `head` (recorded
+/// earlier, e.g. from [`AuditLog::head`] at start-up): this catches whole
+/// records cut from the end, which the chain alone cannot show.
+pub fn verify_against(path: &Path, head: &Head) -> Result<usize, AuditError> {
+    verify_inner(path, Some(head))
+}
+
+fn verify_inner(path: &Path, head: Option<&Head>) -> Result<usize, AuditError> {
     let io_err = |source| AuditError::Io {
         path: path.to_path_buf(),
         source,
@@ -383,6 +394,24 @@ pub fn verify(path: &Path) -> Result<usize, AuditError> {
             ));
         }
         prev = hex_sha256(line);
+        if let Some(head) = head.filter(|h| h.seq == expected) {
+            if head.line_sha256 != prev {
+                return Err(broken(
+                    number,
+                    format!("record seq {expected} differs from the recorded head"),
+                ));
+            }
+        }
+    }
+    if let Some(head) = head.filter(|h| h.seq > number as u64) {
+        return Err(broken(
+            number + 1,
+            format!(
+                "records {} to {} were removed from the end (the file was truncated)",
+                number + 1,
+                head.seq
+            ),
+        ));
     }
     Ok(number)
 }
@@ -528,6 +557,23 @@ mod tests {
         assert!(err.to_string().contains("truncated"), "{err}");
         let err = AuditLog::open(dir.path()).expect_err("torn tail");
         assert_eq!(err.broken_line(), Some(5), "{err}");
+    }
+
+    #[test]
+    fn whole_lines_cut_from_the_end_are_named_given_the_head() {
+        let (dir, path) = log_with(5);
+        let head = AuditLog::open(dir.path()).expect("open").head();
+        assert_eq!(head.seq, 5);
+        assert_eq!(verify_against(&path, &head).expect("intact"), 5);
+        let mut l = lines(&path);
+        l.truncate(3);
+        write_lines(&path, &l);
+        // The chain alone still holds…
+        assert_eq!(verify(&path).expect("prefix verifies"), 3);
+        // …but not against the recorded head.
+        let err = verify_against(&path, &head).expect_err("cut");
+        assert_eq!(err.broken_line(), Some(4), "{err}");
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 
     #[test]
