@@ -1,0 +1,314 @@
+//! The control protocol: line-delimited JSON over a Unix stream socket.
+//!
+//! One request per connection. The client writes exactly one request line
+//! (a JSON object followed by `\n`); the server answers with zero or more
+//! event lines and then exactly one response line, and closes the
+//! connection. Every line carries the protocol version `v`.
+//!
+//! Request (a [`Request`]): the version and the command, with the command's
+//! name in `cmd` and its arguments beside it:
+//!
+//! ```text
+//! {"v":1,"cmd":"status"}
+//! {"v":1,"cmd":"reload"}
+//! {"v":1,"cmd":"query","collection":"docs","vector":[0.1,0.2],"k":5}
+//! ```
+//!
+//! Server lines (a [`Line`]), told apart by `type`:
+//!
+//! ```text
+//! {"type":"event","v":1,"event":{"stage":"upload","done":3,"total":10}}
+//! {"type":"response","v":1,"ok":true,"result":{"state":"ready"}}
+//! {"type":"response","v":1,"ok":false,"error":{"kind":"permission_denied","message":"…"}}
+//! ```
+//!
+//! A successful response has `ok: true` and may carry `result` (absent means
+//! JSON `null`); a failed one has `ok: false` and an `error` with a stable,
+//! machine-readable `kind` (see [`kind`]) and a human-readable `message`.
+//!
+//! Compatibility rules: new commands are new `cmd` values and new optional
+//! fields; neither changes `v`. A server answers a `cmd` it does not know
+//! with [`kind::UNKNOWN_COMMAND`], and a `v` it does not speak with
+//! [`kind::UNSUPPORTED_VERSION`]. Clients ignore unknown fields and treat
+//! unknown event shapes as opaque. `v` changes only if the framing or the
+//! meaning of an existing field changes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The protocol version this build speaks (the `v` field of every line).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One request line: `{"v":1,"cmd":"…", …arguments}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub v: u32,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+impl Request {
+    /// A request at this build's [`PROTOCOL_VERSION`].
+    pub fn new(command: Command) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            command,
+        }
+    }
+}
+
+/// A control command. The variant name, in `snake_case`, is the `cmd` value;
+/// fields are the command's arguments. Add commands as new variants (and
+/// their names to [`Command::NAMES`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Daemon state: readiness, pool and breaker, jobs, last reload.
+    Status,
+    /// Re-read, validate and apply the configuration file.
+    Reload,
+    /// Nearest neighbours in `collection` of a stored record (`id`) or of a
+    /// given embedding (`vector`); `k` results.
+    Query {
+        collection: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vector: Option<Vec<f32>>,
+        k: usize,
+    },
+}
+
+impl Command {
+    /// Every `cmd` value this build understands.
+    pub const NAMES: &'static [&'static str] = &["status", "reload", "query"];
+
+    /// The `cmd` value of this command.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Reload => "reload",
+            Command::Query { .. } => "query",
+        }
+    }
+
+    /// Whether the command changes the daemon's state or data. Mutating
+    /// commands are refused to peers outside the socket's group.
+    pub fn is_mutating(&self) -> bool {
+        match self {
+            Command::Reload => true,
+            Command::Status | Command::Query { .. } => false,
+        }
+    }
+}
+
+/// One line from the server: progress events, then one response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Line {
+    /// Progress of a long-running command; the shape depends on the command.
+    Event { v: u32, event: Value },
+    /// The final line; the server closes the connection after it.
+    Response {
+        v: u32,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorBody>,
+    },
+}
+
+impl Line {
+    pub fn event(event: Value) -> Self {
+        Line::Event {
+            v: PROTOCOL_VERSION,
+            event,
+        }
+    }
+
+    /// A successful response; a `null` result is sent as an absent `result`.
+    pub fn ok(result: Value) -> Self {
+        Line::Response {
+            v: PROTOCOL_VERSION,
+            ok: true,
+            result: (!result.is_null()).then_some(result),
+            error: None,
+        }
+    }
+
+    pub fn error(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        Line::Response {
+            v: PROTOCOL_VERSION,
+            ok: false,
+            result: None,
+            error: Some(ErrorBody {
+                kind: kind.into(),
+                message: message.into(),
+            }),
+        }
+    }
+
+    /// The line as JSON followed by `\n`.
+    pub fn to_json_line(&self) -> Vec<u8> {
+        // Serializing these types cannot fail: all map keys are strings and
+        // `serde_json` writes non-finite floats as `null`.
+        let mut bytes = serde_json::to_vec(self).unwrap_or_else(|e| {
+            serde_json::to_vec(&Line::error(kind::INTERNAL, e.to_string())).unwrap_or_default()
+        });
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// Why a command failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable; see [`kind`].
+    pub kind: String,
+    /// For people; may change between versions.
+    pub message: String,
+}
+
+/// The error kinds the server itself produces. Handlers add their own
+/// (e.g. `config_invalid`, `chroma_unavailable`, `not_found`).
+pub mod kind {
+    /// The request line is not valid JSON or not a valid request.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// The request line is longer than the server's limit.
+    pub const REQUEST_TOO_LARGE: &str = "request_too_large";
+    /// The request line did not arrive in time.
+    pub const TIMEOUT: &str = "timeout";
+    /// The request's `v` is not one the server speaks.
+    pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
+    /// The request's `cmd` is not one the server knows (an older daemon).
+    pub const UNKNOWN_COMMAND: &str = "unknown_command";
+    /// The peer may not run this command.
+    pub const PERMISSION_DENIED: &str = "permission_denied";
+    /// The server is at its connection limit; try again.
+    pub const BUSY: &str = "busy";
+    /// The daemon is stopping; the command was not completed.
+    pub const SHUTTING_DOWN: &str = "shutting_down";
+    /// A bug in the daemon.
+    pub const INTERNAL: &str = "internal";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_have_the_documented_shape() {
+        let r = Request::new(Command::Status);
+        assert_eq!(
+            serde_json::to_value(&r).ok(),
+            Some(json!({"v":1,"cmd":"status"}))
+        );
+        let q = Request::new(Command::Query {
+            collection: "docs".into(),
+            id: None,
+            vector: Some(vec![0.5, -1.0]),
+            k: 3,
+        });
+        assert_eq!(
+            serde_json::to_value(&q).ok(),
+            Some(json!({"v":1,"cmd":"query","collection":"docs","vector":[0.5,-1.0],"k":3}))
+        );
+    }
+
+    #[test]
+    fn lines_have_the_documented_shape() {
+        assert_eq!(
+            serde_json::to_value(Line::event(json!({"done":1}))).ok(),
+            Some(json!({"type":"event","v":1,"event":{"done":1}}))
+        );
+        assert_eq!(
+            serde_json::to_value(Line::ok(json!({"state":"ready"}))).ok(),
+            Some(json!({"type":"response","v":1,"ok":true,"result":{"state":"ready"}}))
+        );
+        assert_eq!(
+            serde_json::to_value(Line::ok(Value::Null)).ok(),
+            Some(json!({"type":"response","v":1,"ok":true}))
+        );
+        assert_eq!(
+            serde_json::to_value(Line::error("timeout", "slow")).ok(),
+            Some(
+                json!({"type":"response","v":1,"ok":false,"error":{"kind":"timeout","message":"slow"}})
+            )
+        );
+        let line = Line::ok(json!(1)).to_json_line();
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_missing_options_default() {
+        let r: Request =
+            serde_json::from_str(r#"{"v":1,"cmd":"query","collection":"c","k":2,"future":true}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r.command,
+            Command::Query {
+                collection: "c".into(),
+                id: None,
+                vector: None,
+                k: 2
+            }
+        );
+    }
+
+    #[test]
+    fn mutating_commands() {
+        assert!(Command::Reload.is_mutating());
+        assert!(!Command::Status.is_mutating());
+        for name in Command::NAMES {
+            let c: Command =
+                serde_json::from_value(json!({"cmd": name, "collection": "c", "k": 1}))
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.name(), *name);
+        }
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            Just(Command::Status),
+            Just(Command::Reload),
+            (
+                ".*",
+                proptest::option::of(".*"),
+                proptest::option::of(proptest::collection::vec(
+                    proptest::num::f32::NORMAL | proptest::num::f32::ZERO,
+                    0..8
+                )),
+                any::<usize>()
+            )
+                .prop_map(|(collection, id, vector, k)| Command::Query {
+                    collection,
+                    id,
+                    vector,
+                    k
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(command in command(), v in any::<u32>()) {
+            let r = Request { v, command };
+            let text = serde_json::to_string(&r).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(!text.contains('\n'));
+            let back: Request = serde_json::from_str(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(back, r);
+        }
+
+        #[test]
+        fn responses_round_trip(ok in any::<bool>(), kind in "[a-z_]{1,20}", message in ".*", n in any::<i64>()) {
+            let line = if ok { Line::ok(serde_json::json!({"n": n})) } else { Line::error(kind, message) };
+            let bytes = line.to_json_line();
+            let back: Line = serde_json::from_slice(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(back, line);
+        }
+    }
+}

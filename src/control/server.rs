@@ -1,0 +1,682 @@
+//! The control socket server: binding the socket safely and serving requests.
+//!
+//! [`bind`] creates the socket file with the configured mode and group;
+//! [`serve`] accepts connections until cancelled, reads one request per
+//! connection under a size and time limit, checks the peer's credentials,
+//! runs the [`Handler`] and streams its events and response back. No client
+//! can crash the server or stop it from serving others.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::protocol::{kind, Command, Line, Request, PROTOCOL_VERSION};
+use crate::config::ControlConfig;
+
+/// Who is on the other end of a connection, from the kernel (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+impl From<&Peer> for crate::observe::audit::Actor {
+    fn from(p: &Peer) -> Self {
+        crate::observe::audit::Actor::Peer {
+            uid: p.uid,
+            gid: p.gid,
+            pid: p.pid,
+        }
+    }
+}
+
+/// Lets a handler stream progress events to the client before its response.
+///
+/// Sending never fails from the handler's point of view: if the client has
+/// gone away, events are dropped and the command still runs to completion.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<Value>,
+}
+
+impl EventSink {
+    /// A sink and the receiving end the events arrive on (for a caller that
+    /// drives a [`Handler`] itself, e.g. a CLI running a command in-process).
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Value>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self { tx }, rx)
+    }
+
+    /// Queue one event; waits while the client is slow to read (bounded buffer).
+    pub async fn send(&self, event: Value) {
+        // A closed channel means nobody is listening any more; that is fine.
+        let _ = self.tx.send(event).await;
+    }
+}
+
+/// A command failed: `kind` is stable and machine-readable, `message` is for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct HandlerError {
+    pub kind: String,
+    pub message: String,
+}
+
+impl HandlerError {
+    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(kind::INTERNAL, message)
+    }
+
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(kind::PERMISSION_DENIED, message)
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(kind::BAD_REQUEST, message)
+    }
+
+    pub fn unknown_command(name: &str) -> Self {
+        Self::new(
+            kind::UNKNOWN_COMMAND,
+            format!("this daemon does not implement `{name}`"),
+        )
+    }
+}
+
+/// Runs control commands; the daemon implements it.
+///
+/// The server has already checked the protocol version and, for mutating
+/// commands, the peer's credentials. A disconnecting client does not cancel
+/// the command; a stopping server drops it after [`Limits::shutdown_grace`].
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        command: Command,
+        peer: Peer,
+        events: EventSink,
+    ) -> impl std::future::Future<Output = Result<Value, HandlerError>> + Send;
+}
+
+/// Protective limits of the server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once; more are answered `busy` and closed.
+    pub max_connections: usize,
+    /// Longest request line in bytes (without the `\n`).
+    pub max_request_bytes: usize,
+    /// Time a client has to send its whole request line.
+    pub read_timeout: Duration,
+    /// Time a client has to take one line from us before we stop writing to it.
+    pub write_timeout: Duration,
+    /// Time running commands get to finish after cancellation.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            max_request_bytes: 1024 * 1024,
+            read_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Failure to set up the control socket; each says which path and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot create the control socket directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("another chromaprod daemon is already listening on {path}; stop it first or configure a different control.socket_path")]
+    AlreadyRunning { path: PathBuf },
+    #[error("{path} exists and is not a socket; refusing to replace it (move it away or configure a different control.socket_path)")]
+    NotASocket { path: PathBuf },
+    #[error("cannot check the existing socket {path}: {source}")]
+    Inspect { path: PathBuf, source: io::Error },
+    #[error("cannot remove the stale socket {path}: {source}")]
+    RemoveStale { path: PathBuf, source: io::Error },
+    #[error("cannot bind the control socket {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("control.socket_mode {mode:#o} is not a permission mode (at most 0777)")]
+    InvalidMode { mode: u32 },
+    #[error("cannot set mode {mode:04o} on {path}: {source}")]
+    SetMode {
+        path: PathBuf,
+        mode: u32,
+        source: io::Error,
+    },
+    #[error("control.socket_group `{group}` does not exist (socket {path}); create it or fix the setting")]
+    UnknownGroup { group: String, path: PathBuf },
+    #[error("cannot give {path} to group `{group}`: {source} (the daemon's user must be a member of that group)")]
+    SetGroup {
+        path: PathBuf,
+        group: String,
+        source: io::Error,
+    },
+}
+
+/// Create the control socket described by `cfg`.
+///
+/// Creates the parent directory (0755) if missing; replaces a stale socket
+/// file that nobody listens on, but refuses if a daemon is listening there
+/// or if the path is not a socket; then sets the group (if configured) and
+/// the mode. Must be called inside a Tokio runtime.
+pub fn bind(cfg: &ControlConfig) -> Result<UnixListener, ControlError> {
+    let path = cfg.socket_path.as_path();
+    if cfg.socket_mode > 0o777 {
+        return Err(ControlError::InvalidMode {
+            mode: cfg.socket_mode,
+        });
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(|source| ControlError::CreateDir {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+        }
+    }
+    remove_stale(path)?;
+    let gid = cfg
+        .socket_group
+        .as_deref()
+        .filter(|g| !g.is_empty())
+        .map(|g| resolve_group(g, path).map(|gid| (g, gid)))
+        .transpose()?;
+
+    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if let Some((name, gid)) = gid {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
+            ControlError::SetGroup {
+                path: path.to_path_buf(),
+                group: name.to_string(),
+                source: e.into(),
+            }
+        })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode)).map_err(
+        |source| ControlError::SetMode {
+            path: path.to_path_buf(),
+            mode: cfg.socket_mode,
+            source,
+        },
+    )?;
+    Ok(listener)
+}
+
+fn remove_stale(path: &Path) -> Result<(), ControlError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ControlError::Inspect {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ControlError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(ControlError::AlreadyRunning {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+            .map_err(|source| ControlError::RemoveStale {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(source) => Err(ControlError::Inspect {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn resolve_group(group: &str, path: &Path) -> Result<u32, ControlError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) | Err(_) => Err(ControlError::UnknownGroup {
+            group: group.to_string(),
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Who may run mutating commands: root, the daemon's own user, and members
+/// (primary or supplementary) of the socket file's group.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    own_uid: u32,
+    socket_gid: u32,
+}
+
+impl Policy {
+    fn allows_fast(&self, peer: &Peer) -> bool {
+        peer.uid == 0 || peer.uid == self.own_uid || peer.gid == self.socket_gid
+    }
+
+    /// Full check; the supplementary-group lookup goes through NSS, so it runs
+    /// off the async threads and only when the cheap checks fail.
+    async fn allows(&self, peer: &Peer) -> bool {
+        if self.allows_fast(peer) {
+            return true;
+        }
+        let (uid, gid) = (peer.uid, self.socket_gid);
+        tokio::task::spawn_blocking(move || user_in_group(uid, gid))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+fn user_in_group(uid: u32, gid: u32) -> bool {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return false;
+    };
+    if user.gid.as_raw() == gid {
+        return true;
+    }
+    matches!(Group::from_gid(Gid::from_raw(gid)), Ok(Some(g)) if g.mem.contains(&user.name))
+}
+
+/// Identity of the socket file we serve, so we remove only our own on exit.
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn remove_if_ours(&self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if m.dev() == self.dev && m.ino() == self.ino {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the control socket");
+                }
+            }
+        }
+    }
+}
+
+/// Serve control requests on `listener` until `cancel` fires, then stop
+/// accepting, give running commands [`Limits::shutdown_grace`], and remove
+/// the socket file (if it is still the one we bound).
+pub async fn serve<H: Handler>(
+    listener: UnixListener,
+    handler: Arc<H>,
+    limits: Limits,
+    cancel: CancellationToken,
+) {
+    let socket_file = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        .and_then(|path| {
+            let m = std::fs::metadata(&path).ok()?;
+            Some(SocketFile {
+                path,
+                dev: m.dev(),
+                ino: m.ino(),
+            })
+        });
+    let policy = Policy {
+        own_uid: nix::unistd::geteuid().as_raw(),
+        socket_gid: socket_file
+            .as_ref()
+            .and_then(|s| std::fs::metadata(&s.path).ok())
+            .map_or_else(|| nix::unistd::getegid().as_raw(), |m| m.gid()),
+    };
+    let limits = Arc::new(limits);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let tracker = TaskTracker::new();
+
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Non-blocking: a short line fits the socket buffer; if not, the
+            // client just sees the connection close.
+            let _ = stream.try_write(
+                &Line::error(kind::BUSY, "too many control connections; try again").to_json_line(),
+            );
+            continue;
+        };
+        let (handler, limits, cancel) = (handler.clone(), limits.clone(), cancel.clone());
+        tracker.spawn(async move {
+            connection(stream, &*handler, &limits, policy, &cancel).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if let Some(s) = &socket_file {
+        s.remove_if_ours();
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Outcome of reading the request line.
+enum Read {
+    Line(Vec<u8>),
+    Empty,
+    TooLarge,
+    TimedOut,
+    Failed,
+}
+
+async fn read_request(
+    reader: &mut BufReader<tokio::net::unix::ReadHalf<'_>>,
+    limits: &Limits,
+) -> Read {
+    let mut buf = Vec::new();
+    let max = limits.max_request_bytes;
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let mut limited = (&mut *reader).take(limit);
+    let read = limited.read_until(b'\n', &mut buf);
+    match tokio::time::timeout(limits.read_timeout, read).await {
+        Err(_) => Read::TimedOut,
+        Ok(Err(_)) => Read::Failed,
+        Ok(Ok(_)) => {
+            if buf.last() == Some(&b'\n') {
+                buf.pop();
+            } else if buf.len() > max {
+                return Read::TooLarge;
+            }
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                Read::Empty
+            } else {
+                Read::Line(buf)
+            }
+        }
+    }
+}
+
+/// Parse a request line, checking the version before the command so an old
+/// server answers a new client precisely.
+fn parse_request(line: &[u8]) -> Result<Command, Line> {
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| Line::error(kind::BAD_REQUEST, format!("request is not valid JSON: {e}")))?;
+    let Some(obj) = value.as_object() else {
+        return Err(Line::error(
+            kind::BAD_REQUEST,
+            "request must be a JSON object",
+        ));
+    };
+    match obj.get("v").map(Value::as_u64) {
+        None => {
+            return Err(Line::error(
+                kind::BAD_REQUEST,
+                "request has no protocol version `v`",
+            ))
+        }
+        Some(Some(v)) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(Line::error(
+                kind::UNSUPPORTED_VERSION,
+                format!(
+                    "protocol version {} is not supported; this daemon speaks v{PROTOCOL_VERSION} (upgrade the daemon or use a matching chromaprod CLI)",
+                    v.map_or_else(|| obj["v"].to_string(), |v| v.to_string())
+                ),
+            ))
+        }
+    }
+    match obj.get("cmd").and_then(Value::as_str) {
+        None => {
+            return Err(Line::error(
+                kind::BAD_REQUEST,
+                "request has no command name `cmd`",
+            ))
+        }
+        Some(name) if !Command::NAMES.contains(&name) => {
+            return Err(Line::error(
+                kind::UNKNOWN_COMMAND,
+                format!(
+                    "unknown command `{name}`; this daemon knows: {}",
+                    Command::NAMES.join(", ")
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    serde_json::from_value::<Request>(value)
+        .map(|r| r.command)
+        .map_err(|e| Line::error(kind::BAD_REQUEST, format!("invalid request: {e}")))
+}
+
+async fn write_line(
+    writer: &mut tokio::net::unix::WriteHalf<'_>,
+    line: &Line,
+    limits: &Limits,
+) -> bool {
+    let bytes = line.to_json_line();
+    matches!(
+        tokio::time::timeout(limits.write_timeout, writer.write_all(&bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn connection<H: Handler>(
+    mut stream: UnixStream,
+    handler: &H,
+    limits: &Limits,
+    policy: Policy,
+    cancel: &CancellationToken,
+) {
+    let peer = match stream.peer_cred() {
+        Ok(c) => Peer {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read control peer credentials; closing");
+            return;
+        }
+    };
+    let (read_half, mut writer) = stream.split();
+    let mut reader = BufReader::new(read_half);
+
+    let read = tokio::select! {
+        () = cancel.cancelled() => return,
+        read = read_request(&mut reader, limits) => read,
+    };
+    let command = match read {
+        Read::Line(line) => parse_request(&line),
+        Read::Empty => Err(Line::error(kind::BAD_REQUEST, "empty request")),
+        Read::TooLarge => Err(Line::error(
+            kind::REQUEST_TOO_LARGE,
+            format!("request line exceeds {} bytes", limits.max_request_bytes),
+        )),
+        Read::TimedOut => Err(Line::error(
+            kind::TIMEOUT,
+            format!("no complete request line within {:?}", limits.read_timeout),
+        )),
+        Read::Failed => return,
+    };
+    let command = match command {
+        Ok(c) => c,
+        Err(line) => {
+            if let Line::Response { error: Some(e), .. } = &line {
+                tracing::debug!(uid = peer.uid, pid = ?peer.pid, kind = %e.kind, "rejected control request");
+            }
+            finish(writer, &line, limits).await;
+            return;
+        }
+    };
+
+    if command.is_mutating() && !policy.allows(&peer).await {
+        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, cmd = command.name(), "refused mutating control command");
+        let line = Line::error(
+            kind::PERMISSION_DENIED,
+            format!(
+                "`{}` changes the daemon; uid {} is not root, not the daemon's user and not in the control socket's group (gid {})",
+                command.name(),
+                peer.uid,
+                policy.socket_gid
+            ),
+        );
+        finish(writer, &line, limits).await;
+        return;
+    }
+
+    let (events, mut rx) = EventSink::channel(64);
+    let run = handler.handle(command, peer, events);
+    tokio::pin!(run);
+    let grace = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(limits.shutdown_grace).await;
+    };
+    tokio::pin!(grace);
+    let mut client_gone = false;
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            Some(event) = rx.recv() => {
+                if !client_gone && !write_line(&mut writer, &Line::event(event), limits).await {
+                    client_gone = true;
+                }
+            }
+            result = &mut run => break Some(result),
+            () = &mut grace => break None,
+        }
+    };
+    // Events queued just before the handler returned come before the response.
+    while let Ok(event) = rx.try_recv() {
+        if !client_gone && !write_line(&mut writer, &Line::event(event), limits).await {
+            client_gone = true;
+        }
+    }
+    if client_gone {
+        return;
+    }
+    let line = match outcome {
+        Some(Ok(result)) => Line::ok(result),
+        Some(Err(e)) => Line::error(e.kind, e.message),
+        None => Line::error(
+            kind::SHUTTING_DOWN,
+            "the daemon is stopping; the command did not complete",
+        ),
+    };
+    finish(writer, &line, limits).await;
+}
+
+async fn finish(mut writer: tokio::net::unix::WriteHalf<'_>, line: &Line, limits: &Limits) {
+    if write_line(&mut writer, line, limits).await {
+        let _ = tokio::time::timeout(limits.write_timeout, writer.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind_of(line: &Line) -> Option<&str> {
+        match line {
+            Line::Response { error: Some(e), .. } => Some(e.kind.as_str()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn parse_checks_version_before_command() {
+        let bad = |s: &str| parse_request(s.as_bytes()).err();
+        assert_eq!(bad("{").as_ref().and_then(kind_of), Some(kind::BAD_REQUEST));
+        assert_eq!(
+            bad("[1]").as_ref().and_then(kind_of),
+            Some(kind::BAD_REQUEST)
+        );
+        assert_eq!(
+            bad(r#"{"cmd":"status"}"#).as_ref().and_then(kind_of),
+            Some(kind::BAD_REQUEST)
+        );
+        assert_eq!(
+            bad(r#"{"v":2,"cmd":"nope"}"#).as_ref().and_then(kind_of),
+            Some(kind::UNSUPPORTED_VERSION)
+        );
+        assert_eq!(
+            bad(r#"{"v":"1","cmd":"status"}"#)
+                .as_ref()
+                .and_then(kind_of),
+            Some(kind::UNSUPPORTED_VERSION)
+        );
+        assert_eq!(
+            bad(r#"{"v":1,"cmd":"backup_everything"}"#)
+                .as_ref()
+                .and_then(kind_of),
+            Some(kind::UNKNOWN_COMMAND)
+        );
+        assert_eq!(
+            bad(r#"{"v":1,"cmd":"query","collection":"c"}"#)
+                .as_ref()
+                .and_then(kind_of),
+            Some(kind::BAD_REQUEST)
+        );
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"status"}"#).ok(),
+            Some(Command::Status)
+        );
+    }
+
+    #[test]
+    fn policy_fast_path() {
+        let p = Policy {
+            own_uid: 999,
+            socket_gid: 998,
+        };
+        let peer = |uid, gid| Peer {
+            uid,
+            gid,
+            pid: None,
+        };
+        assert!(p.allows_fast(&peer(0, 5)));
+        assert!(p.allows_fast(&peer(999, 5)));
+        assert!(p.allows_fast(&peer(1000, 998)));
+        assert!(!p.allows_fast(&peer(1000, 1000)));
+    }
+}
