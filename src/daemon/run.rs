@@ -32,7 +32,7 @@ use crate::observe::{http, MetricsCollector};
 pub enum ReloadCause {
     FileChanged,
     Signal,
-    Command { uid: u32, pid: Option<i32> },
+    Command { uid: u32, gid: u32, pid: Option<i32> },
 }
 
 /// The result of one reload, kept for `status`.
@@ -70,7 +70,7 @@ pub(crate) struct Shared {
     started: std::time::Instant,
     last_reload: Mutex<Option<ReloadReport>>,
     metrics: Arc<MetricsCollector>,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
     reload_tx: mpsc::Sender<ReloadRequest>,
 }
 
@@ -119,7 +119,7 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
     let mut signals = Signals::new()?;
 
     fs_err::create_dir_all(&config.daemon.state_dir).map_err(|e| DaemonError::StateDir(e.to_string()))?;
-    let audit = AuditLog::open(&config.daemon.state_dir).map_err(|e| DaemonError::StateDir(e.to_string()))?;
+    let audit = Arc::new(AuditLog::open(&config.daemon.state_dir).map_err(|e| DaemonError::StateDir(e.to_string()))?);
 
     // Chroma: build the pool, then wait for a healthy endpoint.
     let store = ProductionChromaStore::new(&config, metrics.clone()).map_err(DaemonError::Chroma)?;
@@ -202,7 +202,9 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
 
     notifier.ready(&status_line(&shared));
     tracing::info!(socket = %config.control.socket_path.display(), "chromaprod ready");
-    shared.audit_system("daemon_start", json!({ "config": shared.source.path }));
+    shared
+        .audit(Actor::system("daemon"), "daemon_start", json!({ "config": shared.source.path }))
+        .await;
 
     // The main loop: reloads, signals, status refresh. One reload path for all causes.
     let mut status_tick = tokio::time::interval(beat_every);
@@ -240,15 +242,20 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
             return Err(DaemonError::ForcedStop);
         }
     }
-    shared.audit_system("daemon_stop", json!({}));
+    shared.audit(Actor::system("daemon"), "daemon_stop", json!({})).await;
     tracing::info!("stopped");
     Ok(())
 }
 
 impl Shared {
-    fn audit_system(&self, action: &str, details: Value) {
-        if let Err(e) = self.audit.append(&Actor::System("daemon".into()), action, details) {
-            tracing::error!(error = %e, "cannot write the audit log");
+    /// Append to the audit log off the async threads (it writes and fsyncs).
+    async fn audit(&self, actor: Actor, action: &'static str, details: Value) {
+        let log = self.audit.clone();
+        let result = tokio::task::spawn_blocking(move || log.append(&actor, action, details)).await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot write the audit log"),
+            Err(e) => tracing::error!(error = %e, "audit log writer failed"),
         }
     }
 }
@@ -320,13 +327,15 @@ async fn apply_reload(
         tracing::error!(error = report.error.as_deref().unwrap_or(""), "configuration rejected; the running configuration stays in force");
     }
     let actor = match &req.cause {
-        ReloadCause::Command { uid, pid } => Actor::Peer { uid: *uid, pid: *pid },
-        ReloadCause::Signal => Actor::System("SIGHUP".into()),
-        ReloadCause::FileChanged => Actor::System("file watcher".into()),
+        ReloadCause::Command { uid, gid, pid } => Actor::Peer {
+            uid: *uid,
+            gid: *gid,
+            pid: *pid,
+        },
+        ReloadCause::Signal => Actor::system("SIGHUP"),
+        ReloadCause::FileChanged => Actor::system("file watcher"),
     };
-    if let Err(e) = shared.audit.append(&actor, "config_reload", json!(report)) {
-        tracing::error!(error = %e, "cannot write the audit log");
-    }
+    shared.audit(actor, "config_reload", json!(report)).await;
     *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
     notifier.ready(&status_line(shared));
     if let Some(reply) = req.reply {
@@ -475,7 +484,11 @@ impl Handler for ControlHandler {
             Command::Reload => {
                 let (tx, rx) = oneshot::channel();
                 let req = ReloadRequest {
-                    cause: ReloadCause::Command { uid: peer.uid, pid: peer.pid },
+                    cause: ReloadCause::Command {
+                        uid: peer.uid,
+                        gid: peer.gid,
+                        pid: peer.pid,
+                    },
                     reply: Some(tx),
                 };
                 self.shared
