@@ -1,0 +1,63 @@
+//! The auth token never appears in Debug or Display of anything in this module.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{AuthHeader, Config};
+use crate::observe::MetricsCollector;
+use crate::secret::Secret;
+
+use super::*;
+
+const TOKEN: &str = "tok-SECRET-4f9a8b7c";
+
+fn config(header: AuthHeader) -> Config {
+    let mut c = Config::default();
+    c.chroma.auth_token = Some(Secret::new(TOKEN.to_string()));
+    c.chroma.auth_header = header;
+    // Nothing listens here: calls fail fast with a connect error.
+    c.chroma.endpoints = vec![url::Url::parse("http://127.0.0.1:9/").unwrap()];
+    c.pool.connect_timeout = Duration::from_millis(200);
+    c.pool.connection_timeout = Duration::from_millis(50);
+    c.retry.max_retries = 1;
+    c.retry.base_delay = Duration::from_millis(1);
+    c
+}
+
+fn assert_clean(what: &str, s: &str) {
+    assert!(!s.contains(TOKEN), "{what} leaks the token: {s}");
+    assert!(!s.contains("4f9a8b7c"), "{what} leaks part of the token: {s}");
+}
+
+#[tokio::test]
+async fn token_absent_from_debug_and_display() {
+    for header in [AuthHeader::Authorization, AuthHeader::XChromaToken] {
+        let c = config(header);
+        let http = pool::build_http_client(&c.chroma, &c.pool).unwrap();
+        assert_clean("reqwest client", &format!("{http:?}"));
+        let store = ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new())).unwrap();
+        assert_clean("store", &format!("{store:?}"));
+        assert_clean("pool", &format!("{:?}", store.pool()));
+        assert_clean("status", &serde_json::to_string(&store.status()).unwrap());
+        let err = store.count("x").await.unwrap_err();
+        assert_clean("error Debug", &format!("{err:?}"));
+        assert_clean("error Display", &format!("{err}"));
+        // Exhaust the pool to format a ConnectionPoolError too.
+        let mut held = Vec::new();
+        for _ in 0..c.pool.max_connections {
+            held.push(store.pool().acquire("test").await);
+        }
+        let err = store.pool().acquire("test").await.unwrap_err();
+        assert!(matches!(err, ChromaError::ConnectionPool(_)));
+        assert_clean("pool error", &format!("{err} {err:?}"));
+    }
+}
+
+#[test]
+fn auth_header_is_marked_sensitive() {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap();
+    v.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, v);
+    assert_clean("HeaderMap", &format!("{headers:?}"));
+}
