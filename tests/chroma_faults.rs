@@ -118,7 +118,9 @@ async fn latency_under_and_over_the_request_timeout() {
     }
     // Two attempts of 500 ms plus 20 ms back-off; never the 3 s latency.
     assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
-    assert!(metrics.encode().contains("chromaprod_retries_total{operation=\"count\"} 1"));
+    assert!(metrics
+        .encode()
+        .contains("chromaprod_retries_total{operation=\"count\"} 1"));
 }
 
 #[tokio::test]
@@ -135,7 +137,9 @@ async fn reset_mid_request_is_retried_for_reads_not_for_creates() {
         .expect("get survives two resets");
     assert_eq!(got.ids, vec!["a", "b", "c"]);
     assert_eq!(proxy.requests(), 3);
-    assert!(metrics.encode().contains("chromaprod_retries_total{operation=\"get\"} 2"));
+    assert!(metrics
+        .encode()
+        .contains("chromaprod_retries_total{operation=\"get\"} 2"));
 
     // A plain create is not idempotent: a reset after sending is not retried.
     proxy.reset_counters();
@@ -236,7 +240,11 @@ async fn blackhole_times_out_without_hanging() {
         matches!(last_error(&err), ChromaError::Timeout { .. }),
         "{err}"
     );
-    assert!(t.elapsed() < Duration::from_millis(1200), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -252,7 +260,11 @@ async fn too_many_requests_and_unavailable_are_retried_honouring_retry_after() {
         proxy.next(1, Fault::respond(status, &[("Retry-After", "1")], "{}"));
         let t = Instant::now();
         assert_eq!(s.count(&id).await.expect("retried"), 3);
-        assert!(t.elapsed() >= Duration::from_secs(1), "{status}: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_secs(1),
+            "{status}: {:?}",
+            t.elapsed()
+        );
         assert_eq!(proxy.requests(), 2);
 
         // Without it, the back-off (20 ms, 40 ms) applies.
@@ -260,13 +272,20 @@ async fn too_many_requests_and_unavailable_are_retried_honouring_retry_after() {
         proxy.next(2, Fault::respond(status, &[], "{}"));
         let t = Instant::now();
         assert_eq!(s.count(&id).await.expect("retried"), 3);
-        assert!(t.elapsed() < Duration::from_millis(800), "{status}: {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(800),
+            "{status}: {:?}",
+            t.elapsed()
+        );
         assert_eq!(proxy.requests(), 3);
     }
 
     // A 400 is never retried.
     proxy.reset_counters();
-    proxy.next(1, Fault::respond(400, &[], r#"{"error":"InvalidArgumentError"}"#));
+    proxy.next(
+        1,
+        Fault::respond(400, &[], r#"{"error":"InvalidArgumentError"}"#),
+    );
     let err = s.count(&id).await.expect_err("400");
     assert_eq!(err.status(), Some(400));
     assert!(!err.is_transient());
@@ -298,7 +317,11 @@ async fn failover_between_two_endpoints_and_back() {
         assert_eq!(s.count(&id).await.expect("count"), 3);
     }
     // Only health checks reach the failed endpoint now.
-    assert!(proxy.requests() - before <= 3, "{}", proxy.requests() - before);
+    assert!(
+        proxy.requests() - before <= 3,
+        "{}",
+        proxy.requests() - before
+    );
 
     proxy.set(Fault::PassThrough);
     assert!(
@@ -381,4 +404,27 @@ async fn breaker_opens_after_failures_and_closes_after_a_probe() {
     assert!(metrics
         .encode()
         .contains(&format!("chromaprod_circuit_open{{endpoint=\"{ep}\"}} 0")));
+}
+
+#[tokio::test]
+async fn upsert_splits_the_batch_on_413() {
+    let server = ChromaServer::start();
+    let id = seed(&server, "split413").await;
+    let proxy = FaultProxy::start(server.addr()).await;
+    let (s, _) = store(&config(vec![proxy.url()]));
+    s.pre_flight_checks().await.expect("pre-flight");
+    proxy.reset_counters();
+    proxy.next(
+        1,
+        Fault::respond(413, &[], r#"{"error":"payload too large"}"#),
+    );
+    let batch = RecordBatch {
+        ids: (0..4).map(|i| format!("s{i}")).collect(),
+        embeddings: Some((0..4).map(|i| vec![i as f32, 5.0]).collect()),
+        ..RecordBatch::default()
+    };
+    let sent = s.upsert(&id, &batch).await.expect("split and sent");
+    assert_eq!(sent, 2, "413 halves the batch");
+    assert_eq!(proxy.requests(), 3, "the 413 was not retried as-is");
+    assert_eq!(s.count(&id).await.expect("count"), 7);
 }

@@ -168,7 +168,10 @@ mod tests {
         b.on_failure(t);
         assert_eq!(b.state(t), BreakerState::Open);
         assert!(!b.try_acquire(t + Duration::from_secs(9)));
-        assert_eq!(b.retry_in(t + Duration::from_secs(9)), Duration::from_secs(1));
+        assert_eq!(
+            b.retry_in(t + Duration::from_secs(9)),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

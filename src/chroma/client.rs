@@ -191,7 +191,11 @@ impl RecordBatch {
         let mut size = self.ids[i].len() + 8;
         if let Some(e) = &self.embeddings {
             let dim = e[i].len();
-            size += if base64 { (dim * 4).div_ceil(3) * 4 + 4 } else { dim * 16 + 2 };
+            size += if base64 {
+                (dim * 4).div_ceil(3) * 4 + 4
+            } else {
+                dim * 16 + 2
+            };
         }
         if let Some(Some(d)) = self.documents.as_ref().map(|d| &d[i]) {
             // JSON escaping can grow a string up to 6× (\uXXXX); be safe.
@@ -290,7 +294,9 @@ fn null_to_nan(v: Vec<Option<f32>>) -> Vec<f32> {
 
 type RawVectors = Vec<Option<Vec<Option<f32>>>>;
 
-fn de_embeddings<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Option<Vec<f32>>>>, D::Error> {
+fn de_embeddings<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<Option<Vec<f32>>>>, D::Error> {
     let raw: Option<RawVectors> = Option::deserialize(d)?;
     Ok(raw.map(|vs| vs.into_iter().map(|v| v.map(null_to_nan)).collect()))
 }
@@ -504,7 +510,8 @@ impl ChromaClient {
     /// The API version (`"1.0.0"`), not the server's release.
     pub async fn version(&self) -> Result<String, ChromaError> {
         let url = self.url(&self.base, "api/v2/version", "version")?;
-        self.call::<(), String>("version", Method::GET, url, None).await
+        self.call::<(), String>("version", Method::GET, url, None)
+            .await
     }
 
     pub async fn pre_flight_checks(&self) -> Result<PreFlight, ChromaError> {
@@ -557,7 +564,10 @@ impl ChromaClient {
             .await
     }
 
-    pub async fn create_collection(&self, req: &CreateCollection) -> Result<Collection, ChromaError> {
+    pub async fn create_collection(
+        &self,
+        req: &CreateCollection,
+    ) -> Result<Collection, ChromaError> {
         let url = self.url(&self.db_base, "collections", "create_collection")?;
         self.call("create_collection", Method::POST, url, Some(req))
             .await
@@ -619,10 +629,12 @@ impl ChromaClient {
         batch: &RecordBatch,
         base64: bool,
     ) -> Result<(), ChromaError> {
-        batch.validate().map_err(|detail| ChromaError::InvalidRequest {
-            operation: "upsert",
-            detail,
-        })?;
+        batch
+            .validate()
+            .map_err(|detail| ChromaError::InvalidRequest {
+                operation: "upsert",
+                detail,
+            })?;
         let embeddings = batch.embeddings.as_ref().map(|es| {
             if base64 {
                 Value::Array(
@@ -670,7 +682,12 @@ impl ChromaClient {
             "delete",
         )?;
         let a: DeleteAnswer = self
-            .call("delete", Method::POST, url, Some(&DeleteBody { ids, where_ }))
+            .call(
+                "delete",
+                Method::POST,
+                url,
+                Some(&DeleteBody { ids, where_ }),
+            )
             .await?;
         Ok(a.deleted.unwrap_or(0))
     }
@@ -734,7 +751,11 @@ mod tests {
             let body = serde_json::to_vec(&UpsertBody {
                 ids: &part.ids,
                 embeddings: part.embeddings.as_ref().map(|es| {
-                    Value::Array(es.iter().map(|e| Value::String(encode_embedding(e))).collect())
+                    Value::Array(
+                        es.iter()
+                            .map(|e| Value::String(encode_embedding(e)))
+                            .collect(),
+                    )
                 }),
                 documents: part.documents.as_ref(),
                 metadatas: None,

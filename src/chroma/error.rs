@@ -104,7 +104,10 @@ pub enum ChromaError {
         detail: String,
     },
     #[error("circuit breaker for {endpoint} is open after repeated failures; calls resume with a probe in {} ms. See `chromaprod status`", retry_in.as_millis())]
-    CircuitOpen { endpoint: String, retry_in: Duration },
+    CircuitOpen {
+        endpoint: String,
+        retry_in: Duration,
+    },
     #[error("Chroma client configuration is unusable: {0}")]
     Config(String),
     #[error("invalid request to Chroma {operation}: {detail}")]

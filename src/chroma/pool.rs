@@ -132,7 +132,10 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.done {
-            self.pool.inner.endpoints[self.index].lock().breaker.on_abandon();
+            self.pool.inner.endpoints[self.index]
+                .lock()
+                .breaker
+                .on_abandon();
         }
     }
 }
@@ -146,9 +149,10 @@ pub fn build_http_client(
     if let Some(token) = &chroma.auth_token {
         let (name, value) = match chroma.auth_header {
             AuthHeader::Authorization => (AUTHORIZATION, format!("Bearer {}", token.expose())),
-            AuthHeader::XChromaToken => {
-                (HeaderName::from_static("x-chroma-token"), token.expose().clone())
-            }
+            AuthHeader::XChromaToken => (
+                HeaderName::from_static("x-chroma-token"),
+                token.expose().clone(),
+            ),
         };
         let mut value = HeaderValue::from_str(&value).map_err(|_| {
             ChromaError::Config(
@@ -167,9 +171,8 @@ pub fn build_http_client(
         .tcp_nodelay(true)
         .user_agent(concat!("chromaprod/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &chroma.tls_ca_file {
-        let pem = fs_err::read(ca).map_err(|e| {
-            ChromaError::Config(format!("cannot read chroma.tls_ca_file: {e}"))
-        })?;
+        let pem = fs_err::read(ca)
+            .map_err(|e| ChromaError::Config(format!("cannot read chroma.tls_ca_file: {e}")))?;
         let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
             ChromaError::Config(format!(
                 "chroma.tls_ca_file {} is not a PEM certificate: {e}",
@@ -398,11 +401,12 @@ impl ConnectionPool {
     /// Health-check endpoint `index` now; returns whether it is healthy.
     pub async fn check_endpoint(&self, index: usize) -> bool {
         let e = &self.inner.endpoints[index];
-        let timeout = self
-            .inner
-            .config
-            .request_timeout
-            .min(self.inner.config.health_check_interval.max(Duration::from_millis(100)));
+        let timeout = self.inner.config.request_timeout.min(
+            self.inner
+                .config
+                .health_check_interval
+                .max(Duration::from_millis(100)),
+        );
         let result = match tokio::time::timeout(timeout, e.client.healthcheck()).await {
             Ok(r) => r,
             Err(_) => Err(ChromaError::Timeout {

@@ -50,9 +50,21 @@ impl DenseRetriever {
         };
         let r = self.store.query(&coll.id, &req).await?;
         let ids = r.ids.into_iter().next().unwrap_or_default();
-        let mut distances = r.distances.and_then(|d| d.into_iter().next()).unwrap_or_default().into_iter();
-        let mut documents = r.documents.and_then(|d| d.into_iter().next()).unwrap_or_default().into_iter();
-        let mut metadatas = r.metadatas.and_then(|d| d.into_iter().next()).unwrap_or_default().into_iter();
+        let mut distances = r
+            .distances
+            .and_then(|d| d.into_iter().next())
+            .unwrap_or_default()
+            .into_iter();
+        let mut documents = r
+            .documents
+            .and_then(|d| d.into_iter().next())
+            .unwrap_or_default()
+            .into_iter();
+        let mut metadatas = r
+            .metadatas
+            .and_then(|d| d.into_iter().next())
+            .unwrap_or_default()
+            .into_iter();
         Ok(ids
             .into_iter()
             .map(|id| RankedResult {
@@ -66,11 +78,18 @@ impl DenseRetriever {
 
     /// The `n` nearest records to the stored embedding of record `id`
     /// (the record itself is usually first, at distance 0).
-    pub async fn nearest_to_id(&self, id: &str, n: usize) -> Result<Vec<RankedResult>, ChromaError> {
+    pub async fn nearest_to_id(
+        &self,
+        id: &str,
+        n: usize,
+    ) -> Result<Vec<RankedResult>, ChromaError> {
         let coll = self.store.get_collection(&self.collection).await?;
         let got = self
             .store
-            .get_records(&coll.id, &GetRequest::ids(vec![id.to_string()], &[Include::Embeddings]))
+            .get_records(
+                &coll.id,
+                &GetRequest::ids(vec![id.to_string()], &[Include::Embeddings]),
+            )
             .await?;
         let vector = got
             .embeddings
@@ -79,7 +98,10 @@ impl DenseRetriever {
             .ok_or_else(|| ChromaError::NotFound {
                 operation: "query",
                 endpoint: String::new(),
-                what: format!("record {id:?} (or its embedding) in collection {:?}", self.collection),
+                what: format!(
+                    "record {id:?} (or its embedding) in collection {:?}",
+                    self.collection
+                ),
             })?;
         self.nearest(&vector, n, None).await
     }

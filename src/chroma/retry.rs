@@ -371,10 +371,7 @@ mod tests {
         let m = RetryManager::with_jitter(cfg(), Box::new(|| 1.0));
         let mut a = attempt(Some(RetryableError::TooManyRequests), 1);
         a.retry_after = Some(Duration::from_secs(2));
-        assert_eq!(
-            m.decide(&a, 0.0),
-            Decision::Retry(Duration::from_secs(2))
-        );
+        assert_eq!(m.decide(&a, 0.0), Decision::Retry(Duration::from_secs(2)));
         a.elapsed = Duration::from_secs(9);
         assert_eq!(m.decide(&a, 0.0), Decision::GiveUp(GiveUp::Deadline));
         let mut b = attempt(Some(RetryableError::Timeout), 1);

@@ -26,7 +26,10 @@ fn config(header: AuthHeader) -> Config {
 
 fn assert_clean(what: &str, s: &str) {
     assert!(!s.contains(TOKEN), "{what} leaks the token: {s}");
-    assert!(!s.contains("4f9a8b7c"), "{what} leaks part of the token: {s}");
+    assert!(
+        !s.contains("4f9a8b7c"),
+        "{what} leaks part of the token: {s}"
+    );
 }
 
 #[tokio::test]

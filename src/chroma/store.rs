@@ -68,7 +68,12 @@ impl ProductionChromaStore {
         metrics: Arc<MetricsCollector>,
         retry: RetryManager,
     ) -> Result<Self, ChromaError> {
-        let pool = ConnectionPool::new(&config.chroma, &config.pool, &config.breaker, metrics.clone())?;
+        let pool = ConnectionPool::new(
+            &config.chroma,
+            &config.pool,
+            &config.breaker,
+            metrics.clone(),
+        )?;
         Ok(ProductionChromaStore {
             inner: Arc::new(StoreInner {
                 pool,
@@ -221,7 +226,11 @@ impl ProductionChromaStore {
                 })
             })
             .await?;
-        *self.inner.preflight.lock().unwrap_or_else(|e| e.into_inner()) = Some(PreFlight {
+        *self
+            .inner
+            .preflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(PreFlight {
             max_batch_size: info.max_batch_size,
             supports_base64_encoding: info.supports_base64_encoding,
         });
@@ -229,18 +238,29 @@ impl ProductionChromaStore {
     }
 
     pub async fn healthcheck(&self) -> Result<(), ChromaError> {
-        self.call("healthcheck", CallKind::Read, |c| async move { c.healthcheck().await })
-            .await
+        self.call("healthcheck", CallKind::Read, |c| async move {
+            c.healthcheck().await
+        })
+        .await
     }
 
     pub async fn version(&self) -> Result<String, ChromaError> {
-        self.call("version", CallKind::Read, |c| async move { c.version().await })
-            .await
+        self.call(
+            "version",
+            CallKind::Read,
+            |c| async move { c.version().await },
+        )
+        .await
     }
 
     /// Pre-flight limits, fetched once and cached.
     pub async fn pre_flight_checks(&self) -> Result<PreFlight, ChromaError> {
-        if let Some(p) = *self.inner.preflight.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(p) = *self
+            .inner
+            .preflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
             return Ok(p);
         }
         let p = self
@@ -248,7 +268,11 @@ impl ProductionChromaStore {
                 c.pre_flight_checks().await
             })
             .await?;
-        *self.inner.preflight.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        *self
+            .inner
+            .preflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(p);
         Ok(p)
     }
 
@@ -280,7 +304,10 @@ impl ProductionChromaStore {
 
     /// Create a collection. Retried only when the request surely did not
     /// arrive; with `get_or_create` it is idempotent and retried as such.
-    pub async fn create_collection(&self, req: &CreateCollection) -> Result<Collection, ChromaError> {
+    pub async fn create_collection(
+        &self,
+        req: &CreateCollection,
+    ) -> Result<Collection, ChromaError> {
         let kind = if req.get_or_create {
             CallKind::IdempotentWrite
         } else {
@@ -316,8 +343,10 @@ impl ProductionChromaStore {
     }
 
     pub async fn count(&self, collection_id: &str) -> Result<u64, ChromaError> {
-        self.call("count", CallKind::Read, |c| async move { c.count(collection_id).await })
-            .await
+        self.call("count", CallKind::Read, |c| async move {
+            c.count(collection_id).await
+        })
+        .await
     }
 
     pub async fn get_records(
@@ -346,11 +375,17 @@ impl ProductionChromaStore {
 
     /// Upsert any number of records: split under `max_batch_size` and the
     /// 40 MiB body limit, halving further on 413. Returns the batches sent.
-    pub async fn upsert(&self, collection_id: &str, batch: &RecordBatch) -> Result<usize, ChromaError> {
-        batch.validate().map_err(|detail| ChromaError::InvalidRequest {
-            operation: "upsert",
-            detail,
-        })?;
+    pub async fn upsert(
+        &self,
+        collection_id: &str,
+        batch: &RecordBatch,
+    ) -> Result<usize, ChromaError> {
+        batch
+            .validate()
+            .map_err(|detail| ChromaError::InvalidRequest {
+                operation: "upsert",
+                detail,
+            })?;
         let pf = self.pre_flight_checks().await?;
         let plan = plan_batches(
             batch,
@@ -366,7 +401,10 @@ impl ProductionChromaStore {
                 Ok(()) => sent += 1,
                 Err(e) if e.status() == Some(413) && r.len() > 1 => {
                     let mid = r.start + r.len() / 2;
-                    tracing::info!(records = r.len(), "Chroma answered 413; splitting the batch");
+                    tracing::info!(
+                        records = r.len(),
+                        "Chroma answered 413; splitting the batch"
+                    );
                     stack.push(mid..r.end);
                     stack.push(r.start..mid);
                 }

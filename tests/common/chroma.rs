@@ -67,9 +67,7 @@ impl ChromaServer {
     pub fn start() -> Self {
         let bin = chroma_bin();
         let dir = tempfile::tempdir().expect("temp dir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("addr");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut s = ChromaServer {
             child: None,
             addr,

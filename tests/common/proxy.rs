@@ -72,14 +72,22 @@ impl Shared {
         if let Some(f) = self.queue.lock().unwrap().pop_front() {
             return f;
         }
-        self.mode.lock().unwrap().clone().unwrap_or(Fault::PassThrough)
+        self.mode
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(Fault::PassThrough)
     }
 
     fn peek_fault(&self) -> Fault {
         if let Some(f) = self.queue.lock().unwrap().front() {
             return f.clone();
         }
-        self.mode.lock().unwrap().clone().unwrap_or(Fault::PassThrough)
+        self.mode
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(Fault::PassThrough)
     }
 }
 
@@ -251,7 +259,8 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(
             r.read_exact(&mut chunk).await?;
             body.extend_from_slice(&chunk);
         }
-    } else if is_response && !text.starts_with("HTTP/1.1 204") && !text.starts_with("HTTP/1.1 304") {
+    } else if is_response && !text.starts_with("HTTP/1.1 204") && !text.starts_with("HTTP/1.1 304")
+    {
         r.read_to_end(&mut body).await?;
     }
     Ok(Some(Message { head, body }))
@@ -260,8 +269,10 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(
 async fn serve(client: TcpStream, upstream: SocketAddr, s: Arc<Shared>) {
     let (cr, mut cw) = client.into_split();
     let mut cr = BufReader::new(cr);
-    let mut up: Option<(BufReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf)> =
-        None;
+    let mut up: Option<(
+        BufReader<tokio::net::tcp::OwnedReadHalf>,
+        tokio::net::tcp::OwnedWriteHalf,
+    )> = None;
     loop {
         let req = match read_message(&mut cr, false).await {
             Ok(Some(m)) => m,
