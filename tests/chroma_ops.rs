@@ -49,7 +49,7 @@ async fn typed_operations_round_trip() {
                 json!({"owner": "tests", "n": 1})
                     .as_object()
                     .cloned()
-                    .unwrap(),
+                    .expect("should succeed"),
             ),
             configuration: Some(json!({"hnsw": {"space": "l2", "ef_search": 50}})),
             get_or_create: false,
@@ -76,7 +76,10 @@ async fn typed_operations_round_trip() {
         schema["keys"]["#embedding"]["float_list"]["vector_index"]["config"]["space"],
         "l2"
     );
-    assert_eq!(c.metadata.as_ref().unwrap()["owner"], "tests");
+    assert_eq!(
+        c.metadata.as_ref().expect("should succeed")["owner"],
+        "tests"
+    );
 
     // Upsert with base64 embeddings; read back bit-exact (l2 collection).
     let n = 50;
@@ -92,7 +95,12 @@ async fn typed_operations_round_trip() {
         metadatas: Some(
             (0..n)
                 .map(|i| {
-                    (i % 4 != 0).then(|| json!({"i": i, "s": "ü"}).as_object().cloned().unwrap())
+                    (i % 4 != 0).then(|| {
+                        json!({"i": i, "s": "ü"})
+                            .as_object()
+                            .cloned()
+                            .expect("should succeed")
+                    })
                 })
                 .collect(),
         ),
@@ -123,17 +131,19 @@ async fn typed_operations_round_trip() {
         assert_eq!(got, want, "record {i} bit-exact");
     }
     // r012 has no document (None kept as null), r011 has one.
-    assert_eq!(page.documents.as_ref().unwrap()[2], None);
+    assert_eq!(page.documents.as_ref().expect("should succeed")[2], None);
     assert_eq!(
-        page.documents.as_ref().unwrap()[1],
+        page.documents.as_ref().expect("should succeed")[1],
         Some("doc é 11".to_string())
     );
     assert_eq!(
-        page.uris.as_ref().unwrap()[0],
+        page.uris.as_ref().expect("should succeed")[0],
         Some("s3://b/10".to_string())
     );
     assert_eq!(
-        page.metadatas.as_ref().unwrap()[1].as_ref().unwrap()["i"],
+        page.metadatas.as_ref().expect("should succeed")[1]
+            .as_ref()
+            .expect("should succeed")["i"],
         11
     );
 
@@ -206,7 +216,12 @@ async fn typed_operations_round_trip() {
         &created.id,
         &ModifyCollection {
             new_name: Some("ops-renamed".into()),
-            new_metadata: Some(json!({"owner": "renamed"}).as_object().cloned().unwrap()),
+            new_metadata: Some(
+                json!({"owner": "renamed"})
+                    .as_object()
+                    .cloned()
+                    .expect("should succeed"),
+            ),
             ..ModifyCollection::default()
         },
     )
@@ -216,7 +231,10 @@ async fn typed_operations_round_trip() {
     assert!(matches!(err, ChromaError::NotFound { .. }), "{err}");
     let renamed = s.get_collection("ops-renamed").await.expect("new name");
     assert_eq!(renamed.id, created.id);
-    assert_eq!(renamed.metadata.unwrap()["owner"], "renamed");
+    assert_eq!(
+        renamed.metadata.expect("should succeed")["owner"],
+        "renamed"
+    );
 
     // Delete the collection.
     s.delete_collection("ops-renamed")

@@ -294,6 +294,7 @@ fn null_to_nan(v: Vec<Option<f32>>) -> Vec<f32> {
 
 type RawVectors = Vec<Option<Vec<Option<f32>>>>;
 
+#[allow(clippy::type_complexity)]
 fn de_embeddings<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Vec<Option<Vec<f32>>>>, D::Error> {
@@ -715,13 +716,13 @@ mod tests {
         let r: GetResult = serde_json::from_str(
             r#"{"ids":["a","b","c"],"embeddings":[[1.0,2.5],null,[null,1.0]],"documents":["x",null,null],"metadatas":[{"k":1},null,{}],"uris":null,"include":[]}"#,
         )
-        .unwrap();
-        let e = r.embeddings.unwrap();
+        .expect("should succeed");
+        let e = r.embeddings.expect("should succeed");
         assert_eq!(e[0], Some(vec![1.0, 2.5]));
         assert_eq!(e[1], None);
-        assert!(e[2].as_ref().unwrap()[0].is_nan());
+        assert!(e[2].as_ref().expect("should succeed")[0].is_nan());
         assert_eq!(r.uris, None);
-        assert_eq!(r.documents.unwrap()[1], None);
+        assert_eq!(r.documents.expect("should succeed")[1], None);
     }
 
     #[test]
@@ -761,7 +762,7 @@ mod tests {
                 metadatas: None,
                 uris: None,
             })
-            .unwrap();
+            .expect("should succeed");
             assert!(body.len() <= limit, "{} > {limit}", body.len());
         }
         // A single oversized record still gets its own batch.
@@ -788,6 +789,6 @@ mod tests {
             documents: Some(vec![None]),
             ..RecordBatch::default()
         };
-        assert!(b.validate().unwrap_err().contains("documents"));
+        assert!(b.validate().expect_err("should fail").contains("documents"));
     }
 }

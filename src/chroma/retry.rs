@@ -146,7 +146,7 @@ impl std::fmt::Debug for RetryManager {
 impl RetryManager {
     /// A manager with random jitter.
     pub fn new(config: RetryConfig) -> Self {
-        Self::with_jitter(config, Box::new(|| rand::random::<f64>()))
+        Self::with_jitter(config, Box::new(rand::random::<f64>))
     }
 
     /// A manager with an injected jitter source (tests use a constant).

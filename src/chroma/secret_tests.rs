@@ -16,7 +16,7 @@ fn config(header: AuthHeader) -> Config {
     c.chroma.auth_token = Some(Secret::new(TOKEN.to_string()));
     c.chroma.auth_header = header;
     // Nothing listens here: calls fail fast with a connect error.
-    c.chroma.endpoints = vec![url::Url::parse("http://127.0.0.1:9/").unwrap()];
+    c.chroma.endpoints = vec![url::Url::parse("http://127.0.0.1:9/").expect("should succeed")];
     c.pool.connect_timeout = Duration::from_millis(200);
     c.pool.connection_timeout = Duration::from_millis(50);
     c.retry.max_retries = 1;
@@ -36,13 +36,17 @@ fn assert_clean(what: &str, s: &str) {
 async fn token_absent_from_debug_and_display() {
     for header in [AuthHeader::Authorization, AuthHeader::XChromaToken] {
         let c = config(header);
-        let http = pool::build_http_client(&c.chroma, &c.pool).unwrap();
+        let http = pool::build_http_client(&c.chroma, &c.pool).expect("should succeed");
         assert_clean("reqwest client", &format!("{http:?}"));
-        let store = ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new())).unwrap();
+        let store = ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new()))
+            .expect("should succeed");
         assert_clean("store", &format!("{store:?}"));
         assert_clean("pool", &format!("{:?}", store.pool()));
-        assert_clean("status", &serde_json::to_string(&store.status()).unwrap());
-        let err = store.count("x").await.unwrap_err();
+        assert_clean(
+            "status",
+            &serde_json::to_string(&store.status()).expect("should succeed"),
+        );
+        let err = store.count("x").await.expect_err("should fail");
         assert_clean("error Debug", &format!("{err:?}"));
         assert_clean("error Display", &format!("{err}"));
         // Exhaust the pool to format a ConnectionPoolError too.
@@ -50,7 +54,7 @@ async fn token_absent_from_debug_and_display() {
         for _ in 0..c.pool.max_connections {
             held.push(store.pool().acquire("test").await);
         }
-        let err = store.pool().acquire("test").await.unwrap_err();
+        let err = store.pool().acquire("test").await.expect_err("should fail");
         assert!(matches!(err, ChromaError::ConnectionPool(_)));
         assert_clean("pool error", &format!("{err} {err:?}"));
     }
@@ -59,7 +63,8 @@ async fn token_absent_from_debug_and_display() {
 #[test]
 fn auth_header_is_marked_sensitive() {
     let mut headers = reqwest::header::HeaderMap::new();
-    let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {TOKEN}")).unwrap();
+    let mut v =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("should succeed");
     v.set_sensitive(true);
     headers.insert(reqwest::header::AUTHORIZATION, v);
     assert_clean("HeaderMap", &format!("{headers:?}"));

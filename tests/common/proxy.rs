@@ -69,23 +69,23 @@ struct Shared {
 
 impl Shared {
     fn next_fault(&self) -> Fault {
-        if let Some(f) = self.queue.lock().unwrap().pop_front() {
+        if let Some(f) = self.queue.lock().expect("proxy state lock").pop_front() {
             return f;
         }
         self.mode
             .lock()
-            .unwrap()
+            .expect("proxy state lock")
             .clone()
             .unwrap_or(Fault::PassThrough)
     }
 
     fn peek_fault(&self) -> Fault {
-        if let Some(f) = self.queue.lock().unwrap().front() {
+        if let Some(f) = self.queue.lock().expect("proxy state lock").front() {
             return f.clone();
         }
         self.mode
             .lock()
-            .unwrap()
+            .expect("proxy state lock")
             .clone()
             .unwrap_or(Fault::PassThrough)
     }
@@ -121,7 +121,7 @@ impl FaultProxy {
                     drop(client);
                     continue;
                 }
-                let (s, c, up) = (s.clone(), c.clone(), *u.lock().unwrap());
+                let (s, c, up) = (s.clone(), c.clone(), *u.lock().expect("proxy state lock"));
                 tokio::spawn(async move {
                     tokio::select! {
                         () = c.cancelled() => {}
@@ -149,12 +149,12 @@ impl FaultProxy {
 
     /// The standing behaviour (after any queued faults).
     pub fn set(&self, fault: Fault) {
-        *self.shared.mode.lock().unwrap() = Some(fault);
+        *self.shared.mode.lock().expect("proxy state lock") = Some(fault);
     }
 
     /// Apply `fault` to the next `n` requests (or connections, for `Refuse`).
     pub fn next(&self, n: usize, fault: Fault) {
-        let mut q = self.shared.queue.lock().unwrap();
+        let mut q = self.shared.queue.lock().expect("proxy state lock");
         for _ in 0..n {
             q.push_back(fault.clone());
         }
@@ -162,7 +162,7 @@ impl FaultProxy {
 
     /// Forward new connections to another upstream.
     pub fn set_upstream(&self, upstream: SocketAddr) {
-        *self.upstream.lock().unwrap() = upstream;
+        *self.upstream.lock().expect("proxy state lock") = upstream;
     }
 
     /// Connections accepted so far.
