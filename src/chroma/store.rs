@@ -109,7 +109,7 @@ impl ProductionChromaStore {
         F: Fn(ChromaClient) -> Fut,
         Fut: Future<Output = Result<T, ChromaError>>,
     {
-        let span = tracing::debug_span!(
+        let span = tracing::info_span!(
             "chroma",
             operation,
             endpoint = tracing::field::Empty,
