@@ -117,7 +117,7 @@ async fn latency_under_and_over_the_request_timeout() {
         e => panic!("expected RetryExhausted, got {e}"),
     }
     // Two attempts of 500 ms plus 20 ms back-off; never the 3 s latency.
-    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
     assert!(metrics
         .encode()
         .contains("chromaprod_retries_total{operation=\"count\"} 1"));
@@ -241,7 +241,7 @@ async fn blackhole_times_out_without_hanging() {
         "{err}"
     );
     assert!(
-        t.elapsed() < Duration::from_millis(1200),
+        t.elapsed() < Duration::from_millis(2000),
         "{:?}",
         t.elapsed()
     );
@@ -313,14 +313,16 @@ async fn failover_between_two_endpoints_and_back() {
     assert_eq!(s.count(&id).await.expect("fails over"), 3);
     assert!(!s.status().endpoints[0].healthy);
     let before = proxy.requests();
+    let t = Instant::now();
     for _ in 0..5 {
         assert_eq!(s.count(&id).await.expect("count"), 3);
     }
-    // Only health checks reach the failed endpoint now.
+    // Only health checks (one per 100 ms) reach the failed endpoint now.
+    let allowed = usize::try_from(t.elapsed().as_millis() / 100).expect("small") + 2;
+    let reached = proxy.requests() - before;
     assert!(
-        proxy.requests() - before <= 3,
-        "{}",
-        proxy.requests() - before
+        reached <= allowed,
+        "{reached} requests reached it, allowed {allowed}"
     );
 
     proxy.set(Fault::PassThrough);
@@ -342,9 +344,9 @@ async fn pool_exhaustion_names_the_pool_state() {
     let mut c = config(vec![proxy.url()]);
     c.pool.max_connections = 1;
     c.pool.connection_timeout = Duration::from_millis(100);
-    c.pool.request_timeout = Duration::from_secs(2);
+    c.pool.request_timeout = Duration::from_secs(3);
     let (s, metrics) = store(&c);
-    proxy.set(Fault::Latency(Duration::from_millis(800)));
+    proxy.set(Fault::Latency(Duration::from_millis(1500)));
     let holder = tokio::spawn({
         let s = s.clone();
         let id = id.clone();
@@ -353,7 +355,11 @@ async fn pool_exhaustion_names_the_pool_state() {
     assert!(eventually(Duration::from_secs(2), || s.status().in_use == 1).await);
     let t = Instant::now();
     let err = s.count(&id).await.expect_err("pool exhausted");
-    assert!(t.elapsed() < Duration::from_millis(400));
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
     let ChromaError::ConnectionPool(pe) = &err else {
         panic!("expected ConnectionPoolError, got {err}")
     };

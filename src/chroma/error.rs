@@ -209,18 +209,19 @@ impl ChromaError {
     ) -> Self {
         let endpoint = endpoint.to_string();
         let detail = error_chain(e);
-        if e.is_timeout() {
-            return ChromaError::Timeout {
-                operation,
-                endpoint,
-                after: timeout,
-            };
-        }
+        // A connect timeout is a connect failure: the request was never sent.
         if e.is_connect() {
             return ChromaError::Connect {
                 operation,
                 endpoint,
                 detail,
+            };
+        }
+        if e.is_timeout() {
+            return ChromaError::Timeout {
+                operation,
+                endpoint,
+                after: timeout,
             };
         }
         if e.is_decode() {
