@@ -398,7 +398,8 @@ impl ConnectionPool {
         self.inner.metrics.endpoint_state(&e.url, healthy, open);
     }
 
-    /// Health-check endpoint `index` now; returns whether it is healthy.
+    /// Health-check endpoint `index` now (`min_connections` checks at
+    /// once, all must pass); returns whether it is healthy.
     pub async fn check_endpoint(&self, index: usize) -> bool {
         let e = &self.inner.endpoints[index];
         let timeout = self.inner.config.request_timeout.min(
@@ -407,14 +408,23 @@ impl ConnectionPool {
                 .health_check_interval
                 .max(Duration::from_millis(100)),
         );
-        let result = match tokio::time::timeout(timeout, e.client.healthcheck()).await {
-            Ok(r) => r,
-            Err(_) => Err(ChromaError::Timeout {
-                operation: "healthcheck",
-                endpoint: e.url.clone(),
-                after: timeout,
-            }),
-        };
+        // `min_connections` concurrent checks keep that many connections
+        // open (reqwest keeps them idle up to `max_idle_time`).
+        let checks = (0..self.inner.config.min_connections.max(1)).map(|_| async {
+            match tokio::time::timeout(timeout, e.client.healthcheck()).await {
+                Ok(r) => r,
+                Err(_) => Err(ChromaError::Timeout {
+                    operation: "healthcheck",
+                    endpoint: e.url.clone(),
+                    after: timeout,
+                }),
+            }
+        });
+        let result = futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .find(Result::is_err)
+            .unwrap_or(Ok(()));
         let (healthy, open) = {
             let mut s = e.lock();
             let now = Instant::now();
