@@ -69,3 +69,53 @@ fn auth_header_is_marked_sensitive() {
     headers.insert(reqwest::header::AUTHORIZATION, v);
     assert_clean("HeaderMap", &format!("{headers:?}"));
 }
+
+/// The token does reach the wire, in the configured header.
+#[tokio::test]
+async fn token_is_sent_in_the_configured_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for (header, want) in [
+        (
+            AuthHeader::Authorization,
+            format!("authorization: Bearer {TOKEN}"),
+        ),
+        (AuthHeader::XChromaToken, format!("x-chroma-token: {TOKEN}")),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let n = sock.read(&mut buf).await.expect("read");
+            let body = r#"{"is_executor_ready":true}"#;
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/json\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(resp.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase()
+        });
+        let mut c = config(header);
+        c.chroma.endpoints = vec![url::Url::parse(&format!("http://{addr}/")).expect("url")];
+        let store =
+            ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new())).expect("store");
+        store.healthcheck().await.expect("healthcheck");
+        let request = server.await.expect("join");
+        assert!(
+            request.contains(&want.to_ascii_lowercase()),
+            "{want} not in {request}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_ca_file_is_a_config_error() {
+    let mut c = config(AuthHeader::Authorization);
+    c.chroma.tls_ca_file = Some("/nonexistent/ca.pem".into());
+    let err = ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new()))
+        .expect_err("missing CA file");
+    assert!(matches!(err, ChromaError::Config(_)), "{err}");
+    assert!(err.to_string().contains("chroma.tls_ca_file"), "{err}");
+}
