@@ -1,1 +1,25 @@
-//! Chroma: typed v2 client, connection pool, retry policy, circuit breaker.
+//! Chroma: typed v2 client, connection pool, retry policy, circuit breaker,
+//! and `ProductionChromaStore` that ties them together.
+
+pub mod breaker;
+pub mod client;
+pub mod error;
+pub mod pool;
+pub mod retriever;
+pub mod retry;
+pub mod store;
+
+pub use breaker::{BreakerState, CircuitBreaker};
+pub use client::{
+    encode_embedding, plan_batches, ChromaClient, Collection, CreateCollection, GetRequest,
+    GetResult, Include, Metadata, ModifyCollection, PreFlight, QueryRequest, QueryResult,
+    RecordBatch, ServerInfo, MAX_REQUEST_BYTES,
+};
+pub use error::{ChromaError, ConnectionPoolError, RetryExhaustedError};
+pub use pool::{ConnectionPool, EndpointStatus, Lease, PoolStatus};
+pub use retriever::{DenseRetriever, RankedResult};
+pub use retry::{Attempt, CallKind, Decision, GiveUp, RetryBudget, RetryManager};
+pub use store::ProductionChromaStore;
+
+#[cfg(test)]
+mod secret_tests;
