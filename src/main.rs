@@ -14,7 +14,11 @@ use chromaprod::observe::{audit, logging};
 use chromaprod::EXIT_CONFIG;
 
 #[derive(Parser, Debug)]
-#[command(name = "chromaprod", version, about = "Production companion for Chroma: backups, a healthy connection pool, migrations, systemd integration")]
+#[command(
+    name = "chromaprod",
+    version,
+    about = "Production companion for Chroma: backups, a healthy connection pool, migrations, systemd integration"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = CONFIG_PATH_ENV, default_value = DEFAULT_CONFIG_PATH)]
@@ -109,7 +113,10 @@ fn run_daemon(path: &Path) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -130,7 +137,10 @@ fn validate(path: &Path, json: bool) -> i32 {
     match config::load(path) {
         Ok(loaded) => {
             if json {
-                println!("{}", serde_json::json!({ "ok": true, "path": path, "env_overrides": loaded.source.env_overrides }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "path": path, "env_overrides": loaded.source.env_overrides })
+                );
             } else {
                 println!("{}: configuration is valid", path.display());
             }
@@ -139,7 +149,10 @@ fn validate(path: &Path, json: bool) -> i32 {
         Err(e) => {
             if json {
                 let issues = e.issues();
-                println!("{}", serde_json::json!({ "ok": false, "path": path, "error": e.to_string(), "issues": issues }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "path": path, "error": e.to_string(), "issues": issues })
+                );
             } else {
                 eprintln!("chromaprod: {e}");
             }
@@ -162,7 +175,10 @@ fn audit_verify(cli: &Cli, file: Option<&Path>) -> i32 {
     match audit::verify(&path) {
         Ok(lines) => {
             if cli.json {
-                println!("{}", serde_json::json!({ "ok": true, "path": path, "lines": lines }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "path": path, "lines": lines })
+                );
             } else {
                 println!("{}: {lines} entries, chain intact", path.display());
             }
@@ -170,7 +186,10 @@ fn audit_verify(cli: &Cli, file: Option<&Path>) -> i32 {
         }
         Err(e) => {
             if cli.json {
-                println!("{}", serde_json::json!({ "ok": false, "path": path, "error": e.to_string() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "path": path, "error": e.to_string() })
+                );
             } else {
                 eprintln!("chromaprod: {}: {e}", path.display());
             }
@@ -193,7 +212,10 @@ fn socket_path(cli: &Cli) -> PathBuf {
 fn remote(cli: &Cli, command: Command, print: fn(&Value)) -> i32 {
     let rejected = matches!(command, Command::Reload);
     let socket = socket_path(cli);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("chromaprod: cannot start the async runtime: {e}");
@@ -242,40 +264,90 @@ fn s(v: &Value) -> String {
 }
 
 fn print_status(v: &Value) {
-    println!("chromaprod {} (pid {}), up {}s", s(&v["version"]), s(&v["pid"]), s(&v["uptime_seconds"]));
+    println!(
+        "chromaprod {} (pid {}), up {}s",
+        s(&v["version"]),
+        s(&v["pid"]),
+        s(&v["uptime_seconds"])
+    );
     println!("health:   {}", s(&v["health"]));
     println!("config:   {}", s(&v["config"]["path"]));
     match v["config"]["last_reload"].as_object() {
         None => println!("reload:   none since start"),
         Some(r) if r.get("ok").and_then(Value::as_bool) == Some(true) => {
-            let keys: Vec<String> = r["changed_keys"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
-            println!("reload:   ok at {} ({})", s(&r["at"]), if keys.is_empty() { "no changes".into() } else { keys.join(", ") });
+            let keys: Vec<String> = r["changed_keys"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect())
+                .unwrap_or_default();
+            println!(
+                "reload:   ok at {} ({})",
+                s(&r["at"]),
+                if keys.is_empty() {
+                    "no changes".into()
+                } else {
+                    keys.join(", ")
+                }
+            );
         }
-        Some(r) => println!("reload:   FAILED at {}, running config kept:\n{}", s(&r["at"]), s(&r["error"])),
+        Some(r) => println!(
+            "reload:   FAILED at {}, running config kept:\n{}",
+            s(&r["at"]),
+            s(&r["error"])
+        ),
     }
-    println!("chroma:   tenant {} database {}", s(&v["chroma"]["tenant"]), s(&v["chroma"]["database"]));
+    println!(
+        "chroma:   tenant {} database {}",
+        s(&v["chroma"]["tenant"]),
+        s(&v["chroma"]["database"])
+    );
     let pool = &v["pool"];
-    println!("pool:     {} in use of {}, {} waiting", s(&pool["in_use"]), s(&pool["max"]), s(&pool["waiting"]));
+    println!(
+        "pool:     {} in use of {}, {} waiting",
+        s(&pool["in_use"]),
+        s(&pool["max"]),
+        s(&pool["waiting"])
+    );
     for e in pool["endpoints"].as_array().into_iter().flatten() {
-        let health = if e["healthy"].as_bool() == Some(true) { "up" } else { "DOWN" };
-        println!("endpoint: {} {} breaker {}{}", s(&e["url"]), health, s(&e["breaker"]),
-            e["last_error"].as_str().map(|m| format!(" (last error: {m})")).unwrap_or_default());
+        let health = if e["healthy"].as_bool() == Some(true) {
+            "up"
+        } else {
+            "DOWN"
+        };
+        println!(
+            "endpoint: {} {} breaker {}{}",
+            s(&e["url"]),
+            health,
+            s(&e["breaker"]),
+            e["last_error"]
+                .as_str()
+                .map(|m| format!(" (last error: {m})"))
+                .unwrap_or_default()
+        );
     }
 }
 
 fn print_reload(v: &Value) {
     if v["ok"].as_bool() == Some(true) {
-        let keys: Vec<String> = v["changed_keys"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
+        let keys: Vec<String> = v["changed_keys"]
+            .as_array()
+            .map(|a| a.iter().map(s).collect())
+            .unwrap_or_default();
         if keys.is_empty() {
             println!("reloaded: no changes");
         } else {
             println!("reloaded: {}", keys.join(", "));
         }
         if let Some(r) = v["needs_restart"].as_array().filter(|a| !a.is_empty()) {
-            println!("restart needed for: {}", r.iter().map(s).collect::<Vec<_>>().join(", "));
+            println!(
+                "restart needed for: {}",
+                r.iter().map(s).collect::<Vec<_>>().join(", ")
+            );
         }
     } else {
-        println!("reload rejected; the running configuration stays in force:\n{}", s(&v["error"]));
+        println!(
+            "reload rejected; the running configuration stays in force:\n{}",
+            s(&v["error"])
+        );
     }
 }
 
@@ -284,6 +356,12 @@ fn print_query(v: &Value) {
     for (i, r) in v["results"].as_array().into_iter().flatten().enumerate() {
         let doc = s(&r["document"]);
         let doc: String = doc.chars().take(60).collect();
-        println!("{:>4}  {:<24} {:>12.6}  {}", i + 1, s(&r["id"]), r["distance"].as_f64().unwrap_or(f64::NAN), doc);
+        println!(
+            "{:>4}  {:<24} {:>12.6}  {}",
+            i + 1,
+            s(&r["id"]),
+            r["distance"].as_f64().unwrap_or(f64::NAN),
+            doc
+        );
     }
 }

@@ -18,26 +18,39 @@ fn example_mentions_every_key() {
     let defaults = serde_json::to_value(Config::default()).expect("serialize");
     let mut missing = BTreeSet::new();
     for (section, body) in defaults.as_object().expect("object") {
-        let start = text.find(&format!("[{section}]")).unwrap_or_else(|| panic!("no [{section}] section"));
+        let start = text
+            .find(&format!("[{section}]"))
+            .unwrap_or_else(|| panic!("no [{section}] section"));
         let rest = &text[start + section.len() + 2..];
         let end = rest.find("\n[").unwrap_or(rest.len());
         let block = &rest[..end];
         for key in body.as_object().expect("table").keys() {
-            let set = block.lines().any(|l| l.trim_start().starts_with(&format!("{key} =")));
-            let commented = block.lines().any(|l| l.trim_start().starts_with(&format!("# {key} =")));
+            let set = block
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{key} =")));
+            let commented = block
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("# {key} =")));
             if !set && !commented {
                 missing.insert(format!("{section}.{key}"));
             }
         }
     }
-    assert!(missing.is_empty(), "keys not documented in etc/chromaprod.toml: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "keys not documented in etc/chromaprod.toml: {missing:?}"
+    );
 }
 
 #[test]
 fn validate_exits_78_naming_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[pool]\nmax_connections = 0\n[retry]\nbase_delay = \"often\"\n").expect("write");
+    std::fs::write(
+        &bad,
+        "[pool]\nmax_connections = 0\n[retry]\nbase_delay = \"often\"\n",
+    )
+    .expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_chromaprod"))
         .args(["validate", "--config"])
         .arg(&bad)
@@ -52,12 +65,18 @@ fn validate_exits_78_naming_the_key() {
         .args(["validate", "--config", EXAMPLE])
         .output()
         .expect("run chromaprod");
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }
 
 #[test]
 fn readme_reference_lists_every_key_and_no_other() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
     let defaults = serde_json::to_value(Config::default()).expect("serialize");
     let mut keys = BTreeSet::new();
     for (section, body) in defaults.as_object().expect("object") {
@@ -74,6 +93,12 @@ fn readme_reference_lists_every_key_and_no_other() {
         .collect();
     let missing: Vec<_> = keys.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&keys).collect();
-    assert!(missing.is_empty(), "keys missing from the README reference: {missing:?}");
-    assert!(extra.is_empty(), "README documents keys the code does not have: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "keys missing from the README reference: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "README documents keys the code does not have: {extra:?}"
+    );
 }

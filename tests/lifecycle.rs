@@ -23,29 +23,45 @@ fn ready_only_after_chroma_is_reachable_with_status_lines() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let config = write_config(dir.path(), &[url.clone()], "");
+    let config = write_config(dir.path(), std::slice::from_ref(&url), "");
     let notify = NotifyListener::bind(dir.path());
-    let daemon = DaemonProcess::spawn(&config, &[("NOTIFY_SOCKET", notify.path().display().to_string())]);
+    let daemon = DaemonProcess::spawn(
+        &config,
+        &[("NOTIFY_SOCKET", notify.path().display().to_string())],
+    );
 
     // Nothing listens yet: the daemon says it is waiting, and is not ready.
     let waiting = notify.wait_for(0, Duration::from_secs(10), |m| {
-        m.value("STATUS").is_some_and(|s| s.starts_with("waiting for Chroma"))
+        m.value("STATUS")
+            .is_some_and(|s| s.starts_with("waiting for Chroma"))
     });
-    assert!(waiting.is_some(), "no waiting STATUS; log:\n{}", daemon.log());
+    assert!(
+        waiting.is_some(),
+        "no waiting STATUS; log:\n{}",
+        daemon.log()
+    );
     std::thread::sleep(Duration::from_millis(800));
-    assert!(!notify.messages().iter().any(|m| m.has("READY=1")), "READY=1 before Chroma was up");
+    assert!(
+        !notify.messages().iter().any(|m| m.has("READY=1")),
+        "READY=1 before Chroma was up"
+    );
 
     // Chroma comes up on that port: READY=1 follows, with a ready status.
     let _chroma = ChromaServer::start_on_port(port);
     let (_, ready) = notify
         .wait_for(0, Duration::from_secs(20), |m| m.has("READY=1"))
         .unwrap_or_else(|| panic!("no READY=1; log:\n{}", daemon.log()));
-    let status = ready.value("STATUS").expect("STATUS with READY").to_string();
+    let status = ready
+        .value("STATUS")
+        .expect("STATUS with READY")
+        .to_string();
     assert!(status.starts_with("ready"), "{status}");
     assert!(status.contains("1/1 endpoints up"), "{status}");
     let statuses = notify.statuses();
     assert!(
-        statuses.iter().any(|s| s.starts_with("connecting to Chroma at")),
+        statuses
+            .iter()
+            .any(|s| s.starts_with("connecting to Chroma at")),
         "{statuses:?}"
     );
     // The control socket is up by the time READY=1 is sent.
@@ -57,15 +73,20 @@ fn ready_only_after_chroma_is_reachable_with_status_lines() {
 fn sigterm_sends_stopping_and_exits_zero_within_grace() {
     let chroma = ChromaServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), &[chroma.url()], "");
+    let config = write_config(dir.path(), &[chroma.base()], "");
     let notify = NotifyListener::bind(dir.path());
-    let mut daemon = DaemonProcess::spawn(&config, &[("NOTIFY_SOCKET", notify.path().display().to_string())]);
+    let mut daemon = DaemonProcess::spawn(
+        &config,
+        &[("NOTIFY_SOCKET", notify.path().display().to_string())],
+    );
     notify
         .wait_for(0, Duration::from_secs(20), |m| m.has("READY=1"))
         .unwrap_or_else(|| panic!("no READY=1; log:\n{}", daemon.log()));
 
     daemon.signal(Signal::SIGTERM);
-    let status = daemon.wait_timeout(Duration::from_secs(5)).expect("exit within the 5 s grace");
+    let status = daemon
+        .wait_timeout(Duration::from_secs(5))
+        .expect("exit within the 5 s grace");
     assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
     assert!(notify.messages().iter().any(|m| m.has("STOPPING=1")));
     assert!(!daemon.socket.exists(), "control socket left behind");
@@ -75,7 +96,7 @@ fn sigterm_sends_stopping_and_exits_zero_within_grace() {
 fn watchdog_pings_at_half_the_interval_and_stop_when_the_main_loop_is_stuck() {
     let chroma = ChromaServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), &[chroma.url()], "");
+    let config = write_config(dir.path(), &[chroma.base()], "");
     let notify = NotifyListener::bind(dir.path());
     let daemon = DaemonProcess::spawn(
         &config,
@@ -91,20 +112,47 @@ fn watchdog_pings_at_half_the_interval_and_stop_when_the_main_loop_is_stuck() {
         .unwrap_or_else(|| panic!("no READY=1; log:\n{}", daemon.log()));
 
     std::thread::sleep(Duration::from_secs(2));
-    let pings: Vec<_> = notify.messages().into_iter().skip(ready_at).filter(|m| m.has("WATCHDOG=1")).collect();
+    let pings: Vec<_> = notify
+        .messages()
+        .into_iter()
+        .skip(ready_at)
+        .filter(|m| m.has("WATCHDOG=1"))
+        .collect();
     // Every 200 ms over 2 s: about 10.
-    assert!((7..=13).contains(&pings.len()), "{} pings in 2 s", pings.len());
+    assert!(
+        (7..=13).contains(&pings.len()),
+        "{} pings in 2 s",
+        pings.len()
+    );
     let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1].at - w[0].at).collect();
-    assert!(gaps.iter().all(|g| *g < Duration::from_millis(400)), "gap over the interval: {gaps:?}");
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_millis(400)),
+        "gap over the interval: {gaps:?}"
+    );
 
     // Stall the main loop: pings stop within one interval.
     daemon.signal(Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(600));
-    let before = notify.messages().iter().filter(|m| m.has("WATCHDOG=1")).count();
+    let before = notify
+        .messages()
+        .iter()
+        .filter(|m| m.has("WATCHDOG=1"))
+        .count();
     std::thread::sleep(Duration::from_secs(1));
-    let after = notify.messages().iter().filter(|m| m.has("WATCHDOG=1")).count();
-    assert_eq!(before, after, "watchdog kept pinging while the main loop was stuck");
-    assert!(daemon.log().contains("withholding watchdog pings"), "log:\n{}", daemon.log());
+    let after = notify
+        .messages()
+        .iter()
+        .filter(|m| m.has("WATCHDOG=1"))
+        .count();
+    assert_eq!(
+        before, after,
+        "watchdog kept pinging while the main loop was stuck"
+    );
+    assert!(
+        daemon.log().contains("withholding watchdog pings"),
+        "log:\n{}",
+        daemon.log()
+    );
 }
 
 #[test]
@@ -116,7 +164,10 @@ fn bad_config_exits_78_naming_the_key() {
         "[pool]\nmax_connections = \"lots\"\n",
     );
     let notify = NotifyListener::bind(dir.path());
-    let mut daemon = DaemonProcess::spawn(&config, &[("NOTIFY_SOCKET", notify.path().display().to_string())]);
+    let mut daemon = DaemonProcess::spawn(
+        &config,
+        &[("NOTIFY_SOCKET", notify.path().display().to_string())],
+    );
     let status = daemon.wait_timeout(Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(78));
     let log = daemon.log();
@@ -129,10 +180,16 @@ fn chroma_never_reachable_exits_69_after_startup_wait() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let config = write_config(dir.path(), &[format!("http://127.0.0.1:{port}")], "");
-    let text = std::fs::read_to_string(&config).expect("read").replace("startup_wait = \"20s\"", "startup_wait = \"1s\"");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("startup_wait = \"20s\"", "startup_wait = \"1s\"");
     std::fs::write(&config, text).expect("write");
     let mut daemon = DaemonProcess::spawn(&config, &[]);
     let status = daemon.wait_timeout(Duration::from_secs(15)).expect("exits");
     assert_eq!(status.code(), Some(69), "log:\n{}", daemon.log());
-    assert!(daemon.log().contains("did not become reachable"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("did not become reachable"),
+        "{}",
+        daemon.log()
+    );
 }

@@ -25,7 +25,11 @@ fn wait_status(daemon: &DaemonProcess, timeout: Duration, pred: impl Fn(&Value) 
         if pred(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "status never matched; last: {s:#}\nlog:\n{}", daemon.log());
+        assert!(
+            Instant::now() < deadline,
+            "status never matched; last: {s:#}\nlog:\n{}",
+            daemon.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -41,9 +45,12 @@ fn with_pool(dir: &Path, chroma: &[String], max: usize, watch: bool) -> String {
 
 fn start(chroma: &ChromaServer, dir: &Path, watch: bool) -> (DaemonProcess, NotifyListener) {
     let path = write_config(dir, &[], "");
-    std::fs::write(&path, with_pool(dir, &[chroma.url()], 4, watch)).expect("write");
+    std::fs::write(&path, with_pool(dir, &[chroma.base()], 4, watch)).expect("write");
     let notify = NotifyListener::bind(dir);
-    let daemon = DaemonProcess::spawn(&path, &[("NOTIFY_SOCKET", notify.path().display().to_string())]);
+    let daemon = DaemonProcess::spawn(
+        &path,
+        &[("NOTIFY_SOCKET", notify.path().display().to_string())],
+    );
     daemon.wait_ready(Duration::from_secs(20));
     assert_eq!(pool_max(&daemon.status()), 4);
     (daemon, notify)
@@ -56,19 +63,32 @@ fn in_place_edit_is_applied_with_reloading_then_ready() {
     let (daemon, notify) = start(&chroma, dir.path(), true);
     let mark = notify.messages().len();
 
-    std::fs::write(&daemon.config, with_pool(dir.path(), &[chroma.url()], 7, true)).expect("edit");
+    std::fs::write(
+        &daemon.config,
+        with_pool(dir.path(), &[chroma.base()], 7, true),
+    )
+    .expect("edit");
     let s = wait_status(&daemon, Duration::from_secs(10), |s| pool_max(s) == 7);
     assert_eq!(s["config"]["last_reload"]["ok"], true);
     assert_eq!(s["config"]["last_reload"]["cause"]["by"], "file_changed");
-    assert_eq!(s["config"]["last_reload"]["changed_keys"], serde_json::json!(["pool.max_connections"]));
+    assert_eq!(
+        s["config"]["last_reload"]["changed_keys"],
+        serde_json::json!(["pool.max_connections"])
+    );
 
     // sd_notify: RELOADING=1 with MONOTONIC_USEC, then READY=1.
     let (i, reloading) = notify
         .wait_for(mark, Duration::from_secs(5), |m| m.has("RELOADING=1"))
         .expect("RELOADING=1");
-    let usec: u64 = reloading.value("MONOTONIC_USEC").expect("MONOTONIC_USEC").parse().expect("number");
+    let usec: u64 = reloading
+        .value("MONOTONIC_USEC")
+        .expect("MONOTONIC_USEC")
+        .parse()
+        .expect("number");
     assert!(usec > 0);
-    notify.wait_for(i + 1, Duration::from_secs(5), |m| m.has("READY=1")).expect("READY=1 after reload");
+    notify
+        .wait_for(i + 1, Duration::from_secs(5), |m| m.has("READY=1"))
+        .expect("READY=1 after reload");
 }
 
 #[test]
@@ -78,12 +98,12 @@ fn replacement_by_rename_is_applied() {
     let (daemon, _notify) = start(&chroma, dir.path(), true);
 
     let tmp = dir.path().join(".chromaprod.toml.new");
-    std::fs::write(&tmp, with_pool(dir.path(), &[chroma.url()], 9, true)).expect("write");
+    std::fs::write(&tmp, with_pool(dir.path(), &[chroma.base()], 9, true)).expect("write");
     std::fs::rename(&tmp, &daemon.config).expect("rename");
     wait_status(&daemon, Duration::from_secs(10), |s| pool_max(s) == 9);
 
     // And a second replacement after that (the watcher survived the first).
-    std::fs::write(&tmp, with_pool(dir.path(), &[chroma.url()], 3, true)).expect("write");
+    std::fs::write(&tmp, with_pool(dir.path(), &[chroma.base()], 3, true)).expect("write");
     std::fs::rename(&tmp, &daemon.config).expect("rename");
     wait_status(&daemon, Duration::from_secs(10), |s| pool_max(s) == 3);
 }
@@ -94,7 +114,11 @@ fn sighup_reloads_when_the_watcher_is_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (daemon, _notify) = start(&chroma, dir.path(), false);
 
-    std::fs::write(&daemon.config, with_pool(dir.path(), &[chroma.url()], 6, false)).expect("edit");
+    std::fs::write(
+        &daemon.config,
+        with_pool(dir.path(), &[chroma.base()], 6, false),
+    )
+    .expect("edit");
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(pool_max(&daemon.status()), 4, "applied without a trigger");
     daemon.signal(Signal::SIGHUP);
@@ -109,9 +133,18 @@ fn reload_command_applies_a_new_endpoint_and_reports_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (daemon, _notify) = start(&chroma, dir.path(), false);
     let before = daemon.status();
-    assert_eq!(before["pool"]["endpoints"][0]["url"].as_str().map(|u| u.trim_end_matches('/')), Some(chroma.url().as_str()));
+    assert_eq!(
+        before["pool"]["endpoints"][0]["url"]
+            .as_str()
+            .map(|u| u.trim_end_matches('/')),
+        Some(chroma.base().as_str())
+    );
 
-    std::fs::write(&daemon.config, with_pool(dir.path(), &[other.url()], 4, false)).expect("edit");
+    std::fs::write(
+        &daemon.config,
+        with_pool(dir.path(), &[other.base()], 4, false),
+    )
+    .expect("edit");
     let (code, out, err) = cli(&daemon.socket, &["reload"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("chroma.endpoints"), "{out}");
@@ -119,13 +152,22 @@ fn reload_command_applies_a_new_endpoint_and_reports_keys() {
     // Behaviour follows: with the old server gone, the daemon still answers from the new one.
     drop(chroma);
     let s = wait_status(&daemon, Duration::from_secs(10), |s| {
-        s["pool"]["endpoints"][0]["url"].as_str().map(|u| u.trim_end_matches('/')) == Some(other.url().as_str())
+        s["pool"]["endpoints"][0]["url"]
+            .as_str()
+            .map(|u| u.trim_end_matches('/'))
+            == Some(other.base().as_str())
     });
     assert_eq!(s["config"]["last_reload"]["cause"]["by"], "command");
-    let (code, out, err) = cli(&daemon.socket, &["query", "--collection", "nope", "--vector", "0.1,0.2"]);
+    let (code, out, err) = cli(
+        &daemon.socket,
+        &["query", "--collection", "nope", "--vector", "0.1,0.2"],
+    );
     // The new server answers: a clear not-found for a missing collection, not a connection error.
     assert_ne!(code, Some(0));
-    assert!(err.to_lowercase().contains("not found") || err.contains("does not exist"), "{out}{err}");
+    assert!(
+        err.to_lowercase().contains("not found") || err.contains("does not exist"),
+        "{out}{err}"
+    );
 }
 
 #[test]
@@ -134,13 +176,22 @@ fn invalid_change_is_rejected_and_the_daemon_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (daemon, _notify) = start(&chroma, dir.path(), true);
 
-    let bad = with_pool(dir.path(), &[chroma.url()], 4, true).replace("max_connections = 4", "max_connections = \"many\"");
+    let bad = with_pool(dir.path(), &[chroma.base()], 4, true)
+        .replace("max_connections = 4", "max_connections = \"many\"");
     std::fs::write(&daemon.config, bad).expect("edit");
-    let s = wait_status(&daemon, Duration::from_secs(10), |s| s["config"]["last_reload"]["ok"] == false);
-    let error = s["config"]["last_reload"]["error"].as_str().expect("error text");
+    let s = wait_status(&daemon, Duration::from_secs(10), |s| {
+        s["config"]["last_reload"]["ok"] == false
+    });
+    let error = s["config"]["last_reload"]["error"]
+        .as_str()
+        .expect("error text");
     assert!(error.contains("pool.max_connections"), "{error}");
     assert_eq!(pool_max(&s), 4, "running config replaced by an invalid one");
-    assert!(daemon.log().contains("configuration rejected"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("configuration rejected"),
+        "{}",
+        daemon.log()
+    );
 
     // `chromaprod reload` reports the rejection with a non-zero exit.
     let (code, out, _) = cli(&daemon.socket, &["reload"]);
@@ -153,6 +204,12 @@ fn invalid_change_is_rejected_and_the_daemon_keeps_serving() {
     assert!(out.contains("FAILED"), "{out}");
 
     // A later valid edit is applied.
-    std::fs::write(&daemon.config, with_pool(dir.path(), &[chroma.url()], 5, true)).expect("edit");
-    wait_status(&daemon, Duration::from_secs(10), |s| pool_max(s) == 5 && s["config"]["last_reload"]["ok"] == true);
+    std::fs::write(
+        &daemon.config,
+        with_pool(dir.path(), &[chroma.base()], 5, true),
+    )
+    .expect("edit");
+    wait_status(&daemon, Duration::from_secs(10), |s| {
+        pool_max(s) == 5 && s["config"]["last_reload"]["ok"] == true
+    });
 }

@@ -17,8 +17,8 @@ fn token_never_appears_in_logs_status_or_errors() {
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
     let config = write_config(
         dir.path(),
-        &[chroma.url()],
-        &format!("[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        &[chroma.base()],
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n",
     );
     // Trace-level logs, with the token configured (and a header Chroma ignores without auth).
     let text = std::fs::read_to_string(&config)
@@ -26,7 +26,10 @@ fn token_never_appears_in_logs_status_or_errors() {
         .replace("level = \"info\"", "level = \"trace\"")
         .replace(
             "startup_wait = \"20s\"",
-            &format!("startup_wait = \"20s\"\nauth_token_file = {:?}", token_file.display().to_string()),
+            &format!(
+                "startup_wait = \"20s\"\nauth_token_file = {:?}",
+                token_file.display().to_string()
+            ),
         );
     std::fs::write(&config, text).expect("write");
     let daemon = DaemonProcess::spawn(&config, &[]);
@@ -45,7 +48,10 @@ fn token_never_appears_in_logs_status_or_errors() {
     // Provoke transport errors: Chroma goes away, calls fail and are logged.
     drop(chroma);
     std::thread::sleep(Duration::from_millis(500));
-    let (_, out, err) = cli(&daemon.socket, &["query", "--collection", "c", "--vector", "1,2,3"]);
+    let (_, out, err) = cli(
+        &daemon.socket,
+        &["query", "--collection", "c", "--vector", "1,2,3"],
+    );
     outputs.push(out);
     outputs.push(err);
     // A rejected reload logs and reports its error.

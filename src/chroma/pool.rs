@@ -434,6 +434,11 @@ impl ConnectionPool {
                     if !s.healthy {
                         tracing::info!(endpoint = %e.url, "Chroma endpoint is healthy again");
                     }
+                    // A passing health check is a successful probe: it closes an
+                    // open breaker rather than waiting out `open_duration`.
+                    if s.breaker.state(now) != BreakerState::Closed {
+                        s.breaker.on_success();
+                    }
                     s.healthy = true;
                     s.last_used = now;
                 }

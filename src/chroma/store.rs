@@ -109,12 +109,9 @@ impl ProductionChromaStore {
         F: Fn(ChromaClient) -> Fut,
         Fut: Future<Output = Result<T, ChromaError>>,
     {
-        let span = tracing::info_span!(
-            "chroma",
-            operation,
-            endpoint = tracing::field::Empty,
-            attempts = tracing::field::Empty
-        );
+        // Journald shows span fields on every event inside: OPERATION=… here;
+        // events add ENDPOINT=… themselves (an attempt may change endpoint).
+        let span = tracing::info_span!("chroma", operation);
         let started = Instant::now();
         let result = self
             .call_inner(operation, kind, &f, started)
@@ -149,14 +146,13 @@ impl ProductionChromaStore {
         retry.on_call(started);
         let mut attempts = 0u32;
         let mut total_delay = Duration::ZERO;
+        let mut endpoint = String::new();
         loop {
             attempts += 1;
             let err = match self.inner.pool.acquire(operation).await {
                 Err(e) => e,
                 Ok(lease) => {
-                    let endpoint = lease.endpoint().to_string();
-                    tracing::Span::current().record("endpoint", endpoint.as_str());
-                    tracing::Span::current().record("attempts", attempts);
+                    lease.endpoint().clone_into(&mut endpoint);
                     let remaining = deadline.saturating_sub(started.elapsed());
                     let r = tokio::time::timeout(remaining, f(lease.client().clone())).await;
                     let r = r.unwrap_or_else(|_| {
@@ -185,7 +181,7 @@ impl ProductionChromaStore {
             let a = RetryManager::attempt(kind, &err, attempts, started.elapsed());
             match retry.next(&a, Instant::now()) {
                 Decision::Retry(delay) => {
-                    tracing::debug!(error = %err, delay_ms = delay.as_millis() as u64, attempts, "retrying Chroma call");
+                    tracing::debug!(endpoint = %endpoint, error = %err, delay_ms = delay.as_millis() as u64, attempts, "retrying Chroma call");
                     self.inner.metrics.retry(operation);
                     total_delay += delay;
                     tokio::time::sleep(delay).await;
@@ -195,7 +191,7 @@ impl ProductionChromaStore {
                     if attempts == 1 && !err.is_transient() {
                         return Err(err);
                     }
-                    tracing::warn!(error = %err, attempts, reason = reason.as_str(), "Chroma call failed");
+                    tracing::warn!(endpoint = %endpoint, error = %err, attempts, reason = reason.as_str(), "Chroma call failed");
                     return Err(RetryExhaustedError {
                         operation,
                         attempts,

@@ -698,9 +698,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("token");
         std::fs::write(&file, "sekrit-token-123\n").expect("write");
-        let text = format!("[chroma]\nauth_token_file = {:?}\n", file.display().to_string());
+        let text = format!(
+            "[chroma]\nauth_token_file = {:?}\n",
+            file.display().to_string()
+        );
         let c = load_from_str(&text).expect("valid");
-        assert_eq!(c.chroma.auth_token.as_ref().map(|t| t.expose().as_str()), Some("sekrit-token-123"));
+        assert_eq!(
+            c.chroma.auth_token.as_ref().map(|t| t.expose().as_str()),
+            Some("sekrit-token-123")
+        );
         assert!(!format!("{c:?}").contains("sekrit"));
         assert!(!serde_json::to_string(&c).expect("json").contains("sekrit"));
     }

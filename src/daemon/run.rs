@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::sd::{self, Notifier};
-use super::watchdog::{self, Beat, Liveness};
+use super::watchdog::{self, Liveness};
 use super::DaemonError;
 use crate::chroma::{ChromaError, DenseRetriever, ProductionChromaStore};
 use crate::config::{self, Config, ConfigDiff, ConfigSource, Loaded};
@@ -32,7 +32,11 @@ use crate::observe::{http, MetricsCollector};
 pub enum ReloadCause {
     FileChanged,
     Signal,
-    Command { uid: u32, gid: u32, pid: Option<i32> },
+    Command {
+        uid: u32,
+        gid: u32,
+        pid: Option<i32>,
+    },
 }
 
 /// The result of one reload, kept for `status`.
@@ -76,17 +80,29 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn store(&self) -> ProductionChromaStore {
-        self.running.read().unwrap_or_else(|e| e.into_inner()).store.clone()
+        self.running
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .store
+            .clone()
     }
 
     fn config(&self) -> Arc<Config> {
-        self.running.read().unwrap_or_else(|e| e.into_inner()).config.clone()
+        self.running
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .config
+            .clone()
     }
 
     fn status(&self) -> Value {
         let config = self.config();
         let pool = self.store().status();
-        let last_reload = self.last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let last_reload = self
+            .last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
@@ -117,12 +133,18 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
 
     // Signals first, so a stop during a long start-up is honoured.
     let mut signals = Signals::new()?;
+    let mut hangup = signal(tokio::signal::unix::SignalKind::hangup())?;
 
-    fs_err::create_dir_all(&config.daemon.state_dir).map_err(|e| DaemonError::StateDir(e.to_string()))?;
-    let audit = Arc::new(AuditLog::open(&config.daemon.state_dir).map_err(|e| DaemonError::StateDir(e.to_string()))?);
+    fs_err::create_dir_all(&config.daemon.state_dir)
+        .map_err(|e| DaemonError::StateDir(e.to_string()))?;
+    let audit = Arc::new(
+        AuditLog::open(&config.daemon.state_dir)
+            .map_err(|e| DaemonError::StateDir(e.to_string()))?,
+    );
 
     // Chroma: build the pool, then wait for a healthy endpoint.
-    let store = ProductionChromaStore::new(&config, metrics.clone()).map_err(DaemonError::Chroma)?;
+    let store =
+        ProductionChromaStore::new(&config, metrics.clone()).map_err(DaemonError::Chroma)?;
     let store_cancel = cancel.child_token();
     {
         let (s, c) = (store.clone(), store_cancel.clone());
@@ -138,7 +160,7 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
             return Ok(());
         }
     };
-    tracing::info!(chroma_version = %server, "Chroma is reachable");
+    tracing::info!(chroma = %server, "Chroma is reachable");
 
     // Migrations and schedules are added here by their modules.
 
@@ -159,16 +181,25 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
     });
 
     notifier.status("opening control socket");
-    let listener = control::bind(&config.control).map_err(|e| DaemonError::Control(e.to_string()))?;
+    let listener =
+        control::bind(&config.control).map_err(|e| DaemonError::Control(e.to_string()))?;
     {
-        let handler = Arc::new(ControlHandler { shared: shared.clone() });
+        let handler = Arc::new(ControlHandler {
+            shared: shared.clone(),
+        });
         let c = cancel.clone();
-        tracker.spawn(async move { control::serve(listener, handler, control::Limits::default(), c).await });
+        tracker.spawn(async move {
+            control::serve(listener, handler, control::Limits::default(), c).await
+        });
     }
 
     if let Some(addr) = &config.metrics.listen {
         let task = start_metrics(addr, metrics.clone(), &cancel, &tracker).await?;
-        shared.running.write().unwrap_or_else(|e| e.into_inner()).metrics_task = Some(task);
+        shared
+            .running
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .metrics_task = Some(task);
     }
 
     if config.daemon.watch_config {
@@ -196,14 +227,24 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
                 tokio::select! { () = c.cancelled() => return, _ = tick.tick() => runtime_beat.beat() }
             }
         });
-        tracker.spawn(watchdog::run(interval, liveness.clone(), notifier, cancel.clone(), |n| n.watchdog()));
+        tracker.spawn(watchdog::run(
+            interval,
+            liveness.clone(),
+            notifier,
+            cancel.clone(),
+            |n| n.watchdog(),
+        ));
         tracing::info!(interval = %humantime::format_duration(interval), "systemd watchdog enabled");
     }
 
     notifier.ready(&status_line(&shared));
     tracing::info!(socket = %config.control.socket_path.display(), "chromaprod ready");
     shared
-        .audit(Actor::system("daemon"), "daemon_start", json!({ "config": shared.source.path }))
+        .audit(
+            Actor::system("daemon"),
+            "daemon_start",
+            json!({ "config": shared.source.path }),
+        )
         .await;
 
     // The main loop: reloads, signals, status refresh. One reload path for all causes.
@@ -212,7 +253,7 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
     loop {
         tokio::select! {
             () = signals.stop() => break,
-            () = signals.hangup() => {
+            _ = hangup.recv() => {
                 apply_reload(&shared, &log, &cancel, &tracker, notifier, ReloadRequest { cause: ReloadCause::Signal, reply: None }, &stall_hook).await;
             }
             Some(req) = reload_rx.recv() => {
@@ -242,7 +283,9 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
             return Err(DaemonError::ForcedStop);
         }
     }
-    shared.audit(Actor::system("daemon"), "daemon_stop", json!({})).await;
+    shared
+        .audit(Actor::system("daemon"), "daemon_stop", json!({}))
+        .await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -260,15 +303,35 @@ impl Shared {
     }
 }
 
-async fn wait_for_chroma(store: &ProductionChromaStore, config: &Config, notifier: Notifier) -> Result<String, DaemonError> {
+async fn wait_for_chroma(
+    store: &ProductionChromaStore,
+    config: &Config,
+    notifier: Notifier,
+) -> Result<String, DaemonError> {
     let deadline = tokio::time::Instant::now() + config.chroma.startup_wait;
-    let endpoints: Vec<String> = config.chroma.endpoints.iter().map(ToString::to_string).collect();
+    let endpoints: Vec<String> = config
+        .chroma
+        .endpoints
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1u32;
     loop {
-        notifier.status(&format!("connecting to Chroma at {} (attempt {attempt})", endpoints.join(", ")));
+        notifier.status(&format!(
+            "connecting to Chroma at {} (attempt {attempt})",
+            endpoints.join(", ")
+        ));
+        // A direct health check first: it brings endpoints back (and closes their
+        // breakers) as soon as Chroma answers, not at the next background check.
+        store.pool().check_all().await;
         match store.check_ready().await {
-            Ok(info) => return Ok(info.to_string()),
+            Ok(info) => {
+                return Ok(format!(
+                    "{} (API {}, max batch {})",
+                    info.endpoint, info.api_version, info.max_batch_size
+                ))
+            }
             Err(e) => {
                 let now = tokio::time::Instant::now();
                 if now >= deadline {
@@ -278,7 +341,10 @@ async fn wait_for_chroma(store: &ProductionChromaStore, config: &Config, notifie
                         last_error: e.to_string(),
                     });
                 }
-                let msg = format!("waiting for Chroma at {} (attempt {attempt}): {e}", endpoints.join(", "));
+                let msg = format!(
+                    "waiting for Chroma at {} (attempt {attempt}): {e}",
+                    endpoints.join(", ")
+                );
                 tracing::warn!(attempt, error = %e, "Chroma not reachable yet");
                 notifier.status(&msg);
                 let wait = delay.min(deadline - now);
@@ -324,7 +390,10 @@ async fn apply_reload(
     if report.ok {
         tracing::info!(changed = ?report.changed_keys, needs_restart = ?report.needs_restart, "configuration reloaded");
     } else {
-        tracing::error!(error = report.error.as_deref().unwrap_or(""), "configuration rejected; the running configuration stays in force");
+        tracing::error!(
+            error = report.error.as_deref().unwrap_or(""),
+            "configuration rejected; the running configuration stays in force"
+        );
     }
     let actor = match &req.cause {
         ReloadCause::Command { uid, gid, pid } => Actor::Peer {
@@ -382,10 +451,12 @@ async fn reload_once(
     };
     let new_metrics = if diff.rebind_metrics {
         match &effective.metrics.listen {
-            Some(addr) => match start_metrics(addr, shared.metrics.clone(), cancel, tracker).await {
-                Ok(t) => Some(Some(t)),
-                Err(e) => return fail(e.to_string()),
-            },
+            Some(addr) => {
+                match start_metrics(addr, shared.metrics.clone(), cancel, tracker).await {
+                    Ok(t) => Some(Some(t)),
+                    Err(e) => return fail(e.to_string()),
+                }
+            }
             None => Some(None),
         }
     } else {
@@ -406,7 +477,12 @@ async fn reload_once(
         running.store_cancel.cancel();
         running.store = store;
         running.store_cancel = c;
-        let endpoints: Vec<String> = effective.chroma.endpoints.iter().map(ToString::to_string).collect();
+        let endpoints: Vec<String> = effective
+            .chroma
+            .endpoints
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         shared.metrics.retain_endpoints(&endpoints);
     }
     if let Some(task) = new_metrics {
@@ -428,7 +504,11 @@ async fn reload_once(
 
 fn status_line(shared: &Shared) -> String {
     let pool = shared.store().status();
-    let last = shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let last = shared
+        .last_reload
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     HealthMonitor::status_line(&pool, last.as_ref().map(|r| (r.ok, r.error.as_deref())))
 }
 
@@ -442,21 +522,24 @@ fn debug_stall_hook() -> Option<String> {
     None
 }
 
-/// SIGTERM/SIGINT (stop) and SIGHUP (reload).
+/// SIGTERM and SIGINT: stop.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
+}
+
+fn signal(
+    kind: tokio::signal::unix::SignalKind,
+) -> Result<tokio::signal::unix::Signal, DaemonError> {
+    tokio::signal::unix::signal(kind).map_err(|e| DaemonError::Signals(e.to_string()))
 }
 
 impl Signals {
     fn new() -> Result<Self, DaemonError> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let sig = |k| signal(k).map_err(|e| DaemonError::Signals(e.to_string()));
+        use tokio::signal::unix::SignalKind;
         Ok(Signals {
-            term: sig(SignalKind::terminate())?,
-            int: sig(SignalKind::interrupt())?,
-            hup: sig(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
         })
     }
 
@@ -466,10 +549,6 @@ impl Signals {
             _ = self.int.recv() => {}
         }
     }
-
-    async fn hangup(&mut self) {
-        self.hup.recv().await;
-    }
 }
 
 /// Control commands, served over the Unix socket.
@@ -478,7 +557,12 @@ struct ControlHandler {
 }
 
 impl Handler for ControlHandler {
-    async fn handle(&self, command: Command, peer: Peer, _events: EventSink) -> Result<Value, HandlerError> {
+    async fn handle(
+        &self,
+        command: Command,
+        peer: Peer,
+        _events: EventSink,
+    ) -> Result<Value, HandlerError> {
         match command {
             Command::Status => Ok(self.shared.status()),
             Command::Reload => {
@@ -496,28 +580,35 @@ impl Handler for ControlHandler {
                     .send(req)
                     .await
                     .map_err(|_| HandlerError::new("shutting_down", "the daemon is stopping"))?;
-                let report = rx
-                    .await
-                    .map_err(|_| HandlerError::new("shutting_down", "the daemon stopped before the reload finished"))?;
-                serde_json::to_value(report).map_err(|e| HandlerError::new("internal", e.to_string()))
+                let report = rx.await.map_err(|_| {
+                    HandlerError::new(
+                        "shutting_down",
+                        "the daemon stopped before the reload finished",
+                    )
+                })?;
+                serde_json::to_value(report)
+                    .map_err(|e| HandlerError::new("internal", e.to_string()))
             }
-            Command::Query { collection, id, vector, k } => {
-                let retriever = DenseRetriever::new(self.shared.store());
+            Command::Query {
+                collection,
+                id,
+                vector,
+                k,
+            } => {
+                let retriever = DenseRetriever::new(self.shared.store(), collection.clone());
                 let hits = match (id, vector) {
-                    (Some(id), None) => retriever.nearest_to_id(&collection, &id, k).await,
-                    (None, Some(v)) => retriever.nearest(&collection, &v, k).await,
+                    (Some(id), None) => retriever.nearest_to_id(&id, k).await,
+                    (None, Some(v)) => retriever.nearest(&v, k, None).await,
                     _ => {
-                        return Err(HandlerError::new("bad_request", "give exactly one of id or vector"));
+                        return Err(HandlerError::new(
+                            "bad_request",
+                            "give exactly one of id or vector",
+                        ));
                     }
                 };
                 hits.map(|h| json!({ "collection": collection, "results": h }))
                     .map_err(chroma_to_handler)
             }
-            #[allow(unreachable_patterns)]
-            other => Err(HandlerError::new(
-                "unsupported",
-                format!("{other:?} is not supported by this daemon"),
-            )),
         }
     }
 }

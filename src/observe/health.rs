@@ -2,7 +2,7 @@
 //! `STATUS=` line and for `chromaprod status`. Pure functions over the
 //! pool's status and the last reload.
 
-use crate::chroma::PoolStatus;
+use crate::chroma::{BreakerState, PoolStatus};
 
 pub struct HealthMonitor;
 
@@ -33,7 +33,7 @@ impl HealthMonitor {
         let open: Vec<&str> = pool
             .endpoints
             .iter()
-            .filter(|e| e.breaker != "closed")
+            .filter(|e| e.breaker != BreakerState::Closed)
             .map(|e| e.url.as_str())
             .collect();
         if !open.is_empty() {

@@ -15,7 +15,11 @@ const MAX_REQUEST: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serve metrics on `listener` until `cancel` fires.
-pub async fn serve_metrics(listener: TcpListener, metrics: Arc<MetricsCollector>, cancel: CancellationToken) {
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<MetricsCollector>,
+    cancel: CancellationToken,
+) {
     let limit = Arc::new(tokio::sync::Semaphore::new(16));
     loop {
         let accepted = tokio::select! {
@@ -84,14 +88,20 @@ fn route(request: &[u8], metrics: &MetricsCollector) -> (&'static str, String, &
             metrics.encode(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
-        (Some("GET"), Some(_)) => ("404 Not Found", "not found; try /metrics\n".into(), "text/plain"),
+        (Some("GET"), Some(_)) => (
+            "404 Not Found",
+            "not found; try /metrics\n".into(),
+            "text/plain",
+        ),
         _ => ("400 Bad Request", "bad request\n".into(), "text/plain"),
     }
 }
 
 /// Bind the metrics listener, with an error that names the address.
 pub async fn bind(addr: &str) -> Result<TcpListener, String> {
-    let addr: SocketAddr = addr.parse().map_err(|e| format!("metrics.listen {addr:?}: {e}"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("metrics.listen {addr:?}: {e}"))?;
     TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))

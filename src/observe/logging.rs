@@ -47,7 +47,11 @@ pub fn init(cfg: &LogConfig) -> Result<LogHandle, String> {
     let mut format = resolve_format(cfg.format);
     let output: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Journald => match tracing_journald::layer() {
-            Ok(layer) => layer.with_syslog_identifier("chromaprod".into()).boxed(),
+            // No field prefix: `journalctl ENDPOINT=… OPERATION=…` filters directly.
+            Ok(layer) => layer
+                .with_syslog_identifier("chromaprod".into())
+                .with_field_prefix(None)
+                .boxed(),
             Err(e) => {
                 eprintln!("chromaprod: journald unavailable ({e}); logging to stderr");
                 format = LogFormat::Text;

@@ -5,6 +5,6 @@ pub mod metrics;
 
 pub use audit::{Actor, AuditError, AuditLog};
 pub use metrics::{MetricsCollector, Outcome};
-pub mod logging;
-pub mod http;
 pub mod health;
+pub mod http;
+pub mod logging;

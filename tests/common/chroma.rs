@@ -65,9 +65,14 @@ pub fn http_get_status(addr: SocketAddr, path: &str, timeout: Duration) -> Optio
 impl ChromaServer {
     /// Start a server and wait (at most [`START_TIMEOUT`]) until healthy.
     pub fn start() -> Self {
+        Self::start_on_port(free_port())
+    }
+
+    /// Start a server on a given port (e.g. one a daemon is already waiting for).
+    pub fn start_on_port(port: u16) -> Self {
         let bin = chroma_bin();
         let dir = tempfile::tempdir().expect("temp dir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut s = ChromaServer {
             child: None,
             addr,
@@ -145,6 +150,11 @@ impl ChromaServer {
     }
 
     /// `http://127.0.0.1:PORT/`
+    /// The base URL as a string without a trailing slash, for config files.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     pub fn url(&self) -> url::Url {
         url::Url::parse(&format!("http://{}/", self.addr)).expect("url")
     }

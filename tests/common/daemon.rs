@@ -24,7 +24,11 @@ pub fn write_config(dir: &Path, endpoints: &[String], extra: &str) -> PathBuf {
 }
 
 pub fn config_text(dir: &Path, endpoints: &[String], extra: &str) -> String {
-    let eps = endpoints.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
+    let eps = endpoints
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"[chroma]
 endpoints = [{eps}]
@@ -60,7 +64,13 @@ impl DaemonProcess {
     /// Starts `chromaprod daemon --config CONFIG` with extra environment.
     pub fn spawn(config: &Path, env: &[(&str, String)]) -> DaemonProcess {
         let dir = config.parent().expect("config dir");
-        let log_path = dir.join(format!("daemon-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_nanos()));
+        let log_path = dir.join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("time")
+                .as_nanos()
+        ));
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut cmd = Command::new(bin());
         cmd.args(["daemon", "--config"])
@@ -76,7 +86,12 @@ impl DaemonProcess {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn chromaprod daemon");
-        DaemonProcess { child, socket: dir.join("control.sock"), config: config.to_path_buf(), log_path }
+        DaemonProcess {
+            child,
+            socket: dir.join("control.sock"),
+            config: config.to_path_buf(),
+            log_path,
+        }
     }
 
     pub fn pid(&self) -> i32 {

@@ -3,4 +3,6 @@
 #![allow(dead_code)]
 
 pub mod chroma;
+pub mod daemon;
+pub mod notify;
 pub mod proxy;

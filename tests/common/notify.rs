@@ -19,7 +19,9 @@ impl Message {
     }
 
     pub fn value(&self, key: &str) -> Option<&str> {
-        self.lines.iter().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
     }
 }
 
@@ -40,10 +42,17 @@ impl NotifyListener {
             while let Ok(n) = socket.recv(&mut buf) {
                 let text = String::from_utf8_lossy(&buf[..n]).to_string();
                 let lines = text.lines().map(str::to_string).collect();
-                r.lock().expect("lock").push(Message { at: Instant::now(), lines });
+                r.lock().expect("lock").push(Message {
+                    at: Instant::now(),
+                    lines,
+                });
             }
         });
-        NotifyListener { path, received, _thread: thread }
+        NotifyListener {
+            path,
+            received,
+            _thread: thread,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -55,7 +64,12 @@ impl NotifyListener {
     }
 
     /// Waits for the first message (from index `from`) matching `pred`.
-    pub fn wait_for(&self, from: usize, timeout: Duration, pred: impl Fn(&Message) -> bool) -> Option<(usize, Message)> {
+    pub fn wait_for(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Message) -> bool,
+    ) -> Option<(usize, Message)> {
         let deadline = Instant::now() + timeout;
         loop {
             let msgs = self.messages();
@@ -71,6 +85,9 @@ impl NotifyListener {
 
     /// Every STATUS= value received so far.
     pub fn statuses(&self) -> Vec<String> {
-        self.messages().iter().filter_map(|m| m.value("STATUS").map(str::to_string)).collect()
+        self.messages()
+            .iter()
+            .filter_map(|m| m.value("STATUS").map(str::to_string))
+            .collect()
     }
 }
