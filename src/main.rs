@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use chromaprod::config::{self, ConfigError, CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH};
+use chromaprod::config::{self, CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH};
 use chromaprod::control::{self, Command};
 use chromaprod::daemon;
 use chromaprod::observe::{audit, logging};
@@ -198,19 +198,18 @@ fn audit_verify(cli: &Cli, file: Option<&Path>) -> i32 {
     }
 }
 
-/// The socket to talk to: `--socket`, else the config file's, else the default.
+/// The socket to talk to: `--socket`, else the config file's (even if the
+/// rest of the file is invalid), else the default.
 fn socket_path(cli: &Cli) -> PathBuf {
     if let Some(s) = &cli.socket {
         return s.clone();
     }
-    match config::load(&cli.config) {
-        Ok(l) => l.config.control.socket_path,
-        Err(ConfigError::Read { .. }) | Err(_) => config::Config::default().control.socket_path,
-    }
+    config::socket_path_hint(&cli.config)
+        .unwrap_or_else(|| config::Config::default().control.socket_path)
 }
 
 fn remote(cli: &Cli, command: Command, print: fn(&Value)) -> i32 {
-    let rejected = matches!(command, Command::Reload);
+    let is_reload = matches!(command, Command::Reload);
     let socket = socket_path(cli);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -238,7 +237,7 @@ fn remote(cli: &Cli, command: Command, print: fn(&Value)) -> i32 {
                 print(&value);
             }
             // A reload the daemon rejected is a failure for `ExecReload=` and scripts.
-            if rejected && value["ok"] == Value::Bool(false) {
+            if is_reload && value["ok"] == Value::Bool(false) {
                 1
             } else {
                 0

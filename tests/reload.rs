@@ -198,6 +198,21 @@ fn invalid_change_is_rejected_and_the_daemon_keeps_serving() {
     assert_eq!(code, Some(1));
     assert!(out.contains("pool.max_connections"), "{out}");
 
+    // Found through the (invalid) config file alone, without --socket.
+    let out = std::process::Command::new(common::daemon::bin())
+        .arg("--config")
+        .arg(&daemon.config)
+        .arg("reload")
+        .output()
+        .expect("run reload");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pool.max_connections"));
+
     // Human status shows it too, and the daemon still serves.
     let (code, out, _) = cli(&daemon.socket, &["status"]);
     assert_eq!(code, Some(0));

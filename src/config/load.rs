@@ -90,6 +90,22 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     })
 }
 
+/// The control socket a config file names, even when the rest of the file is
+/// invalid (so `chromaprod reload` can report a rejected file to the daemon
+/// that is running). Environment override first, then the file, else `None`.
+pub fn socket_path_hint(path: &Path) -> Option<PathBuf> {
+    if let Ok(p) = std::env::var(format!("{ENV_PREFIX}__CONTROL__SOCKET_PATH")) {
+        return Some(PathBuf::from(p));
+    }
+    let text = fs_err::read_to_string(path).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    table
+        .get("control")?
+        .get("socket_path")?
+        .as_str()
+        .map(PathBuf::from)
+}
+
 /// Parse and validate TOML text without environment overrides (tests, `validate`).
 pub fn load_from_str(text: &str) -> Result<Config, ConfigError> {
     from_parts(text, "<string>", &[])

@@ -18,7 +18,9 @@ use url::Url;
 use crate::secret::Secret;
 
 pub use diff::{diff, ConfigDiff};
-pub use load::{load, load_from_str, ConfigError, ConfigIssue, ConfigSource, Loaded};
+pub use load::{
+    load, load_from_str, socket_path_hint, ConfigError, ConfigIssue, ConfigSource, Loaded,
+};
 
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/chromaprod/chromaprod.toml";
