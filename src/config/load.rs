@@ -379,9 +379,42 @@ impl Reader<'_> {
 
         c.backup.enabled = self.get("backup.enabled", d.backup.enabled, "true or false");
         c.backup.schedule = self.get("backup.schedule", d.backup.schedule, "a cron expression");
+        c.backup.incremental_schedule = self.opt_string("backup.incremental_schedule");
+        c.backup.prune_schedule = self.opt_string("backup.prune_schedule");
+        c.backup.verify_schedule = self.opt_string("backup.verify_schedule");
+        c.backup.timezone = self.get(
+            "backup.timezone",
+            d.backup.timezone,
+            "UTC or an offset like \"+02:00\"",
+        );
         c.backup.retention_days = self.get(
             "backup.retention_days",
             d.backup.retention_days,
+            "a non-negative integer",
+        );
+        c.backup.keep_last = self.get(
+            "backup.keep_last",
+            d.backup.keep_last,
+            "a non-negative integer",
+        );
+        c.backup.keep_hourly = self.get(
+            "backup.keep_hourly",
+            d.backup.keep_hourly,
+            "a non-negative integer",
+        );
+        c.backup.keep_daily = self.get(
+            "backup.keep_daily",
+            d.backup.keep_daily,
+            "a non-negative integer",
+        );
+        c.backup.keep_weekly = self.get(
+            "backup.keep_weekly",
+            d.backup.keep_weekly,
+            "a non-negative integer",
+        );
+        c.backup.keep_monthly = self.get(
+            "backup.keep_monthly",
+            d.backup.keep_monthly,
             "a non-negative integer",
         );
         c.backup.storage_path = self.get(
@@ -389,6 +422,21 @@ impl Reader<'_> {
             d.backup.storage_path,
             "a path or URL",
         );
+        c.backup.include = self.list(
+            "backup.include",
+            d.backup.include,
+            "a collection name pattern",
+            pattern,
+        );
+        c.backup.exclude = self.list(
+            "backup.exclude",
+            d.backup.exclude,
+            "a collection name pattern",
+            pattern,
+        );
+        c.backup.encrypt = self.get("backup.encrypt", d.backup.encrypt, "true or false");
+        c.backup.key_file = self.opt_string("backup.key_file").map(PathBuf::from);
+        c.backup.lock_ttl = self.duration("backup.lock_ttl", d.backup.lock_ttl);
 
         c.migrations.auto_migrate = self.get(
             "migrations.auto_migrate",
@@ -456,6 +504,39 @@ impl Reader<'_> {
         }
         c
     }
+}
+
+fn pattern(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("an empty pattern matches nothing".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+/// The offset of `backup.timezone`: `UTC`/`Z` or `±HH:MM`, in seconds east of UTC.
+pub fn parse_utc_offset(s: &str) -> Result<i32, String> {
+    if s.eq_ignore_ascii_case("utc") || s == "Z" {
+        return Ok(0);
+    }
+    let (sign, rest) = match s.as_bytes().first() {
+        Some(b'+') => (1, &s[1..]),
+        Some(b'-') => (-1, &s[1..]),
+        _ => {
+            return Err(format!(
+                "{s:?} is neither UTC nor an offset like \"+02:00\""
+            ))
+        }
+    };
+    let (h, m) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected ±HH:MM"))?;
+    let h: i32 = h.parse().map_err(|_| format!("{s:?}: bad hours"))?;
+    let m: i32 = m.parse().map_err(|_| format!("{s:?}: bad minutes"))?;
+    if h > 14 || m > 59 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(sign * (h * 3600 + m * 60))
 }
 
 fn describe(v: &Value) -> String {
@@ -578,14 +659,35 @@ fn validate(c: &Config) -> Vec<ConfigIssue> {
     if c.breaker.failure_threshold == 0 {
         bad("breaker.failure_threshold", "must be at least 1".into());
     }
-    if let Err(e) = croner::Cron::new(&c.backup.schedule)
-        .with_seconds_optional()
-        .parse()
+    for (key, expr) in [
+        ("backup.schedule", Some(&c.backup.schedule)),
+        (
+            "backup.incremental_schedule",
+            c.backup.incremental_schedule.as_ref(),
+        ),
+        ("backup.prune_schedule", c.backup.prune_schedule.as_ref()),
+        ("backup.verify_schedule", c.backup.verify_schedule.as_ref()),
+    ] {
+        if let Some(expr) = expr {
+            if let Err(e) = croner::Cron::new(expr).with_seconds_optional().parse() {
+                bad(key, format!("{expr:?} is not a cron expression: {e}"));
+            }
+        }
+    }
+    if let Err(why) = parse_utc_offset(&c.backup.timezone) {
+        bad("backup.timezone", why);
+    }
+    if c.backup.encrypt
+        && c.backup.key_file.is_none()
+        && std::env::var_os("CREDENTIALS_DIRECTORY").is_none()
     {
         bad(
-            "backup.schedule",
-            format!("{:?} is not a cron expression: {e}", c.backup.schedule),
+            "backup.key_file",
+            "required when backup.encrypt = true (or run under systemd with LoadCredential=backup-key:…)".into(),
         );
+    }
+    if c.backup.lock_ttl < Duration::from_secs(5) {
+        bad("backup.lock_ttl", "must be at least 5s".into());
     }
     if let Err(why) = check_storage_path(&c.backup.storage_path) {
         bad("backup.storage_path", why);

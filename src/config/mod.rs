@@ -19,7 +19,8 @@ use crate::secret::Secret;
 
 pub use diff::{diff, ConfigDiff};
 pub use load::{
-    load, load_from_str, socket_path_hint, ConfigError, ConfigIssue, ConfigSource, Loaded,
+    load, load_from_str, parse_utc_offset, socket_path_hint, ConfigError, ConfigIssue,
+    ConfigSource, Loaded,
 };
 
 /// Default location of the configuration file.
@@ -184,12 +185,40 @@ pub struct BreakerConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BackupConfig {
+    /// Run the schedules below.
     pub enabled: bool,
-    /// Cron expression (six fields, seconds first) of the scheduled backup, in UTC.
+    /// Cron expression (six fields, seconds first) of the scheduled full backup.
     pub schedule: String,
+    /// Cron expression of scheduled incremental backups; `None` = none.
+    pub incremental_schedule: Option<String>,
+    /// Cron expression of scheduled prunes; `None` = none.
+    pub prune_schedule: Option<String>,
+    /// Cron expression of scheduled verifies; `None` = none.
+    pub verify_schedule: Option<String>,
+    /// Time zone the schedules are read in: `UTC` or a fixed offset like `+02:00`.
+    pub timezone: String,
+    /// Snapshots younger than this are always kept (0 = no age rule).
     pub retention_days: u32,
+    /// Keep the newest N snapshots.
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours / days / weeks / months.
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
     /// Repository location: a path, `file://`, `s3://`, `az://` or `gs://` URL.
     pub storage_path: String,
+    /// Collection name patterns (`*` and `?`) a full backup includes …
+    pub include: Vec<String>,
+    /// … and excludes (applied after `include`).
+    pub exclude: Vec<String>,
+    /// Encrypt snapshots (AES-256-GCM). With it on, a missing or wrong key stops backups.
+    pub encrypt: bool,
+    /// File holding the repository key; default `$CREDENTIALS_DIRECTORY/backup-key`.
+    pub key_file: Option<PathBuf>,
+    /// Lease of the repository lock; renewed while held, free after a crash once it expires.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -289,8 +318,22 @@ impl Default for Config {
             backup: BackupConfig {
                 enabled: false,
                 schedule: "0 0 3 * * *".into(),
+                incremental_schedule: None,
+                prune_schedule: None,
+                verify_schedule: None,
+                timezone: "UTC".into(),
                 retention_days: 30,
+                keep_last: 7,
+                keep_hourly: 0,
+                keep_daily: 7,
+                keep_weekly: 4,
+                keep_monthly: 6,
                 storage_path: "/var/lib/chromaprod/backups".into(),
+                include: vec!["*".into()],
+                exclude: Vec::new(),
+                encrypt: false,
+                key_file: None,
+                lock_ttl: Duration::from_secs(120),
             },
             migrations: MigrationsConfig {
                 auto_migrate: false,
