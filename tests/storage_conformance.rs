@@ -307,6 +307,41 @@ async fn gcs_on_fake_gcs_server_conforms() {
     }
     assert_eq!(many.list(None).await.expect("list").len(), 1100, "pagination");
 
+    // A resumable upload is create-only too.
+    let k = key("resumable/twice");
+    let body = pattern(20 << 20, 5);
+    assert_eq!(b.write_if_absent(&k, body.clone()).await.expect("first"), Written::Created);
+    assert_eq!(b.write_if_absent(&k, pattern(20 << 20, 6)).await.expect("second"), Written::AlreadyExists);
+    assert!(b.read(&k).await.expect("read") == body, "resumable original kept");
+
+    // A service-account key: the self-signed JWT is exchanged once at the
+    // token URI, the token is cached and sent as a bearer token.
+    let (token_uri, seen) = token_server(200, r#"{"access_token":"ya29.EXCHANGED-token-secret","expires_in":3600}"#).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sa_path = service_account_file(dir.path(), &token_uri);
+    let sa_env = |host: String| {
+        Env::from_pairs([("STORAGE_EMULATOR_HOST", host), ("GOOGLE_APPLICATION_CREDENTIALS", sa_path.display().to_string())])
+    };
+    let sa = storage::open("gs://backups/sa", &options(sa_env(emu.endpoint.clone()))).expect("open with key file");
+    assert_eq!(sa.write_if_absent(&key("k"), Bytes::from_static(b"v")).await.expect("write"), Written::Created);
+    assert_eq!(&sa.read(&key("k")).await.expect("read")[..], b"v");
+    let forms = seen.lock().expect("lock").clone();
+    assert_eq!(forms.len(), 1, "one token exchange, then the cached token: {forms:?}");
+    assert!(forms[0].contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer"), "{}", forms[0]);
+    assert!(forms[0].contains("assertion=ey"), "{}", forms[0]);
+    let key_line = private_key_line(&sa_path);
+    assert_no_secret_leaks("gs://backups/p", sa_env(format!("127.0.0.1:{}", dead_port())), &key_line).await;
+    assert_no_secret_leaks("gs://backups/p", sa_env(format!("127.0.0.1:{}", dead_port())), "EXCHANGED-token-secret").await;
+    // A refused exchange is an access error that says what to check.
+    let (bad_uri, _) = token_server(400, r#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#).await;
+    let bad_path = service_account_file(dir.path(), &bad_uri);
+    let bad_env = Env::from_pairs([("STORAGE_EMULATOR_HOST", emu.endpoint.clone()), ("GOOGLE_APPLICATION_CREDENTIALS", bad_path.display().to_string())]);
+    let bad = storage::open("gs://backups/sa", &options(bad_env)).expect("open");
+    let err = bad.read(&key("k")).await.expect_err("refused token");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("invalid_grant") && err.to_string().contains("credentials"), "{err}");
+    assert!(!format!("{err:?}").contains(&key_line));
+
     let secret = "ya29.GCS-SECRET-token-do-not-leak";
     let with_token = |host: String| Env::from_pairs([("STORAGE_EMULATOR_HOST", host), ("GOOGLE_OAUTH_ACCESS_TOKEN", secret.to_string())]);
     assert_no_secret_leaks("gs://no-such-bucket/p", with_token(emu.endpoint.clone()), secret).await;
@@ -319,4 +354,64 @@ fn dead_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("ephemeral port")
+}
+
+/// A one-route OAuth token endpoint answering `status` and `body` to every
+/// request; returns its URL and the form bodies it received.
+async fn token_server(status: u16, body: &'static str) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .unwrap_or(0);
+                        if rest.len() >= len {
+                            log.lock().expect("lock").push(rest.to_string());
+                            break;
+                        }
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (format!("http://{addr}/token"), seen)
+}
+
+/// The test service-account fixture with its `token_uri` replaced.
+fn service_account_file(dir: &std::path::Path, token_uri: &str) -> std::path::PathBuf {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gcs-test-service-account.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).expect("fixture")).expect("json");
+    v["token_uri"] = serde_json::Value::String(token_uri.to_string());
+    let path = dir.join(format!("sa-{}.json", token_uri.rsplit(':').next().unwrap_or("x").replace('/', "_")));
+    std::fs::write(&path, v.to_string()).expect("write key file");
+    path
+}
+
+/// One line from the middle of the key file's private key.
+fn private_key_line(path: &std::path::Path) -> String {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
+    let pem = v["private_key"].as_str().expect("private_key").to_string();
+    pem.lines().nth(5).expect("a key line").to_string()
 }

@@ -88,6 +88,25 @@ pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
     out
 }
 
+/// One line, whitespace runs collapsed, at most 600 characters: transport
+/// errors can carry whole XML bodies.
+pub(crate) fn condense(text: &str) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 600 {
+        let mut cut: String = one_line.chars().take(600).collect();
+        cut.push('…');
+        cut
+    } else {
+        one_line
+    }
+}
+
+/// The HTTP status in an object_store error text ("… status code: 403 …").
+pub(crate) fn http_status(text: &str) -> Option<u16> {
+    let at = text.find("status code: ")? + "status code: ".len();
+    text.get(at..at + 3)?.parse().ok()
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub(crate) fn percent_encode_all(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -111,6 +130,14 @@ mod tests {
         let t = "failed: key=s3cr/et+key url=?sig=s3cr%2Fet%2Bkey";
         let s = scrub(t, &secrets);
         assert!(!s.contains("s3cr"), "{s}");
+    }
+
+    #[test]
+    fn status_and_condense() {
+        assert_eq!(http_status("Server returned non-2xx status code: 403 Forbidden: <x>"), Some(403));
+        assert_eq!(http_status("no status"), None);
+        assert_eq!(condense("a\n  b\t<c>\n"), "a b <c>");
+        assert!(condense(&"x ".repeat(1000)).chars().count() <= 601);
     }
 
     #[test]

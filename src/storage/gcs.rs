@@ -468,13 +468,24 @@ impl GcsBackend {
         let backend = self.description.clone();
         let key_s = key.map_or_else(String::new, ObjectKey::to_string);
         let detail = scrub(&format!("HTTP {status}: {}", excerpt(&body)), &self.secrets);
+        let bucket_missing = body.contains("bucket does not exist");
         match status {
-            StatusCode::NOT_FOUND if key.is_some() => StorageError::NotFound { backend, key: key_s },
-            StatusCode::NOT_FOUND => StorageError::Other { backend, detail: format!("{detail}; does the bucket exist?") },
+            StatusCode::NOT_FOUND if key.is_some() && !bucket_missing => StorageError::NotFound { backend, key: key_s },
+            StatusCode::NOT_FOUND => self.bucket_missing(&detail),
             StatusCode::PRECONDITION_FAILED => StorageError::AlreadyExists { backend, key: key_s },
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StorageError::PermissionDenied { backend, detail },
             s if is_transient_status(s) => StorageError::Transient { backend, detail },
             _ => StorageError::Other { backend, detail },
+        }
+    }
+
+    fn bucket_missing(&self, detail: &str) -> StorageError {
+        StorageError::Other {
+            backend: self.description.clone(),
+            detail: format!(
+                "bucket '{}' does not exist; create it or fix backup.storage_path ({detail})",
+                self.bucket
+            ),
         }
     }
 
@@ -498,6 +509,8 @@ impl GcsBackend {
         match resp.status() {
             s if s.is_success() => Ok(Written::Created),
             StatusCode::PRECONDITION_FAILED => Ok(Written::AlreadyExists),
+            // An upload creates the object, so 404 can only mean the bucket.
+            StatusCode::NOT_FOUND => Err(self.bucket_missing("HTTP 404 on upload")),
             _ => Err(self.status_error(Some(key), resp).await),
         }
     }
@@ -523,6 +536,7 @@ impl GcsBackend {
         match resp.status() {
             s if s.is_success() => {}
             StatusCode::PRECONDITION_FAILED => return Ok(Written::AlreadyExists),
+            StatusCode::NOT_FOUND => return Err(self.bucket_missing("HTTP 404 on upload")),
             _ => return Err(self.status_error(Some(key), resp).await),
         }
         let session = resp
@@ -779,5 +793,32 @@ mod tests {
         let err = TokenSource::from_file(&p).expect_err("bad key");
         assert_eq!(err.kind(), super::super::ErrorKind::Config);
         assert!(!format!("{err:?}").contains("NOT-A-KEY-SECRET"));
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    }
+
+    #[test]
+    fn service_account_assertion_is_a_verifiable_rs256_jwt() {
+        let src = TokenSource::from_file(&fixture("gcs-test-service-account.json")).expect("fixture parses");
+        let TokenSource::ServiceAccount(sa) = src else { panic!("expected a service account, got {src:?}") };
+        let jwt = service_account_assertion(&sa, 1_800_000_000).expect("sign");
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header: serde_json::Value = serde_json::from_slice(&b64.decode(parts[0]).expect("b64")).expect("json");
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(header["kid"], "test-key-id-1");
+        let claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).expect("b64")).expect("json");
+        assert_eq!(claims["iss"], "backup-writer@chromaprod-test.iam.gserviceaccount.com");
+        assert_eq!(claims["aud"], "http://127.0.0.1:1/token");
+        assert_eq!(claims["scope"], SCOPE);
+        assert_eq!(claims["exp"].as_u64().expect("exp") - claims["iat"].as_u64().expect("iat"), 3600);
+        let public = std::fs::read_to_string(fixture("gcs-test-service-account.pub.der.b64")).expect("public key");
+        let public = base64::engine::general_purpose::STANDARD.decode(public.trim()).expect("b64");
+        ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, public)
+            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &b64.decode(parts[2]).expect("b64"))
+            .expect("signature verifies with the fixture's public key");
     }
 }

@@ -213,7 +213,7 @@ pub fn open(url: &str, options: &StorageOptions) -> Result<Arc<dyn Backend>> {
             "'{url}' is neither an absolute path nor a URL ({e}); use /path, file:///path, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix"
         ))
     })?;
-    let (bucket, prefix) = bucket_and_prefix(&parsed)?;
+    let (bucket, prefix) = bucket_and_prefix(url, &parsed)?;
     match parsed.scheme() {
         "file" => {
             let path = parsed
@@ -231,7 +231,7 @@ pub fn open(url: &str, options: &StorageOptions) -> Result<Arc<dyn Backend>> {
 }
 
 /// Splits `scheme://bucket/a/b` into `bucket` and the prefix key `a/b`.
-fn bucket_and_prefix(url: &url::Url) -> Result<(String, Option<ObjectKey>)> {
+fn bucket_and_prefix(raw: &str, url: &url::Url) -> Result<(String, Option<ObjectKey>)> {
     if url.scheme() == "file" {
         return Ok((String::new(), None));
     }
@@ -249,7 +249,13 @@ fn bucket_and_prefix(url: &url::Url) -> Result<(String, Option<ObjectKey>)> {
             url.scheme()
         )));
     }
-    let path = url.path().trim_matches('/');
+    // The prefix is checked as written: URL parsing would silently resolve
+    // `..` and `.` segments.
+    let path = raw
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map_or("", |(_, p)| p)
+        .trim_matches('/');
     let prefix = if path.is_empty() {
         None
     } else {

@@ -146,36 +146,29 @@ impl ObjectStoreBackend {
         }
     }
 
-    /// Maps an object_store error for `key`; never includes credentials.
-    fn error(&self, key: &ObjectKey, e: object_store::Error) -> StorageError {
+    /// Maps an object_store error (for `key`, if the call had one); the
+    /// text is scrubbed of configured secrets and condensed to one line.
+    fn error(&self, key: Option<&ObjectKey>, e: object_store::Error) -> StorageError {
         use object_store::Error as E;
         let backend = self.description.clone();
-        let detail = || super::error::scrub(&e.to_string(), &self.secrets);
-        match &e {
-            E::NotFound { .. } => StorageError::NotFound { backend, key: key.to_string() },
-            E::AlreadyExists { .. } | E::Precondition { .. } => {
-                StorageError::AlreadyExists { backend, key: key.to_string() }
+        let detail = super::error::condense(&super::error::scrub(&e.to_string(), &self.secrets));
+        let status = super::error::http_status(&detail);
+        let bucket_missing = ["NoSuchBucket", "ContainerNotFound", "bucket does not exist", "container does not exist"]
+            .iter()
+            .any(|m| detail.contains(m));
+        match (&e, key) {
+            _ if bucket_missing => StorageError::Other {
+                backend,
+                detail: format!("the bucket/container does not exist; create it or fix backup.storage_path ({detail})"),
+            },
+            (E::NotFound { .. }, Some(k)) => StorageError::NotFound { backend, key: k.to_string() },
+            (E::AlreadyExists { .. } | E::Precondition { .. }, Some(k)) => {
+                StorageError::AlreadyExists { backend, key: k.to_string() }
             }
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
-                StorageError::PermissionDenied { backend, detail: detail() }
-            }
-            E::Generic { source, .. } if is_transient(source.as_ref()) => {
-                StorageError::Transient { backend, detail: detail() }
-            }
-            _ => StorageError::Other { backend, detail: detail() },
-        }
-    }
-
-    fn list_error(&self, e: object_store::Error) -> StorageError {
-        let detail = super::error::scrub(&e.to_string(), &self.secrets);
-        let backend = self.description.clone();
-        match &e {
-            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-                StorageError::PermissionDenied { backend, detail }
-            }
-            object_store::Error::Generic { source, .. } if is_transient(source.as_ref()) => {
-                StorageError::Transient { backend, detail }
-            }
+            (E::PermissionDenied { .. } | E::Unauthenticated { .. }, _) => StorageError::PermissionDenied { backend, detail },
+            _ if matches!(status, Some(401 | 403)) => StorageError::PermissionDenied { backend, detail },
+            _ if matches!(status, Some(408 | 429 | 500..=599)) => StorageError::Transient { backend, detail },
+            (E::Generic { source, .. }, _) if is_transient(source.as_ref()) => StorageError::Transient { backend, detail },
             _ => StorageError::Other { backend, detail },
         }
     }
@@ -196,13 +189,6 @@ fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
                 io.kind(),
                 K::TimedOut | K::ConnectionReset | K::ConnectionRefused | K::ConnectionAborted | K::Interrupted
             );
-        }
-        let text = err.to_string();
-        if ["status: 429", "status: 500", "status: 502", "status: 503", "status: 504", "Server returned non-2xx status code: 5", "Too Many Requests", "Service Unavailable"]
-            .iter()
-            .any(|m| text.contains(m))
-        {
-            return true;
         }
         cur = err.source();
     }
@@ -228,7 +214,7 @@ impl Backend for ObjectStoreBackend {
                 .list(full.as_ref())
                 .try_collect()
                 .await
-                .map_err(|e| self.list_error(e))?;
+                .map_err(|e| self.error(None, e))?;
             let mut out = Vec::with_capacity(metas.len());
             for m in metas {
                 let name = m.location.as_ref();
@@ -250,8 +236,8 @@ impl Backend for ObjectStoreBackend {
 
     fn read<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(async move {
-            let got = self.store.get(&self.path(key)).await.map_err(|e| self.error(key, e))?;
-            got.bytes().await.map_err(|e| self.error(key, e))
+            let got = self.store.get(&self.path(key)).await.map_err(|e| self.error(Some(key), e))?;
+            got.bytes().await.map_err(|e| self.error(Some(key), e))
         })
     }
 
@@ -263,7 +249,7 @@ impl Backend for ObjectStoreBackend {
             self.store
                 .get_range(&self.path(key), range)
                 .await
-                .map_err(|e| self.error(key, e))
+                .map_err(|e| self.error(Some(key), e))
         })
     }
 
@@ -278,7 +264,7 @@ impl Backend for ObjectStoreBackend {
                 Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
                     Ok(Written::AlreadyExists)
                 }
-                Err(e) => Err(self.error(key, e)),
+                Err(e) => Err(self.error(Some(key), e)),
             }
         })
     }
@@ -288,7 +274,7 @@ impl Backend for ObjectStoreBackend {
             match self.store.delete(&self.path(key)).await {
                 // Azure (and the local store) report a missing key; S3 does not.
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(self.error(key, e)),
+                Err(e) => Err(self.error(Some(key), e)),
             }
         })
     }
@@ -298,7 +284,7 @@ impl Backend for ObjectStoreBackend {
             match self.store.head(&self.path(key)).await {
                 Ok(m) => Ok(Some(ObjectMeta { key: key.clone(), size: m.size })),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(self.error(key, e)),
+                Err(e) => Err(self.error(Some(key), e)),
             }
         })
     }
