@@ -15,7 +15,9 @@ pub enum StorageError {
     NotFound { backend: String, key: String },
 
     /// A create-only write found the key present; the stored object is unchanged.
-    #[error("{backend}: object '{key}' already exists (create-only write; the stored object was kept)")]
+    #[error(
+        "{backend}: object '{key}' already exists (create-only write; the stored object was kept)"
+    )]
     AlreadyExists { backend: String, key: String },
 
     /// Credentials are missing, wrong or lack permission.
@@ -134,7 +136,10 @@ mod tests {
 
     #[test]
     fn status_and_condense() {
-        assert_eq!(http_status("Server returned non-2xx status code: 403 Forbidden: <x>"), Some(403));
+        assert_eq!(
+            http_status("Server returned non-2xx status code: 403 Forbidden: <x>"),
+            Some(403)
+        );
         assert_eq!(http_status("no status"), None);
         assert_eq!(condense("a\n  b\t<c>\n"), "a b <c>");
         assert!(condense(&"x ".repeat(1000)).chars().count() <= 601);
@@ -142,7 +147,10 @@ mod tests {
 
     #[test]
     fn only_transient_is_transient() {
-        let t = StorageError::Transient { backend: "s3".into(), detail: "503".into() };
+        let t = StorageError::Transient {
+            backend: "s3".into(),
+            detail: "503".into(),
+        };
         assert!(t.is_transient());
         assert!(!StorageError::Config("x".into()).is_transient());
     }

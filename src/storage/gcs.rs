@@ -27,7 +27,10 @@ use serde::Deserialize;
 use super::error::{percent_encode_all, scrub};
 use super::http::{client, is_interrupted};
 use super::objstore::describe;
-use super::{backoff, check_endpoint, Backend, ObjectKey, ObjectMeta, Result, StorageError, StorageOptions, Written};
+use super::{
+    backoff, check_endpoint, Backend, ObjectKey, ObjectMeta, Result, StorageError, StorageOptions,
+    Written,
+};
 use crate::secret::Secret;
 
 const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -36,7 +39,11 @@ const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 /// Resumable chunks must be multiples of this (GCS rule).
 const CHUNK_QUANTUM: usize = 256 * 1024;
 
-pub(crate) fn open(bucket: &str, prefix: Option<ObjectKey>, options: &StorageOptions) -> Result<Arc<dyn Backend>> {
+pub(crate) fn open(
+    bucket: &str,
+    prefix: Option<ObjectKey>,
+    options: &StorageOptions,
+) -> Result<Arc<dyn Backend>> {
     let env = &options.env;
     let emulator = env.get("STORAGE_EMULATOR_HOST").map(|h| {
         if h.contains("://") {
@@ -45,7 +52,9 @@ pub(crate) fn open(bucket: &str, prefix: Option<ObjectKey>, options: &StorageOpt
             format!("http://{}", h.trim_end_matches('/'))
         }
     });
-    let endpoint = emulator.clone().unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+    let endpoint = emulator
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
     check_endpoint(&endpoint, env)?;
     let tokens = TokenSource::from_env(env, emulator.is_some())?;
     let mut secrets = env.secret_values();
@@ -58,7 +67,10 @@ pub(crate) fn open(bucket: &str, prefix: Option<ObjectKey>, options: &StorageOpt
         bucket: bucket.to_string(),
         description: describe("gs", bucket, prefix.as_ref()),
         prefix,
-        auth: Auth { source: tokens, cache: tokio::sync::Mutex::new(None) },
+        auth: Auth {
+            source: tokens,
+            cache: tokio::sync::Mutex::new(None),
+        },
         secrets,
         max_retries: options.max_retries,
         retry_base_delay: options.retry_base_delay,
@@ -103,9 +115,14 @@ enum TokenSource {
     /// `CHROMAPROD_GCS_TOKEN_FILE`: a file another process keeps fresh; re-read every minute.
     File(PathBuf),
     /// A service-account key: a self-signed JWT exchanged at its token URI.
-    ServiceAccount(ServiceAccount),
+    ServiceAccount(Box<ServiceAccount>),
     /// An `authorized_user` file (`gcloud auth application-default login`).
-    AuthorizedUser { client_id: String, client_secret: Secret<String>, refresh_token: Secret<String>, token_uri: String },
+    AuthorizedUser {
+        client_id: String,
+        client_secret: Secret<String>,
+        refresh_token: Secret<String>,
+        token_uri: String,
+    },
     /// The GCE/GKE metadata server.
     Metadata { host: String },
 }
@@ -160,12 +177,16 @@ impl TokenSource {
             return Ok(Self::Anonymous);
         }
         if let Some(home) = env.get("HOME") {
-            let adc = PathBuf::from(home).join(".config/gcloud/application_default_credentials.json");
+            let adc =
+                PathBuf::from(home).join(".config/gcloud/application_default_credentials.json");
             if adc.is_file() {
                 return Self::from_file(&adc);
             }
         }
-        let host = env.get("GCE_METADATA_HOST").unwrap_or("metadata.google.internal").to_string();
+        let host = env
+            .get("GCE_METADATA_HOST")
+            .unwrap_or("metadata.google.internal")
+            .to_string();
         Ok(Self::Metadata { host })
     }
 
@@ -174,10 +195,16 @@ impl TokenSource {
             .map_err(|e| StorageError::config(format!("GCS credentials: {e}")))?;
         let cfg: CredentialsFile = serde_json::from_str(&text).map_err(|e| {
             // serde_json's message names the position, not the content.
-            StorageError::config(format!("GCS credentials file {} is not valid JSON: {e}", path.display()))
+            StorageError::config(format!(
+                "GCS credentials file {} is not valid JSON: {e}",
+                path.display()
+            ))
         })?;
         let missing = |what: &str| {
-            StorageError::config(format!("GCS credentials file {} has no '{what}'", path.display()))
+            StorageError::config(format!(
+                "GCS credentials file {} has no '{what}'",
+                path.display()
+            ))
         };
         match cfg.kind.as_str() {
             "service_account" => {
@@ -185,12 +212,12 @@ impl TokenSource {
                 let key = rsa_key_from_pem(&pem).map_err(|e| {
                     StorageError::config(format!("GCS credentials file {}: {e}", path.display()))
                 })?;
-                Ok(Self::ServiceAccount(ServiceAccount {
+                Ok(Self::ServiceAccount(Box::new(ServiceAccount {
                     client_email: cfg.client_email.ok_or_else(|| missing("client_email"))?,
                     key_id: cfg.private_key_id,
                     token_uri: cfg.token_uri.unwrap_or_else(|| DEFAULT_TOKEN_URI.to_string()),
                     key,
-                }))
+                })))
             }
             "authorized_user" => Ok(Self::AuthorizedUser {
                 client_id: cfg.client_id.ok_or_else(|| missing("client_id"))?,
@@ -221,7 +248,8 @@ fn rsa_key_from_pem(pem: &str) -> std::result::Result<ring::signature::RsaKeyPai
     let der = base64::engine::general_purpose::STANDARD
         .decode(body)
         .map_err(|_| "private_key is not valid base64 PEM".to_string())?;
-    ring::signature::RsaKeyPair::from_pkcs8(&der).map_err(|e| format!("private_key is not a usable RSA key: {e}"))
+    ring::signature::RsaKeyPair::from_pkcs8(&der)
+        .map_err(|e| format!("private_key is not a usable RSA key: {e}"))
 }
 
 /// Signs the RS256 JWT a service account presents at its token URI.
@@ -238,10 +266,19 @@ fn service_account_assertion(sa: &ServiceAccount, now: u64) -> std::result::Resu
         "iat": now,
         "exp": now + 3600,
     });
-    let signing_input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims.to_string()));
+    let signing_input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
     let mut sig = vec![0u8; sa.key.public().modulus_len()];
     sa.key
-        .sign(&ring::signature::RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), signing_input.as_bytes(), &mut sig)
+        .sign(
+            &ring::signature::RSA_PKCS1_SHA256,
+            &ring::rand::SystemRandom::new(),
+            signing_input.as_bytes(),
+            &mut sig,
+        )
         .map_err(|_| "signing the service-account assertion failed".to_string())?;
     Ok(format!("{signing_input}.{}", b64.encode(sig)))
 }
@@ -269,7 +306,10 @@ impl Auth {
                 return Ok(Some(tok.clone()));
             }
         }
-        let denied = |detail: String| StorageError::PermissionDenied { backend: backend.to_string(), detail };
+        let denied = |detail: String| StorageError::PermissionDenied {
+            backend: backend.to_string(),
+            detail,
+        };
         let (token, lifetime) = match &self.source {
             TokenSource::Anonymous => return Ok(None),
             TokenSource::Static(t) => return Ok(Some(t.clone())),
@@ -279,12 +319,22 @@ impl Auth {
                 (Secret::new(t.trim().to_string()), Duration::from_secs(60))
             }
             TokenSource::ServiceAccount(sa) => {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
                 let assertion = service_account_assertion(sa, now).map_err(denied)?;
-                let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())];
+                let form = [
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                    ("assertion", assertion.as_str()),
+                ];
                 fetch_token(http.post(&sa.token_uri).form(&form), backend).await?
             }
-            TokenSource::AuthorizedUser { client_id, client_secret, refresh_token, token_uri } => {
+            TokenSource::AuthorizedUser {
+                client_id,
+                client_secret,
+                refresh_token,
+                token_uri,
+            } => {
                 let form = [
                     ("grant_type", "refresh_token"),
                     ("client_id", client_id.as_str()),
@@ -294,11 +344,16 @@ impl Auth {
                 fetch_token(http.post(token_uri).form(&form), backend).await?
             }
             TokenSource::Metadata { host } => {
-                let url = format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token");
+                let url = format!(
+                    "http://{host}/computeMetadata/v1/instance/service-accounts/default/token"
+                );
                 fetch_token(http.get(url).header("Metadata-Flavor", "Google"), backend).await?
             }
         };
-        let until = Instant::now() + lifetime.saturating_sub(Duration::from_secs(60)).max(Duration::from_secs(10));
+        let until = Instant::now()
+            + lifetime
+                .saturating_sub(Duration::from_secs(60))
+                .max(Duration::from_secs(10));
         *cache = Some((token.clone(), until));
         Ok(Some(token))
     }
@@ -308,9 +363,18 @@ impl Auth {
     }
 }
 
-async fn fetch_token(req: reqwest::RequestBuilder, backend: &str) -> Result<(Secret<String>, Duration)> {
-    let transient = |detail: String| StorageError::Transient { backend: backend.to_string(), detail };
-    let resp = req.send().await.map_err(|e| transient(format!("token endpoint unreachable: {}", e.without_url())))?;
+async fn fetch_token(
+    req: reqwest::RequestBuilder,
+    backend: &str,
+) -> Result<(Secret<String>, Duration)> {
+    let transient = |detail: String| StorageError::Transient {
+        backend: backend.to_string(),
+        detail,
+    };
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| transient(format!("token endpoint unreachable: {}", e.without_url())))?;
     let status = resp.status();
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         return Err(transient(format!("token endpoint answered {status}")));
@@ -320,14 +384,22 @@ async fn fetch_token(req: reqwest::RequestBuilder, backend: &str) -> Result<(Sec
         let body = resp.text().await.unwrap_or_default();
         return Err(StorageError::PermissionDenied {
             backend: backend.to_string(),
-            detail: format!("token endpoint answered {status}: {}; check the GCS credentials", excerpt(&body)),
+            detail: format!(
+                "token endpoint answered {status}: {}; check the GCS credentials",
+                excerpt(&body)
+            ),
         });
     }
-    let t: TokenResponse = resp
-        .json()
-        .await
-        .map_err(|e| transient(format!("token endpoint answer unreadable: {}", e.without_url())))?;
-    Ok((Secret::new(t.access_token), Duration::from_secs(t.expires_in.unwrap_or(3600))))
+    let t: TokenResponse = resp.json().await.map_err(|e| {
+        transient(format!(
+            "token endpoint answer unreadable: {}",
+            e.without_url()
+        ))
+    })?;
+    Ok((
+        Secret::new(t.access_token),
+        Duration::from_secs(t.expires_in.unwrap_or(3600)),
+    ))
 }
 
 fn excerpt(s: &str) -> String {
@@ -346,7 +418,10 @@ struct Parts {
 impl Parts {
     fn new(parts: Vec<Bytes>) -> Self {
         let remaining = parts.iter().map(|b| b.len() as u64).sum();
-        Self { parts: parts.into(), remaining }
+        Self {
+            parts: parts.into(),
+            remaining,
+        }
     }
 }
 
@@ -419,11 +494,18 @@ impl GcsBackend {
     }
 
     fn upload_url(&self) -> String {
-        format!("{}/upload/storage/v1/b/{}/o", self.endpoint, percent_encode_all(&self.bucket))
+        format!(
+            "{}/upload/storage/v1/b/{}/o",
+            self.endpoint,
+            percent_encode_all(&self.bucket)
+        )
     }
 
     fn transient(&self, detail: String) -> StorageError {
-        StorageError::Transient { backend: self.description.clone(), detail: scrub(&detail, &self.secrets) }
+        StorageError::Transient {
+            backend: self.description.clone(),
+            detail: scrub(&detail, &self.secrets),
+        }
     }
 
     /// Sends the request `build` makes, retrying transport failures and
@@ -440,20 +522,36 @@ impl GcsBackend {
             }
             let outcome = req.send().await;
             let retry_detail = match outcome {
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !refreshed && !matches!(self.auth.source, TokenSource::Anonymous | TokenSource::Static(_)) => {
+                Ok(resp)
+                    if resp.status() == StatusCode::UNAUTHORIZED
+                        && !refreshed
+                        && !matches!(
+                            self.auth.source,
+                            TokenSource::Anonymous | TokenSource::Static(_)
+                        ) =>
+                {
                     refreshed = true;
                     self.auth.invalidate().await;
                     continue;
                 }
                 Ok(resp) if is_transient_status(resp.status()) => format!("HTTP {}", resp.status()),
                 Ok(resp) => return Ok(resp),
-                Err(e) if e.is_timeout() || e.is_connect() || e.is_request() || is_interrupted(&e) => {
+                Err(e)
+                    if e.is_timeout() || e.is_connect() || e.is_request() || is_interrupted(&e) =>
+                {
                     format!("{}", e.without_url())
                 }
-                Err(e) => return Err(StorageError::Other { backend: self.description.clone(), detail: scrub(&e.without_url().to_string(), &self.secrets) }),
+                Err(e) => {
+                    return Err(StorageError::Other {
+                        backend: self.description.clone(),
+                        detail: scrub(&e.without_url().to_string(), &self.secrets),
+                    })
+                }
             };
             if attempt >= self.max_retries {
-                return Err(self.transient(format!("{retry_detail} after {} attempts", attempt + 1)));
+                return Err(
+                    self.transient(format!("{retry_detail} after {} attempts", attempt + 1))
+                );
             }
             tracing::debug!(backend = %self.description, attempt, detail = %retry_detail, "retrying a GCS request");
             tokio::time::sleep(backoff(self.retry_base_delay, attempt)).await;
@@ -470,10 +568,18 @@ impl GcsBackend {
         let detail = scrub(&format!("HTTP {status}: {}", excerpt(&body)), &self.secrets);
         let bucket_missing = body.contains("bucket does not exist");
         match status {
-            StatusCode::NOT_FOUND if key.is_some() && !bucket_missing => StorageError::NotFound { backend, key: key_s },
+            StatusCode::NOT_FOUND if key.is_some() && !bucket_missing => StorageError::NotFound {
+                backend,
+                key: key_s,
+            },
             StatusCode::NOT_FOUND => self.bucket_missing(&detail),
-            StatusCode::PRECONDITION_FAILED => StorageError::AlreadyExists { backend, key: key_s },
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StorageError::PermissionDenied { backend, detail },
+            StatusCode::PRECONDITION_FAILED => StorageError::AlreadyExists {
+                backend,
+                key: key_s,
+            },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                StorageError::PermissionDenied { backend, detail }
+            }
             s if is_transient_status(s) => StorageError::Transient { backend, detail },
             _ => StorageError::Other { backend, detail },
         }
@@ -502,8 +608,15 @@ impl GcsBackend {
                 self.http
                     .post(&url)
                     .query(&[("uploadType", "multipart"), ("ifGenerationMatch", "0")])
-                    .header(reqwest::header::CONTENT_TYPE, format!("multipart/related; boundary={boundary}"))
-                    .body(reqwest::Body::wrap(Parts::new(vec![head.clone(), data.clone(), tail.clone()])))
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        format!("multipart/related; boundary={boundary}"),
+                    )
+                    .body(reqwest::Body::wrap(Parts::new(vec![
+                        head.clone(),
+                        data.clone(),
+                        tail.clone(),
+                    ])))
             })
             .await?;
         match resp.status() {
@@ -527,7 +640,10 @@ impl GcsBackend {
                 self.http
                     .post(&url)
                     .query(&[("uploadType", "resumable"), ("ifGenerationMatch", "0")])
-                    .header(reqwest::header::CONTENT_TYPE, "application/json; charset=UTF-8")
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/json; charset=UTF-8",
+                    )
                     .header("X-Upload-Content-Type", "application/octet-stream")
                     .header("X-Upload-Content-Length", total.to_string())
                     .body(meta.clone())
@@ -618,7 +734,10 @@ impl GcsBackend {
                     backend: self.description.clone(),
                     detail: format!("unreadable object metadata: {}", e.without_url()),
                 })?;
-                Ok(Some(ObjectMeta { key: key.clone(), size: size_of(item.size.as_ref()) }))
+                Ok(Some(ObjectMeta {
+                    key: key.clone(),
+                    size: size_of(item.size.as_ref()),
+                }))
             }
             StatusCode::NOT_FOUND => Ok(None),
             _ => Err(self.status_error(Some(key), resp).await),
@@ -631,7 +750,10 @@ impl GcsBackend {
             .send(|| {
                 let req = self.http.get(&url).query(&[("alt", "media")]);
                 match &range {
-                    Some(r) => req.header(reqwest::header::RANGE, format!("bytes={}-{}", r.start, r.end - 1)),
+                    Some(r) => req.header(
+                        reqwest::header::RANGE,
+                        format!("bytes={}-{}", r.start, r.end - 1),
+                    ),
                     None => req,
                 }
             })
@@ -646,7 +768,10 @@ impl GcsBackend {
         if !status.is_success() {
             return Err(self.status_error(Some(key), resp).await);
         }
-        let body = resp.bytes().await.map_err(|e| self.transient(format!("reading '{key}': {}", e.without_url())))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transient(format!("reading '{key}': {}", e.without_url())))?;
         // A server that ignores Range sends the whole object (200): cut it here.
         match range {
             Some(r) if status == StatusCode::OK => {
@@ -680,7 +805,11 @@ impl Backend for GcsBackend {
                 (None, None) => String::new(),
             };
             let strip = self.prefix.as_ref().map(|p| format!("{p}/"));
-            let url = format!("{}/storage/v1/b/{}/o", self.endpoint, percent_encode_all(&self.bucket));
+            let url = format!(
+                "{}/storage/v1/b/{}/o",
+                self.endpoint,
+                percent_encode_all(&self.bucket)
+            );
             let mut out = Vec::new();
             let mut token: Option<String> = None;
             loop {
@@ -712,8 +841,13 @@ impl Backend for GcsBackend {
                         None => item.name.clone(),
                     };
                     match ObjectKey::new(rel) {
-                        Ok(key) => out.push(ObjectMeta { key, size: size_of(item.size.as_ref()) }),
-                        Err(e) => tracing::warn!(backend = %self.description, error = %e, "skipping an object whose name is not a repository key"),
+                        Ok(key) => out.push(ObjectMeta {
+                            key,
+                            size: size_of(item.size.as_ref()),
+                        }),
+                        Err(e) => {
+                            tracing::warn!(backend = %self.description, error = %e, "skipping an object whose name is not a repository key")
+                        }
                     }
                 }
                 match page.next_page_token {
@@ -728,7 +862,11 @@ impl Backend for GcsBackend {
         Box::pin(self.download(key, None))
     }
 
-    fn read_range<'a>(&'a self, key: &'a ObjectKey, range: Range<u64>) -> BoxFuture<'a, Result<Bytes>> {
+    fn read_range<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(async move {
             if range.start >= range.end {
                 return Ok(Bytes::new());
@@ -737,7 +875,11 @@ impl Backend for GcsBackend {
         })
     }
 
-    fn write_if_absent<'a>(&'a self, key: &'a ObjectKey, data: Bytes) -> BoxFuture<'a, Result<Written>> {
+    fn write_if_absent<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        data: Bytes,
+    ) -> BoxFuture<'a, Result<Written>> {
         Box::pin(async move {
             if data.len() > self.resumable_threshold {
                 self.resumable_create(key, data).await
@@ -777,7 +919,8 @@ mod tests {
 
     #[test]
     fn token_sources_follow_the_documented_order() {
-        let env = super::super::Env::from_pairs([("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.secret-token")]);
+        let env =
+            super::super::Env::from_pairs([("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.secret-token")]);
         let src = TokenSource::from_env(&env, true).expect("static token");
         assert!(matches!(src, TokenSource::Static(_)));
         assert!(!format!("{src:?}").contains("ya29"));
@@ -796,29 +939,51 @@ mod tests {
     }
 
     fn fixture(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
     }
 
     #[test]
     fn service_account_assertion_is_a_verifiable_rs256_jwt() {
-        let src = TokenSource::from_file(&fixture("gcs-test-service-account.json")).expect("fixture parses");
-        let TokenSource::ServiceAccount(sa) = src else { panic!("expected a service account, got {src:?}") };
+        let src = TokenSource::from_file(&fixture("gcs-test-service-account.json"))
+            .expect("fixture parses");
+        let TokenSource::ServiceAccount(sa) = src else {
+            panic!("expected a service account, got {src:?}")
+        };
         let jwt = service_account_assertion(&sa, 1_800_000_000).expect("sign");
         let parts: Vec<&str> = jwt.split('.').collect();
         assert_eq!(parts.len(), 3);
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let header: serde_json::Value = serde_json::from_slice(&b64.decode(parts[0]).expect("b64")).expect("json");
+        let header: serde_json::Value =
+            serde_json::from_slice(&b64.decode(parts[0]).expect("b64")).expect("json");
         assert_eq!(header["alg"], "RS256");
         assert_eq!(header["kid"], "test-key-id-1");
-        let claims: serde_json::Value = serde_json::from_slice(&b64.decode(parts[1]).expect("b64")).expect("json");
-        assert_eq!(claims["iss"], "backup-writer@chromaprod-test.iam.gserviceaccount.com");
+        let claims: serde_json::Value =
+            serde_json::from_slice(&b64.decode(parts[1]).expect("b64")).expect("json");
+        assert_eq!(
+            claims["iss"],
+            "backup-writer@chromaprod-test.iam.gserviceaccount.com"
+        );
         assert_eq!(claims["aud"], "http://127.0.0.1:1/token");
         assert_eq!(claims["scope"], SCOPE);
-        assert_eq!(claims["exp"].as_u64().expect("exp") - claims["iat"].as_u64().expect("iat"), 3600);
-        let public = std::fs::read_to_string(fixture("gcs-test-service-account.pub.der.b64")).expect("public key");
-        let public = base64::engine::general_purpose::STANDARD.decode(public.trim()).expect("b64");
-        ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, public)
-            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &b64.decode(parts[2]).expect("b64"))
-            .expect("signature verifies with the fixture's public key");
+        assert_eq!(
+            claims["exp"].as_u64().expect("exp") - claims["iat"].as_u64().expect("iat"),
+            3600
+        );
+        let public = std::fs::read_to_string(fixture("gcs-test-service-account.pub.der.b64"))
+            .expect("public key");
+        let public = base64::engine::general_purpose::STANDARD
+            .decode(public.trim())
+            .expect("b64");
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            public,
+        )
+        .verify(
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+            &b64.decode(parts[2]).expect("b64"),
+        )
+        .expect("signature verifies with the fixture's public key");
     }
 }

@@ -7,8 +7,8 @@ use std::error::Error as _;
 
 use http_body_util::BodyExt;
 use object_store::client::{
-    HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse, HttpResponseBody,
-    HttpService,
+    HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpResponse,
+    HttpResponseBody, HttpService,
 };
 
 use super::{Result, StorageError, StorageOptions};
@@ -43,7 +43,8 @@ struct ReqwestService(reqwest::Client);
 impl HttpService for ReqwestService {
     async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
         let (parts, body) = req.into_parts();
-        let url = reqwest::Url::parse(&parts.uri.to_string()).map_err(|e| HttpError::new(HttpErrorKind::Unknown, e))?;
+        let url = reqwest::Url::parse(&parts.uri.to_string())
+            .map_err(|e| HttpError::new(HttpErrorKind::Unknown, e))?;
         let mut request = reqwest::Request::new(parts.method, url);
         *request.headers_mut() = parts.headers;
         // A single-buffer payload (all of ours) goes through without a copy.
@@ -85,7 +86,11 @@ pub(crate) fn is_interrupted(e: &reqwest::Error) -> bool {
             use std::io::ErrorKind as K;
             if matches!(
                 io.kind(),
-                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof | K::TimedOut
+                K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::BrokenPipe
+                    | K::UnexpectedEof
+                    | K::TimedOut
             ) {
                 return true;
             }

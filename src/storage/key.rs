@@ -72,10 +72,10 @@ fn validate(key: &str) -> Result<(), String> {
                 return Err(format!("a segment must be at most {MAX_SEGMENT_LEN} bytes"))
             }
             s => {
-                if let Some(c) = s
-                    .chars()
-                    .find(|c| !(c.is_ascii_alphanumeric() || (c.is_ascii() && EXTRA_CHARS.contains(&(*c as u8)))))
-                {
+                if let Some(c) = s.chars().find(|c| {
+                    !(c.is_ascii_alphanumeric()
+                        || (c.is_ascii() && EXTRA_CHARS.contains(&(*c as u8))))
+                }) {
                     return Err(format!(
                         "character {c:?} is not allowed (use ASCII letters, digits and . _ - = + , @ :)"
                     ));
@@ -181,7 +181,9 @@ mod tests {
         assert!(k.is_under(&ObjectKey::new("a").expect("valid")));
         assert!(k.is_under(&ObjectKey::new("a/b").expect("valid")));
         assert!(!k.is_under(&ObjectKey::new("a/b/c").expect("valid")));
-        assert!(!ObjectKey::new("ab/c").expect("valid").is_under(&ObjectKey::new("a").expect("valid")));
+        assert!(!ObjectKey::new("ab/c")
+            .expect("valid")
+            .is_under(&ObjectKey::new("a").expect("valid")));
     }
 
     proptest! {

@@ -80,7 +80,11 @@ pub trait Backend: fmt::Debug + Send + Sync {
     /// the end, the bytes up to the end. An empty range returns empty bytes
     /// without I/O. `NotFound` if absent; an error of kind `Other` if
     /// `range.start` is at or past the end of a non-empty object.
-    fn read_range<'a>(&'a self, key: &'a ObjectKey, range: Range<u64>) -> BoxFuture<'a, Result<Bytes>>;
+    fn read_range<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes>>;
 
     /// Creates the object with `data` unless the key exists. Never
     /// overwrites: if the key exists (even with other content) the result is
@@ -89,7 +93,11 @@ pub trait Backend: fmt::Debug + Send + Sync {
     /// was retried after a lost response may report `AlreadyExists` for the
     /// object it created itself, so callers treat `AlreadyExists` as "the key
     /// is present". On error nothing is visible under the key.
-    fn write_if_absent<'a>(&'a self, key: &'a ObjectKey, data: Bytes) -> BoxFuture<'a, Result<Written>>;
+    fn write_if_absent<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        data: Bytes,
+    ) -> BoxFuture<'a, Result<Written>>;
 
     /// Removes the object. Idempotent: deleting a missing key is `Ok`.
     fn delete<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<()>>;
@@ -113,16 +121,29 @@ impl Env {
     }
 
     /// An explicit set of variables (nothing is read from the process).
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        Self(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// Variables whose names start with `prefix`.
-    pub(crate) fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    pub(crate) fn with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         self.0
             .iter()
             .filter(move |(k, _)| k.starts_with(prefix))
@@ -216,9 +237,9 @@ pub fn open(url: &str, options: &StorageOptions) -> Result<Arc<dyn Backend>> {
     let (bucket, prefix) = bucket_and_prefix(url, &parsed)?;
     match parsed.scheme() {
         "file" => {
-            let path = parsed
-                .to_file_path()
-                .map_err(|()| StorageError::config(format!("'{url}' is not an absolute local path")))?;
+            let path = parsed.to_file_path().map_err(|()| {
+                StorageError::config(format!("'{url}' is not an absolute local path"))
+            })?;
             objstore::open_local(&path, options)
         }
         "s3" => objstore::open_s3(&bucket, prefix, options),
@@ -235,7 +256,11 @@ fn bucket_and_prefix(raw: &str, url: &url::Url) -> Result<(String, Option<Object
     if url.scheme() == "file" {
         return Ok((String::new(), None));
     }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
         return Err(StorageError::config(format!(
             "storage URL {}://{}/… must not carry a query, fragment or credentials; credentials come from the environment",
             url.scheme(),
@@ -259,7 +284,10 @@ fn bucket_and_prefix(raw: &str, url: &url::Url) -> Result<(String, Option<Object
     let prefix = if path.is_empty() {
         None
     } else {
-        Some(ObjectKey::new(path).map_err(|e| StorageError::config(format!("prefix of '{url}': {e}")))?)
+        Some(
+            ObjectKey::new(path)
+                .map_err(|e| StorageError::config(format!("prefix of '{url}': {e}")))?,
+        )
     };
     Ok((bucket, prefix))
 }
@@ -278,7 +306,11 @@ pub(crate) fn check_endpoint(endpoint: &str, env: &Env) -> Result<()> {
                 Some(url::Host::Domain(d)) => d == "localhost",
                 None => false,
             };
-            if loopback || env.get("AWS_ALLOW_HTTP").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            if loopback
+                || env
+                    .get("AWS_ALLOW_HTTP")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            {
                 Ok(())
             } else {
                 Err(StorageError::config(format!(
@@ -286,7 +318,9 @@ pub(crate) fn check_endpoint(endpoint: &str, env: &Env) -> Result<()> {
                 )))
             }
         }
-        other => Err(StorageError::config(format!("endpoint '{endpoint}': unsupported scheme '{other}'"))),
+        other => Err(StorageError::config(format!(
+            "endpoint '{endpoint}': unsupported scheme '{other}'"
+        ))),
     }
 }
 
@@ -294,7 +328,9 @@ pub(crate) fn check_endpoint(endpoint: &str, env: &Env) -> Result<()> {
 pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
     use rand::Rng;
     let cap = Duration::from_secs(10);
-    let exp = base.saturating_mul(2u32.saturating_pow(attempt.min(16))).min(cap);
+    let exp = base
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(cap);
     let millis = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
 }
@@ -305,8 +341,18 @@ mod tests {
 
     #[test]
     fn urls_are_parsed_or_rejected_with_a_hint() {
-        let o = StorageOptions { env: Env::default(), ..StorageOptions::default() };
-        for bad in ["relative/path", "ftp://x/y", "s3://", "s3://b/../x", "s3://user:pw@b/p", "s3://b/p?x=1"] {
+        let o = StorageOptions {
+            env: Env::default(),
+            ..StorageOptions::default()
+        };
+        for bad in [
+            "relative/path",
+            "ftp://x/y",
+            "s3://",
+            "s3://b/../x",
+            "s3://user:pw@b/p",
+            "s3://b/p?x=1",
+        ] {
             let err = open(bad, &o).expect_err(bad);
             assert_eq!(err.kind(), ErrorKind::Config, "{bad}: {err}");
             assert!(!err.to_string().contains("pw@"), "{err}");

@@ -12,7 +12,9 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
 
 use super::http::{client, ReqwestConnector};
-use super::{check_endpoint, Backend, ObjectKey, ObjectMeta, Result, StorageError, StorageOptions, Written};
+use super::{
+    check_endpoint, Backend, ObjectKey, ObjectMeta, Result, StorageError, StorageOptions, Written,
+};
 
 /// An `object_store` store plus our prefix, naming and error mapping.
 pub(crate) struct ObjectStoreBackend {
@@ -26,11 +28,16 @@ pub(crate) struct ObjectStoreBackend {
 impl fmt::Debug for ObjectStoreBackend {
     // Only the description: the inner store's Debug includes its client config.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ObjectStoreBackend").field("location", &self.description).finish_non_exhaustive()
+        f.debug_struct("ObjectStoreBackend")
+            .field("location", &self.description)
+            .finish_non_exhaustive()
     }
 }
 
-pub(crate) fn open_local(path: &std::path::Path, _options: &StorageOptions) -> Result<Arc<dyn Backend>> {
+pub(crate) fn open_local(
+    path: &std::path::Path,
+    _options: &StorageOptions,
+) -> Result<Arc<dyn Backend>> {
     if !path.is_absolute() {
         return Err(StorageError::config(format!(
             "local repository path '{}' must be absolute",
@@ -65,7 +72,11 @@ fn retry_config(options: &StorageOptions) -> RetryConfig {
     }
 }
 
-pub(crate) fn open_s3(bucket: &str, prefix: Option<ObjectKey>, options: &StorageOptions) -> Result<Arc<dyn Backend>> {
+pub(crate) fn open_s3(
+    bucket: &str,
+    prefix: Option<ObjectKey>,
+    options: &StorageOptions,
+) -> Result<Arc<dyn Backend>> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     let mut builder = AmazonS3Builder::new();
     // Same mapping as AmazonS3Builder::from_env, but from our Env snapshot.
@@ -74,7 +85,10 @@ pub(crate) fn open_s3(bucket: &str, prefix: Option<ObjectKey>, options: &Storage
             builder = builder.with_config(key, value);
         }
     }
-    let endpoint = options.env.get("AWS_ENDPOINT_URL_S3").or(options.env.get("AWS_ENDPOINT_URL"));
+    let endpoint = options
+        .env
+        .get("AWS_ENDPOINT_URL_S3")
+        .or(options.env.get("AWS_ENDPOINT_URL"));
     if let Some(ep) = endpoint {
         check_endpoint(ep, &options.env)?;
         builder = builder.with_endpoint(ep).with_allow_http(true);
@@ -87,7 +101,9 @@ pub(crate) fn open_s3(bucket: &str, prefix: Option<ObjectKey>, options: &Storage
         .with_http_connector(ReqwestConnector(client(options)?))
         .with_retry(retry_config(options))
         .build()
-        .map_err(|e| StorageError::config(format!("S3 bucket '{bucket}': {}", scrub_os(&e, options))))?;
+        .map_err(|e| {
+            StorageError::config(format!("S3 bucket '{bucket}': {}", scrub_os(&e, options)))
+        })?;
     Ok(Arc::new(ObjectStoreBackend {
         store: Arc::new(store),
         description: describe("s3", bucket, prefix.as_ref()),
@@ -96,7 +112,11 @@ pub(crate) fn open_s3(bucket: &str, prefix: Option<ObjectKey>, options: &Storage
     }))
 }
 
-pub(crate) fn open_azure(container: &str, prefix: Option<ObjectKey>, options: &StorageOptions) -> Result<Arc<dyn Backend>> {
+pub(crate) fn open_azure(
+    container: &str,
+    prefix: Option<ObjectKey>,
+    options: &StorageOptions,
+) -> Result<Arc<dyn Backend>> {
     use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
     let mut builder = MicrosoftAzureBuilder::new();
     for (name, value) in options.env.with_prefix("AZURE_") {
@@ -153,9 +173,14 @@ impl ObjectStoreBackend {
         let backend = self.description.clone();
         let detail = super::error::condense(&super::error::scrub(&e.to_string(), &self.secrets));
         let status = super::error::http_status(&detail);
-        let bucket_missing = ["NoSuchBucket", "ContainerNotFound", "bucket does not exist", "container does not exist"]
-            .iter()
-            .any(|m| detail.contains(m));
+        let bucket_missing = [
+            "NoSuchBucket",
+            "ContainerNotFound",
+            "bucket does not exist",
+            "container does not exist",
+        ]
+        .iter()
+        .any(|m| detail.contains(m));
         match (&e, key) {
             _ if bucket_missing => StorageError::Other {
                 backend,
@@ -181,13 +206,20 @@ fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
     while let Some(err) = cur {
         if let Some(http) = err.downcast_ref::<object_store::client::HttpError>() {
             use object_store::client::HttpErrorKind as K;
-            return matches!(http.kind(), K::Connect | K::Request | K::Timeout | K::Interrupted);
+            return matches!(
+                http.kind(),
+                K::Connect | K::Request | K::Timeout | K::Interrupted
+            );
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind as K;
             return matches!(
                 io.kind(),
-                K::TimedOut | K::ConnectionReset | K::ConnectionRefused | K::ConnectionAborted | K::Interrupted
+                K::TimedOut
+                    | K::ConnectionReset
+                    | K::ConnectionRefused
+                    | K::ConnectionAborted
+                    | K::Interrupted
             );
         }
         cur = err.source();
@@ -227,7 +259,9 @@ impl Backend for ObjectStoreBackend {
                 };
                 match ObjectKey::new(rel) {
                     Ok(key) => out.push(ObjectMeta { key, size: m.size }),
-                    Err(e) => tracing::warn!(backend = %self.description, error = %e, "skipping an object whose name is not a repository key"),
+                    Err(e) => {
+                        tracing::warn!(backend = %self.description, error = %e, "skipping an object whose name is not a repository key")
+                    }
                 }
             }
             Ok(out)
@@ -236,12 +270,20 @@ impl Backend for ObjectStoreBackend {
 
     fn read<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(async move {
-            let got = self.store.get(&self.path(key)).await.map_err(|e| self.error(Some(key), e))?;
+            let got = self
+                .store
+                .get(&self.path(key))
+                .await
+                .map_err(|e| self.error(Some(key), e))?;
             got.bytes().await.map_err(|e| self.error(Some(key), e))
         })
     }
 
-    fn read_range<'a>(&'a self, key: &'a ObjectKey, range: Range<u64>) -> BoxFuture<'a, Result<Bytes>> {
+    fn read_range<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(async move {
             if range.start >= range.end {
                 return Ok(Bytes::new());
@@ -253,17 +295,29 @@ impl Backend for ObjectStoreBackend {
         })
     }
 
-    fn write_if_absent<'a>(&'a self, key: &'a ObjectKey, data: Bytes) -> BoxFuture<'a, Result<Written>> {
+    fn write_if_absent<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        data: Bytes,
+    ) -> BoxFuture<'a, Result<Written>> {
         Box::pin(async move {
             // One PUT with If-None-Match / create-only semantics: S3 and Azure
             // take single uploads up to 5 GB / ~4.75 TB, and a multipart
             // upload cannot be made create-only through object_store.
-            let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-            match self.store.put_opts(&self.path(key), PutPayload::from(data), opts).await {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            match self
+                .store
+                .put_opts(&self.path(key), PutPayload::from(data), opts)
+                .await
+            {
                 Ok(_) => Ok(Written::Created),
-                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                    Ok(Written::AlreadyExists)
-                }
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => Ok(Written::AlreadyExists),
                 Err(e) => Err(self.error(Some(key), e)),
             }
         })
@@ -282,7 +336,10 @@ impl Backend for ObjectStoreBackend {
     fn head<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<Option<ObjectMeta>>> {
         Box::pin(async move {
             match self.store.head(&self.path(key)).await {
-                Ok(m) => Ok(Some(ObjectMeta { key: key.clone(), size: m.size })),
+                Ok(m) => Ok(Some(ObjectMeta {
+                    key: key.clone(),
+                    size: m.size,
+                })),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(self.error(Some(key), e)),
             }

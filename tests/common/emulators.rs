@@ -44,7 +44,9 @@ impl Drop for Emulator {
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 _ => {
                     let _ = killpg(pgid, Signal::SIGKILL);
                     let _ = self.child.wait();
@@ -81,7 +83,11 @@ fn free_port() -> u16 {
         .expect("bind an ephemeral port on 127.0.0.1")
 }
 
-fn start(name: &'static str, program: PathBuf, args: impl Fn(u16, &std::path::Path) -> Vec<String>) -> Emulator {
+fn start(
+    name: &'static str,
+    program: PathBuf,
+    args: impl Fn(u16, &std::path::Path) -> Vec<String>,
+) -> Emulator {
     let mut dir = tempfile::tempdir().expect("emulator temp dir");
     // A port taken between probing and binding makes the child exit; try again.
     for _ in 0..3 {
@@ -94,8 +100,19 @@ fn start(name: &'static str, program: PathBuf, args: impl Fn(u16, &std::path::Pa
             .stderr(log)
             .process_group(0)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({}): {e}; run `make test`", program.display()));
-        let mut emu = Emulator { name, child, port, endpoint: format!("http://127.0.0.1:{port}"), dir };
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {name} ({}): {e}; run `make test`",
+                    program.display()
+                )
+            });
+        let mut emu = Emulator {
+            name,
+            child,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -106,7 +123,11 @@ fn start(name: &'static str, program: PathBuf, args: impl Fn(u16, &std::path::Pa
                 eprintln!("{name} exited early ({status}):\n{}", emu.log());
                 break;
             }
-            assert!(Instant::now() < deadline, "{name} did not listen on {port} within 60 s:\n{}", emu.log());
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not listen on {port} within 60 s:\n{}",
+                emu.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         dir = std::mem::replace(&mut emu.dir, tempfile::tempdir().expect("temp dir"));
@@ -119,7 +140,12 @@ fn start(name: &'static str, program: PathBuf, args: impl Fn(u16, &std::path::Pa
 pub fn moto() -> Emulator {
     let bin = find_binary("MOTO_SERVER", "venv/bin/moto_server");
     start("moto_server", bin, |port, _| {
-        vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()]
+        vec![
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ]
     })
 }
 
@@ -146,10 +172,21 @@ pub fn azurite() -> Emulator {
 pub fn fake_gcs() -> Emulator {
     let bin = find_binary("FAKE_GCS_SERVER", "venv/bin/fake-gcs-server");
     start("fake-gcs-server", bin, |port, _| {
-        ["-scheme", "http", "-host", "127.0.0.1", "-port", &port.to_string(), "-backend", "memory", "-log-level", "error"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            &port.to_string(),
+            "-backend",
+            "memory",
+            "-log-level",
+            "error",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     })
 }
 
@@ -169,20 +206,27 @@ impl Emulator {
             }
             "azurite-blob" => {
                 let (date, auth) = azure_shared_key("PUT", bucket);
-                http.put(format!("{}/{AZURITE_ACCOUNT}/{bucket}?restype=container", self.endpoint))
-                    .header("x-ms-date", date)
-                    .header("x-ms-version", "2021-08-06")
-                    .header("content-length", "0")
-                    .header("authorization", auth)
-                    .send()
-                    .await
+                http.put(format!(
+                    "{}/{AZURITE_ACCOUNT}/{bucket}?restype=container",
+                    self.endpoint
+                ))
+                .header("x-ms-date", date)
+                .header("x-ms-version", "2021-08-06")
+                .header("content-length", "0")
+                .header("authorization", auth)
+                .send()
+                .await
             }
             other => panic!("unknown emulator {other}"),
         }
         .unwrap_or_else(|e| panic!("{}: creating bucket {bucket}: {e}", self.name));
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        assert!(status.is_success(), "{}: creating bucket {bucket}: {status} {body}", self.name);
+        assert!(
+            status.is_success(),
+            "{}: creating bucket {bucket}: {status} {body}",
+            self.name
+        );
     }
 }
 
@@ -193,15 +237,23 @@ fn azure_shared_key(verb: &str, container: &str) -> (String, String) {
     let string_to_sign = format!(
         "{verb}\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:2021-08-06\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{container}\nrestype:container"
     );
-    let key = base64::engine::general_purpose::STANDARD.decode(AZURITE_KEY).expect("dev key is base64");
-    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key), string_to_sign.as_bytes());
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(AZURITE_KEY)
+        .expect("dev key is base64");
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+        string_to_sign.as_bytes(),
+    );
     let sig = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
     (date, format!("SharedKey {AZURITE_ACCOUNT}:{sig}"))
 }
 
 /// RFC 7231 date, e.g. `Wed, 25 Nov 2026 20:00:00 GMT`.
 fn httpdate(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
     let days = secs / 86_400;
     let (h, m, s) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
     let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
@@ -215,7 +267,9 @@ fn httpdate(t: std::time::SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(month - 1) as usize];
+    let mon = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(month - 1) as usize];
     format!("{weekday}, {day:02} {mon} {year} {h:02}:{m:02}:{s:02} GMT")
 }
 
