@@ -515,6 +515,7 @@ impl GcsBackend {
     async fn send(&self, build: impl Fn() -> reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let mut attempt = 0u32;
         let mut refreshed = false;
+        let mut retry_after: Option<Duration> = None;
         loop {
             let mut req = build();
             if let Some(tok) = self.auth.token(&self.http, &self.description).await? {
@@ -534,7 +535,16 @@ impl GcsBackend {
                     self.auth.invalidate().await;
                     continue;
                 }
-                Ok(resp) if is_transient_status(resp.status()) => format!("HTTP {}", resp.status()),
+                Ok(resp) if is_transient_status(resp.status()) => {
+                    // Honour Retry-After (seconds), capped so a call stays bounded.
+                    retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(|secs| Duration::from_secs(secs.min(30)));
+                    format!("HTTP {}", resp.status())
+                }
                 Ok(resp) => return Ok(resp),
                 Err(e)
                     if e.is_timeout() || e.is_connect() || e.is_request() || is_interrupted(&e) =>
@@ -554,7 +564,8 @@ impl GcsBackend {
                 );
             }
             tracing::debug!(backend = %self.description, attempt, detail = %retry_detail, "retrying a GCS request");
-            tokio::time::sleep(backoff(self.retry_base_delay, attempt)).await;
+            let delay = backoff(self.retry_base_delay, attempt);
+            tokio::time::sleep(retry_after.take().map_or(delay, |ra| ra.max(delay))).await;
             attempt += 1;
         }
     }
@@ -665,20 +676,25 @@ impl GcsBackend {
                 detail: "resumable upload started without a session Location".into(),
             })?;
 
+        // The session URI authenticates the requests that follow by itself.
         let mut offset = 0usize;
         let mut failures = 0u32;
+        let mut stalls = 0u32;
         loop {
             let end = (offset + self.chunk_size).min(total);
-            let chunk = data.slice(offset..end);
-            let range = format!("bytes {}-{}/{total}", offset, end.saturating_sub(1));
-            let sent = self
-                .http
-                .put(&session)
-                .header(reqwest::header::CONTENT_RANGE, range)
-                .body(chunk)
-                .send()
-                .await;
-            let resp = match sent {
+            let request = self.http.put(&session);
+            let request = if offset < total {
+                request
+                    .header(
+                        reqwest::header::CONTENT_RANGE,
+                        format!("bytes {offset}-{}/{total}", end - 1),
+                    )
+                    .body(data.slice(offset..end))
+            } else {
+                // Everything is stored but not finalised: an empty closing request.
+                request.header(reqwest::header::CONTENT_RANGE, format!("bytes */{total}"))
+            };
+            let resp = match request.send().await {
                 Ok(r) if !is_transient_status(r.status()) => r,
                 other => {
                     // Lost or refused: ask the session what it has, then resume.
@@ -708,17 +724,24 @@ impl GcsBackend {
                 412 => return Ok(Written::AlreadyExists),
                 308 => {
                     // "Range: bytes=0-N" is what the server has; absent means nothing.
-                    offset = resp
+                    let stored = resp
                         .headers()
                         .get(reqwest::header::RANGE)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.rsplit('-').next())
                         .and_then(|n| n.parse::<usize>().ok())
-                        .map_or(0, |n| n + 1);
-                    if offset >= total && total > 0 {
-                        // Everything is stored; finalise with an empty request.
-                        offset = total;
+                        .map_or(0, |n| (n + 1).min(total));
+                    if stored > offset {
+                        stalls = 0;
+                    } else {
+                        stalls += 1;
+                        if stalls > self.max_retries {
+                            return Err(self.transient(format!(
+                                "resumable upload of '{key}' makes no progress at byte {stored}"
+                            )));
+                        }
                     }
+                    offset = stored;
                 }
                 _ => return Err(self.status_error(Some(key), resp).await),
             }
@@ -745,6 +768,26 @@ impl GcsBackend {
     }
 
     async fn download(&self, key: &ObjectKey, range: Option<Range<u64>>) -> Result<Bytes> {
+        self.download_once(key, range, false).await
+    }
+
+    /// Collects a response body into one buffer sized from Content-Length,
+    /// so a read holds the object once plus one network chunk.
+    async fn read_body(&self, mut resp: reqwest::Response) -> reqwest::Result<Bytes> {
+        let hint = resp.content_length().unwrap_or(0).min(1 << 30);
+        let mut buf = bytes::BytesMut::with_capacity(usize::try_from(hint).unwrap_or(0));
+        while let Some(chunk) = resp.chunk().await? {
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+
+    async fn download_once(
+        &self,
+        key: &ObjectKey,
+        range: Option<Range<u64>>,
+        retried: bool,
+    ) -> Result<Bytes> {
         let url = self.object_url(key);
         let resp = self
             .send(|| {
@@ -768,10 +811,12 @@ impl GcsBackend {
         if !status.is_success() {
             return Err(self.status_error(Some(key), resp).await);
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| self.transient(format!("reading '{key}': {}", e.without_url())))?;
+        let body = match self.read_body(resp).await {
+            Ok(b) => b,
+            // The body broke off mid-way: a read is safe to repeat, once.
+            Err(_) if !retried => return Box::pin(self.download_once(key, range, true)).await,
+            Err(e) => return Err(self.transient(format!("reading '{key}': {}", e.without_url()))),
+        };
         // A server that ignores Range sends the whole object (200): cut it here.
         match range {
             Some(r) if status == StatusCode::OK => {

@@ -222,8 +222,14 @@ impl Default for StorageOptions {
 /// | `gs://bucket/prefix` | GCS (JSON API) | `GOOGLE_APPLICATION_CREDENTIALS` (service-account key file), `GOOGLE_OAUTH_ACCESS_TOKEN`, `CHROMAPROD_GCS_TOKEN_FILE`, `STORAGE_EMULATOR_HOST` (else the metadata server) |
 ///
 /// Plain `http://` endpoints are accepted only on loopback addresses or with
-/// `AWS_ALLOW_HTTP=true` (any backend). Opening does no I/O beyond reading
-/// key files; the first call reports unreachable endpoints.
+/// `AWS_ALLOW_HTTP=true` (any backend). Opening creates a local repository's
+/// directory and reads GCS key files; cloud endpoints are first contacted by
+/// the first call, which reports unreachable ones.
+///
+/// Size limits: S3 and Azure objects are written in one create-only request
+/// (S3 caps those at 5 GiB; object_store cannot make a multipart upload
+/// create-only), GCS objects above `gcs_resumable_threshold` go through a
+/// resumable session. Backup chunks are far smaller than either cap.
 pub fn open(url: &str, options: &StorageOptions) -> Result<Arc<dyn Backend>> {
     let url = url.trim();
     if url.starts_with('/') {
