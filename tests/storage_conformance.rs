@@ -752,3 +752,51 @@ fn private_key_line(path: &std::path::Path) -> String {
     let pem = v["private_key"].as_str().expect("private_key").to_string();
     pem.lines().nth(5).expect("a key line").to_string()
 }
+
+/// Every backend retries 503s a bounded number of times, then reports a
+/// transient error; a 403 is reported at once as an access error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_boundedly_then_classified() {
+    let (unavailable, seen) = token_server(503, r#"{"error":"busy"}"#).await;
+    let base = unavailable.trim_end_matches("/token").to_string();
+    let envs = [
+        ("s3://b/p", s3_env(&base, "s")),
+        ("az://c/p", azure_env(&base, AZURITE_KEY)),
+        (
+            "gs://b/p",
+            Env::from_pairs([("STORAGE_EMULATOR_HOST", base.clone())]),
+        ),
+    ];
+    for (url, env) in envs {
+        let opts = StorageOptions {
+            max_retries: 2,
+            ..options(env)
+        };
+        let b = storage::open(url, &opts).expect("open");
+        let before = seen.lock().expect("lock").len();
+        let err = b.read(&key("k")).await.expect_err("503");
+        let attempts = seen.lock().expect("lock").len() - before;
+        assert!(err.is_transient(), "{url}: {err}");
+        assert_eq!(attempts, 3, "{url}: one try and two retries");
+    }
+    let (forbidden, seen) = token_server(403, r#"{"error":"denied"}"#).await;
+    let base = forbidden.trim_end_matches("/token").to_string();
+    for (url, env) in [
+        ("s3://b/p", s3_env(&base, "s")),
+        ("az://c/p", azure_env(&base, AZURITE_KEY)),
+        (
+            "gs://b/p",
+            Env::from_pairs([("STORAGE_EMULATOR_HOST", base.clone())]),
+        ),
+    ] {
+        let b = storage::open(url, &options(env)).expect("open");
+        let before = seen.lock().expect("lock").len();
+        let err = b.read(&key("k")).await.expect_err("403");
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{url}: {err}");
+        assert_eq!(
+            seen.lock().expect("lock").len() - before,
+            1,
+            "{url}: not retried"
+        );
+    }
+}

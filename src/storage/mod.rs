@@ -218,7 +218,7 @@ impl Default for StorageOptions {
 /// | --- | --- | --- |
 /// | `/abs/path`, `file:///abs/path` | local disk | — |
 /// | `s3://bucket/prefix` | S3 or compatible | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, … (else the standard chain: web identity, ECS, instance metadata) |
-/// | `az://container/prefix` | Azure Blob | `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY` (or SAS, token, client secret, managed identity), `AZURE_STORAGE_ENDPOINT`, `AZURE_STORAGE_USE_EMULATOR` |
+/// | `az://container/prefix` | Azure Blob | `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY` (or SAS, token, client secret, managed identity), `AZURE_STORAGE_ENDPOINT` (e.g. `http://127.0.0.1:10000/devstoreaccount1` for Azurite), or `AZURE_STORAGE_USE_EMULATOR=true` (object_store then reads `AZURITE_BLOB_STORAGE_URL` from the process environment) |
 /// | `gs://bucket/prefix` | GCS (JSON API) | `GOOGLE_APPLICATION_CREDENTIALS` (service-account key file), `GOOGLE_OAUTH_ACCESS_TOKEN`, `CHROMAPROD_GCS_TOKEN_FILE`, `STORAGE_EMULATOR_HOST` (else the metadata server) |
 ///
 /// Plain `http://` endpoints are accepted only on loopback addresses or with
