@@ -231,37 +231,70 @@ impl Default for StorageOptions {
 /// create-only), GCS objects above `gcs_resumable_threshold` go through a
 /// resumable session. Backup chunks are far smaller than either cap.
 pub fn open(url: &str, options: &StorageOptions) -> Result<Arc<dyn Backend>> {
-    let url = url.trim();
-    if url.starts_with('/') {
-        return objstore::open_local(std::path::Path::new(url), options);
+    match Location::parse(url)? {
+        Location::Local(path) => objstore::open_local(&path, options),
+        Location::S3 { bucket, prefix } => objstore::open_s3(&bucket, prefix, options),
+        Location::Azure { container, prefix } => objstore::open_azure(&container, prefix, options),
+        Location::Gcs { bucket, prefix } => gcs::open(&bucket, prefix, options),
     }
-    let parsed = url::Url::parse(url).map_err(|e| {
-        StorageError::config(format!(
-            "'{url}' is neither an absolute path nor a URL ({e}); use /path, file:///path, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix"
-        ))
-    })?;
-    let (bucket, prefix) = bucket_and_prefix(url, &parsed)?;
-    match parsed.scheme() {
-        "file" => {
+}
+
+/// Where a `backup.storage_path` points, parsed without any I/O (for
+/// `chromaprod validate` and the config check as well as [`open`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(std::path::PathBuf),
+    S3 {
+        bucket: String,
+        prefix: Option<ObjectKey>,
+    },
+    Azure {
+        container: String,
+        prefix: Option<ObjectKey>,
+    },
+    Gcs {
+        bucket: String,
+        prefix: Option<ObjectKey>,
+    },
+}
+
+impl Location {
+    /// Parses a path or `file://`, `s3://`, `az://` (or `azure://`), `gs://` URL.
+    /// Prefixes follow the key rules; URLs carrying credentials, a query or
+    /// a fragment are refused.
+    pub fn parse(url: &str) -> Result<Self> {
+        let url = url.trim();
+        if url.starts_with('/') {
+            return Ok(Self::Local(std::path::PathBuf::from(url)));
+        }
+        let parsed = url::Url::parse(url).map_err(|e| {
+            StorageError::config(format!(
+                "'{url}' is neither an absolute path nor a URL ({e}); use /path, file:///path, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix"
+            ))
+        })?;
+        if parsed.scheme() == "file" {
             let path = parsed.to_file_path().map_err(|()| {
                 StorageError::config(format!("'{url}' is not an absolute local path"))
             })?;
-            objstore::open_local(&path, options)
+            return Ok(Self::Local(path));
         }
-        "s3" => objstore::open_s3(&bucket, prefix, options),
-        "az" | "azure" => objstore::open_azure(&bucket, prefix, options),
-        "gs" => gcs::open(&bucket, prefix, options),
-        other => Err(StorageError::config(format!(
-            "unsupported storage scheme '{other}:'; use a path, file://, s3://, az:// or gs://"
-        ))),
+        let (bucket, prefix) = bucket_and_prefix(url, &parsed)?;
+        match parsed.scheme() {
+            "s3" => Ok(Self::S3 { bucket, prefix }),
+            "az" | "azure" => Ok(Self::Azure {
+                container: bucket,
+                prefix,
+            }),
+            "gs" => Ok(Self::Gcs { bucket, prefix }),
+            other => Err(StorageError::config(format!(
+                "unsupported storage scheme '{other}:'; use a path, file://, s3://, az:// or gs://"
+            ))),
+        }
     }
 }
 
 /// Splits `scheme://bucket/a/b` into `bucket` and the prefix key `a/b`.
 fn bucket_and_prefix(raw: &str, url: &url::Url) -> Result<(String, Option<ObjectKey>)> {
-    if url.scheme() == "file" {
-        return Ok((String::new(), None));
-    }
     if url.query().is_some()
         || url.fragment().is_some()
         || !url.username().is_empty()
@@ -363,6 +396,41 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::Config, "{bad}: {err}");
             assert!(!err.to_string().contains("pw@"), "{err}");
         }
+    }
+
+    #[test]
+    fn locations_parse_without_io() {
+        let k = |s: &str| Some(ObjectKey::new(s).expect("valid"));
+        assert_eq!(
+            Location::parse("/var/backups").expect("path"),
+            Location::Local("/var/backups".into())
+        );
+        assert_eq!(
+            Location::parse("file:///var/b").expect("file"),
+            Location::Local("/var/b".into())
+        );
+        assert_eq!(
+            Location::parse("s3://bkt/a/b/").expect("s3"),
+            Location::S3 {
+                bucket: "bkt".into(),
+                prefix: k("a/b")
+            }
+        );
+        assert_eq!(
+            Location::parse("az://ctr").expect("az"),
+            Location::Azure {
+                container: "ctr".into(),
+                prefix: None
+            }
+        );
+        assert_eq!(
+            Location::parse("gs://bkt/p").expect("gs"),
+            Location::Gcs {
+                bucket: "bkt".into(),
+                prefix: k("p")
+            }
+        );
+        assert!(Location::parse("gs://bkt/./p").is_err());
     }
 
     #[test]
