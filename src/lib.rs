@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod observe;
 pub mod secret;
+pub mod storage;
 
 /// Exit code for configuration errors (sysexits' `EX_CONFIG`); the unit's
 /// `RestartPreventExitStatus=` keeps systemd from restart-looping on it.
