@@ -11,7 +11,7 @@ PYTHON         ?= python3
 export CHROMA_BIN := $(VENV)/bin/chroma
 CARGO          ?= cargo
 
-.PHONY: all build release tools test unit-check lint demo clean
+.PHONY: all build release tools test-tools test unit-check lint demo clean
 
 all: build
 
@@ -26,10 +26,19 @@ $(CHROMA_BIN):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check "chromadb==$(CHROMA_VERSION)"
 	@test -x $(CHROMA_BIN) || { echo "chromadb wheel did not provide $(CHROMA_BIN)"; exit 1; }
 
+# Test-only tools: object-store emulators (moto, Azurite, fake-gcs-server).
+EMULATORS_STAMP := $(TOOLS)/.emulators-installed
+
+$(EMULATORS_STAMP): scripts/install-emulators.sh
+	scripts/install-emulators.sh
+	touch $@
+
 tools: $(CHROMA_BIN)
 
+test-tools: tools $(EMULATORS_STAMP)
+
 # The whole suite against real servers, then the unit-file checks, clippy and rustfmt.
-test: tools
+test: test-tools
 	$(CARGO) build --all-targets
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast; \

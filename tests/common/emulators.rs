@@ -138,7 +138,7 @@ fn start(
 
 /// moto's S3 server (any key and secret are accepted; region us-east-1).
 pub fn moto() -> Emulator {
-    let bin = find_binary("MOTO_SERVER", "venv/bin/moto_server");
+    let bin = find_binary("MOTO_SERVER", "emu/bin/moto_server");
     start("moto_server", bin, |port, _| {
         vec![
             "-H".into(),
@@ -170,7 +170,7 @@ pub fn azurite() -> Emulator {
 
 /// fake-gcs-server, in memory, over plain http.
 pub fn fake_gcs() -> Emulator {
-    let bin = find_binary("FAKE_GCS_SERVER", "venv/bin/fake-gcs-server");
+    let bin = find_binary("FAKE_GCS_SERVER", "emu/bin/fake-gcs-server");
     start("fake-gcs-server", bin, |port, _| {
         [
             "-scheme",
