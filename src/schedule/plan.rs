@@ -208,7 +208,7 @@ mod tests {
         let mut c = backup();
         c.enabled = true;
         c.prune_schedule = Some("every day".into());
-        let err = specs(&c).unwrap_err();
+        let err = specs(&c).expect_err("a bad cron is refused");
         assert!(matches!(
             err,
             PlanError::BadCron {
