@@ -697,3 +697,34 @@ async fn each_run_is_logged_with_job_and_trigger_fields() {
     assert!(failed.contains("repository unreachable"), "{failed}");
     assert!(failed.contains("job=\"prune\""), "{failed}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unwritable_state_file_is_logged_and_jobs_still_run() {
+    let logs = LogBuf::default();
+    let _guard = logs.install();
+    let dir = tempfile::tempdir().expect("test");
+    // The state file's directory is a regular file: every save fails.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").expect("test");
+    let h = start_with(
+        vec![spec(JobKind::Verify, EVERY_MINUTE)],
+        &blocker.join("jobs.json"),
+        JAN1,
+        |_| {},
+    );
+    run_until(&h.clock, JAN1 + 2 * MIN).await;
+    let st = h.status(JobKind::Verify);
+    assert_eq!(h.stop().await.times(), vec![JAN1 + MIN, JAN1 + 2 * MIN]);
+    assert_eq!(st.last_outcome, Some(Outcome::Succeeded));
+    let text = logs.text();
+    assert!(text.contains("cannot save the job state"), "{text}");
+    assert!(text.contains("not-a-dir"), "{text}");
+}
+
+#[test]
+fn the_handle_can_be_shared_across_tasks() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Scheduler>();
+    shareable::<SystemClock>();
+    shareable::<TokioClock>();
+}
