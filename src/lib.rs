@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod observe;
+pub mod schedule;
 pub mod secret;
 pub mod storage;
 
