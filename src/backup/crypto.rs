@@ -61,7 +61,7 @@ pub enum CryptoError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{what} is corrupt or was tampered with (authentication failed); restore it from another copy or run `chromaprod verify`")]
+    #[error("{what} failed authentication: it is damaged, was tampered with, or belongs to a different repository; run `chromaprod verify`")]
     Corrupt { what: String },
     #[error("{what} is malformed: {why}")]
     Malformed { what: String, why: String },
@@ -388,7 +388,7 @@ impl PartialEq for DataKey {
 impl Eq for DataKey {}
 
 impl DataKey {
-    fn from_raw(raw: [u8; KEY_LEN]) -> Result<Self, CryptoError> {
+    pub(crate) fn from_raw(raw: [u8; KEY_LEN]) -> Result<Self, CryptoError> {
         let enc = hkdf32(&raw, INFO_ENC)?;
         let mac = hkdf32(&raw, INFO_MAC)?;
         Ok(Self(std::sync::Arc::new(DataKeyInner {

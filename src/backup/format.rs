@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! header (8 bytes) = "CPBK" | version u8 | kind u8 | flags u8 | reserved u8 (0)
-//! body             = zstd(plaintext)                                   (plain)
+//! body             = zstd(plaintext) || SHA-256(header || zstd)[..16]   (plain)
 //!                  | nonce(12) || AES-256-GCM(enc_key, zstd(plaintext),
 //!                                            aad = header) || tag(16)  (encrypted)
 //! ```
@@ -110,6 +110,8 @@ pub enum FormatError {
     NotEncrypted { kind: ObjectKind },
     #[error("{kind} object is larger than the limit of {limit} bytes when decompressed; refusing to decompress it")]
     TooLarge { kind: ObjectKind, limit: usize },
+    #[error("{kind} object is damaged (its integrity check does not match); restore it from another copy or run `chromaprod verify`")]
+    Damaged { kind: ObjectKind },
     #[error("{kind} object body does not decompress: {why}; the object is damaged")]
     Decompress { kind: ObjectKind, why: String },
     #[error("{kind} object content address mismatch: expected {expected}, computed {actual}; the object is damaged or stored under the wrong name")]
@@ -257,7 +259,11 @@ pub fn encode(kind: ObjectKind, plaintext: &[u8], codec: &Codec) -> Result<Encod
     })?;
     let mut bytes = header.to_vec();
     match codec {
-        Codec::Plain => bytes.extend_from_slice(&compressed),
+        Codec::Plain => {
+            let check = plain_check(&header, &compressed);
+            bytes.extend_from_slice(&compressed);
+            bytes.extend_from_slice(&check);
+        }
         Codec::Encrypted(key) => bytes.extend_from_slice(&key.encrypt(&header, &compressed)?),
     }
     let id = codec.content_id(plaintext);
@@ -306,7 +312,16 @@ pub fn decode_with_limit(
     let payload: &[u8] = match (codec, header.encrypted) {
         (Codec::Plain, true) => return Err(FormatError::EncryptedNeedsKey),
         (Codec::Encrypted(_), false) => return Err(FormatError::NotEncrypted { kind }),
-        (Codec::Plain, false) => body,
+        (Codec::Plain, false) => {
+            let Some(split) = body.len().checked_sub(PLAIN_CHECK_LEN) else {
+                return Err(FormatError::Truncated { len: bytes.len() });
+            };
+            let (payload, check) = body.split_at(split);
+            if plain_check(&bytes[..HEADER_LEN], payload)[..] != *check {
+                return Err(FormatError::Damaged { kind });
+            }
+            payload
+        }
         (Codec::Encrypted(key), true) => {
             opened = key.decrypt(&bytes[..HEADER_LEN], body, &format!("{kind} object"))?;
             &opened
@@ -331,6 +346,21 @@ pub fn decode_with_limit(
         }
     }
     Ok(plaintext)
+}
+
+/// Length of the integrity check that ends a plain object.
+pub const PLAIN_CHECK_LEN: usize = 16;
+
+/// First 16 bytes of SHA-256(header || payload): makes a plain object
+/// self-checking, as the GCM tag does an encrypted one (no secrecy, no
+/// authenticity against an attacker — only against damage).
+fn plain_check(header: &[u8], payload: &[u8]) -> [u8; PLAIN_CHECK_LEN] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(header);
+    ctx.update(payload);
+    let mut out = [0u8; PLAIN_CHECK_LEN];
+    out.copy_from_slice(&ctx.finish().as_ref()[..PLAIN_CHECK_LEN]);
+    out
 }
 
 /// zstd at [`ZSTD_LEVEL`], with the frame's content size and checksum.
@@ -567,6 +597,62 @@ mod tests {
         assert!(c.check(false).is_err());
     }
 
+    /// Objects written by format version 1, kept as fixtures: every later
+    /// chromaprod must read them (zstd output may change between releases,
+    /// so encoding is not pinned, decoding is).
+    const FIXTURE_PLAIN: &str = "4350424b0103010028b52ffd2415a900006368726f6d6170726f64206669787475726520763138cb92dcd436dc3758d7d12b6e343f84b868c62a";
+    const FIXTURE_ENCRYPTED: &str = "4350424b0103030040b85ce8baa926a45a123407fb82ad411590e98f99e1f06cada02e4ad6e3a472b81d8d4e0fdcc4662fea42278bde138753f34b3ee0dbb0fdd799359b8609";
+
+    #[test]
+    fn version_1_fixtures_still_decode() {
+        let plain = crate::backup::crypto::from_hex(FIXTURE_PLAIN).expect("hex");
+        let id = "f32cd0da2867836b4805e11ccc13bc9d85eb12f0551185115498c365a925272d";
+        let out = decode(&plain, ObjectKind::Chunk, &Codec::Plain, Some(id)).expect("plain");
+        assert_eq!(out, b"chromaprod fixture v1");
+        let enc = crate::backup::crypto::from_hex(FIXTURE_ENCRYPTED).expect("hex");
+        let codec = Codec::Encrypted(DataKey::from_raw([0x42; 32]).expect("dk"));
+        let id = "48d7e5c123424ca7ebcb52f8992cdaf4ea7ffaac71b9d5fb54ed532907cc8b6e";
+        let out = decode(&enc, ObjectKind::Chunk, &codec, Some(id)).expect("encrypted");
+        assert_eq!(out, b"chromaprod fixture v1");
+        assert!(matches!(
+            decode(&enc, ObjectKind::Chunk, &Codec::Plain, None),
+            Err(FormatError::EncryptedNeedsKey)
+        ));
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn chunk_with_document(doc: &str) -> Vec<u8> {
+        use crate::backup::records::{encode_chunk, Record};
+        let r = Record {
+            id: "r1".into(),
+            embedding: Some(vec![0.25; 8]),
+            document: Some(doc.to_string()),
+            metadata: None,
+            uri: None,
+        };
+        encode_chunk(&[r]).expect("chunk")
+    }
+
+    #[test]
+    fn encrypted_objects_never_show_the_document() {
+        let doc = "the launch code is swordfish-7731, tell nobody";
+        let plaintext = chunk_with_document(doc);
+        assert!(contains(&plaintext, doc.as_bytes()));
+        // Plain repositories offer no confidentiality (compression may or
+        // may not leave the text readable); encrypted ones must.
+        let plain = encode(ObjectKind::Chunk, &plaintext, &Codec::Plain).expect("enc");
+        // Encrypted: neither the text nor any piece of its compressed form.
+        let enc = encode(ObjectKind::Chunk, &plaintext, &enc()).expect("enc");
+        assert!(!contains(&enc.bytes, b"swordfish"));
+        let zstd_body = &plain.bytes[HEADER_LEN..plain.bytes.len() - PLAIN_CHECK_LEN];
+        for w in zstd_body.windows(12) {
+            assert!(!contains(&enc.bytes, w));
+        }
+    }
+
     fn kinds() -> impl Strategy<Value = ObjectKind> {
         prop_oneof![
             Just(ObjectKind::Config),
@@ -578,7 +664,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256), kind in kinds()) {
@@ -611,6 +697,17 @@ mod tests {
             bytes[b / 8] ^= 1 << (b % 8);
             prop_assert!(verify_stored(&bytes, &e.checksum).is_err());
             prop_assert!(decode(&bytes, ObjectKind::Chunk, &codec, Some(&e.id)).is_err());
+            // Objects check themselves: no id or checksum needed.
+            prop_assert!(decode(&bytes, ObjectKind::Chunk, &codec, None).is_err());
+        }
+
+        #[test]
+        fn encrypted_chunks_never_contain_their_documents(doc in "[a-zA-Z0-9 éß漢]{16,64}") {
+            let plaintext = chunk_with_document(&doc);
+            let e = encode(ObjectKind::Chunk, &plaintext, &enc()).expect("enc");
+            prop_assert!(!contains(&e.bytes, doc.as_bytes()));
+            let back = decode(&e.bytes, ObjectKind::Chunk, &Codec::Plain, None);
+            prop_assert!(matches!(back, Err(FormatError::EncryptedNeedsKey)));
         }
 
         #[test]
