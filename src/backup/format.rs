@@ -21,7 +21,7 @@ use ring::digest;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::crypto::{to_hex, CryptoError, DataKey};
+use super::crypto::{to_hex, CryptoError, DataKey, KeyId, KeySlot};
 
 /// The first four bytes of every object.
 pub const MAGIC: [u8; 4] = *b"CPBK";
@@ -430,6 +430,25 @@ pub fn decode_json<T: DeserializeOwned>(
     })
 }
 
+/// A key slot as the object `keys/<key_id>` (always plain: the data key in
+/// it is wrapped).
+pub fn encode_key_slot(slot: &KeySlot) -> Result<Encoded, FormatError> {
+    encode_json(ObjectKind::Key, slot, &Codec::Plain)
+}
+
+/// Reads `keys/<key_id>`; the slot inside must carry the id it is stored
+/// under.
+pub fn decode_key_slot(bytes: &[u8], stored_as: &KeyId) -> Result<KeySlot, FormatError> {
+    let slot: KeySlot = decode_json(bytes, ObjectKind::Key, &Codec::Plain, None)?;
+    if &slot.key_id != stored_as {
+        return Err(FormatError::Malformed {
+            what: format!("key object {stored_as}"),
+            why: format!("it holds the slot of key {}", slot.key_id),
+        });
+    }
+    Ok(slot)
+}
+
 /// The repository's `config` object (always stored plain).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoConfig {
@@ -445,6 +464,31 @@ pub struct RepoConfig {
 }
 
 impl RepoConfig {
+    /// A new repository's configuration with a random id.
+    pub fn new(encrypted: bool) -> Result<Self, FormatError> {
+        use ring::rand::SecureRandom as _;
+        let mut id = [0u8; 16];
+        ring::rand::SystemRandom::new()
+            .fill(&mut id)
+            .map_err(|_| CryptoError::Random)?;
+        Ok(Self {
+            format_version: u32::from(FORMAT_VERSION),
+            repository_id: to_hex(&id),
+            encrypted,
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        })
+    }
+
+    /// The `config` object (always plain).
+    pub fn encode(&self) -> Result<Encoded, FormatError> {
+        encode_json(ObjectKind::Config, self, &Codec::Plain)
+    }
+
+    /// Reads the `config` object. Does not [`RepoConfig::check`] it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        decode_json(bytes, ObjectKind::Config, &Codec::Plain, None)
+    }
+
     /// Checks what a client needs before touching the repository: a known
     /// format version and encryption matching the configuration.
     pub fn check(&self, key_configured: bool) -> Result<(), FormatError> {
@@ -575,6 +619,24 @@ mod tests {
         )
         .expect_err("too large");
         assert!(matches!(err, FormatError::TooLarge { .. }));
+    }
+
+    #[test]
+    fn config_and_key_objects_round_trip() {
+        let c = RepoConfig::new(true).expect("rng");
+        assert_eq!(c.repository_id.len(), 32);
+        let e = c.encode().expect("enc");
+        assert_eq!(RepoConfig::decode(&e.bytes).expect("dec"), c);
+        let master = crate::backup::crypto::MasterKey::generate().expect("rng");
+        let (ring, data) = crate::backup::crypto::KeyRing::create(&master).expect("ring");
+        let e = encode_key_slot(&ring.slots[0]).expect("enc");
+        let slot = decode_key_slot(&e.bytes, master.key_id()).expect("dec");
+        assert_eq!(
+            crate::backup::crypto::unwrap(&slot, &master).expect("unwrap"),
+            data
+        );
+        let other = KeyId::parse("0123456789abcdef").expect("id");
+        assert!(decode_key_slot(&e.bytes, &other).is_err());
     }
 
     #[test]
