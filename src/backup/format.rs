@@ -5,9 +5,10 @@
 //!
 //! ```text
 //! header (8 bytes) = "CPBK" | version u8 | kind u8 | flags u8 | reserved u8 (0)
-//! body             = zstd(plaintext) || SHA-256(header || zstd)[..16]   (plain)
+//! body             = zstd(plaintext)                                   (plain)
 //!                  | nonce(12) || AES-256-GCM(enc_key, zstd(plaintext),
 //!                                            aad = header) || tag(16)  (encrypted)
+//! check (16 bytes) = SHA-256(header || body)[..16]
 //! ```
 //!
 //! An object's name is its content address ([`Encoded::id`]) and the
@@ -259,13 +260,11 @@ pub fn encode(kind: ObjectKind, plaintext: &[u8], codec: &Codec) -> Result<Encod
     })?;
     let mut bytes = header.to_vec();
     match codec {
-        Codec::Plain => {
-            let check = plain_check(&header, &compressed);
-            bytes.extend_from_slice(&compressed);
-            bytes.extend_from_slice(&check);
-        }
+        Codec::Plain => bytes.extend_from_slice(&compressed),
         Codec::Encrypted(key) => bytes.extend_from_slice(&key.encrypt(&header, &compressed)?),
     }
+    let check = self_check(&bytes);
+    bytes.extend_from_slice(&check);
     let id = codec.content_id(plaintext);
     let limit = plaintext.len().max(MAX_PLAINTEXT);
     match decode_with_limit(&bytes, kind, codec, Some(&id), limit) {
@@ -300,30 +299,21 @@ pub fn decode_with_limit(
     expected_id: Option<&str>,
     limit: usize,
 ) -> Result<Vec<u8>, FormatError> {
-    let header = read_header(bytes)?;
+    let (header, checked) = split_checked(bytes)?;
     if header.kind != kind {
         return Err(FormatError::WrongKind {
             expected: kind,
             found: header.kind,
         });
     }
-    let body = &bytes[HEADER_LEN..];
+    let body = &checked[HEADER_LEN..];
     let opened;
     let payload: &[u8] = match (codec, header.encrypted) {
         (Codec::Plain, true) => return Err(FormatError::EncryptedNeedsKey),
         (Codec::Encrypted(_), false) => return Err(FormatError::NotEncrypted { kind }),
-        (Codec::Plain, false) => {
-            let Some(split) = body.len().checked_sub(PLAIN_CHECK_LEN) else {
-                return Err(FormatError::Truncated { len: bytes.len() });
-            };
-            let (payload, check) = body.split_at(split);
-            if plain_check(&bytes[..HEADER_LEN], payload)[..] != *check {
-                return Err(FormatError::Damaged { kind });
-            }
-            payload
-        }
+        (Codec::Plain, false) => body,
         (Codec::Encrypted(key), true) => {
-            opened = key.decrypt(&bytes[..HEADER_LEN], body, &format!("{kind} object"))?;
+            opened = key.decrypt(&checked[..HEADER_LEN], body, &format!("{kind} object"))?;
             &opened
         }
     };
@@ -348,19 +338,40 @@ pub fn decode_with_limit(
     Ok(plaintext)
 }
 
-/// Length of the integrity check that ends a plain object.
-pub const PLAIN_CHECK_LEN: usize = 16;
+/// Length of the integrity check that ends every object.
+pub const CHECK_LEN: usize = 16;
 
-/// First 16 bytes of SHA-256(header || payload): makes a plain object
-/// self-checking, as the GCM tag does an encrypted one (no secrecy, no
-/// authenticity against an attacker — only against damage).
-fn plain_check(header: &[u8], payload: &[u8]) -> [u8; PLAIN_CHECK_LEN] {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(header);
-    ctx.update(payload);
-    let mut out = [0u8; PLAIN_CHECK_LEN];
-    out.copy_from_slice(&ctx.finish().as_ref()[..PLAIN_CHECK_LEN]);
+/// First 16 bytes of SHA-256 of everything before it: makes every object
+/// self-checking against damage without the key or a recorded checksum
+/// (no authenticity against an attacker: that is the GCM tag's job).
+fn self_check(before: &[u8]) -> [u8; CHECK_LEN] {
+    let mut out = [0u8; CHECK_LEN];
+    out.copy_from_slice(&digest::digest(&digest::SHA256, before).as_ref()[..CHECK_LEN]);
     out
+}
+
+/// Checks the header and the trailing self-check; returns the header and
+/// the bytes before the check.
+fn split_checked(bytes: &[u8]) -> Result<(Header, &[u8]), FormatError> {
+    let header = read_header(bytes)?;
+    let Some(split) = bytes
+        .len()
+        .checked_sub(CHECK_LEN)
+        .filter(|n| *n >= HEADER_LEN)
+    else {
+        return Err(FormatError::Truncated { len: bytes.len() });
+    };
+    let (checked, check) = bytes.split_at(split);
+    if self_check(checked)[..] != *check {
+        return Err(FormatError::Damaged { kind: header.kind });
+    }
+    Ok((header, checked))
+}
+
+/// Checks an object on its own, without the key or a recorded checksum:
+/// header and trailing self-check. Finds damage, not tampering.
+pub fn verify_self(bytes: &[u8]) -> Result<Header, FormatError> {
+    split_checked(bytes).map(|(h, _)| h)
 }
 
 /// zstd at [`ZSTD_LEVEL`], with the frame's content size and checksum.
@@ -390,8 +401,8 @@ pub fn checksum(bytes: &[u8]) -> String {
     sha256_hex(bytes)
 }
 
-/// Checks stored bytes against their recorded checksum and checks the
-/// header, without the key.
+/// Checks stored bytes against their recorded checksum, the header and the
+/// self-check, without the key.
 pub fn verify_stored(bytes: &[u8], expected_checksum: &str) -> Result<Header, FormatError> {
     let actual = checksum(bytes);
     if actual != expected_checksum {
@@ -400,7 +411,7 @@ pub fn verify_stored(bytes: &[u8], expected_checksum: &str) -> Result<Header, Fo
             actual,
         });
     }
-    read_header(bytes)
+    verify_self(bytes)
 }
 
 /// Encodes a value as JSON inside a `kind` object.
@@ -663,17 +674,20 @@ mod tests {
     /// chromaprod must read them (zstd output may change between releases,
     /// so encoding is not pinned, decoding is).
     const FIXTURE_PLAIN: &str = "4350424b0103010028b52ffd2415a900006368726f6d6170726f64206669787475726520763138cb92dcd436dc3758d7d12b6e343f84b868c62a";
-    const FIXTURE_ENCRYPTED: &str = "4350424b0103030040b85ce8baa926a45a123407fb82ad411590e98f99e1f06cada02e4ad6e3a472b81d8d4e0fdcc4662fea42278bde138753f34b3ee0dbb0fdd799359b8609";
+    const FIXTURE_ENCRYPTED: &str = "4350424b010303009fa00b883e3268f17f3d6af7c5cd2f3f10e4a68ee96f3f928dc2f5c47a3b4867c152bdf435d8c2fb33048e7b855104ede974eb37635869ec67b51255d72ac81359b38f1f7577b5779c2cdcede263";
 
     #[test]
     fn version_1_fixtures_still_decode() {
         let plain = crate::backup::crypto::from_hex(FIXTURE_PLAIN).expect("hex");
         let id = "f32cd0da2867836b4805e11ccc13bc9d85eb12f0551185115498c365a925272d";
+        verify_self(&plain).expect("self-check");
         let out = decode(&plain, ObjectKind::Chunk, &Codec::Plain, Some(id)).expect("plain");
         assert_eq!(out, b"chromaprod fixture v1");
         let enc = crate::backup::crypto::from_hex(FIXTURE_ENCRYPTED).expect("hex");
         let codec = Codec::Encrypted(DataKey::from_raw([0x42; 32]).expect("dk"));
         let id = "48d7e5c123424ca7ebcb52f8992cdaf4ea7ffaac71b9d5fb54ed532907cc8b6e";
+        let h = verify_self(&enc).expect("self-check without the key");
+        assert!(h.encrypted && h.compressed && h.kind == ObjectKind::Chunk);
         let out = decode(&enc, ObjectKind::Chunk, &codec, Some(id)).expect("encrypted");
         assert_eq!(out, b"chromaprod fixture v1");
         assert!(matches!(
@@ -709,7 +723,7 @@ mod tests {
         // Encrypted: neither the text nor any piece of its compressed form.
         let enc = encode(ObjectKind::Chunk, &plaintext, &enc()).expect("enc");
         assert!(!contains(&enc.bytes, b"swordfish"));
-        let zstd_body = &plain.bytes[HEADER_LEN..plain.bytes.len() - PLAIN_CHECK_LEN];
+        let zstd_body = &plain.bytes[HEADER_LEN..plain.bytes.len() - CHECK_LEN];
         for w in zstd_body.windows(12) {
             assert!(!contains(&enc.bytes, w));
         }
@@ -748,6 +762,7 @@ mod tests {
             let truncated = &e.bytes[..n];
             prop_assert!(decode(truncated, ObjectKind::Chunk, &codec, Some(&e.id)).is_err());
             prop_assert!(verify_stored(truncated, &e.checksum).is_err());
+            prop_assert!(verify_self(truncated).is_err());
         }
 
         #[test]
@@ -761,6 +776,7 @@ mod tests {
             prop_assert!(decode(&bytes, ObjectKind::Chunk, &codec, Some(&e.id)).is_err());
             // Objects check themselves: no id or checksum needed.
             prop_assert!(decode(&bytes, ObjectKind::Chunk, &codec, None).is_err());
+            prop_assert!(verify_self(&bytes).is_err());
         }
 
         #[test]
