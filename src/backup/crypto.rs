@@ -265,7 +265,10 @@ impl MasterKey {
             path: path.to_path_buf(),
             why: why.to_string(),
         };
-        if contents.len() == KEY_LEN {
+        // 32 random bytes are all printable text with probability ~1e-14:
+        // such a file is a typed passphrase, not a key.
+        if contents.len() == KEY_LEN && !contents.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
+        {
             let mut raw = [0u8; KEY_LEN];
             raw.copy_from_slice(contents);
             return Ok(Self::from_raw(raw));
@@ -275,6 +278,9 @@ impl MasterKey {
             .trim();
         if text.is_empty() {
             return Err(bad("the file is empty"));
+        }
+        if contents.len() == KEY_LEN {
+            return Err(bad("32 characters of text is a passphrase, not a key; generate a key with `chromaprod key generate` or `openssl rand -hex 32`"));
         }
         let bytes = if text.len() == 2 * KEY_LEN {
             from_hex(text).ok_or_else(|| bad("64 characters but not hex"))?
@@ -578,6 +584,7 @@ mod tests {
             b"\n\n",
             b"not a key at all",
             b"00112233",
+            b"correct horse battery staple 123",
             &[0xffu8; 31],
             "zz".repeat(32).as_bytes(),
         ] {
@@ -713,9 +720,8 @@ mod tests {
     fn unlock_tries_all_slots_when_ids_do_not_match() {
         let a = MasterKey::generate().expect("rng");
         let (mut ring, data) = KeyRing::create(&a).expect("create");
-        // A slot relabelled with a foreign id still opens: ids are hints
-        // for ordering, authentication decides.
-        // (The id is part of the AAD, so relabelling breaks authentication.)
+        // The id is bound to the slot (it is in the AAD): a relabelled slot
+        // opens for nobody. Other slots are still tried.
         ring.slots[0].key_id = KeyId::parse("0000000000000000").expect("id");
         assert!(ring.unlock(&a).is_err());
         let b = MasterKey::generate().expect("rng");
@@ -740,6 +746,11 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn key_file_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let _ = MasterKey::from_key_file_bytes(&bytes, Path::new("k"));
+        }
+
         #[test]
         fn hex_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             prop_assert_eq!(from_hex(&to_hex(&bytes)), Some(bytes));

@@ -366,7 +366,7 @@ impl Manifest {
 
     /// Fills in the derived fields (`collections`, `size_bytes`,
     /// `bytes_referenced`, `checksum`) from the collection list.
-    pub fn seal(&mut self) {
+    pub fn finalize(&mut self) {
         self.metadata.collections = self.collections.iter().map(|c| c.name.clone()).collect();
         let referenced: u64 = self
             .collections
@@ -393,6 +393,12 @@ impl Manifest {
             return bad(format!(
                 "backup_id {} differs from snapshot_id {}",
                 self.metadata.backup_id, self.snapshot_id
+            ));
+        }
+        if humantime::parse_rfc3339(&self.metadata.created_at).is_err() {
+            return bad(format!(
+                "created_at {:?} is not an RFC 3339 UTC time",
+                self.metadata.created_at
             ));
         }
         if self.parent.as_ref() == Some(&self.snapshot_id) {
@@ -742,7 +748,7 @@ mod tests {
                 chunks,
             }],
         };
-        m.seal();
+        m.finalize();
         m
     }
 
@@ -790,11 +796,12 @@ mod tests {
         broken(&|x| x.metadata.backup_type = BackupType::Incremental);
         broken(&|x| x.format_version = 2);
         broken(&|x| x.bytes_referenced += 1);
+        broken(&|x| x.metadata.created_at = "yesterday".into());
         // Exclusions are reflected in the count after sealing.
         let mut x = m.clone();
         x.collections[0].chunks[0].excluded_ids = vec!["doc-000000".into()];
         x.collections[0].record_count -= 1;
-        x.seal();
+        x.finalize();
         x.validate().expect("valid with exclusion");
         let idx = &chunks[0].1;
         x.collections[0].chunks[0]
