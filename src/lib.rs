@@ -5,6 +5,7 @@
 //! `control` (Unix-socket protocol, server and client), `daemon` (lifecycle,
 //! systemd, reload), `observe` (logging, metrics, health, audit).
 
+pub mod backup;
 pub mod chroma;
 pub mod config;
 pub mod control;
