@@ -66,6 +66,11 @@ impl StorageError {
         }
     }
 
+    /// The object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.kind() == ErrorKind::NotFound
+    }
+
     /// True if the same call may succeed later (network, timeout, 429, 5xx).
     pub fn is_transient(&self) -> bool {
         self.kind() == ErrorKind::Transient

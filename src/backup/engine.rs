@@ -1,0 +1,1057 @@
+//! `BackupManager`: create, list, show, verify, restore, delete and prune
+//! snapshots of Chroma collections in a repository.
+//!
+//! Streaming and bounded: records are read in batches by id, grouped into
+//! chunks of a few MiB, encoded (zstd, AES-256-GCM) off the async threads
+//! and uploaded a few at a time while the next batches are read. The
+//! manifest is written last, so a backup that is cancelled, killed or fails
+//! leaves no snapshot behind; its chunks are reused by the next one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::crypto::MasterKey;
+use super::format::Codec;
+use super::lock::Lease;
+use super::manifest::{
+    plan_incremental, BackupMetadata, BackupType, ChunkRef, CollectionSnapshot, Manifest,
+    SnapshotId, Trigger, DEFAULT_COMPACT_THRESHOLD, MANIFEST_FORMAT,
+};
+use super::records::{record_digest, ChunkIndex, ChunkPlanner, PlannedChunk, Record, RecordDigest};
+use super::repository::{chunk_key, index_key, snapshot_key, Repository};
+use super::source::{to_batch, CollectionReader, FETCH_BATCH};
+use super::BackupError;
+use crate::chroma::{
+    Collection, CreateCollection, GetRequest, Include, ModifyCollection, ProductionChromaStore,
+};
+use crate::config::Config;
+use crate::daemon::jobs::Progress;
+use crate::schedule::{select, RetentionPolicy, SnapshotInfo};
+use crate::storage::StorageOptions;
+
+/// Chunk uploads in flight at once.
+const UPLOADS_IN_FLIGHT: usize = 4;
+/// How long a backup waits for a conflicting lock (a prune) before failing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What to back up.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    pub backup_type: BackupType,
+    /// For `Collection` (required) and `Incremental` (optional scope).
+    pub collections: Vec<String>,
+    pub trigger: Trigger,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreMode {
+    /// Refuse when the target collection exists.
+    FailIfExists,
+    /// Swap the restored collection in; the previous one is dropped after
+    /// the swap succeeded (or kept with `keep_previous`).
+    Replace,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub collections: Vec<String>,
+    /// New name (one collection only).
+    pub as_name: Option<String>,
+    pub mode: RestoreMode,
+    pub dry_run: bool,
+    pub keep_previous: bool,
+}
+
+/// The result of a verify.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub snapshot: String,
+    pub objects_checked: u64,
+    pub bytes_read: u64,
+    pub records: u64,
+    pub full: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub snapshots_kept: Vec<String>,
+    pub snapshots_deleted: Vec<String>,
+    pub objects_deleted: u64,
+    pub bytes_freed: u64,
+}
+
+/// One snapshot in `chromaprod backups list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotSummary {
+    #[serde(flatten)]
+    pub metadata: BackupMetadata,
+    pub parent: Option<SnapshotId>,
+    pub records: u64,
+    pub bytes_written: u64,
+    pub duration_ms: u64,
+    pub encrypted: bool,
+    pub trigger: Trigger,
+}
+
+pub struct BackupManager {
+    store: ProductionChromaStore,
+    config: Arc<Config>,
+    pub repo: Repository,
+}
+
+/// Loads the key when `backup.encrypt` is set: the configured file, else the
+/// `backup-key` systemd credential. A missing or unreadable key is an error,
+/// never a reason to write plaintext.
+pub fn load_key(config: &Config) -> Result<Option<MasterKey>, BackupError> {
+    if !config.backup.encrypt {
+        return Ok(None);
+    }
+    Ok(Some(match &config.backup.key_file {
+        Some(path) => MasterKey::from_file(path)?,
+        None => MasterKey::from_credential("backup-key")?,
+    }))
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn glob(pattern: &str, name: &str) -> bool {
+    fn m(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => m(&p[1..], n) || (!n.is_empty() && m(p, &n[1..])),
+            (Some(b'?'), Some(_)) => m(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => m(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    m(pattern.as_bytes(), name.as_bytes())
+}
+
+/// Whether a collection is in a full backup's scope.
+pub fn in_scope(config: &Config, name: &str) -> bool {
+    config.backup.include.iter().any(|p| glob(p, name))
+        && !config.backup.exclude.iter().any(|p| glob(p, name))
+}
+
+fn space_of(configuration: &Value) -> &str {
+    configuration
+        .pointer("/hnsw/space")
+        .or_else(|| configuration.pointer("/spann/space"))
+        .and_then(Value::as_str)
+        .unwrap_or("l2")
+}
+
+impl BackupManager {
+    /// Opens (creating if `create`) the configured repository.
+    pub async fn open(
+        store: ProductionChromaStore,
+        config: Arc<Config>,
+        create: bool,
+    ) -> Result<Self, BackupError> {
+        let key = load_key(&config)?;
+        let repo = Repository::open(
+            &config.backup.storage_path,
+            &StorageOptions::default(),
+            key.as_ref(),
+            create,
+        )
+        .await?;
+        Ok(BackupManager {
+            store,
+            config,
+            repo,
+        })
+    }
+
+    pub fn with_repository(
+        store: ProductionChromaStore,
+        config: Arc<Config>,
+        repo: Repository,
+    ) -> Self {
+        BackupManager {
+            store,
+            config,
+            repo,
+        }
+    }
+
+    pub fn store(&self) -> &ProductionChromaStore {
+        &self.store
+    }
+
+    async fn lock(&self, exclusive: bool, purpose: &str) -> Result<Lease, BackupError> {
+        Lease::acquire(
+            &self.repo,
+            exclusive,
+            purpose,
+            self.config.backup.lock_ttl,
+            LOCK_WAIT,
+        )
+        .await
+    }
+
+    /// The collections a request covers, as Chroma describes them now.
+    async fn scope(&self, req: &BackupRequest) -> Result<Vec<Collection>, BackupError> {
+        let all = self.store.list_collections().await?;
+        if req.collections.is_empty() {
+            if req.backup_type == BackupType::Collection {
+                return Err(BackupError::Invalid(
+                    "a collection backup needs --collection NAME".into(),
+                ));
+            }
+            return Ok(all
+                .into_iter()
+                .filter(|c| in_scope(&self.config, &c.name))
+                .collect());
+        }
+        let mut out = Vec::new();
+        for name in &req.collections {
+            match all.iter().find(|c| &c.name == name) {
+                Some(c) => out.push(c.clone()),
+                None => return Err(BackupError::NoCollection(name.clone())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes a snapshot. Nothing is recorded unless it completes.
+    pub async fn create(
+        &self,
+        req: BackupRequest,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Manifest, BackupError> {
+        let started = Instant::now();
+        let lease = self
+            .lock(
+                false,
+                &format!("{:?} backup", req.backup_type).to_lowercase(),
+            )
+            .await?;
+        let result = self
+            .create_locked(&req, progress, cancel, &lease, started)
+            .await;
+        lease.release().await;
+        result
+    }
+
+    async fn create_locked(
+        &self,
+        req: &BackupRequest,
+        progress: &Progress,
+        cancel: &CancellationToken,
+        lease: &Lease,
+        started: Instant,
+    ) -> Result<Manifest, BackupError> {
+        let collections = self.scope(req).await?;
+        let parent = if req.backup_type == BackupType::Incremental {
+            self.repo.manifests().await?.into_iter().next()
+        } else {
+            None
+        };
+        let info = self.store.check_ready().await?;
+        let snapshot_id = SnapshotId::generate()?;
+        let mut written = 0u64;
+        let mut snaps = Vec::new();
+        for collection in collections {
+            let parent_col = parent.as_ref().and_then(|p| {
+                p.collections
+                    .iter()
+                    .find(|c| c.name == collection.name && c.id == collection.id)
+            });
+            let (snap, bytes) = self
+                .snapshot_collection(collection, parent_col, progress, cancel, lease)
+                .await?;
+            written += bytes;
+            snaps.push(snap);
+        }
+        if cancel.is_cancelled() {
+            return Err(BackupError::Cancelled);
+        }
+        let mut manifest = Manifest {
+            format_version: MANIFEST_FORMAT,
+            snapshot_id: snapshot_id.clone(),
+            metadata: BackupMetadata {
+                backup_id: snapshot_id.clone(),
+                created_at: now_rfc3339(),
+                backup_type: req.backup_type,
+                collections: Vec::new(),
+                size_bytes: 0,
+                checksum: String::new(),
+                chroma_version: format!("api {}", info.api_version),
+            },
+            parent: parent.map(|p| p.snapshot_id),
+            host: super::lock::hostname(),
+            trigger: req.trigger,
+            duration_ms: 0,
+            encrypted: self.repo.codec.is_encrypted(),
+            bytes_written: 0,
+            bytes_referenced: 0,
+            collections: snaps,
+        };
+        manifest.finalize();
+        manifest.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let encoded = manifest.encode(&self.repo.codec)?;
+        manifest.bytes_written = written + encoded.bytes.len() as u64;
+        // bytes_written is part of the manifest itself: encode once more with it.
+        let encoded = manifest.encode(&self.repo.codec)?;
+        if lease.lost.is_cancelled() {
+            return Err(BackupError::LockLost);
+        }
+        self.repo.put(&snapshot_key(&snapshot_id)?, encoded).await?;
+        progress.report(json!({"phase": "done", "snapshot": snapshot_id.as_str(), "bytes_written": manifest.bytes_written}));
+        Ok(manifest)
+    }
+
+    /// One collection: every record (full) or only what changed since the
+    /// parent's copy of it (incremental). Returns the bytes written.
+    async fn snapshot_collection(
+        &self,
+        collection: Collection,
+        parent: Option<&CollectionSnapshot>,
+        progress: &Progress,
+        cancel: &CancellationToken,
+        lease: &Lease,
+    ) -> Result<(CollectionSnapshot, u64), BackupError> {
+        let name = collection.name.clone();
+        let span = tracing::info_span!("backup_collection", collection = %name);
+        let _enter = span.enter();
+        drop(_enter);
+        // The parent's live records: id -> digest, and its chunks with their indexes.
+        let mut parent_chunks: Vec<(ChunkRef, ChunkIndex)> = Vec::new();
+        let mut parent_live: HashMap<String, RecordDigest> = HashMap::new();
+        if let Some(p) = parent {
+            for chunk in &p.chunks {
+                let bytes = self.repo.get(&index_key(&chunk.index_id)?).await?;
+                let index = chunk.read_index(&bytes, &self.repo.codec).map_err(|e| {
+                    BackupError::BadObject {
+                        object: format!("index/{}", chunk.index_id),
+                        why: e.to_string(),
+                    }
+                })?;
+                let excluded: HashSet<&String> = chunk.excluded_ids.iter().collect();
+                for (id, d) in &index.entries {
+                    if !excluded.contains(id) {
+                        parent_live.insert(id.clone(), *d);
+                    }
+                }
+                parent_chunks.push((chunk.clone(), index));
+            }
+        }
+
+        let mut reader = CollectionReader::open(self.store.clone(), collection.clone()).await?;
+        let total = reader.listed();
+        let mut uploader = Uploader::new(self.repo.clone());
+        let mut planner = ChunkPlanner::default();
+        let mut new_refs: Vec<ChunkRef> = Vec::new();
+        let mut current: Vec<(String, RecordDigest)> = Vec::with_capacity(total);
+        let mut written_ids: HashSet<String> = HashSet::new();
+        let mut nan_vectors = 0u64;
+        while let Some(batch) = reader.next_batch().await? {
+            if cancel.is_cancelled() {
+                uploader.abort();
+                return Err(BackupError::Cancelled);
+            }
+            if lease.lost.is_cancelled() {
+                uploader.abort();
+                return Err(BackupError::LockLost);
+            }
+            for record in batch {
+                if record
+                    .embedding
+                    .as_ref()
+                    .is_some_and(|e| e.iter().any(|x| x.is_nan()))
+                {
+                    nan_vectors += 1;
+                }
+                let digest = record_digest(&record);
+                current.push((record.id.clone(), digest));
+                if parent.is_some() && parent_live.get(&record.id) == Some(&digest) {
+                    continue; // unchanged: stays in its parent chunk
+                }
+                written_ids.insert(record.id.clone());
+                if let Some(chunk) = planner.push(&record)? {
+                    new_refs.push(uploader.submit(chunk).await?);
+                }
+            }
+            progress.report(json!({
+                "phase": "backup", "collection": name,
+                "records_done": reader.position(), "records_total": total,
+                "bytes_written": uploader.written,
+            }));
+        }
+        if nan_vectors > 0 {
+            tracing::warn!(collection = %name, nan_vectors, "Chroma returned vectors containing NaN; they are stored as returned");
+        }
+
+        let mut chunks: Vec<ChunkRef> = Vec::new();
+        if parent.is_some() {
+            let plan = plan_incremental(
+                &parent_chunks,
+                current.iter().cloned(),
+                DEFAULT_COMPACT_THRESHOLD,
+            );
+            // Records of compacted chunks: unchanged, taken from their old chunk.
+            let missing: HashSet<&String> = plan
+                .write_ids
+                .iter()
+                .filter(|id| !written_ids.contains(*id))
+                .collect();
+            if !missing.is_empty() {
+                for (chunk, _) in &parent_chunks {
+                    if !plan.dropped_chunks.contains(&chunk.id) {
+                        continue;
+                    }
+                    let stored = self.repo.get(&chunk_key(&chunk.id)?).await?;
+                    for r in chunk.read_records(&stored, &self.repo.codec)? {
+                        if missing.contains(&r.id) {
+                            if let Some(c) = planner.push(&r)? {
+                                new_refs.push(uploader.submit(c).await?);
+                            }
+                        }
+                    }
+                }
+            }
+            chunks.extend(plan.keep.into_iter().map(|k| k.chunk));
+        }
+        if let Some(c) = planner.finish() {
+            new_refs.push(uploader.submit(c).await?);
+        }
+        let bytes = uploader.finish().await?;
+        chunks.extend(new_refs);
+        let record_count = chunks.iter().map(ChunkRef::live_records).sum();
+        Ok((
+            CollectionSnapshot {
+                name: collection.name,
+                id: collection.id,
+                tenant: self.config.chroma.tenant.clone(),
+                database: self.config.chroma.database.clone(),
+                metadata: collection.metadata.map(Value::Object),
+                configuration_json: collection.configuration_json,
+                schema: collection.schema,
+                record_count,
+                chunks,
+            },
+            bytes,
+        ))
+    }
+
+    pub async fn list(&self) -> Result<Vec<SnapshotSummary>, BackupError> {
+        Ok(self
+            .repo
+            .manifests()
+            .await?
+            .into_iter()
+            .map(|m| SnapshotSummary {
+                records: m.collections.iter().map(|c| c.record_count).sum(),
+                parent: m.parent,
+                bytes_written: m.bytes_written,
+                duration_ms: m.duration_ms,
+                encrypted: m.encrypted,
+                trigger: m.trigger,
+                metadata: m.metadata,
+            })
+            .collect())
+    }
+
+    pub async fn show(&self, id: &str) -> Result<Manifest, BackupError> {
+        self.repo.manifest(&SnapshotId::parse(id)?).await
+    }
+
+    /// Checks that every object the snapshot references is present with its
+    /// size; with `full`, reads each one and checks its checksum, decrypts
+    /// it, and checks the index against the chunk's records.
+    pub async fn verify(
+        &self,
+        id: &str,
+        full: bool,
+        progress: &Progress,
+    ) -> Result<VerifyReport, BackupError> {
+        let manifest = self.show(id).await?;
+        let lease = self.lock(false, "verify").await?;
+        let result = self.verify_locked(&manifest, full, progress).await;
+        lease.release().await;
+        result
+    }
+
+    async fn verify_locked(
+        &self,
+        manifest: &Manifest,
+        full: bool,
+        progress: &Progress,
+    ) -> Result<VerifyReport, BackupError> {
+        let mut report = VerifyReport {
+            snapshot: manifest.snapshot_id.to_string(),
+            objects_checked: 0,
+            bytes_read: 0,
+            records: 0,
+            full,
+        };
+        let total: usize = manifest.collections.iter().map(|c| c.chunks.len()).sum();
+        let mut done = 0usize;
+        for c in &manifest.collections {
+            for chunk in &c.chunks {
+                let (ck, ik) = (chunk_key(&chunk.id)?, index_key(&chunk.index_id)?);
+                if full {
+                    let (cb, ib) = (self.repo.get(&ck).await?, self.repo.get(&ik).await?);
+                    report.bytes_read += (cb.len() + ib.len()) as u64;
+                    let codec = self.repo.codec.clone();
+                    let chunk2 = chunk.clone();
+                    let records = tokio::task::spawn_blocking(move || {
+                        chunk2.verify_with_key(&cb, &ib, &codec)
+                    })
+                    .await
+                    .map_err(|e| BackupError::Corrupt(e.to_string()))?
+                    .map_err(|e| BackupError::BadObject {
+                        object: format!("chunks/{} (index {})", chunk.id, chunk.index_id),
+                        why: e.to_string(),
+                    })?;
+                    report.records += records;
+                } else {
+                    for (key, size) in [(&ck, chunk.stored_size), (&ik, chunk.index_stored_size)] {
+                        match self.repo.backend().head(key).await? {
+                            None => {
+                                return Err(BackupError::MissingObject(key.as_str().to_string()))
+                            }
+                            Some(meta) if meta.size != size => {
+                                return Err(BackupError::BadObject {
+                                    object: key.as_str().to_string(),
+                                    why: format!(
+                                        "{} bytes stored, {size} expected (truncated or replaced)",
+                                        meta.size
+                                    ),
+                                })
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    report.records += chunk.live_records();
+                }
+                report.objects_checked += 2;
+                done += 1;
+                progress
+                    .report(json!({"phase": "verify", "chunks_done": done, "chunks_total": total}));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Restores collections of a snapshot: into a staging collection first,
+    /// verified, then swapped in by renaming. The target is untouched until
+    /// the swap, and the previous collection is kept until the swap succeeded.
+    pub async fn restore(
+        &self,
+        id: &str,
+        opts: &RestoreOptions,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Value, BackupError> {
+        let manifest = self.show(id).await?;
+        let selected: Vec<&CollectionSnapshot> = if opts.collections.is_empty() {
+            manifest.collections.iter().collect()
+        } else {
+            let mut v = Vec::new();
+            for name in &opts.collections {
+                v.push(
+                    manifest
+                        .collections
+                        .iter()
+                        .find(|c| &c.name == name)
+                        .ok_or_else(|| {
+                            BackupError::Invalid(format!(
+                                "snapshot {id} holds no collection {name:?}"
+                            ))
+                        })?,
+                );
+            }
+            v
+        };
+        if opts.as_name.is_some() && selected.len() != 1 {
+            return Err(BackupError::Invalid(
+                "--as needs exactly one collection (use --collection)".into(),
+            ));
+        }
+        let existing: HashSet<String> = self
+            .store
+            .list_collections()
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        let mut plan = Vec::new();
+        for c in &selected {
+            let target = opts.as_name.clone().unwrap_or_else(|| c.name.clone());
+            let exists = existing.contains(&target);
+            if exists && opts.mode == RestoreMode::FailIfExists {
+                return Err(BackupError::TargetExists(target));
+            }
+            plan.push(json!({"collection": c.name, "target": target, "records": c.record_count, "replaces_existing": exists}));
+        }
+        if opts.dry_run {
+            return Ok(json!({"snapshot": id, "dry_run": true, "plan": plan}));
+        }
+        let lease = self.lock(false, "restore").await?;
+        let mut results = Vec::new();
+        for c in selected {
+            let target = opts.as_name.clone().unwrap_or_else(|| c.name.clone());
+            let r = self
+                .restore_collection(
+                    &manifest.snapshot_id,
+                    c,
+                    &target,
+                    existing.contains(&target),
+                    opts.keep_previous,
+                    progress,
+                    cancel,
+                )
+                .await;
+            match r {
+                Ok(v) => results.push(v),
+                Err(e) => {
+                    lease.release().await;
+                    return Err(e);
+                }
+            }
+        }
+        lease.release().await;
+        Ok(json!({"snapshot": id, "restored": results}))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_collection(
+        &self,
+        snapshot: &SnapshotId,
+        c: &CollectionSnapshot,
+        target: &str,
+        target_exists: bool,
+        keep_previous: bool,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Value, BackupError> {
+        let staging = format!("{target}-restore-{snapshot}");
+        // A staging collection left by an interrupted restore is ours to replace.
+        match self.store.delete_collection(&staging).await {
+            Ok(()) | Err(crate::chroma::ChromaError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let created = self
+            .store
+            .create_collection(&CreateCollection {
+                name: staging.clone(),
+                metadata: c.metadata.clone().and_then(|m| m.as_object().cloned()),
+                configuration: Some(creatable_configuration(&c.configuration_json)),
+                get_or_create: false,
+            })
+            .await?;
+        let cosine = space_of(&c.configuration_json) == "cosine";
+        let outcome = self
+            .fill_and_check(c, &created.id, cosine, progress, cancel)
+            .await;
+        if let Err(e) = outcome {
+            let _ = self.store.delete_collection(&staging).await;
+            return Err(e);
+        }
+        // Swap names: target → previous, staging → target; undo on failure.
+        let previous = format!("{target}-pre-restore-{snapshot}");
+        if target_exists {
+            let old = self.store.get_collection(target).await?;
+            self.store
+                .modify_collection(
+                    &old.id,
+                    &ModifyCollection {
+                        new_name: Some(previous.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            if let Err(e) = self
+                .store
+                .modify_collection(
+                    &created.id,
+                    &ModifyCollection {
+                        new_name: Some(target.to_string()),
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
+                let _ = self
+                    .store
+                    .modify_collection(
+                        &old.id,
+                        &ModifyCollection {
+                            new_name: Some(target.to_string()),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                return Err(e.into());
+            }
+            if !keep_previous {
+                self.store.delete_collection(&previous).await?;
+            }
+        } else {
+            self.store
+                .modify_collection(
+                    &created.id,
+                    &ModifyCollection {
+                        new_name: Some(target.to_string()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+        }
+        Ok(json!({
+            "collection": c.name, "target": target, "records": c.record_count,
+            "previous": (target_exists && keep_previous).then_some(previous),
+        }))
+    }
+
+    /// Loads every chunk of `c` into `collection_id`, then re-reads it and
+    /// compares record by record.
+    async fn fill_and_check(
+        &self,
+        c: &CollectionSnapshot,
+        collection_id: &str,
+        cosine: bool,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<(), BackupError> {
+        let mut done = 0u64;
+        for chunk in &c.chunks {
+            if cancel.is_cancelled() {
+                return Err(BackupError::Cancelled);
+            }
+            let stored = self.repo.get(&chunk_key(&chunk.id)?).await?;
+            let codec = self.repo.codec.clone();
+            let chunk2 = chunk.clone();
+            let records = tokio::task::spawn_blocking(move || chunk2.read_records(&stored, &codec))
+                .await
+                .map_err(|e| BackupError::Corrupt(e.to_string()))?
+                .map_err(|e| BackupError::BadObject {
+                    object: format!("chunks/{}", chunk.id),
+                    why: e.to_string(),
+                })?;
+            let expected: HashMap<String, Record> =
+                records.iter().map(|r| (r.id.clone(), r.clone())).collect();
+            let (batch, without) = to_batch(records);
+            if !without.is_empty() {
+                return Err(BackupError::RestoreMismatch {
+                    collection: c.name.clone(),
+                    why: format!(
+                        "{} records have no embedding and cannot be written back",
+                        without.len()
+                    ),
+                });
+            }
+            done += batch.len() as u64;
+            if !batch.is_empty() {
+                self.store.upsert(collection_id, &batch).await?;
+            }
+            // Read back what was written and compare.
+            let ids: Vec<String> = expected.keys().cloned().collect();
+            for part in ids.chunks(FETCH_BATCH) {
+                let got = self
+                    .store
+                    .get_records(
+                        collection_id,
+                        &GetRequest::ids(part.to_vec(), &Include::RECORD),
+                    )
+                    .await?;
+                let got = super::source::to_records(got);
+                if got.len() != part.len() {
+                    return Err(BackupError::RestoreMismatch {
+                        collection: c.name.clone(),
+                        why: format!(
+                            "{} of {} records of chunk {} are missing after upsert",
+                            part.len() - got.len(),
+                            part.len(),
+                            chunk.id
+                        ),
+                    });
+                }
+                for r in got {
+                    if let Some(want) = expected.get(&r.id) {
+                        if !records_match(want, &r, cosine) {
+                            return Err(BackupError::RestoreMismatch {
+                                collection: c.name.clone(),
+                                why: format!("record {:?} differs from the backup beyond the server's rounding", r.id),
+                            });
+                        }
+                    }
+                }
+            }
+            progress.report(json!({"phase": "restore", "collection": c.name, "records_done": done, "records_total": c.record_count}));
+        }
+        let count = self.store.count(collection_id).await?;
+        if count != c.record_count {
+            return Err(BackupError::RestoreMismatch {
+                collection: c.name.clone(),
+                why: format!(
+                    "{count} records after restore, {} in the snapshot",
+                    c.record_count
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a snapshot's manifest (its chunks go at the next prune).
+    pub async fn delete(&self, id: &str) -> Result<(), BackupError> {
+        let id = SnapshotId::parse(id)?;
+        let _ = self.repo.manifest(&id).await?;
+        let lease = self.lock(true, "delete").await?;
+        let r = self.repo.delete(&snapshot_key(&id)?).await;
+        lease.release().await;
+        r
+    }
+
+    /// Applies retention, then deletes chunks and indexes no remaining
+    /// snapshot references. Holds the exclusive lock, so no backup runs meanwhile.
+    pub async fn prune(&self, dry_run: bool) -> Result<PruneReport, BackupError> {
+        let lease = self.lock(true, "prune").await?;
+        let r = self.prune_locked(dry_run).await;
+        lease.release().await;
+        r
+    }
+
+    async fn prune_locked(&self, dry_run: bool) -> Result<PruneReport, BackupError> {
+        let manifests = self.repo.manifests().await?;
+        let infos: Vec<SnapshotInfo> = manifests
+            .iter()
+            .map(|m| SnapshotInfo {
+                id: m.snapshot_id.to_string(),
+                created_at_ms: humantime::parse_rfc3339(&m.metadata.created_at)
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            })
+            .collect();
+        let now = i64::try_from(super::lock::now_ms()).unwrap_or(i64::MAX);
+        let offset = crate::config::parse_utc_offset(&self.config.backup.timezone).unwrap_or(0);
+        let decisions = select(
+            &infos,
+            &RetentionPolicy::from(&self.config.backup),
+            now,
+            offset,
+        );
+        let keep: HashSet<String> = decisions
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id.clone())
+            .collect();
+        let mut referenced: HashSet<String> = HashSet::new();
+        for m in manifests
+            .iter()
+            .filter(|m| keep.contains(m.snapshot_id.as_str()))
+        {
+            for c in &m.collections {
+                for r in &c.chunks {
+                    referenced.insert(format!("chunks/{}/{}", &r.id[..2], r.id));
+                    referenced.insert(format!("index/{}/{}", &r.index_id[..2], r.index_id));
+                }
+            }
+        }
+        let mut report = PruneReport {
+            dry_run,
+            snapshots_kept: decisions
+                .iter()
+                .filter(|d| d.keep)
+                .map(|d| d.id.clone())
+                .collect(),
+            snapshots_deleted: decisions
+                .iter()
+                .filter(|d| !d.keep)
+                .map(|d| d.id.clone())
+                .collect(),
+            objects_deleted: 0,
+            bytes_freed: 0,
+        };
+        let mut doomed = Vec::new();
+        for prefix in ["chunks", "index"] {
+            for meta in self.repo.list(prefix).await? {
+                if !referenced.contains(meta.key.as_str()) {
+                    report.objects_deleted += 1;
+                    report.bytes_freed += meta.size;
+                    doomed.push(meta.key);
+                }
+            }
+        }
+        if dry_run {
+            return Ok(report);
+        }
+        // Manifests first: a crash in between leaves unreferenced chunks, never a snapshot without them.
+        for id in &report.snapshots_deleted {
+            self.repo
+                .delete(&snapshot_key(&SnapshotId::parse(id)?)?)
+                .await?;
+        }
+        for key in doomed {
+            self.repo.delete(&key).await?;
+        }
+        Ok(report)
+    }
+}
+
+/// The parts of a stored `configuration_json` Chroma accepts on create.
+fn creatable_configuration(stored: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    if let Some(Value::Object(h)) = stored.get("hnsw") {
+        out.insert("hnsw".into(), Value::Object(h.clone()));
+    }
+    if let Some(Value::Object(s)) = stored.get("spann") {
+        out.insert("spann".into(), Value::Object(s.clone()));
+    }
+    if let Some(ef @ Value::Object(_)) = stored.get("embedding_function") {
+        if ef.get("type").and_then(Value::as_str) != Some("legacy") {
+            out.insert("embedding_function".into(), ef.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+/// Equal as Chroma round-trips values: exact for l2/ip embeddings, integers
+/// and strings; within a few ulp for cosine embeddings and float metadata.
+pub fn records_match(want: &Record, got: &Record, cosine: bool) -> bool {
+    fn close(a: f64, b: f64, rel: f64) -> bool {
+        (a.is_nan() && b.is_nan())
+            || a == b
+            || (a - b).abs() <= rel * a.abs().max(b.abs()).max(f64::MIN_POSITIVE)
+    }
+    let emb = match (&want.embedding, &got.embedding) {
+        (Some(a), Some(b)) if a.len() == b.len() => a.iter().zip(b).all(|(x, y)| {
+            if cosine {
+                close(f64::from(*x), f64::from(*y), 1e-5) || (x.is_nan() || y.is_nan())
+            } else {
+                x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())
+            }
+        }),
+        (None, None) => true,
+        _ => false,
+    };
+    let meta = match (&want.metadata, &got.metadata) {
+        (Some(a), Some(b)) => {
+            a.len() == b.len()
+                && a.iter().all(|(k, v)| match (v, b.get(k)) {
+                    (Value::Number(x), Some(Value::Number(y))) if x.is_f64() || y.is_f64() => {
+                        close(
+                            x.as_f64().unwrap_or(f64::NAN),
+                            y.as_f64().unwrap_or(f64::NAN),
+                            1e-12,
+                        )
+                    }
+                    (x, Some(y)) => x == y,
+                    (_, None) => false,
+                })
+        }
+        (None, None) => true,
+        (Some(a), None) | (None, Some(a)) => a.is_empty(),
+    };
+    emb && meta && want.document == got.document && want.uri == got.uri
+}
+
+/// Encodes chunks off the async threads and uploads a few at a time.
+struct Uploader {
+    repo: Repository,
+    tasks: JoinSet<Result<u64, BackupError>>,
+    written: u64,
+}
+
+impl Uploader {
+    fn new(repo: Repository) -> Self {
+        Uploader {
+            repo,
+            tasks: JoinSet::new(),
+            written: 0,
+        }
+    }
+
+    async fn submit(&mut self, planned: PlannedChunk) -> Result<ChunkRef, BackupError> {
+        while self.tasks.len() >= UPLOADS_IN_FLIGHT {
+            self.join_one().await?;
+        }
+        let codec: Codec = self.repo.codec.clone();
+        let (chunk_ref, chunk, index) =
+            tokio::task::spawn_blocking(move || ChunkRef::encode(&planned, &codec))
+                .await
+                .map_err(|e| BackupError::Corrupt(e.to_string()))??;
+        let repo = self.repo.clone();
+        let (ck, ik) = (chunk_key(&chunk.id)?, index_key(&index.id)?);
+        self.tasks.spawn(async move {
+            let mut n = 0;
+            // Index before chunk is irrelevant: neither is referenced until the manifest.
+            n += repo.put(&ck, chunk).await?;
+            n += repo.put(&ik, index).await?;
+            Ok(n)
+        });
+        Ok(chunk_ref)
+    }
+
+    async fn join_one(&mut self) -> Result<(), BackupError> {
+        if let Some(r) = self.tasks.join_next().await {
+            self.written +=
+                r.map_err(|e| BackupError::Corrupt(format!("upload task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<u64, BackupError> {
+        while !self.tasks.is_empty() {
+            self.join_one().await?;
+        }
+        Ok(self.written)
+    }
+
+    fn abort(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", "anything"));
+        assert!(glob("docs_*", "docs_2024"));
+        assert!(!glob("docs_*", "other"));
+        assert!(glob("a?c", "abc"));
+        assert!(!glob("a?c", "abbc"));
+    }
+
+    #[test]
+    fn cosine_tolerance_only_for_cosine() {
+        let a = Record {
+            id: "x".into(),
+            embedding: Some(vec![1.0, 0.5]),
+            document: None,
+            metadata: None,
+            uri: None,
+        };
+        let mut b = a.clone();
+        b.embedding = Some(vec![f32::from_bits(1.0f32.to_bits() + 1), 0.5]);
+        assert!(records_match(&a, &b, true));
+        assert!(!records_match(&a, &b, false));
+        assert!(records_match(&a, &a, false));
+    }
+
+    #[test]
+    fn stored_configuration_is_trimmed_to_what_create_accepts() {
+        let stored = json!({"hnsw": {"space": "cosine", "ef_search": 50}, "spann": null, "embedding_function": {"type": "legacy"}});
+        assert_eq!(
+            creatable_configuration(&stored),
+            json!({"hnsw": {"space": "cosine", "ef_search": 50}})
+        );
+    }
+}

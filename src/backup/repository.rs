@@ -1,0 +1,282 @@
+//! A backup repository: the layout of `docs/backup-format.md` on any
+//! storage backend, opened with (or without) its key.
+//!
+//! ```text
+//! config                      repository id, format version, encrypted flag (plain)
+//! keys/<key_id>               the data key wrapped by one master key (plain)
+//! chunks/<id[..2]>/<id>       records
+//! index/<id[..2]>/<id>        record digests of one chunk
+//! snapshots/<snapshot_id>     manifests, written last
+//! locks/<lock_id>             leases (see `lock.rs`)
+//! ```
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::crypto::{KeyId, KeyRing, MasterKey};
+use super::format::{self, Codec, Encoded, RepoConfig};
+use super::manifest::{Manifest, SnapshotId};
+use super::BackupError;
+use crate::storage::{self, Backend, ObjectKey, StorageOptions, Written};
+
+/// An open repository: its backend and the codec its objects use.
+#[derive(Clone)]
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    pub config: RepoConfig,
+    pub codec: Codec,
+    /// Where it lives, for messages (never with credentials).
+    pub location: String,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.location)
+            .field("encrypted", &self.config.encrypted)
+            .finish()
+    }
+}
+
+pub fn key(path: &str) -> Result<ObjectKey, BackupError> {
+    ObjectKey::new(path).map_err(BackupError::Storage)
+}
+
+fn fanned(prefix: &str, id: &str) -> Result<ObjectKey, BackupError> {
+    if id.len() < 3 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(BackupError::Corrupt(format!("{id:?} is not an object id")));
+    }
+    key(&format!("{prefix}/{}/{id}", &id[..2]))
+}
+
+pub fn chunk_key(id: &str) -> Result<ObjectKey, BackupError> {
+    fanned("chunks", id)
+}
+
+pub fn index_key(id: &str) -> Result<ObjectKey, BackupError> {
+    fanned("index", id)
+}
+
+pub fn snapshot_key(id: &SnapshotId) -> Result<ObjectKey, BackupError> {
+    key(&format!("snapshots/{id}"))
+}
+
+impl Repository {
+    /// Opens the repository at `url`, creating it if it is empty. `master`
+    /// must be given exactly when the repository is (or is to be) encrypted:
+    /// an encrypted repository without a key, or a key for a plain one, is
+    /// refused — never a silent fallback to plaintext.
+    pub async fn open(
+        url: &str,
+        options: &StorageOptions,
+        master: Option<&MasterKey>,
+        create: bool,
+    ) -> Result<Repository, BackupError> {
+        let backend = storage::open(url, options)?;
+        Self::open_on(backend, url, master, create).await
+    }
+
+    pub async fn open_on(
+        backend: Arc<dyn Backend>,
+        url: &str,
+        master: Option<&MasterKey>,
+        create: bool,
+    ) -> Result<Repository, BackupError> {
+        let location = backend.describe();
+        let config_key = key("config")?;
+        let config = match backend.read(&config_key).await {
+            Ok(bytes) => RepoConfig::decode(&bytes)?,
+            Err(e) if e.is_not_found() && create => {
+                return Self::init(backend, master, location).await;
+            }
+            Err(e) if e.is_not_found() => {
+                return Err(BackupError::NoRepository {
+                    location: url.to_string(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        config.check(master.is_some())?;
+        let codec = if config.encrypted {
+            let master = master.ok_or_else(|| BackupError::KeyRequired {
+                location: location.clone(),
+            })?;
+            let ring = Self::read_keyring(&*backend).await?;
+            Codec::Encrypted(ring.unlock(master)?)
+        } else {
+            Codec::Plain
+        };
+        Ok(Repository {
+            backend,
+            config,
+            codec,
+            location,
+        })
+    }
+
+    async fn init(
+        backend: Arc<dyn Backend>,
+        master: Option<&MasterKey>,
+        location: String,
+    ) -> Result<Repository, BackupError> {
+        let config = RepoConfig::new(master.is_some())?;
+        let codec = match master {
+            Some(m) => {
+                let (ring, data_key) = KeyRing::create(m)?;
+                for slot in &ring.slots {
+                    let enc = format::encode_key_slot(slot)?;
+                    backend
+                        .write_if_absent(
+                            &key(&format!("keys/{}", slot.key_id))?,
+                            Bytes::from(enc.bytes),
+                        )
+                        .await?;
+                }
+                Codec::Encrypted(data_key)
+            }
+            None => Codec::Plain,
+        };
+        // The config is written last: a repository without it is not yet one.
+        match backend
+            .write_if_absent(&key("config")?, Bytes::from(config.encode()?.bytes))
+            .await?
+        {
+            Written::Created => {
+                tracing::info!(location = %location, encrypted = config.encrypted, "created backup repository");
+                Ok(Repository {
+                    backend,
+                    config,
+                    codec,
+                    location,
+                })
+            }
+            // Someone else initialised it at the same moment: open theirs.
+            Written::AlreadyExists => Err(BackupError::Busy(
+                "another process created the repository at the same time; retry".into(),
+            )),
+        }
+    }
+
+    async fn read_keyring(backend: &dyn Backend) -> Result<KeyRing, BackupError> {
+        let mut ring = KeyRing::default();
+        for meta in backend.list(Some(&key("keys")?)).await? {
+            let name = meta.key.as_str().trim_start_matches("keys/");
+            let id = KeyId::parse(name)?;
+            let bytes = backend.read(&meta.key).await?;
+            ring.slots.push(format::decode_key_slot(&bytes, &id)?);
+        }
+        Ok(ring)
+    }
+
+    /// The key slots (for `chromaprod key list|add|remove`).
+    pub async fn keyring(&self) -> Result<KeyRing, BackupError> {
+        Self::read_keyring(&*self.backend).await
+    }
+
+    pub async fn add_key(&self, new: &MasterKey) -> Result<KeyId, BackupError> {
+        let Codec::Encrypted(data_key) = &self.codec else {
+            return Err(BackupError::NotEncrypted);
+        };
+        let mut ring = self.keyring().await?;
+        let slot = ring.add(data_key, new)?.clone();
+        let enc = format::encode_key_slot(&slot)?;
+        self.backend
+            .write_if_absent(
+                &key(&format!("keys/{}", slot.key_id))?,
+                Bytes::from(enc.bytes),
+            )
+            .await?;
+        Ok(slot.key_id)
+    }
+
+    pub async fn remove_key(&self, id: &KeyId) -> Result<(), BackupError> {
+        let mut ring = self.keyring().await?;
+        ring.remove(id)?;
+        self.backend.delete(&key(&format!("keys/{id}"))?).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Stores an encoded object unless an object with that content address
+    /// exists already. Returns the bytes actually written (0 when reused).
+    pub async fn put(&self, key: &ObjectKey, encoded: Encoded) -> Result<u64, BackupError> {
+        let n = encoded.bytes.len() as u64;
+        match self
+            .backend
+            .write_if_absent(key, Bytes::from(encoded.bytes))
+            .await?
+        {
+            Written::Created => Ok(n),
+            Written::AlreadyExists => Ok(0),
+        }
+    }
+
+    pub async fn exists(&self, key: &ObjectKey) -> Result<bool, BackupError> {
+        Ok(self.backend.head(key).await?.is_some())
+    }
+
+    pub async fn get(&self, key: &ObjectKey) -> Result<Bytes, BackupError> {
+        self.backend.read(key).await.map_err(|e| {
+            if e.is_not_found() {
+                BackupError::MissingObject(key.as_str().to_string())
+            } else {
+                e.into()
+            }
+        })
+    }
+
+    /// Snapshot ids, oldest id order (callers sort by time from manifests).
+    pub async fn snapshot_ids(&self) -> Result<Vec<SnapshotId>, BackupError> {
+        let mut ids = Vec::new();
+        for meta in self.backend.list(Some(&key("snapshots")?)).await? {
+            let name = meta.key.as_str().trim_start_matches("snapshots/");
+            match SnapshotId::parse(name) {
+                Ok(id) => ids.push(id),
+                Err(_) => tracing::warn!(
+                    object = meta.key.as_str(),
+                    "ignoring a stray object under snapshots/"
+                ),
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub async fn manifest(&self, id: &SnapshotId) -> Result<Manifest, BackupError> {
+        let bytes = self.get(&snapshot_key(id)?).await.map_err(|e| match e {
+            BackupError::MissingObject(_) => BackupError::NoSnapshot(id.to_string()),
+            e => e,
+        })?;
+        Manifest::decode(&bytes, &self.codec, Some(id)).map_err(|e| BackupError::BadObject {
+            object: format!("snapshots/{id}"),
+            why: e.to_string(),
+        })
+    }
+
+    /// Every manifest, newest first. A manifest that cannot be read is an error.
+    pub async fn manifests(&self) -> Result<Vec<Manifest>, BackupError> {
+        let mut out = Vec::new();
+        for id in self.snapshot_ids().await? {
+            out.push(self.manifest(&id).await?);
+        }
+        out.sort_by(|a, b| {
+            b.metadata
+                .created_at
+                .cmp(&a.metadata.created_at)
+                .then(b.snapshot_id.cmp(&a.snapshot_id))
+        });
+        Ok(out)
+    }
+
+    pub async fn delete(&self, key: &ObjectKey) -> Result<(), BackupError> {
+        Ok(self.backend.delete(key).await?)
+    }
+
+    pub async fn list(&self, prefix: &str) -> Result<Vec<storage::ObjectMeta>, BackupError> {
+        Ok(self.backend.list(Some(&key(prefix)?)).await?)
+    }
+}

@@ -1,0 +1,439 @@
+//! The backup engine against a real Chroma server and a local repository:
+//! round trips of every field, incrementals, integrity, encryption.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chromaprod::backup::crypto::MasterKey;
+use chromaprod::backup::{
+    BackupManager, BackupRequest, BackupType, RestoreMode, RestoreOptions, Trigger,
+};
+use chromaprod::chroma::{
+    CreateCollection, GetRequest, Include, ProductionChromaStore, RecordBatch,
+};
+use chromaprod::config::Config;
+use chromaprod::daemon::jobs::Progress;
+use chromaprod::observe::MetricsCollector;
+use common::chroma::ChromaServer;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+fn config_for(chroma: &ChromaServer, repo: &Path, key: Option<&Path>) -> Arc<Config> {
+    let mut c = Config::default();
+    c.chroma.endpoints = vec![chroma.url()];
+    c.backup.storage_path = repo.display().to_string();
+    c.backup.encrypt = key.is_some();
+    c.backup.key_file = key.map(Path::to_path_buf);
+    Arc::new(c)
+}
+
+async fn manager(config: &Arc<Config>) -> BackupManager {
+    let store =
+        ProductionChromaStore::new(config, Arc::new(MetricsCollector::new())).expect("store");
+    BackupManager::open(store, config.clone(), true)
+        .await
+        .expect("open repository")
+}
+
+fn vector(i: usize, dim: usize) -> Vec<f32> {
+    (0..dim)
+        .map(|j| ((i * 31 + j * 7) % 997) as f32 / 997.0 - 0.5)
+        .collect()
+}
+
+/// A collection with every field and metadata type; returns its id.
+async fn seed(store: &ProductionChromaStore, name: &str, space: &str, n: usize) -> String {
+    let col = store
+        .create_collection(&CreateCollection {
+            name: name.into(),
+            metadata: Some(
+                json!({"owner": "tests", "version": 3})
+                    .as_object()
+                    .cloned()
+                    .expect("map"),
+            ),
+            configuration: Some(json!({"hnsw": {"space": space, "ef_search": 42}})),
+            get_or_create: false,
+        })
+        .await
+        .expect("create");
+    let mut batch = RecordBatch {
+        ids: Vec::new(),
+        embeddings: Some(Vec::new()),
+        documents: Some(Vec::new()),
+        metadatas: Some(Vec::new()),
+        uris: Some(Vec::new()),
+    };
+    for i in 0..n {
+        batch.ids.push(format!("id-{i:05}"));
+        batch.embeddings.as_mut().expect("e").push(vector(i, 16));
+        batch
+            .documents
+            .as_mut()
+            .expect("d")
+            .push(Some(format!("document number {i} — ünïcödé")));
+        batch.metadatas.as_mut().expect("m").push(Some(
+            json!({"i": i, "big": 9_007_199_254_740_993i64 - i as i64, "f": i as f64 / 3.0, "b": i % 2 == 0, "s": format!("s{i}")})
+                .as_object()
+                .cloned()
+                .expect("map"),
+        ));
+        batch
+            .uris
+            .as_mut()
+            .expect("u")
+            .push(Some(format!("s3://bucket/{i}")));
+    }
+    store.upsert(&col.id, &batch).await.expect("upsert");
+    col.id
+}
+
+async fn all_records(
+    store: &ProductionChromaStore,
+    name: &str,
+) -> Vec<chromaprod::backup::records::Record> {
+    let col = store.get_collection(name).await.expect("collection");
+    let r = store
+        .get_records(
+            &col.id,
+            &GetRequest {
+                include: Include::RECORD.to_vec(),
+                ..GetRequest::default()
+            },
+        )
+        .await
+        .expect("get");
+    let mut v = chromaprod::backup::source::to_records(r);
+    v.sort_by(|a, b| a.id.cmp(&b.id));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_backup_restores_every_field_exactly_for_l2() {
+    let chroma = ChromaServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_path = dir.path().join("key");
+    MasterKey::generate()
+        .expect("key")
+        .write_new_key_file(&key_path)
+        .expect("write key");
+    let config = config_for(&chroma, &dir.path().join("repo"), Some(&key_path));
+    let m = manager(&config).await;
+    seed(m.store(), "docs", "l2", 1200).await;
+
+    let (progress, _rx) = Progress::detached();
+    let cancel = CancellationToken::new();
+    let snap = m
+        .create(
+            BackupRequest {
+                backup_type: BackupType::Full,
+                collections: vec![],
+                trigger: Trigger::Command,
+            },
+            &progress,
+            &cancel,
+        )
+        .await
+        .expect("backup");
+    assert_eq!(snap.collections.len(), 1);
+    assert_eq!(snap.collections[0].record_count, 1200);
+    assert!(snap.encrypted);
+
+    let report = m
+        .verify(snap.snapshot_id.as_str(), true, &progress)
+        .await
+        .expect("verify");
+    assert_eq!(report.records, 1200);
+
+    let opts = RestoreOptions {
+        collections: vec!["docs".into()],
+        as_name: Some("docs_restored".into()),
+        mode: RestoreMode::FailIfExists,
+        dry_run: false,
+        keep_previous: false,
+    };
+    m.restore(snap.snapshot_id.as_str(), &opts, &progress, &cancel)
+        .await
+        .expect("restore");
+    let (a, b) = (
+        all_records(m.store(), "docs").await,
+        all_records(m.store(), "docs_restored").await,
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.id, y.id);
+        let (ex, ey) = (
+            x.embedding.as_ref().expect("e"),
+            y.embedding.as_ref().expect("e"),
+        );
+        assert!(
+            ex.iter().zip(ey).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "embedding of {} differs",
+            x.id
+        );
+        assert_eq!(x.document, y.document);
+        assert_eq!(x.uri, y.uri);
+        let (mx, my) = (
+            x.metadata.as_ref().expect("m"),
+            y.metadata.as_ref().expect("m"),
+        );
+        for k in ["i", "big", "b", "s"] {
+            assert_eq!(mx.get(k), my.get(k), "metadata {k} of {}", x.id);
+        }
+        assert!(mx["big"].is_i64() && my["big"].is_i64());
+    }
+    // Configuration and metadata came back too.
+    let restored = m
+        .store()
+        .get_collection("docs_restored")
+        .await
+        .expect("get");
+    assert_eq!(
+        restored.configuration_json.pointer("/hnsw/space"),
+        Some(&Value::from("l2"))
+    );
+    assert_eq!(
+        restored.configuration_json.pointer("/hnsw/ef_search"),
+        Some(&Value::from(42))
+    );
+    assert_eq!(
+        restored.metadata.as_ref().and_then(|m| m.get("owner")),
+        Some(&Value::from("tests"))
+    );
+
+    // fail-if-exists refuses; the target stays.
+    let err = m
+        .restore(snap.snapshot_id.as_str(), &opts, &progress, &cancel)
+        .await
+        .expect_err("exists");
+    assert!(err.to_string().contains("already exists"), "{err}");
+
+    // No plaintext document text in any stored object.
+    for entry in walk(&dir.path().join("repo")) {
+        let bytes = std::fs::read(&entry).expect("read");
+        assert!(
+            !contains(&bytes, "ünïcödé".as_bytes()),
+            "plaintext in {}",
+            entry.display()
+        );
+        assert!(
+            !contains(&bytes, b"document number"),
+            "plaintext in {}",
+            entry.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_after_one_percent_writes_at_most_three_percent() {
+    let chroma = ChromaServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_for(&chroma, &dir.path().join("repo"), None);
+    let m = manager(&config).await;
+    let id = seed(m.store(), "docs", "l2", 3000).await;
+    let (progress, _rx) = Progress::detached();
+    let cancel = CancellationToken::new();
+    let req = |t| BackupRequest {
+        backup_type: t,
+        collections: vec![],
+        trigger: Trigger::Command,
+    };
+    let full = m
+        .create(req(BackupType::Full), &progress, &cancel)
+        .await
+        .expect("full");
+
+    // Update 1% of the records (spread over the collection).
+    let ids: Vec<String> = (0..3000)
+        .step_by(100)
+        .map(|i| format!("id-{i:05}"))
+        .collect();
+    let batch = RecordBatch {
+        embeddings: Some(ids.iter().map(|_| vec![0.25f32; 16]).collect()),
+        documents: Some(ids.iter().map(|i| Some(format!("updated {i}"))).collect()),
+        metadatas: None,
+        uris: None,
+        ids: ids.clone(),
+    };
+    m.store().upsert(&id, &batch).await.expect("update");
+    let inc = m
+        .create(req(BackupType::Incremental), &progress, &cancel)
+        .await
+        .expect("incremental");
+    assert_eq!(inc.parent.as_ref(), Some(&full.snapshot_id));
+    let ratio = inc.bytes_written as f64 / full.bytes_written as f64;
+    assert!(
+        ratio <= 0.03,
+        "incremental wrote {} of the full backup's {} bytes ({ratio:.3})",
+        inc.bytes_written,
+        full.bytes_written
+    );
+
+    // The incremental restores on its own, with the updates.
+    let opts = RestoreOptions {
+        collections: vec![],
+        as_name: Some("docs_inc".into()),
+        mode: RestoreMode::FailIfExists,
+        dry_run: false,
+        keep_previous: false,
+    };
+    m.restore(inc.snapshot_id.as_str(), &opts, &progress, &cancel)
+        .await
+        .expect("restore");
+    let restored = all_records(m.store(), "docs_inc").await;
+    assert_eq!(restored.len(), 3000);
+    let r100 = restored
+        .iter()
+        .find(|r| r.id == "id-00100")
+        .expect("record");
+    assert_eq!(r100.document.as_deref(), Some("updated id-00100"));
+
+    // Prune with keep_last = 1 removes the full snapshot but keeps every chunk the incremental needs.
+    let mut c2 = (*config).clone();
+    c2.backup.keep_last = 1;
+    c2.backup.keep_daily = 0;
+    c2.backup.keep_weekly = 0;
+    c2.backup.keep_monthly = 0;
+    c2.backup.retention_days = 0;
+    let m2 = BackupManager::with_repository(m.store().clone(), Arc::new(c2), m.repo.clone());
+    let dry = m2.prune(true).await.expect("dry run");
+    assert_eq!(dry.snapshots_deleted, vec![full.snapshot_id.to_string()]);
+    let pruned = m2.prune(false).await.expect("prune");
+    assert_eq!(pruned.snapshots_kept, vec![inc.snapshot_id.to_string()]);
+    m2.verify(inc.snapshot_id.as_str(), true, &progress)
+        .await
+        .expect("incremental still verifies after prune");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_objects_are_named_and_keys_are_enforced() {
+    let chroma = ChromaServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_path = dir.path().join("key");
+    MasterKey::generate()
+        .expect("key")
+        .write_new_key_file(&key_path)
+        .expect("write key");
+    let repo = dir.path().join("repo");
+    let config = config_for(&chroma, &repo, Some(&key_path));
+    let m = manager(&config).await;
+    seed(m.store(), "docs", "l2", 300).await;
+    let (progress, _rx) = Progress::detached();
+    let cancel = CancellationToken::new();
+    let snap = m
+        .create(
+            BackupRequest {
+                backup_type: BackupType::Full,
+                collections: vec![],
+                trigger: Trigger::Command,
+            },
+            &progress,
+            &cancel,
+        )
+        .await
+        .expect("backup");
+
+    // Wrong key and no key: refused with a clear error.
+    let other = dir.path().join("other-key");
+    MasterKey::generate()
+        .expect("key")
+        .write_new_key_file(&other)
+        .expect("write");
+    let wrong = config_for(&chroma, &repo, Some(&other));
+    let store =
+        ProductionChromaStore::new(&wrong, Arc::new(MetricsCollector::new())).expect("store");
+    let err = BackupManager::open(store.clone(), wrong, false)
+        .await
+        .err()
+        .expect("wrong key refused");
+    assert!(err.to_string().to_lowercase().contains("key"), "{err}");
+    let none = config_for(&chroma, &repo, None);
+    let err = BackupManager::open(store.clone(), none, false)
+        .await
+        .err()
+        .expect("no key refused");
+    assert!(err.to_string().contains("encrypted"), "{err}");
+    let missing = config_for(&chroma, &repo, Some(&dir.path().join("nope")));
+    let err = BackupManager::open(store, missing, false)
+        .await
+        .err()
+        .expect("missing key refused");
+    assert!(err.to_string().contains("nope"), "{err}");
+
+    // Flip one byte in one chunk: verify --full names it; restore fails; the target is untouched.
+    let chunk = &snap.collections[0].chunks[0];
+    let path = repo.join("chunks").join(&chunk.id[..2]).join(&chunk.id);
+    let mut bytes = std::fs::read(&path).expect("read chunk");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, &bytes).expect("write");
+    let err = m
+        .verify(snap.snapshot_id.as_str(), true, &progress)
+        .await
+        .expect_err("verify fails");
+    assert!(err.to_string().contains(&chunk.id), "{err}");
+    let opts = RestoreOptions {
+        collections: vec![],
+        as_name: Some("docs_r".into()),
+        mode: RestoreMode::FailIfExists,
+        dry_run: false,
+        keep_previous: false,
+    };
+    let err = m
+        .restore(snap.snapshot_id.as_str(), &opts, &progress, &cancel)
+        .await
+        .expect_err("restore fails");
+    assert!(err.to_string().contains(&chunk.id), "{err}");
+    assert!(
+        m.store().get_collection("docs_r").await.is_err(),
+        "a failed restore left a collection"
+    );
+
+    // Truncate it: the cheap verify (sizes) catches it too.
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+    let err = m
+        .verify(snap.snapshot_id.as_str(), false, &progress)
+        .await
+        .expect_err("verify fails");
+    assert!(err.to_string().contains(&chunk.id), "{err}");
+    // Missing.
+    std::fs::remove_file(&path).expect("remove");
+    let err = m
+        .verify(snap.snapshot_id.as_str(), false, &progress)
+        .await
+        .expect_err("verify fails");
+    assert!(
+        err.to_string().contains(&chunk.id) && err.to_string().contains("missing"),
+        "{err}"
+    );
+    // Hostile snapshot ids never reach the backend.
+    for bad in [
+        "../../etc/passwd",
+        "0123456789abcdef/..",
+        "ABCDEF0123456789",
+    ] {
+        let err = m.show(bad).await.expect_err("rejected");
+        assert!(err.to_string().contains("invalid snapshot id"), "{err}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
