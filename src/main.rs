@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
+use chromaprod::backup::{BackupType, RestoreMode};
 use chromaprod::config::{self, CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH};
 use chromaprod::control::{self, Command};
 use chromaprod::daemon;
@@ -48,6 +49,111 @@ enum Verb {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditVerb),
+    /// Take a snapshot (full by default). Runs in the daemon, or here when none runs.
+    Backup(BackupArgs),
+    /// List, show, verify and delete snapshots.
+    #[command(subcommand)]
+    Backups(BackupsVerb),
+    /// Delete snapshots retention no longer keeps, then unreferenced chunks.
+    Prune {
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Running and recent jobs, and the backup schedules.
+    Jobs,
+    /// Control a running job.
+    #[command(subcommand)]
+    Job(JobVerb),
+    /// Restore collections of a snapshot (staging collection, verify, swap).
+    Restore(RestoreArgs),
+    /// Repository keys.
+    #[command(subcommand)]
+    Key(KeyVerb),
+}
+
+#[derive(Args, Debug)]
+struct BackupArgs {
+    /// Every collection in scope (backup.include/exclude). The default.
+    #[arg(long, conflicts_with_all = ["incremental", "collection"])]
+    full: bool,
+    /// Only what changed since the latest snapshot (restores on its own).
+    #[arg(long, conflicts_with = "collection")]
+    incremental: bool,
+    /// Only these collections.
+    #[arg(long = "collection", short = 'c')]
+    collection: Vec<String>,
+    /// Wait for the backup to finish, showing progress.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupsVerb {
+    /// Snapshots, newest first.
+    List,
+    /// One snapshot's manifest.
+    Show { id: String },
+    /// Check that a snapshot's objects are present and intact (`latest` for the newest).
+    Verify {
+        id: String,
+        /// Read every object: checksums, decryption, indexes.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Delete a snapshot (its chunks go at the next prune).
+    Delete { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum JobVerb {
+    /// Cancel a running job; it leaves no snapshot behind.
+    Cancel { id: u64 },
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    /// Snapshot id.
+    id: String,
+    /// Only these collections (default: all in the snapshot).
+    #[arg(long = "collection", short = 'c')]
+    collection: Vec<String>,
+    /// Restore under a new name (one collection).
+    #[arg(long = "as")]
+    as_name: Option<String>,
+    /// Another Chroma server to restore onto.
+    #[arg(long)]
+    target: Option<String>,
+    /// What to do when the target collection exists.
+    #[arg(long, value_enum, default_value = "fail-if-exists")]
+    mode: ModeArg,
+    /// Show what would be restored.
+    #[arg(long)]
+    dry_run: bool,
+    /// With --mode replace, keep the previous collection as NAME-pre-restore-ID.
+    #[arg(long)]
+    keep_previous: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ModeArg {
+    FailIfExists,
+    Replace,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyVerb {
+    /// Write a new random key file (mode 0600); never overwrites.
+    Generate { file: PathBuf },
+    /// Key ids that can open the repository.
+    List,
+    /// Let another key open the repository (no data is re-encrypted).
+    Add {
+        /// The new key's file.
+        file: PathBuf,
+    },
+    /// Remove a key id (the last key cannot be removed).
+    Remove { id: String },
 }
 
 #[derive(Args, Debug)]
@@ -94,6 +200,55 @@ fn main() -> ExitCode {
             },
             print_query,
         ),
+        Verb::Backup(ref b) => {
+            let backup_type = if b.incremental {
+                BackupType::Incremental
+            } else if !b.collection.is_empty() {
+                BackupType::Collection
+            } else {
+                BackupType::Full
+            };
+            backup_command(
+                &cli,
+                Command::Backup {
+                    backup_type,
+                    collections: b.collection.clone(),
+                    wait: b.wait,
+                },
+            )
+        }
+        Verb::Backups(ref v) => backup_command(
+            &cli,
+            match v {
+                BackupsVerb::List => Command::BackupsList,
+                BackupsVerb::Show { id } => Command::BackupShow { id: id.clone() },
+                BackupsVerb::Verify { id, full } => Command::BackupVerify {
+                    id: id.clone(),
+                    full: *full,
+                },
+                BackupsVerb::Delete { id } => Command::BackupDelete { id: id.clone() },
+            },
+        ),
+        Verb::Prune { dry_run } => backup_command(&cli, Command::Prune { dry_run }),
+        Verb::Jobs => remote(&cli, Command::Jobs, print_json),
+        Verb::Job(JobVerb::Cancel { id }) => remote(&cli, Command::JobCancel { id }, print_json),
+        Verb::Restore(ref r) => backup_command(
+            &cli,
+            Command::Restore {
+                id: r.id.clone(),
+                collections: r.collection.clone(),
+                as_name: r.as_name.clone(),
+                target: r.target.clone(),
+                mode: match r.mode {
+                    ModeArg::FailIfExists => RestoreMode::FailIfExists,
+                    ModeArg::Replace => RestoreMode::Replace,
+                },
+                dry_run: r.dry_run,
+                keep_previous: r.keep_previous,
+                wait: true,
+            },
+        ),
+        Verb::Key(ref k) => key_command(&cli, k),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -252,6 +407,213 @@ fn remote(cli: &Cli, command: Command, print: fn(&Value)) -> i32 {
             }
         }
     }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("chromaprod: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// Progress on stderr: one redrawn line on a terminal, JSON lines with --json.
+fn show_progress(json: bool) -> impl FnMut(Value) {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    move |event: Value| {
+        if json {
+            println!("{}", serde_json::json!({ "event": event }));
+            return;
+        }
+        let line = match (
+            event["records_done"].as_u64(),
+            event["records_total"].as_u64(),
+        ) {
+            (Some(d), Some(t)) => format!(
+                "{} {}: {d}/{t} records{}",
+                s(&event["phase"]),
+                s(&event["collection"]),
+                event["bytes_written"]
+                    .as_u64()
+                    .map(|b| format!(", {} written", human_bytes(b)))
+                    .unwrap_or_default()
+            ),
+            _ => match (
+                event["chunks_done"].as_u64(),
+                event["chunks_total"].as_u64(),
+            ) {
+                (Some(d), Some(t)) => format!("{}: {d}/{t} chunks", s(&event["phase"])),
+                _ => event.to_string(),
+            },
+        };
+        if tty {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A backup command: through the daemon if it runs, otherwise here, with
+/// the config file and key alone (restore on a fresh host).
+fn backup_command(cli: &Cli, command: Command) -> i32 {
+    let Some(rt) = runtime() else { return 1 };
+    let socket = socket_path(cli);
+    let json = cli.json;
+    let result = rt.block_on(control::client::call(
+        &socket,
+        command.clone(),
+        show_progress(json),
+    ));
+    let value = match result {
+        Err(control::ClientError::DaemonNotRunning { .. }) => {
+            if matches!(command, Command::Backup { wait: false, .. }) {
+                eprintln!("chromaprod: no daemon is running; taking the backup here");
+            }
+            match rt.block_on(offline(cli, command)) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("\nchromaprod: {e}");
+                    return 1;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("\nchromaprod: {e}");
+            return 1;
+        }
+        Ok(v) => v,
+    };
+    if !json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!();
+    }
+    if json {
+        println!("{value}");
+    } else {
+        print_json(&value);
+    }
+    0
+}
+
+async fn offline(cli: &Cli, command: Command) -> anyhow::Result<Value> {
+    use chromaprod::daemon::backups::{execute, BackupContext};
+    use chromaprod::daemon::jobs::Progress;
+    let loaded = config::load(&cli.config)?;
+    let cfg = std::sync::Arc::new(loaded.config);
+    let metrics = std::sync::Arc::new(chromaprod::observe::MetricsCollector::new());
+    let store = chromaprod::chroma::ProductionChromaStore::new(&cfg, metrics.clone())?;
+    let ctx = BackupContext {
+        store,
+        config: cfg,
+        metrics,
+    };
+    let (progress, mut rx) = Progress::detached();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            c2.cancel();
+        }
+    });
+    let mut show = show_progress(cli.json);
+    let printer = tokio::spawn(async move {
+        while let Ok(ev) = rx.recv().await {
+            show(ev);
+        }
+    });
+    let r = execute(
+        &ctx,
+        &command,
+        chromaprod::backup::Trigger::Command,
+        &progress,
+        &cancel,
+    )
+    .await;
+    drop(progress);
+    let _ = printer.await;
+    Ok(r?)
+}
+
+fn key_command(cli: &Cli, verb: &KeyVerb) -> i32 {
+    use chromaprod::backup::crypto::{KeyId, MasterKey};
+    use chromaprod::backup::repository::Repository;
+    if let KeyVerb::Generate { file } = verb {
+        return match MasterKey::generate().and_then(|k| k.write_new_key_file(file).map(|()| k)) {
+            Ok(k) => {
+                println!("wrote a new key {} to {}; back it up: without a key the backups cannot be read", k.key_id(), file.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("chromaprod: {e}");
+                1
+            }
+        };
+    }
+    let Some(rt) = runtime() else { return 1 };
+    let result: anyhow::Result<Value> = rt.block_on(async {
+        let cfg = config::load(&cli.config)?.config;
+        let key = chromaprod::backup::engine::load_key(&cfg)?;
+        let repo = Repository::open(&cfg.backup.storage_path, &Default::default(), key.as_ref(), false).await?;
+        Ok(match verb {
+            KeyVerb::List => {
+                let ring = repo.keyring().await?;
+                serde_json::json!({ "keys": ring.slots.iter().map(|s| serde_json::json!({"id": s.key_id.as_str(), "created": s.created})).collect::<Vec<_>>() })
+            }
+            KeyVerb::Add { file } => {
+                let new = MasterKey::from_file(file)?;
+                serde_json::json!({ "added": repo.add_key(&new).await?.as_str() })
+            }
+            KeyVerb::Remove { id } => {
+                repo.remove_key(&KeyId::parse(id)?).await?;
+                serde_json::json!({ "removed": id })
+            }
+            KeyVerb::Generate { .. } => Value::Null,
+        })
+    });
+    match result {
+        Ok(v) => {
+            if cli.json {
+                println!("{v}")
+            } else {
+                print_json(&v)
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("chromaprod: {e}");
+            1
+        }
+    }
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
 }
 
 fn s(v: &Value) -> String {

@@ -51,6 +51,7 @@ impl Handler for TestHandler {
                 }
                 Ok(json!({"collection": collection, "k": k}))
             }
+            other => Err(HandlerError::new("unknown_command", other.name())),
         }
     }
 }

@@ -77,11 +77,73 @@ pub enum Command {
         vector: Option<Vec<f32>>,
         k: usize,
     },
+    /// Take a snapshot: `full`, `incremental` or `collection` (of `collections`).
+    /// With `wait`, progress events stream until it finishes; otherwise the
+    /// response carries the job id at once.
+    Backup {
+        backup_type: crate::backup::BackupType,
+        #[serde(default)]
+        collections: Vec<String>,
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Snapshots in the repository, newest first.
+    BackupsList,
+    /// One snapshot's manifest.
+    BackupShow { id: String },
+    /// Check a snapshot's objects (sizes; with `full`, contents and keys).
+    BackupVerify {
+        id: String,
+        #[serde(default)]
+        full: bool,
+    },
+    /// Remove a snapshot (its chunks go at the next prune).
+    BackupDelete { id: String },
+    /// Apply retention and delete unreferenced chunks.
+    Prune {
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Running and recent jobs, and the schedules.
+    Jobs,
+    /// Cancel a running job.
+    JobCancel { id: u64 },
+    /// Restore collections of a snapshot (staging collection, verify, swap).
+    Restore {
+        id: String,
+        #[serde(default)]
+        collections: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        as_name: Option<String>,
+        /// Another Chroma server to restore onto (default: the configured one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        mode: crate::backup::RestoreMode,
+        #[serde(default)]
+        dry_run: bool,
+        #[serde(default)]
+        keep_previous: bool,
+        #[serde(default)]
+        wait: bool,
+    },
 }
 
 impl Command {
     /// Every `cmd` value this build understands.
-    pub const NAMES: &'static [&'static str] = &["status", "reload", "query"];
+    pub const NAMES: &'static [&'static str] = &[
+        "status",
+        "reload",
+        "query",
+        "backup",
+        "backups_list",
+        "backup_show",
+        "backup_verify",
+        "backup_delete",
+        "prune",
+        "jobs",
+        "job_cancel",
+        "restore",
+    ];
 
     /// The `cmd` value of this command.
     pub fn name(&self) -> &'static str {
@@ -89,6 +151,15 @@ impl Command {
             Command::Status => "status",
             Command::Reload => "reload",
             Command::Query { .. } => "query",
+            Command::Backup { .. } => "backup",
+            Command::BackupsList => "backups_list",
+            Command::BackupShow { .. } => "backup_show",
+            Command::BackupVerify { .. } => "backup_verify",
+            Command::BackupDelete { .. } => "backup_delete",
+            Command::Prune { .. } => "prune",
+            Command::Jobs => "jobs",
+            Command::JobCancel { .. } => "job_cancel",
+            Command::Restore { .. } => "restore",
         }
     }
 
@@ -96,8 +167,18 @@ impl Command {
     /// commands are refused to peers outside the socket's group.
     pub fn is_mutating(&self) -> bool {
         match self {
-            Command::Reload => true,
-            Command::Status | Command::Query { .. } => false,
+            Command::Reload
+            | Command::Backup { .. }
+            | Command::BackupDelete { .. }
+            | Command::JobCancel { .. }
+            | Command::Restore { .. } => true,
+            Command::Prune { dry_run } => !dry_run,
+            Command::Status
+            | Command::Query { .. }
+            | Command::BackupsList
+            | Command::BackupShow { .. }
+            | Command::BackupVerify { .. }
+            | Command::Jobs => false,
         }
     }
 }

@@ -102,13 +102,15 @@ pub struct Watch {
 impl Watch {
     /// Waits for the outcome, calling `on_event` for each progress event.
     pub async fn wait(mut self, mut on_event: impl FnMut(Value)) -> JobOutcome {
+        let mut events_open = true;
         loop {
             tokio::select! {
                 biased;
-                ev = self.events.recv() => match ev {
+                ev = self.events.recv(), if events_open => match ev {
                     Ok(ev) => on_event(ev),
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => {}
+                    // Every sender is gone: only the outcome is left to wait for.
+                    Err(broadcast::error::RecvError::Closed) => events_open = false,
                 },
                 changed = self.done.changed() => {
                     if changed.is_err() || self.done.borrow().is_some() {

@@ -1,5 +1,6 @@
 //! Daemon lifecycle: start-up, systemd notification, reload, shutdown.
 
+pub mod backups;
 pub mod jobs;
 mod run;
 pub mod sd;

@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::backups::{self, BackupContext};
+use super::jobs::{JobManager, Progress};
 use super::sd::{self, Notifier};
 use super::watchdog::{self, Liveness};
 use super::DaemonError;
@@ -25,6 +27,7 @@ use crate::observe::audit::{Actor, AuditLog};
 use crate::observe::health::HealthMonitor;
 use crate::observe::logging::LogHandle;
 use crate::observe::{http, MetricsCollector};
+use crate::schedule::{self, JobKind, JobRunner, Scheduler, SystemClock};
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +79,8 @@ pub(crate) struct Shared {
     metrics: Arc<MetricsCollector>,
     audit: Arc<AuditLog>,
     reload_tx: mpsc::Sender<ReloadRequest>,
+    jobs: JobManager,
+    scheduler: Mutex<Option<Scheduler>>,
 }
 
 impl Shared {
@@ -118,6 +123,7 @@ impl Shared {
             },
             "pool": pool,
             "health": HealthMonitor::summary(&pool, last_reload.as_ref().map(|r| r.ok)),
+            "jobs": self.jobs.list().into_iter().filter(|j| j.state == super::jobs::JobState::Running).collect::<Vec<_>>(),
         })
     }
 }
@@ -162,7 +168,7 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
     };
     tracing::info!(chroma = %server, "Chroma is reachable");
 
-    // Migrations and schedules are added here by their modules.
+    // Migrations are added here by their module.
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let shared = Arc::new(Shared {
@@ -178,7 +184,11 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
         metrics: metrics.clone(),
         audit,
         reload_tx: reload_tx.clone(),
+        jobs: JobManager::new(tracker.clone(), cancel.clone()),
+        scheduler: Mutex::new(None),
     });
+
+    start_scheduler(&shared, &config, &cancel);
 
     notifier.status("opening control socket");
     let listener =
@@ -491,6 +501,22 @@ async fn reload_once(
         }
         running.metrics_task = task;
     }
+    if diff.reschedule {
+        if let Some(scheduler) = shared
+            .scheduler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            match (
+                schedule::specs(&effective.backup),
+                schedule::utc_offset(&effective.backup),
+            ) {
+                (Ok(specs), Ok(offset)) => scheduler.reschedule(specs, offset),
+                (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "schedules not changed"),
+            }
+        }
+    }
     running.config = Arc::new(effective);
     ReloadReport {
         at,
@@ -499,6 +525,100 @@ async fn reload_once(
         changed_keys: diff.changed_keys,
         needs_restart: diff.needs_restart,
         error: None,
+    }
+}
+
+impl Shared {
+    fn backup_context(&self) -> BackupContext {
+        BackupContext {
+            store: self.store(),
+            config: self.config(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Starts a backup-related command as a job; returns its subscription.
+    fn start_job(&self, command: Command, trigger: crate::backup::Trigger) -> super::jobs::Watch {
+        let ctx = self.backup_context();
+        let kind = backups::job_kind(&command);
+        let trigger_name = match trigger {
+            crate::backup::Trigger::Command => "command",
+            crate::backup::Trigger::Schedule => "schedule",
+        };
+        self.jobs
+            .start(kind, trigger_name, move |progress, cancel| async move {
+                backups::execute(&ctx, &command, trigger, &progress, &cancel)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+    }
+}
+
+/// Starts the backup schedules (if `backup.enabled`); a bad schedule was
+/// rejected by validation already, so errors here are only logged.
+fn start_scheduler(shared: &Arc<Shared>, config: &Config, cancel: &CancellationToken) {
+    let (specs, offset) = match (
+        schedule::specs(&config.backup),
+        schedule::utc_offset(&config.backup),
+    ) {
+        (Ok(s), Ok(o)) => (s, o),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "backup schedules not started");
+            return;
+        }
+    };
+    let runner = Arc::new(ScheduledRunner {
+        shared: Arc::downgrade(shared),
+    });
+    let scheduler = Scheduler::start(
+        specs,
+        offset,
+        config.daemon.state_dir.join("schedule.json"),
+        runner,
+        cancel.child_token(),
+        SystemClock,
+    );
+    *shared.scheduler.lock().unwrap_or_else(|e| e.into_inner()) = Some(scheduler);
+}
+
+/// Runs scheduled jobs through the job manager, so they show in `jobs`.
+struct ScheduledRunner {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl JobRunner for ScheduledRunner {
+    fn run(
+        &self,
+        kind: JobKind,
+        _trigger: schedule::Trigger,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        let shared = self.shared.upgrade();
+        async move {
+            let shared = shared.ok_or_else(|| "the daemon is stopping".to_string())?;
+            let command = match kind {
+                JobKind::FullBackup => Command::Backup {
+                    backup_type: crate::backup::BackupType::Full,
+                    collections: vec![],
+                    wait: true,
+                },
+                JobKind::IncrementalBackup => Command::Backup {
+                    backup_type: crate::backup::BackupType::Incremental,
+                    collections: vec![],
+                    wait: true,
+                },
+                JobKind::Prune => Command::Prune { dry_run: false },
+                JobKind::Verify => Command::BackupVerify {
+                    id: "latest".into(),
+                    full: true,
+                },
+            };
+            let watch = shared.start_job(command.clone(), crate::backup::Trigger::Schedule);
+            let outcome = watch.wait(|_| {}).await;
+            shared
+                .audit(Actor::system("scheduler"), command.name(), json!({ "job": kind.as_str(), "ok": outcome.is_ok(), "result": outcome.as_ref().ok(), "error": outcome.as_ref().err() }))
+                .await;
+            outcome.map(|_| ())
+        }
     }
 }
 
@@ -561,7 +681,7 @@ impl Handler for ControlHandler {
         &self,
         command: Command,
         peer: Peer,
-        _events: EventSink,
+        events: EventSink,
     ) -> Result<Value, HandlerError> {
         match command {
             Command::Status => Ok(self.shared.status()),
@@ -609,8 +729,108 @@ impl Handler for ControlHandler {
                 hits.map(|h| json!({ "collection": collection, "results": h }))
                     .map_err(chroma_to_handler)
             }
+            Command::Jobs => {
+                let schedules = self
+                    .shared
+                    .scheduler
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .map(Scheduler::status)
+                    .unwrap_or_default();
+                Ok(json!({ "jobs": self.shared.jobs.list(), "schedules": schedules }))
+            }
+            Command::JobCancel { id } => {
+                if self.shared.jobs.cancel(id) {
+                    self.shared
+                        .audit(Actor::from(&peer), "job_cancel", json!({ "job": id }))
+                        .await;
+                    Ok(json!({ "cancelled": id }))
+                } else {
+                    Err(HandlerError::new(
+                        "not_found",
+                        format!("no running job {id}; `chromaprod jobs` lists them"),
+                    ))
+                }
+            }
+            Command::Backup { wait, .. } | Command::Restore { wait, .. } => {
+                let watch = self
+                    .shared
+                    .start_job(command.clone(), crate::backup::Trigger::Command);
+                let job = watch.id;
+                self.shared
+                    .audit(
+                        Actor::from(&peer),
+                        command.name(),
+                        json!({ "job": job, "command": command }),
+                    )
+                    .await;
+                if !wait {
+                    return Ok(json!({ "job": job, "state": "running" }));
+                }
+                follow(watch, &events).await
+            }
+            other => {
+                // Short commands run inline, with the same code the offline CLI uses.
+                let ctx = self.shared.backup_context();
+                let (progress, mut rx) = Progress::detached();
+                let cancel = CancellationToken::new();
+                let run = backups::execute(
+                    &ctx,
+                    &other,
+                    crate::backup::Trigger::Command,
+                    &progress,
+                    &cancel,
+                );
+                let forward = async {
+                    while let Ok(ev) = rx.recv().await {
+                        events.send(ev).await;
+                    }
+                };
+                let result = tokio::select! {
+                    r = run => r,
+                    () = forward => unreachable_forward(),
+                };
+                if other.is_mutating() {
+                    self.shared
+                        .audit(
+                            Actor::from(&peer),
+                            other.name(),
+                            json!({ "command": other, "ok": result.is_ok() }),
+                        )
+                        .await;
+                }
+                result.map_err(|e| HandlerError::new(e.kind(), e.to_string()))
+            }
         }
     }
+}
+
+/// The forwarding loop ends only when the sender is dropped, after the run.
+fn unreachable_forward() -> Result<Value, crate::backup::BackupError> {
+    Err(crate::backup::BackupError::Busy(
+        "progress channel closed early".into(),
+    ))
+}
+
+/// Streams a job's progress to the client until it finishes.
+async fn follow(watch: super::jobs::Watch, events: &EventSink) -> Result<Value, HandlerError> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let outcome = async move {
+        let r = watch
+            .wait(|e| {
+                let _ = tx.send(e);
+            })
+            .await;
+        r
+    };
+    let forward = async {
+        while let Some(ev) = rx.recv().await {
+            events.send(ev).await;
+        }
+    };
+    let (result, ()) = tokio::join!(outcome, forward);
+    result.map_err(|e| HandlerError::new("job_failed", e))
 }
 
 fn chroma_to_handler(e: ChromaError) -> HandlerError {

@@ -35,6 +35,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabels {
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -71,6 +76,10 @@ pub struct MetricsCollector {
     endpoint_up: Family<EndpointLabels, Gauge>,
     circuit_open: Family<EndpointLabels, Gauge>,
     reloads: Family<OutcomeLabels, Counter>,
+    backup_last_success: Family<TypeLabels, Gauge>,
+    backup_duration: Family<TypeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    backup_bytes: Family<TypeLabels, Counter>,
+    backup_failures: Family<TypeLabels, Counter>,
     /// Endpoints currently exported, so removed endpoints stop being reported.
     endpoints: Mutex<Vec<String>>,
 }
@@ -136,7 +145,38 @@ impl MetricsCollector {
             "Configuration reloads by outcome",
             reloads.clone(),
         );
+        let backup_last_success = Family::<TypeLabels, Gauge>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time of the last successful job by type (full, incremental, collection, restore, prune, verify)",
+            backup_last_success.clone(),
+        );
+        let backup_duration =
+            Family::<TypeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register_with_unit(
+            "backup_last_duration",
+            "Duration of the last job by type",
+            Unit::Seconds,
+            backup_duration.clone(),
+        );
+        let backup_bytes = Family::<TypeLabels, Counter>::default();
+        registry.register_with_unit(
+            "backup_written",
+            "Bytes written to the backup repository by type",
+            Unit::Bytes,
+            backup_bytes.clone(),
+        );
+        let backup_failures = Family::<TypeLabels, Counter>::default();
+        registry.register(
+            "backup_failures",
+            "Failed backup-related jobs by type",
+            backup_failures.clone(),
+        );
         MetricsCollector {
+            backup_last_success,
+            backup_duration,
+            backup_bytes,
+            backup_failures,
             registry,
             requests,
             durations,
@@ -201,6 +241,24 @@ impl MetricsCollector {
     pub fn config_reload(&self, ok: bool) {
         let outcome = if ok { "success" } else { "failure" };
         self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// A backup-related job finished. `kind` is a fixed name (full,
+    /// incremental, collection, restore, prune, verify).
+    pub fn backup_job(&self, kind: &'static str, ok: bool, elapsed: Duration, bytes: u64) {
+        let labels = TypeLabels { r#type: kind };
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.backup_last_success.get_or_create(&labels).set(now);
+            self.backup_duration
+                .get_or_create(&labels)
+                .set(elapsed.as_secs_f64());
+            self.backup_bytes.get_or_create(&labels).inc_by(bytes);
+        } else {
+            self.backup_failures.get_or_create(&labels).inc();
+        }
     }
 
     /// Prometheus text exposition of every metric.
