@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::crypto::MasterKey;
-use super::format::Codec;
+use super::format::{self, ObjectKind};
 use super::lock::Lease;
 use super::manifest::{
     plan_incremental, BackupMetadata, BackupType, ChunkRef, CollectionSnapshot, Manifest,
@@ -353,7 +353,6 @@ impl BackupManager {
         let total = reader.listed();
         let mut uploader = Uploader::new(self.repo.clone());
         let mut planner = ChunkPlanner::default();
-        let mut new_refs: Vec<ChunkRef> = Vec::new();
         let mut current: Vec<(String, RecordDigest)> = Vec::with_capacity(total);
         let mut written_ids: HashSet<String> = HashSet::new();
         let mut nan_vectors = 0u64;
@@ -381,7 +380,7 @@ impl BackupManager {
                 }
                 written_ids.insert(record.id.clone());
                 if let Some(chunk) = planner.push(&record)? {
-                    new_refs.push(uploader.submit(chunk).await?);
+                    uploader.submit(chunk).await?;
                 }
             }
             progress.report(json!({
@@ -416,7 +415,7 @@ impl BackupManager {
                     for r in chunk.read_records(&stored, &self.repo.codec)? {
                         if missing.contains(&r.id) {
                             if let Some(c) = planner.push(&r)? {
-                                new_refs.push(uploader.submit(c).await?);
+                                uploader.submit(c).await?;
                             }
                         }
                     }
@@ -425,9 +424,9 @@ impl BackupManager {
             chunks.extend(plan.keep.into_iter().map(|k| k.chunk));
         }
         if let Some(c) = planner.finish() {
-            new_refs.push(uploader.submit(c).await?);
+            uploader.submit(c).await?;
         }
-        let bytes = uploader.finish().await?;
+        let (new_refs, bytes) = uploader.finish().await?;
         chunks.extend(new_refs);
         let record_count = chunks.iter().map(ChunkRef::live_records).sum();
         Ok((
@@ -961,10 +960,68 @@ pub fn records_match(want: &Record, got: &Record, cosine: bool) -> bool {
 }
 
 /// Encodes chunks off the async threads and uploads a few at a time.
+///
+/// Content addresses are computed from the plaintext, so an object that is
+/// already stored (by an earlier or an interrupted backup) is not uploaded
+/// again. Its stored bytes may differ from a fresh encoding (a new nonce), so
+/// the reference records what is actually stored: the existing object is
+/// read, checked, and its own checksum and size are used.
 struct Uploader {
     repo: Repository,
-    tasks: JoinSet<Result<u64, BackupError>>,
+    tasks: JoinSet<Result<(usize, ChunkRef, u64), BackupError>>,
+    done: Vec<(usize, ChunkRef)>,
+    next: usize,
     written: u64,
+}
+
+/// What is stored under one content address.
+struct StoredObject {
+    id: String,
+    checksum: String,
+    size: u64,
+    written: u64,
+}
+
+async fn store_object(
+    repo: &Repository,
+    kind: ObjectKind,
+    plaintext: Vec<u8>,
+) -> Result<StoredObject, BackupError> {
+    let id = repo.codec.content_id(&plaintext);
+    let key = match kind {
+        ObjectKind::Index => index_key(&id)?,
+        _ => chunk_key(&id)?,
+    };
+    if !repo.exists(&key).await? {
+        let codec = repo.codec.clone();
+        let encoded = tokio::task::spawn_blocking(move || format::encode(kind, &plaintext, &codec))
+            .await
+            .map_err(|e| BackupError::Corrupt(e.to_string()))??;
+        let (checksum, size) = (encoded.checksum.clone(), encoded.bytes.len() as u64);
+        let written = repo.put(&key, encoded).await?;
+        if written > 0 {
+            return Ok(StoredObject {
+                id,
+                checksum,
+                size,
+                written,
+            });
+        }
+    }
+    // Already there: describe the stored bytes, after checking them.
+    let bytes = repo.get(&key).await?;
+    format::verify_self(&bytes).map_err(|e| BackupError::BadObject {
+        object: key.as_str().to_string(),
+        why: format!(
+            "{e} (an existing object is damaged; delete it so the next backup rewrites it)"
+        ),
+    })?;
+    Ok(StoredObject {
+        id,
+        checksum: format::checksum(&bytes),
+        size: bytes.len() as u64,
+        written: 0,
+    })
 }
 
 impl Uploader {
@@ -972,44 +1029,63 @@ impl Uploader {
         Uploader {
             repo,
             tasks: JoinSet::new(),
+            done: Vec::new(),
+            next: 0,
             written: 0,
         }
     }
 
-    async fn submit(&mut self, planned: PlannedChunk) -> Result<ChunkRef, BackupError> {
+    async fn submit(&mut self, planned: PlannedChunk) -> Result<(), BackupError> {
         while self.tasks.len() >= UPLOADS_IN_FLIGHT {
             self.join_one().await?;
         }
-        let codec: Codec = self.repo.codec.clone();
-        let (chunk_ref, chunk, index) =
-            tokio::task::spawn_blocking(move || ChunkRef::encode(&planned, &codec))
-                .await
-                .map_err(|e| BackupError::Corrupt(e.to_string()))??;
         let repo = self.repo.clone();
-        let (ck, ik) = (chunk_key(&chunk.id)?, index_key(&index.id)?);
+        let seq = self.next;
+        self.next += 1;
         self.tasks.spawn(async move {
-            let mut n = 0;
-            // Index before chunk is irrelevant: neither is referenced until the manifest.
-            n += repo.put(&ck, chunk).await?;
-            n += repo.put(&ik, index).await?;
-            Ok(n)
+            let records = planned.records() as u64;
+            let index_plain = planned.index.encode()?;
+            let chunk = store_object(&repo, ObjectKind::Chunk, planned.plaintext).await?;
+            let index = store_object(&repo, ObjectKind::Index, index_plain).await?;
+            let written = chunk.written + index.written;
+            Ok((
+                seq,
+                ChunkRef {
+                    id: chunk.id,
+                    checksum: chunk.checksum,
+                    stored_size: chunk.size,
+                    records,
+                    index_id: index.id,
+                    index_checksum: index.checksum,
+                    index_stored_size: index.size,
+                    excluded_ids: Vec::new(),
+                },
+                written,
+            ))
         });
-        Ok(chunk_ref)
+        Ok(())
     }
 
     async fn join_one(&mut self) -> Result<(), BackupError> {
         if let Some(r) = self.tasks.join_next().await {
-            self.written +=
+            let (seq, chunk, written) =
                 r.map_err(|e| BackupError::Corrupt(format!("upload task failed: {e}")))??;
+            self.written += written;
+            self.done.push((seq, chunk));
         }
         Ok(())
     }
 
-    async fn finish(mut self) -> Result<u64, BackupError> {
+    /// Waits for every upload; the references in submission order, and the bytes written.
+    async fn finish(mut self) -> Result<(Vec<ChunkRef>, u64), BackupError> {
         while !self.tasks.is_empty() {
             self.join_one().await?;
         }
-        Ok(self.written)
+        self.done.sort_by_key(|(seq, _)| *seq);
+        Ok((
+            self.done.into_iter().map(|(_, c)| c).collect(),
+            self.written,
+        ))
     }
 
     fn abort(&mut self) {

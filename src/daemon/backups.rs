@@ -117,7 +117,12 @@ async fn execute_inner(
                 "encrypted": manifest.encrypted,
             }))
         }
-        Command::BackupsList => Ok(json!({ "snapshots": open(false).await?.list().await? })),
+        Command::BackupsList => match open(false).await {
+            Ok(m) => Ok(json!({ "snapshots": m.list().await? })),
+            // No backup taken yet: an empty list, not an error.
+            Err(BackupError::NoRepository { .. }) => Ok(json!({ "snapshots": [] })),
+            Err(e) => Err(e),
+        },
         Command::BackupShow { id } => {
             Ok(serde_json::to_value(open(false).await?.show(id).await?).unwrap_or(Value::Null))
         }

@@ -1,0 +1,414 @@
+//! Backups through the real daemon and CLI: progress, schedules, restore
+//! with no daemon at all, and what SIGKILL and SIGTERM leave behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
+use chromaprod::config::Config;
+use chromaprod::observe::MetricsCollector;
+use common::chroma::ChromaServer;
+use common::daemon::{bin, cli, config_text, DaemonProcess};
+use common::proxy::{Fault, FaultProxy};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+fn store_for(url: &str) -> ProductionChromaStore {
+    let mut c = Config::default();
+    c.chroma.endpoints = vec![url::Url::parse(url).expect("url")];
+    ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new())).expect("store")
+}
+
+/// `n` records of `dim` dimensions in a new l2 collection.
+async fn seed(store: &ProductionChromaStore, name: &str, n: usize, dim: usize) -> String {
+    let col = store
+        .create_collection(&CreateCollection {
+            name: name.into(),
+            metadata: None,
+            configuration: Some(json!({"hnsw": {"space": "l2"}})),
+            get_or_create: false,
+        })
+        .await
+        .expect("create");
+    for start in (0..n).step_by(2000) {
+        let ids: Vec<usize> = (start..(start + 2000).min(n)).collect();
+        let batch = RecordBatch {
+            ids: ids.iter().map(|i| format!("r{i:06}")).collect(),
+            embeddings: Some(
+                ids.iter()
+                    .map(|i| {
+                        (0..dim)
+                            .map(|j| ((i * 13 + j) % 101) as f32 / 101.0)
+                            .collect()
+                    })
+                    .collect(),
+            ),
+            documents: Some(ids.iter().map(|i| Some(format!("record {i}"))).collect()),
+            metadatas: Some(
+                ids.iter()
+                    .map(|i| Some(json!({"i": i}).as_object().cloned().expect("map")))
+                    .collect(),
+            ),
+            uris: None,
+        };
+        store.upsert(&col.id, &batch).await.expect("seed");
+    }
+    col.id
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    repo: PathBuf,
+}
+
+fn setup(chroma_url: &str, extra: &str) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("backup-key");
+    let out = std::process::Command::new(bin())
+        .args(["key", "generate"])
+        .arg(&key)
+        .output()
+        .expect("key generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let repo = dir.path().join("repo");
+    let text = config_text(
+        dir.path(),
+        &[chroma_url.to_string()],
+        &format!(
+            "[backup]\nstorage_path = {:?}\nencrypt = true\nkey_file = {:?}\nlock_ttl = \"10s\"\n{extra}",
+            repo.display().to_string(),
+            key.display().to_string()
+        ),
+    );
+    let config = dir.path().join("chromaprod.toml");
+    std::fs::write(&config, text).expect("config");
+    Setup { dir, config, repo }
+}
+
+fn offline(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let socket = config.parent().expect("dir").join("no-daemon.sock");
+    let out = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .arg("--socket")
+        .arg(&socket)
+        .args(args)
+        .output()
+        .expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn snapshots(socket: &Path) -> Vec<Value> {
+    let (code, out, err) = cli(socket, &["--json", "backups", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    serde_json::from_str::<Value>(out.trim()).expect("json")["snapshots"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Complete objects below `dir` (the local backend stages writes as `KEY#N`).
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count_files(&e.path())
+                    } else {
+                        usize::from(!e.file_name().to_string_lossy().contains('#'))
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn backup_through_the_daemon_then_restore_on_a_host_without_one() {
+    let chroma = ChromaServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = store_for(&chroma.base());
+    rt.block_on(seed(&store, "docs", 1500, 32));
+    let s = setup(&chroma.base(), "");
+    let daemon = DaemonProcess::spawn(&s.config, &[]);
+    daemon.wait_ready(Duration::from_secs(20));
+
+    // Progress streams as JSON events, then the result.
+    let (code, out, err) = cli(&daemon.socket, &["--json", "backup", "--full", "--wait"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["event"]["phase"] == "backup"),
+        "{out}"
+    );
+    let result = lines.last().expect("result");
+    assert_eq!(result["collections"][0]["records"], 1500);
+    let id = result["snapshot"].as_str().expect("id").to_string();
+
+    // Without --wait: a job id at once; the job shows in `jobs`.
+    let (code, out, _) = cli(&daemon.socket, &["--json", "backup", "--incremental"]);
+    assert_eq!(code, Some(0));
+    let job = serde_json::from_str::<Value>(out.trim()).expect("json")["job"]
+        .as_u64()
+        .expect("job id");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = cli(&daemon.socket, &["--json", "jobs"]);
+        let v: Value = serde_json::from_str(out.trim()).expect("json");
+        let state = v["jobs"]
+            .as_array()
+            .and_then(|j| j.iter().find(|x| x["id"] == job))
+            .map(|x| x["state"].clone());
+        if state == Some(json!("succeeded")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job never finished: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(snapshots(&daemon.socket).len(), 2);
+    drop(daemon);
+
+    // A fresh host: no daemon, only the config file and the key.
+    let (code, out, err) = offline(
+        &s.config,
+        &["restore", &id, "--collection", "docs", "--as", "docs_copy"],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let copy = rt
+        .block_on(store.get_collection("docs_copy"))
+        .expect("restored");
+    assert_eq!(rt.block_on(store.count(&copy.id)).expect("count"), 1500);
+    let (code, out, _) = offline(&s.config, &["backups", "verify", &id, "--full"]);
+    assert_eq!(code, Some(0), "{out}");
+}
+
+#[test]
+fn sigkill_mid_backup_leaves_no_snapshot_and_the_next_backup_reuses_chunks() {
+    let chroma = ChromaServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = store_for(&chroma.base());
+    rt.block_on(seed(&store, "big", 12_000, 128));
+    // Reads go through a proxy that slows every request, so the backup takes seconds.
+    let proxy = rt.block_on(FaultProxy::start(chroma.addr()));
+    let s = setup(&format!("http://{}", proxy.addr()), "");
+    let mut daemon = DaemonProcess::spawn(&s.config, &[]);
+    daemon.wait_ready(Duration::from_secs(20));
+    proxy.set(Fault::Latency(Duration::from_millis(150)));
+
+    let (code, _, err) = cli(&daemon.socket, &["backup", "--full"]);
+    assert_eq!(code, Some(0), "{err}");
+    // Kill as soon as the first chunk is stored.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_files(&s.repo.join("chunks")) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no chunk was ever written; log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait_timeout(Duration::from_secs(5)).expect("killed");
+    assert_eq!(
+        count_files(&s.repo.join("snapshots")),
+        0,
+        "a killed backup left a snapshot"
+    );
+
+    // Restart: the repository opens, the stale lock does not block, the backup completes and reuses chunks.
+    proxy.set(Fault::PassThrough);
+    let daemon = DaemonProcess::spawn(&s.config, &[]);
+    daemon.wait_ready(Duration::from_secs(20));
+    let (code, out, err) = cli(&daemon.socket, &["--json", "backup", "--full", "--wait"]);
+    assert_eq!(code, Some(0), "{out}{err}\nlog:\n{}", daemon.log());
+    let result: Value = serde_json::from_str(out.lines().last().expect("line")).expect("json");
+    let (written, referenced) = (
+        result["bytes_written"].as_u64().expect("w"),
+        result["bytes_referenced"].as_u64().expect("r"),
+    );
+    assert!(
+        written < referenced,
+        "nothing was reused: wrote {written} of {referenced}"
+    );
+    let list = snapshots(&daemon.socket);
+    assert_eq!(list.len(), 1);
+    let id = list[0]["backup_id"].as_str().expect("id");
+    let (code, out, err) = cli(&daemon.socket, &["backups", "verify", id, "--full"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+}
+
+#[test]
+fn sigterm_mid_backup_stops_within_the_grace_period() {
+    let chroma = ChromaServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = store_for(&chroma.base());
+    rt.block_on(seed(&store, "docs", 4000, 64));
+    let proxy = rt.block_on(FaultProxy::start(chroma.addr()));
+    let s = setup(&format!("http://{}", proxy.addr()), "");
+    let mut daemon = DaemonProcess::spawn(&s.config, &[]);
+    daemon.wait_ready(Duration::from_secs(20));
+    proxy.set(Fault::Latency(Duration::from_millis(300)));
+    let (code, _, _) = cli(&daemon.socket, &["backup", "--full"]);
+    assert_eq!(code, Some(0));
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_timeout(Duration::from_secs(10)).expect("stops");
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?} (grace is 5 s)",
+        started.elapsed()
+    );
+    // Cleanly abandoned: no snapshot, and the repository still opens and lists.
+    proxy.set(Fault::PassThrough);
+    let (code, out, err) = offline(&s.config, &["--json", "backups", "list"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(out.trim()).expect("json")["snapshots"],
+        json!([])
+    );
+}
+
+#[test]
+fn a_restore_killed_midway_leaves_the_target_as_it_was() {
+    let chroma = ChromaServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = store_for(&chroma.base());
+    let col = rt.block_on(seed(&store, "docs", 6000, 64));
+    let proxy = rt.block_on(FaultProxy::start(chroma.addr()));
+    let s = setup(&format!("http://{}", proxy.addr()), "");
+    let (code, out, err) = offline(&s.config, &["--json", "backup", "--full"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let id = serde_json::from_str::<Value>(out.lines().last().expect("line")).expect("json")
+        ["snapshot"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    // Change the live collection after the backup: the restore would undo this.
+    rt.block_on(store.delete(&col, Some(&["r000001".to_string()]), None))
+        .expect("delete one");
+    let mut daemon = DaemonProcess::spawn(&s.config, &[]);
+    daemon.wait_ready(Duration::from_secs(20));
+    proxy.set(Fault::Latency(Duration::from_millis(100)));
+    let socket = daemon.socket.clone();
+    let id2 = id.clone();
+    let restore = std::thread::spawn(move || cli(&socket, &["restore", &id2, "--mode", "replace"]));
+    // Kill once the staging collection has records.
+    let staging = format!("docs-restore-{id}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(c) = rt.block_on(store.get_collection(&staging)) {
+            if rt.block_on(store.count(&c.id)).unwrap_or(0) > 0 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "staging never filled; log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait_timeout(Duration::from_secs(5)).expect("killed");
+    let _ = restore.join();
+    let docs = rt
+        .block_on(store.get_collection("docs"))
+        .expect("target still exists");
+    assert_eq!(docs.id, col, "the target collection was replaced");
+    assert_eq!(
+        rt.block_on(store.count(&col)).expect("count"),
+        5999,
+        "the target changed"
+    );
+
+    // The next restore replaces the leftover staging collection and succeeds.
+    proxy.set(Fault::PassThrough);
+    let (code, out, err) = offline(&s.config, &["restore", &id, "--mode", "replace"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let docs = rt.block_on(store.get_collection("docs")).expect("docs");
+    assert_eq!(rt.block_on(store.count(&docs.id)).expect("count"), 6000);
+    assert!(
+        rt.block_on(store.get_collection(&staging)).is_err(),
+        "staging left behind"
+    );
+}
+
+#[test]
+fn scheduled_backups_run_show_in_jobs_and_metrics_and_follow_a_reload() {
+    let chroma = ChromaServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = store_for(&chroma.base());
+    rt.block_on(seed(&store, "docs", 200, 8));
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let s = setup(
+        &chroma.base(),
+        &format!("enabled = true\nschedule = \"*/2 * * * * *\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    );
+    let daemon = DaemonProcess::spawn(&s.config, &[]);
+    daemon.wait_ready(Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let list = snapshots(&daemon.socket);
+        if !list.is_empty() {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled backup; log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(list[0]["trigger"], "schedule");
+    let (_, out, _) = cli(&daemon.socket, &["--json", "jobs"]);
+    let jobs: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(jobs["schedules"][0]["cron"], "*/2 * * * * *", "{jobs}");
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("connect");
+        c.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .expect("write");
+        let mut s = String::new();
+        c.read_to_string(&mut s).expect("read");
+        s
+    };
+    assert!(
+        metrics.contains("chromaprod_backup_last_success_timestamp_seconds{type=\"full\"}"),
+        "{metrics}"
+    );
+
+    // A reload changes the schedule.
+    let text = std::fs::read_to_string(&s.config)
+        .expect("read")
+        .replace("*/2 * * * * *", "0 0 3 * * *");
+    std::fs::write(&s.config, text).expect("write");
+    let (code, out, err) = cli(&daemon.socket, &["reload"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (_, out, _) = cli(&daemon.socket, &["--json", "jobs"]);
+    let jobs: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(jobs["schedules"][0]["cron"], "0 0 3 * * *", "{jobs}");
+    drop(s.dir);
+}
