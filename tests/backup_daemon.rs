@@ -412,3 +412,97 @@ fn scheduled_backups_run_show_in_jobs_and_metrics_and_follow_a_reload() {
     assert_eq!(jobs["schedules"][0]["cron"], "0 0 3 * * *", "{jobs}");
     drop(s.dir);
 }
+
+#[test]
+fn keys_are_added_and_removed_without_reencrypting_and_a_tampered_manifest_is_named() {
+    let chroma = ChromaServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = store_for(&chroma.base());
+    rt.block_on(seed(&store, "docs", 300, 8));
+    let s = setup(&chroma.base(), "");
+    let (code, out, err) = offline(&s.config, &["--json", "backup", "--full"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let id = serde_json::from_str::<Value>(out.lines().last().expect("line")).expect("json")
+        ["snapshot"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let first_key = s.dir.path().join("backup-key");
+    let second_key = s.dir.path().join("second-key");
+    let out = std::process::Command::new(bin())
+        .args(["key", "generate"])
+        .arg(&second_key)
+        .output()
+        .expect("generate");
+    assert!(out.status.success());
+    // A second generate never overwrites.
+    let again = std::process::Command::new(bin())
+        .args(["key", "generate"])
+        .arg(&second_key)
+        .output()
+        .expect("generate");
+    assert!(!again.status.success());
+
+    let (code, out, err) = offline(
+        &s.config,
+        &["--json", "key", "add", &second_key.display().to_string()],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let second_id = serde_json::from_str::<Value>(out.trim()).expect("json")["added"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (_, out, _) = offline(&s.config, &["--json", "key", "list"]);
+    let keys: Value = serde_json::from_str(out.trim()).expect("json");
+    let ids: Vec<String> = keys["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k["id"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{keys}");
+    let first_id = ids
+        .iter()
+        .find(|id| **id != second_id)
+        .expect("first key")
+        .clone();
+
+    // Switch the config to the second key: the snapshot still reads; then remove the first key.
+    let use_key = |from: &Path, to: &Path| {
+        let text = std::fs::read_to_string(&s.config).expect("read");
+        std::fs::write(
+            &s.config,
+            text.replace(&from.display().to_string(), &to.display().to_string()),
+        )
+        .expect("write");
+    };
+    use_key(&first_key, &second_key);
+    let (code, out, err) = offline(&s.config, &["backups", "verify", &id, "--full"]);
+    assert_eq!(code, Some(0), "second key cannot read: {out}{err}");
+    let (code, out, err) = offline(&s.config, &["key", "remove", &first_id]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = offline(&s.config, &["backups", "verify", &id, "--full"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // The last key cannot be removed.
+    let (code, _, _) = offline(&s.config, &["key", "remove", &second_id]);
+    assert_ne!(code, Some(0));
+    // The removed key no longer opens the repository.
+    use_key(&second_key, &first_key);
+    let (code, _, err) = offline(&s.config, &["backups", "list"]);
+    assert_ne!(code, Some(0));
+    assert!(err.to_lowercase().contains("key"), "{err}");
+    use_key(&first_key, &second_key);
+
+    // A tampered manifest: show and restore fail naming it.
+    let manifest = s.repo.join("snapshots").join(&id);
+    let mut bytes = std::fs::read(&manifest).expect("read manifest");
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    std::fs::write(&manifest, &bytes).expect("tamper");
+    let (code, _, err) = offline(&s.config, &["backups", "show", &id]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains(&format!("snapshots/{id}")), "{err}");
+    let (code, _, err) = offline(&s.config, &["restore", &id, "--as", "x_restored"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains(&format!("snapshots/{id}")), "{err}");
+}
