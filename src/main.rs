@@ -103,6 +103,8 @@ enum BackupsVerb {
     },
     /// Delete a snapshot (its chunks go at the next prune).
     Delete { id: String },
+    /// Check every stored object for damage, without using the key.
+    Check,
 }
 
 #[derive(Subcommand, Debug)]
@@ -227,6 +229,7 @@ fn main() -> ExitCode {
                     full: *full,
                 },
                 BackupsVerb::Delete { id } => Command::BackupDelete { id: id.clone() },
+                BackupsVerb::Check => Command::BackupsCheck,
             },
         ),
         Verb::Prune { dry_run } => backup_command(&cli, Command::Prune { dry_run }),

@@ -391,6 +391,19 @@ async fn damaged_objects_are_named_and_keys_are_enforced() {
         "a failed restore left a collection"
     );
 
+    // Without the key, a check of every stored object finds it too.
+    let keyless = chromaprod::backup::repository::Repository::open_keyless(
+        &repo.display().to_string(),
+        &chromaprod::storage::StorageOptions::default(),
+    )
+    .await
+    .expect("open without key");
+    let err = keyless
+        .check_objects()
+        .await
+        .expect_err("damage found without the key");
+    assert!(err.to_string().contains(&chunk.id), "{err}");
+
     // Truncate it: the cheap verify (sizes) catches it too.
     std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
     let err = m

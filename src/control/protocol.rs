@@ -99,6 +99,8 @@ pub enum Command {
     },
     /// Remove a snapshot (its chunks go at the next prune).
     BackupDelete { id: String },
+    /// Check every stored object for damage, without the key.
+    BackupsCheck,
     /// Apply retention and delete unreferenced chunks.
     Prune {
         #[serde(default)]
@@ -139,6 +141,7 @@ impl Command {
         "backup_show",
         "backup_verify",
         "backup_delete",
+        "backups_check",
         "prune",
         "jobs",
         "job_cancel",
@@ -156,6 +159,7 @@ impl Command {
             Command::BackupShow { .. } => "backup_show",
             Command::BackupVerify { .. } => "backup_verify",
             Command::BackupDelete { .. } => "backup_delete",
+            Command::BackupsCheck => "backups_check",
             Command::Prune { .. } => "prune",
             Command::Jobs => "jobs",
             Command::JobCancel { .. } => "job_cancel",
@@ -178,6 +182,7 @@ impl Command {
             | Command::BackupsList
             | Command::BackupShow { .. }
             | Command::BackupVerify { .. }
+            | Command::BackupsCheck
             | Command::Jobs => false,
         }
     }

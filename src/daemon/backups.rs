@@ -139,6 +139,14 @@ async fn execute_inner(
             };
             Ok(serde_json::to_value(m.verify(&id, *full, progress).await?).unwrap_or(Value::Null))
         }
+        Command::BackupsCheck => {
+            let repo = crate::backup::repository::Repository::open_keyless(
+                &ctx.config.backup.storage_path,
+                &crate::storage::StorageOptions::default(),
+            )
+            .await?;
+            Ok(json!({ "objects_checked": repo.check_objects().await?, "key_used": false }))
+        }
         Command::BackupDelete { id } => {
             open(false).await?.delete(id).await?;
             Ok(json!({ "deleted": id }))
