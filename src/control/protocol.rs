@@ -349,12 +349,23 @@ mod tests {
     fn mutating_commands() {
         assert!(Command::Reload.is_mutating());
         assert!(!Command::Status.is_mutating());
+        // Every name parses (with the arguments any command may need) and maps back.
         for name in Command::NAMES {
-            let c: Command =
-                serde_json::from_value(json!({"cmd": name, "collection": "c", "k": 1}))
-                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let id = if *name == "job_cancel" {
+                json!(7)
+            } else {
+                json!("0123456789abcdef")
+            };
+            let c: Command = serde_json::from_value(json!({
+                "cmd": name, "collection": "c", "k": 1, "id": id,
+                "backup_type": "full", "mode": "fail-if-exists"
+            }))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(c.name(), *name);
         }
+        assert!(Command::Prune { dry_run: false }.is_mutating());
+        assert!(!Command::Prune { dry_run: true }.is_mutating());
+        assert!(!Command::BackupsList.is_mutating());
     }
 
     fn command() -> impl Strategy<Value = Command> {
