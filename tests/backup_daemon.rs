@@ -506,3 +506,44 @@ fn keys_are_added_and_removed_without_reencrypting_and_a_tampered_manifest_is_na
     assert_ne!(code, Some(0));
     assert!(err.contains(&format!("snapshots/{id}")), "{err}");
 }
+
+#[test]
+fn job_cancel_stops_a_backup_and_leaves_no_snapshot() {
+    let chroma = ChromaServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = store_for(&chroma.base());
+    rt.block_on(seed(&store, "docs", 3000, 32));
+    let proxy = rt.block_on(FaultProxy::start(chroma.addr()));
+    let s = setup(&format!("http://{}", proxy.addr()), "");
+    let daemon = DaemonProcess::spawn(&s.config, &[]);
+    daemon.wait_ready(Duration::from_secs(20));
+    proxy.set(Fault::Latency(Duration::from_millis(200)));
+    let (code, out, err) = cli(&daemon.socket, &["--json", "backup", "--full"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let job = serde_json::from_str::<Value>(out.trim()).expect("json")["job"]
+        .as_u64()
+        .expect("job");
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = cli(&daemon.socket, &["job", "cancel", &job.to_string()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = cli(&daemon.socket, &["--json", "jobs"]);
+        let v: Value = serde_json::from_str(out.trim()).expect("json");
+        let state = v["jobs"]
+            .as_array()
+            .and_then(|j| j.iter().find(|x| x["id"] == job))
+            .map(|x| x["state"].clone());
+        if state == Some(json!("cancelled")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job not cancelled: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proxy.set(Fault::PassThrough);
+    assert!(snapshots(&daemon.socket).is_empty());
+    // Cancelling a job that is not running is a clear error.
+    let (code, _, err) = cli(&daemon.socket, &["job", "cancel", "999"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no running job 999"), "{err}");
+}
