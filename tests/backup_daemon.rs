@@ -120,6 +120,27 @@ fn snapshots(socket: &Path) -> Vec<Value> {
 }
 
 /// Complete objects below `dir` (the local backend stages writes as `KEY#N`).
+/// Polls `jobs` until job `id` is in `state`.
+fn wait_job(socket: &Path, id: u64, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = cli(socket, &["--json", "jobs"]);
+        let v: Value = serde_json::from_str(out.trim()).expect("json");
+        let now = v["jobs"]
+            .as_array()
+            .and_then(|j| j.iter().find(|x| x["id"] == id))
+            .map(|x| x["state"].clone());
+        if now == Some(json!(state)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never became {state}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn count_files(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -167,20 +188,7 @@ fn backup_through_the_daemon_then_restore_on_a_host_without_one() {
     let job = serde_json::from_str::<Value>(out.trim()).expect("json")["job"]
         .as_u64()
         .expect("job id");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, out, _) = cli(&daemon.socket, &["--json", "jobs"]);
-        let v: Value = serde_json::from_str(out.trim()).expect("json");
-        let state = v["jobs"]
-            .as_array()
-            .and_then(|j| j.iter().find(|x| x["id"] == job))
-            .map(|x| x["state"].clone());
-        if state == Some(json!("succeeded")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "job never finished: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_job(&daemon.socket, job, "succeeded");
     assert_eq!(snapshots(&daemon.socket).len(), 2);
     drop(daemon);
 
@@ -526,20 +534,7 @@ fn job_cancel_stops_a_backup_and_leaves_no_snapshot() {
     std::thread::sleep(Duration::from_millis(300));
     let (code, out, err) = cli(&daemon.socket, &["job", "cancel", &job.to_string()]);
     assert_eq!(code, Some(0), "{out}{err}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, out, _) = cli(&daemon.socket, &["--json", "jobs"]);
-        let v: Value = serde_json::from_str(out.trim()).expect("json");
-        let state = v["jobs"]
-            .as_array()
-            .and_then(|j| j.iter().find(|x| x["id"] == job))
-            .map(|x| x["state"].clone());
-        if state == Some(json!("cancelled")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "job not cancelled: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_job(&daemon.socket, job, "cancelled");
     proxy.set(Fault::PassThrough);
     assert!(snapshots(&daemon.socket).is_empty());
     // Cancelling a job that is not running is a clear error.

@@ -125,18 +125,7 @@ async fn full_backup_restores_every_field_exactly_for_l2() {
 
     let (progress, _rx) = Progress::detached();
     let cancel = CancellationToken::new();
-    let snap = m
-        .create(
-            BackupRequest {
-                backup_type: BackupType::Full,
-                collections: vec![],
-                trigger: Trigger::Command,
-            },
-            &progress,
-            &cancel,
-        )
-        .await
-        .expect("backup");
+    let snap = full_backup(&m).await;
     assert_eq!(snap.collections.len(), 1);
     assert_eq!(snap.collections[0].record_count, 1200);
     assert!(snap.encrypted);
@@ -322,18 +311,7 @@ async fn damaged_objects_are_named_and_keys_are_enforced() {
     seed(m.store(), "docs", "l2", 300).await;
     let (progress, _rx) = Progress::detached();
     let cancel = CancellationToken::new();
-    let snap = m
-        .create(
-            BackupRequest {
-                backup_type: BackupType::Full,
-                collections: vec![],
-                trigger: Trigger::Command,
-            },
-            &progress,
-            &cancel,
-        )
-        .await
-        .expect("backup");
+    let snap = full_backup(&m).await;
 
     // Wrong key and no key: refused with a clear error.
     let other = dir.path().join("other-key");
@@ -430,6 +408,21 @@ async fn damaged_objects_are_named_and_keys_are_enforced() {
         let err = m.show(bad).await.expect_err("rejected");
         assert!(err.to_string().contains("invalid snapshot id"), "{err}");
     }
+}
+
+async fn full_backup(m: &BackupManager) -> chromaprod::backup::Manifest {
+    let (progress, _rx) = Progress::detached();
+    m.create(
+        BackupRequest {
+            backup_type: BackupType::Full,
+            collections: vec![],
+            trigger: Trigger::Command,
+        },
+        &progress,
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("backup")
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
