@@ -1,0 +1,835 @@
+//! Backup and restore throughput of `BackupManager` against the raw way of
+//! doing the same through Chroma's HTTP API, side by side in one run on a
+//! real Chroma server (`chroma run`, found like the tests find it).
+//!
+//! `cargo bench --bench backup` (records: `BACKUP_BENCH_N`, default 100000;
+//! restore rounds: `BACKUP_BENCH_ROUNDS`, default 2; read/backup rounds:
+//! `BACKUP_BENCH_READ_ROUNDS`, default 3; `CHOPS_BIN` for the
+//! chromadb-ops comparison, default `.tools/chops/bin/chops`).
+//!
+//! What it does, in order:
+//! 1. seeds one l2 collection of N × 384 records (documents of 100–200
+//!    characters, metadata with string, int, float and bool keys) with
+//!    upserts of 1,000 (base64 embeddings); at N/4, N/2 and N it runs a full
+//!    backup in a child process (this binary re-executed) and reads the
+//!    child's peak RSS (`VmHWM`);
+//! 2. stops the server, times `tar czf` of its persist directory and
+//!    `chops collection snapshot`, restarts it;
+//! 3. alternates a raw paged read (`get`, limit/offset 1,000, all fields,
+//!    decoded and dropped) with full backups (plain and encrypted), each into
+//!    a fresh repository, and with a raw read by id (the backup's own access
+//!    pattern), rotating the order each round;
+//! 4. updates 1 % of the records (every 100th) and takes an incremental;
+//! 5. alternates a restore (`--as`) of the full snapshot with raw upserts of
+//!    the same records in the same batches (one per chunk, as restore does).
+//!
+//! With `BACKUP_BENCH_MEMORY_ONLY=1` it stops after step 1.
+//!
+//! Prints a markdown table. The child mode (`BACKUP_BENCH_CHILD=1`) is for
+//! step 1 only.
+
+#[path = "../tests/common/chroma.rs"]
+#[allow(dead_code)]
+mod chroma_server;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chromaprod::backup::crypto::MasterKey;
+use chromaprod::backup::manifest::Manifest;
+use chromaprod::backup::source::{list_ids, FETCH_BATCH};
+use chromaprod::backup::{
+    BackupManager, BackupRequest, BackupType, RestoreMode, RestoreOptions, Trigger,
+};
+use chromaprod::chroma::{
+    CreateCollection, GetRequest, Include, ProductionChromaStore, RecordBatch,
+};
+use chromaprod::config::Config;
+use chromaprod::daemon::jobs::Progress;
+use chromaprod::observe::MetricsCollector;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+const DIM: usize = 384;
+const SEED_BATCH: usize = 1000;
+const PAGE: usize = 1000;
+const COLLECTION: &str = "bench";
+
+// ---------------------------------------------------------------- data
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Record `i` in `version` (0 = as seeded; 1 = after the 1 % update).
+fn vector(i: usize, version: u64) -> Vec<f32> {
+    let mut s = splitmix(i as u64 ^ (version << 40));
+    (0..DIM)
+        .map(|_| {
+            s = splitmix(s);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+const WORDS: &[&str] = &[
+    "vector",
+    "index",
+    "backup",
+    "restore",
+    "chunk",
+    "query",
+    "embedding",
+    "server",
+    "daemon",
+    "record",
+    "snapshot",
+    "metadata",
+    "document",
+    "collection",
+    "shard",
+    "replica",
+    "latency",
+    "the",
+    "of",
+    "and",
+    "a",
+    "to",
+    "in",
+    "is",
+    "for",
+    "with",
+    "on",
+    "from",
+    "über",
+    "café",
+];
+
+fn document(i: usize, version: u64) -> String {
+    let mut s = splitmix(i as u64 * 3 + version);
+    let target = 100 + (s % 101) as usize;
+    let mut d = format!("doc {i} v{version}:");
+    while d.len() < target {
+        s = splitmix(s);
+        d.push(' ');
+        d.push_str(WORDS[(s % WORDS.len() as u64) as usize]);
+    }
+    d
+}
+
+fn metadata(i: usize, version: u64) -> Map<String, Value> {
+    let s = splitmix(i as u64 * 7 + version);
+    let lang = ["en", "de", "fr", "ja"][i % 4];
+    json!({
+        "source": format!("feed-{}", i % 17),
+        "lang": lang,
+        "seq": i,
+        "version": version,
+        "score": (s % 10_000) as f64 / 7.0,
+        "weight": i as f64 / 3.0,
+        "published": i % 2 == 0,
+        "reviewed": s % 3 == 0,
+    })
+    .as_object()
+    .cloned()
+    .expect("object")
+}
+
+fn batch(range: std::ops::Range<usize>, version_of: impl Fn(usize) -> u64) -> RecordBatch {
+    RecordBatch {
+        ids: range.clone().map(|i| format!("rec-{i:07}")).collect(),
+        embeddings: Some(range.clone().map(|i| vector(i, version_of(i))).collect()),
+        documents: Some(
+            range
+                .clone()
+                .map(|i| Some(document(i, version_of(i))))
+                .collect(),
+        ),
+        metadatas: Some(range.map(|i| Some(metadata(i, version_of(i)))).collect()),
+        uris: None,
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn config(url: url::Url, repo: &Path, key: Option<&Path>) -> Arc<Config> {
+    let mut c = Config::default();
+    c.chroma.endpoints = vec![url];
+    c.backup.storage_path = repo.display().to_string();
+    c.backup.encrypt = key.is_some();
+    c.backup.key_file = key.map(Path::to_path_buf);
+    Arc::new(c)
+}
+
+fn store_with(c: &Config, metrics: Arc<MetricsCollector>) -> ProductionChromaStore {
+    ProductionChromaStore::new(c, metrics).expect("store")
+}
+
+async fn manager(c: &Arc<Config>, metrics: Arc<MetricsCollector>) -> BackupManager {
+    BackupManager::open(store_with(c, metrics), c.clone(), true)
+        .await
+        .expect("open repository")
+}
+
+fn req(backup_type: BackupType) -> BackupRequest {
+    BackupRequest {
+        backup_type,
+        collections: if backup_type == BackupType::Full {
+            vec![]
+        } else {
+            vec![COLLECTION.into()]
+        },
+        trigger: Trigger::Command,
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            n += if m.is_dir() {
+                dir_size(&e.path())
+            } else {
+                m.len()
+            };
+        }
+    }
+    n
+}
+
+/// Sum of the recorded durations of `operation` (seconds), from the
+/// Prometheus text of `metrics`.
+fn op_seconds(metrics: &MetricsCollector, operation: &str) -> f64 {
+    let needle = format!("operation=\"{operation}\"");
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.contains("request_duration_seconds_sum") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn best(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NAN, f64::min)
+}
+
+// ---------------------------------------------------------------- child
+
+/// Child mode: one full backup of the server's collections; prints
+/// `VmHWM_KB <n> MS <ms> BYTES <n>`.
+fn child() {
+    let url = url::Url::parse(&std::env::var("BACKUP_BENCH_URL").expect("url")).expect("url");
+    let repo = PathBuf::from(std::env::var("BACKUP_BENCH_REPO").expect("repo"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (ms, bytes) = rt.block_on(async move {
+        let c = config(url, &repo, None);
+        let m = manager(&c, Arc::new(MetricsCollector::new())).await;
+        let (progress, _rx) = Progress::detached();
+        let t = Instant::now();
+        let man = m
+            .create(req(BackupType::Full), &progress, &CancellationToken::new())
+            .await
+            .expect("backup");
+        (t.elapsed().as_millis(), man.bytes_written)
+    });
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("0")
+        .to_string();
+    println!("VmHWM_KB {hwm} MS {ms} BYTES {bytes}");
+}
+
+fn peak_rss_of_child_backup(url: &url::Url, repo: &Path) -> (u64, u64) {
+    let out = Command::new(std::env::current_exe().expect("exe"))
+        .env("BACKUP_BENCH_CHILD", "1")
+        .env("BACKUP_BENCH_URL", url.as_str())
+        .env("BACKUP_BENCH_REPO", repo)
+        .output()
+        .expect("child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("VmHWM_KB"))
+        .expect("line");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[1].parse().expect("kb"), f[3].parse().expect("ms"))
+}
+
+// ---------------------------------------------------------------- main
+
+struct Row {
+    what: String,
+    chromaprod: String,
+    raw: String,
+    ratio: String,
+}
+
+fn main() {
+    if std::env::var_os("BACKUP_BENCH_CHILD").is_some() {
+        child();
+        return;
+    }
+    let n: usize = std::env::var("BACKUP_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let rounds: usize = std::env::var("BACKUP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let read_rounds: usize = std::env::var("BACKUP_BENCH_READ_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let chops = std::env::var_os("CHOPS_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/chops/bin/chops"),
+        PathBuf::from,
+    );
+    let mut server = chroma_server::ChromaServer::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = server.url();
+    let base_cfg = config(url.clone(), &work.path().join("unused"), None);
+    let store = store_with(&base_cfg, Arc::new(MetricsCollector::new()));
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+
+    // 1. Seed, with peak-memory backups at N/4, N/2, N.
+    let coll_id = rt.block_on(async {
+        store.check_ready().await.expect("ready");
+        store
+            .create_collection(&CreateCollection {
+                name: COLLECTION.into(),
+                configuration: Some(json!({"hnsw": {"space": "l2"}})),
+                ..CreateCollection::default()
+            })
+            .await
+            .expect("create")
+            .id
+    });
+    let mut seed_time = Duration::ZERO;
+    let mut mem = Vec::new();
+    let mut seeded = 0;
+    for stop_at in [n / 4, n / 2, n] {
+        let t = Instant::now();
+        rt.block_on(async {
+            while seeded < stop_at {
+                let end = (seeded + SEED_BATCH).min(stop_at);
+                store
+                    .upsert(&coll_id, &batch(seeded..end, |_| 0))
+                    .await
+                    .expect("seed");
+                seeded = end;
+            }
+        });
+        seed_time += t.elapsed();
+        eprintln!("seeded {seeded} in {:.1} s", seed_time.as_secs_f64());
+        let repo = work.path().join(format!("mem-{stop_at}"));
+        let (kb, ms) = peak_rss_of_child_backup(&url, &repo);
+        eprintln!("child backup of {stop_at}: VmHWM {kb} kB, {ms} ms");
+        mem.push((stop_at, kb, ms));
+    }
+    let seed_rate = n as f64 / seed_time.as_secs_f64();
+    rows.push(Row {
+        what: format!("seeding {n} records (upserts of {SEED_BATCH}, base64)"),
+        chromaprod: "—".into(),
+        raw: format!("{:.1} s ({seed_rate:.0} rec/s)", seed_time.as_secs_f64()),
+        ratio: "—".into(),
+    });
+    for (at, kb, ms) in &mem {
+        rows.push(Row {
+            what: format!("peak RSS of a full backup (child process), {at} records"),
+            chromaprod: format!(
+                "{:.1} MB (VmHWM; backup {:.1} s)",
+                *kb as f64 / 1024.0,
+                *ms as f64 / 1000.0
+            ),
+            raw: "—".into(),
+            ratio: "—".into(),
+        });
+    }
+
+    if std::env::var_os("BACKUP_BENCH_MEMORY_ONLY").is_some() {
+        print_table(n, 0, 0, &rows, &notes);
+        return;
+    }
+
+    // 2. Physical copies, server stopped.
+    server.stop();
+    let data = server.data_dir();
+    let persist = dir_size(&data);
+    let tgz = work.path().join("persist.tar.gz");
+    let t = Instant::now();
+    let st = Command::new("tar")
+        .arg("czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&data)
+        .arg(".")
+        .status()
+        .expect("tar");
+    let tar_s = t.elapsed().as_secs_f64();
+    assert!(st.success(), "tar failed");
+    let tgz_size = std::fs::metadata(&tgz).map(|m| m.len()).unwrap_or(0);
+    rows.push(Row {
+        what: format!(
+            "`tar czf` of the persist directory ({:.0} MB, server stopped)",
+            mb(persist)
+        ),
+        chromaprod: "—".into(),
+        raw: format!("{tar_s:.1} s, {:.1} MB", mb(tgz_size)),
+        ratio: "—".into(),
+    });
+    if chops.is_file() {
+        let snap = work.path().join("chops-snapshot.sqlite3");
+        let t = Instant::now();
+        let out = Command::new(&chops)
+            .args(["collection", "snapshot"])
+            .arg(&data)
+            .args(["--collection", COLLECTION, "--output"])
+            .arg(&snap)
+            .arg("-y")
+            .output()
+            .expect("chops");
+        let s = t.elapsed().as_secs_f64();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let size = std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
+        if out.status.success() && size > 0 {
+            rows.push(Row {
+                what: "`chops collection snapshot` (chromadb-ops, server stopped)".into(),
+                chromaprod: "—".into(),
+                raw: format!("{s:.1} s, {:.1} MB", mb(size)),
+                ratio: "—".into(),
+            });
+        } else {
+            let msg: String = format!("{stdout}\n{stderr}")
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .rev()
+                .take(6)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join(" / ");
+            rows.push(Row {
+                what: "`chops collection snapshot` (chromadb-ops, server stopped)".into(),
+                chromaprod: "—".into(),
+                raw: format!("failed after {s:.1} s ({})", out.status),
+                ratio: "—".into(),
+            });
+            notes.push(format!("chops said: {msg}"));
+        }
+    } else {
+        notes.push(format!("chops not found at {}", chops.display()));
+    }
+    server.restart();
+
+    // 3. Full backup vs raw paged read, alternating.
+    let key_path = work.path().join("key");
+    MasterKey::generate()
+        .expect("key")
+        .write_new_key_file(&key_path)
+        .expect("key file");
+    let (mut raw_s, mut plain_s, mut enc_s, mut byid_s) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut raw_bytes_json = 0u64;
+    let mut full: Option<(PathBuf, Manifest)> = None;
+    let mut full_bytes = 0u64;
+    rt.block_on(async {
+        // Warm the server (just restarted) with one untimed read.
+        let _ = raw_read(&store, &coll_id).await;
+        for round in 0..read_rounds {
+            for k in 0..4 {
+                match (round + k) % 4 {
+                    0 => {
+                        let t = Instant::now();
+                        let (count, bytes) = raw_read(&store, &coll_id).await;
+                        raw_s.push(t.elapsed().as_secs_f64());
+                        assert_eq!(count, n);
+                        raw_bytes_json = bytes;
+                        eprintln!("raw paged read: {:.2} s", raw_s.last().unwrap_or(&0.0));
+                    }
+                    1 => {
+                        let repo = work.path().join(format!("repo-plain-{round}"));
+                        let c = config(url.clone(), &repo, None);
+                        let m = manager(&c, Arc::new(MetricsCollector::new())).await;
+                        let (progress, _rx) = Progress::detached();
+                        let t = Instant::now();
+                        let man = m
+                            .create(req(BackupType::Full), &progress, &CancellationToken::new())
+                            .await
+                            .expect("full");
+                        plain_s.push(t.elapsed().as_secs_f64());
+                        full_bytes = man.bytes_written;
+                        eprintln!(
+                            "full backup: {:.2} s, {} bytes",
+                            plain_s.last().unwrap_or(&0.0),
+                            man.bytes_written
+                        );
+                        full = Some((repo, man));
+                    }
+                    3 => {
+                        let t = Instant::now();
+                        let count = raw_read_by_id(&store, &coll_id).await;
+                        byid_s.push(t.elapsed().as_secs_f64());
+                        assert_eq!(count, n);
+                        eprintln!("raw read by id: {:.2} s", byid_s.last().unwrap_or(&0.0));
+                    }
+                    _ => {
+                        let repo = work.path().join(format!("repo-enc-{round}"));
+                        let c = config(url.clone(), &repo, Some(&key_path));
+                        let m = manager(&c, Arc::new(MetricsCollector::new())).await;
+                        let (progress, _rx) = Progress::detached();
+                        let t = Instant::now();
+                        let man = m
+                            .create(req(BackupType::Full), &progress, &CancellationToken::new())
+                            .await
+                            .expect("full encrypted");
+                        enc_s.push(t.elapsed().as_secs_f64());
+                        eprintln!(
+                            "full backup (encrypted): {:.2} s, {} bytes",
+                            enc_s.last().unwrap_or(&0.0),
+                            man.bytes_written
+                        );
+                    }
+                }
+            }
+        }
+    });
+    let (full_repo, full_manifest) = full.expect("a full backup ran");
+    let rate = |s: f64| format!("{:.0} rec/s", n as f64 / s);
+    let cell = |v: &[f64], bytes: u64| {
+        format!(
+            "best {:.2} s = {} ({:.1} MB/s); median {:.2} s = {}",
+            best(v),
+            rate(best(v)),
+            mb(bytes) / best(v),
+            median(v),
+            rate(median(v))
+        )
+    };
+    rows.push(Row {
+        what: format!(
+            "full backup vs raw paged read (get {PAGE}/page, all fields), {} runs each",
+            raw_s.len()
+        ),
+        chromaprod: format!(
+            "{}; {:.1} MB written",
+            cell(&plain_s, raw_bytes_json),
+            mb(full_bytes)
+        ),
+        raw: format!(
+            "{} (MB/s of JSON received: {:.1} MB)",
+            cell(&raw_s, raw_bytes_json),
+            mb(raw_bytes_json)
+        ),
+        ratio: format!(
+            "{:.2}× best, {:.2}× median",
+            best(&raw_s) / best(&plain_s),
+            median(&raw_s) / median(&plain_s)
+        ),
+    });
+    rows.push(Row {
+        what: "full backup, encrypted (AES-256-GCM) vs the same raw reads".into(),
+        chromaprod: cell(&enc_s, raw_bytes_json),
+        raw: "(as above)".into(),
+        ratio: format!(
+            "{:.2}× best, {:.2}× median",
+            best(&raw_s) / best(&enc_s),
+            median(&raw_s) / median(&enc_s)
+        ),
+    });
+
+    rows.push(Row {
+        what: format!("raw read by id ({FETCH_BATCH} ids per get after listing the ids: the backup's own access pattern) vs raw paged read"),
+        chromaprod: "—".into(),
+        raw: cell(&byid_s, raw_bytes_json),
+        ratio: format!(
+            "paged ÷ by-id time: {:.2}× best, {:.2}× median",
+            best(&raw_s) / best(&byid_s),
+            median(&raw_s) / median(&byid_s)
+        ),
+    });
+
+    // 4. Incremental after a 1 % update.
+    let changed: Vec<usize> = (0..n).step_by(100).collect();
+    let inc = rt.block_on(async {
+        for part in changed.chunks(SEED_BATCH) {
+            let set: std::collections::HashSet<usize> = part.iter().copied().collect();
+            let mut b = RecordBatch {
+                ids: vec![],
+                embeddings: Some(vec![]),
+                documents: Some(vec![]),
+                metadatas: Some(vec![]),
+                uris: None,
+            };
+            for &i in part {
+                let one = batch(i..i + 1, |j| u64::from(set.contains(&j)));
+                b.ids.extend(one.ids);
+                b.embeddings
+                    .as_mut()
+                    .expect("e")
+                    .extend(one.embeddings.expect("e"));
+                b.documents
+                    .as_mut()
+                    .expect("d")
+                    .extend(one.documents.expect("d"));
+                b.metadatas
+                    .as_mut()
+                    .expect("m")
+                    .extend(one.metadatas.expect("m"));
+            }
+            store.upsert(&coll_id, &b).await.expect("update");
+        }
+        let c = config(url.clone(), &full_repo, None);
+        let m = manager(&c, Arc::new(MetricsCollector::new())).await;
+        let (progress, _rx) = Progress::detached();
+        let t = Instant::now();
+        let man = m
+            .create(
+                req(BackupType::Incremental),
+                &progress,
+                &CancellationToken::new(),
+            )
+            .await
+            .expect("incremental");
+        (t.elapsed().as_secs_f64(), man)
+    });
+    rows.push(Row {
+        what: format!(
+            "incremental after updating {} records (1 %, every 100th)",
+            changed.len()
+        ),
+        chromaprod: format!(
+            "{:.2} s, {:.2} MB written ({:.1} % of the full's {:.1} MB)",
+            inc.0,
+            mb(inc.1.bytes_written),
+            100.0 * inc.1.bytes_written as f64 / full_bytes as f64,
+            mb(full_bytes)
+        ),
+        raw: "—".into(),
+        ratio: format!("{:.2}× the full's time (median)", inc.0 / median(&plain_s)),
+    });
+
+    // 5. Restore vs raw upserts in the same batches, alternating.
+    let chunk_sizes: Vec<usize> = full_manifest
+        .collections
+        .iter()
+        .flat_map(|c| c.chunks.iter().map(|ch| ch.records as usize))
+        .collect();
+    assert_eq!(chunk_sizes.iter().sum::<usize>(), n);
+    let (mut restore_s, mut write_s, mut verify_s, mut upsert_s) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    rt.block_on(async {
+        for round in 0..rounds {
+            for k in 0..2 {
+                if (round + k) % 2 == 0 {
+                    let name = format!("raw_{round}");
+                    let id = store
+                        .create_collection(&CreateCollection {
+                            name: name.clone(),
+                            configuration: Some(json!({"hnsw": {"space": "l2"}})),
+                            ..CreateCollection::default()
+                        })
+                        .await
+                        .expect("create")
+                        .id;
+                    let mut start = 0;
+                    let mut elapsed = Duration::ZERO;
+                    for &len in &chunk_sizes {
+                        let b = batch(start..start + len, |_| 0); // built outside the clock
+                        start += len;
+                        let t = Instant::now();
+                        store.upsert(&id, &b).await.expect("raw upsert");
+                        elapsed += t.elapsed();
+                    }
+                    upsert_s.push(elapsed.as_secs_f64());
+                    eprintln!("raw upserts: {:.2} s", elapsed.as_secs_f64());
+                    store.delete_collection(&name).await.expect("drop");
+                } else {
+                    let name = format!("restored_{round}");
+                    let c = config(url.clone(), &full_repo, None);
+                    let metrics = Arc::new(MetricsCollector::new());
+                    let m = BackupManager::open(store_with(&c, metrics.clone()), c.clone(), false)
+                        .await
+                        .expect("open");
+                    let (progress, _rx) = Progress::detached();
+                    let t = Instant::now();
+                    m.restore(
+                        full_manifest.snapshot_id.as_str(),
+                        &RestoreOptions {
+                            collections: vec![COLLECTION.into()],
+                            as_name: Some(name.clone()),
+                            mode: RestoreMode::FailIfExists,
+                            dry_run: false,
+                            keep_previous: false,
+                        },
+                        &progress,
+                        &CancellationToken::new(),
+                    )
+                    .await
+                    .expect("restore");
+                    restore_s.push(t.elapsed().as_secs_f64());
+                    write_s.push(op_seconds(&metrics, "upsert"));
+                    verify_s.push(op_seconds(&metrics, "get"));
+                    eprintln!(
+                        "restore: {:.2} s (upsert calls {:.2} s, get calls {:.2} s)",
+                        restore_s.last().unwrap_or(&0.0),
+                        write_s.last().unwrap_or(&0.0),
+                        verify_s.last().unwrap_or(&0.0)
+                    );
+                    store.delete_collection(&name).await.expect("drop");
+                }
+            }
+        }
+    });
+    let sizes = {
+        let mut s = chunk_sizes.clone();
+        s.sort_unstable();
+        format!("{} batches of {}–{} records", s.len(), s[0], s[s.len() - 1])
+    };
+    rows.push(Row {
+        what: format!("restore (`--as`, total incl. read-back verify) vs raw upserts ({sizes})"),
+        chromaprod: format!(
+            "best {:.1} s = {}; median {:.1} s = {}",
+            best(&restore_s),
+            rate(best(&restore_s)),
+            median(&restore_s),
+            rate(median(&restore_s))
+        ),
+        raw: format!(
+            "best {:.1} s = {}; median {:.1} s = {}",
+            best(&upsert_s),
+            rate(best(&upsert_s)),
+            median(&upsert_s),
+            rate(median(&upsert_s))
+        ),
+        ratio: format!(
+            "{:.2}× best, {:.2}× median",
+            best(&upsert_s) / best(&restore_s),
+            median(&upsert_s) / median(&restore_s)
+        ),
+    });
+    rows.push(Row {
+        what: "restore, write phase alone (sum of its upsert calls) vs raw upserts".into(),
+        chromaprod: format!(
+            "best {:.1} s = {}; median {:.1} s; verify gets {:.1} s (median)",
+            best(&write_s),
+            rate(best(&write_s)),
+            median(&write_s),
+            median(&verify_s)
+        ),
+        raw: "(as above)".into(),
+        ratio: format!(
+            "{:.2}× best, {:.2}× median",
+            best(&upsert_s) / best(&write_s),
+            median(&upsert_s) / median(&write_s)
+        ),
+    });
+
+    print_table(n, read_rounds, rounds, &rows, &notes);
+}
+
+fn print_table(n: usize, read_rounds: usize, rounds: usize, rows: &[Row], notes: &[String]) {
+    println!(
+        "\n{n} records × {DIM} dims, {read_rounds} backup/read rounds, {rounds} restore rounds; chroma {}\n",
+        chroma_server::chroma_bin().display()
+    );
+    println!(
+        "| measurement | chromaprod | raw / other tool | ratio (raw time ÷ chromaprod time) |"
+    );
+    println!("| --- | --- | --- | --- |");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} |",
+            r.what, r.chromaprod, r.raw, r.ratio
+        );
+    }
+    for note in notes {
+        println!("\nNote: {note}");
+    }
+}
+
+/// Lists the ids in one `get`, then fetches every record by id in batches
+/// of [`FETCH_BATCH`], all fields, decoded and dropped: what the backup's
+/// reader does, without chunking, compression or writes.
+async fn raw_read_by_id(store: &ProductionChromaStore, id: &str) -> usize {
+    let ids = list_ids(store, id).await.expect("list ids");
+    let mut got = 0;
+    for part in ids.chunks(FETCH_BATCH) {
+        let r = store
+            .get_records(id, &GetRequest::ids(part.to_vec(), &Include::RECORD))
+            .await
+            .expect("get by id");
+        got += r.ids.len();
+    }
+    got
+}
+
+/// Pages through every record with limit/offset, all fields, decoded and
+/// dropped. Returns (records, approximate JSON bytes of the records).
+async fn raw_read(store: &ProductionChromaStore, id: &str) -> (usize, u64) {
+    let mut offset = 0;
+    let mut bytes = 0u64;
+    loop {
+        let page = store
+            .get_records(id, &GetRequest::page(offset, PAGE, &Include::RECORD))
+            .await
+            .expect("get page");
+        let got = page.ids.len();
+        if offset == 0 {
+            // Size of the first page's JSON, scaled (for MB/s only).
+            bytes = serde_json::to_vec(&json!({
+                "ids": page.ids, "embeddings": page.embeddings,
+                "documents": page.documents, "metadatas": page.metadatas
+            }))
+            .map_or(0, |v| v.len() as u64);
+        }
+        drop(page);
+        offset += got;
+        if got < PAGE {
+            break;
+        }
+    }
+    (offset, bytes * offset as u64 / PAGE.max(1) as u64)
+}
