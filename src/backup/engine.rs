@@ -37,6 +37,8 @@ use crate::storage::StorageOptions;
 
 /// Chunk uploads in flight at once.
 const UPLOADS_IN_FLIGHT: usize = 4;
+/// Batches fetched ahead of the one being processed.
+const READ_AHEAD: usize = 2;
 /// How long a backup waits for a conflicting lock (a prune) before failing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -351,12 +353,27 @@ impl BackupManager {
 
         let mut reader = CollectionReader::open(self.store.clone(), collection.clone()).await?;
         let total = reader.listed();
+        // Read ahead: the next batches are fetched while this one is digested,
+        // chunked and encoded, so Chroma and chromaprod work at the same time.
+        let (batches_tx, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let read_ahead = tokio::spawn(async move {
+            loop {
+                let next = reader.next_batch().await.transpose();
+                let Some(batch) = next else { break };
+                if batches_tx.send(batch).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let _stop_reading = AbortOnDrop(read_ahead);
         let mut uploader = Uploader::new(self.repo.clone());
         let mut planner = ChunkPlanner::default();
         let mut current: Vec<(String, RecordDigest)> = Vec::with_capacity(total);
         let mut written_ids: HashSet<String> = HashSet::new();
         let mut nan_vectors = 0u64;
-        while let Some(batch) = reader.next_batch().await? {
+        let mut done = 0usize;
+        while let Some(batch) = batches.recv().await {
+            let batch = batch?;
             if cancel.is_cancelled() {
                 uploader.abort();
                 return Err(BackupError::Cancelled);
@@ -365,6 +382,7 @@ impl BackupManager {
                 uploader.abort();
                 return Err(BackupError::LockLost);
             }
+            done += batch.len();
             for record in batch {
                 if record
                     .embedding
@@ -385,7 +403,7 @@ impl BackupManager {
             }
             progress.report(json!({
                 "phase": "backup", "collection": name,
-                "records_done": reader.position(), "records_total": total,
+                "records_done": done, "records_total": total,
                 "bytes_written": uploader.written,
             }));
         }
@@ -957,6 +975,15 @@ pub fn records_match(want: &Record, got: &Record, cosine: bool) -> bool {
         (Some(a), None) | (None, Some(a)) => a.is_empty(),
     };
     emb && meta && want.document == got.document && want.uri == got.uri
+}
+
+/// Aborts a background task when the owner goes away (cancel, error).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Encodes chunks off the async threads and uploads a few at a time.
