@@ -324,7 +324,10 @@ async fn round_trips_on(label: &str, url: &str, options: StorageOptions) {
     let seeded = started.elapsed();
 
     // Full: both collections.
-    let at_full = (all_records(&store, "alpha").await, all_records(&store, "beta").await);
+    let at_full = (
+        all_records(&store, "alpha").await,
+        all_records(&store, "beta").await,
+    );
     let full = take(&m, BackupType::Full, &[]).await;
     assert!(full.encrypted, "[{label}] full snapshot is encrypted");
     assert_eq!(collection_names(&full), ["alpha", "beta"]);
@@ -345,13 +348,19 @@ async fn round_trips_on(label: &str, url: &str, options: StorageOptions) {
             .upsert(&col.id, &batch(name, N..N + 15, 1))
             .await
             .expect("add");
-        let gone: Vec<String> = (5..N).step_by(50).map(|i| format!("{name}-{i:05}")).collect();
+        let gone: Vec<String> = (5..N)
+            .step_by(50)
+            .map(|i| format!("{name}-{i:05}"))
+            .collect();
         store
             .delete(&col.id, Some(&gone), None)
             .await
             .expect("delete");
     }
-    let at_inc = (all_records(&store, "alpha").await, all_records(&store, "beta").await);
+    let at_inc = (
+        all_records(&store, "alpha").await,
+        all_records(&store, "beta").await,
+    );
     assert_eq!(at_inc.0 .1.len(), N + 15 - N.div_ceil(50));
     let inc = take(&m, BackupType::Incremental, &[]).await;
     assert!(inc.parent.is_some(), "[{label}] incremental has a parent");
@@ -383,7 +392,10 @@ async fn round_trips_on(label: &str, url: &str, options: StorageOptions) {
     }
     // The incremental holds the changes, not the state of its parent.
     let (_, a_inc) = all_records(&store, "alpha_inc").await;
-    let r0 = a_inc.iter().find(|r| r.id == "alpha-00000").expect("alpha-00000");
+    let r0 = a_inc
+        .iter()
+        .find(|r| r.id == "alpha-00000")
+        .expect("alpha-00000");
     assert_eq!(r0.metadata.as_ref().expect("m")["version"], json!(1));
     assert!(a_inc.iter().any(|r| r.id == format!("alpha-{:05}", N + 14)));
     assert!(!a_inc.iter().any(|r| r.id == "alpha-00005"));
