@@ -122,8 +122,11 @@ pub fn load_key(config: &Config) -> Result<Option<MasterKey>, BackupError> {
     }))
 }
 
+/// A snapshot's creation time, to the millisecond: snapshots taken within
+/// one second must still order by time (the newest is the incremental's
+/// parent and what `keep_last` keeps), and their ids are random.
 fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 fn glob(pattern: &str, name: &str) -> bool {

@@ -306,10 +306,13 @@ impl Repository {
         for id in self.snapshot_ids().await? {
             out.push(self.manifest(&id).await?);
         }
+        // By time, not by text: `…:07Z` and `…:07.250Z` (manifests written
+        // before creation times had milliseconds) compare wrongly as strings.
+        let time = |m: &Manifest| humantime::parse_rfc3339(&m.metadata.created_at).ok();
         out.sort_by(|a, b| {
-            b.metadata
-                .created_at
-                .cmp(&a.metadata.created_at)
+            time(b)
+                .cmp(&time(a))
+                .then_with(|| b.metadata.created_at.cmp(&a.metadata.created_at))
                 .then(b.snapshot_id.cmp(&a.snapshot_id))
         });
         Ok(out)
