@@ -259,17 +259,21 @@ impl BackupManager {
         started: Instant,
     ) -> Result<Manifest, BackupError> {
         let collections = self.scope(req).await?;
-        let parent = if req.backup_type == BackupType::Incremental {
-            self.repo.manifests().await?.into_iter().next()
+        // Newest first. Each collection is planned against the newest
+        // snapshot that holds it (the newest overall may be a collection
+        // backup of another one); `parent` names the newest overall.
+        let earlier = if req.backup_type == BackupType::Incremental {
+            self.repo.manifests().await?
         } else {
-            None
+            Vec::new()
         };
+        let parent = earlier.first();
         let info = self.store.check_ready().await?;
         let snapshot_id = SnapshotId::generate()?;
         let mut written = 0u64;
         let mut snaps = Vec::new();
         for collection in collections {
-            let parent_col = parent.as_ref().and_then(|p| {
+            let parent_col = earlier.iter().find_map(|p| {
                 p.collections
                     .iter()
                     .find(|c| c.name == collection.name && c.id == collection.id)
@@ -295,7 +299,7 @@ impl BackupManager {
                 checksum: String::new(),
                 chroma_version: format!("api {}", info.api_version),
             },
-            parent: parent.map(|p| p.snapshot_id),
+            parent: parent.map(|p| p.snapshot_id.clone()),
             host: super::lock::hostname(),
             trigger: req.trigger,
             duration_ms: 0,
