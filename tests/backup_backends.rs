@@ -190,9 +190,22 @@ fn assert_same(
         Some(&Value::from(if cosine { "cosine" } else { "l2" })),
         "{what}: space"
     );
+    for (field, value) in [
+        ("ef_search", if cosine { 77 } else { 42 }),
+        ("ef_construction", 120),
+        ("max_neighbors", 12),
+    ] {
+        assert_eq!(
+            dst_col
+                .configuration_json
+                .pointer(&format!("/hnsw/{field}")),
+            Some(&Value::from(value)),
+            "{what}: {field}"
+        );
+    }
     let ids = |v: &[Record]| v.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(src), ids(dst), "{what}: ids");
-    let mut rounded = 0usize;
+    let (mut rounded, mut meta_rounded) = (0usize, 0usize);
     for (a, b) in src.iter().zip(dst) {
         let ctx = format!("{what}: record {}", a.id);
         assert_eq!(a.document, b.document, "{ctx}: document");
@@ -231,10 +244,14 @@ fn assert_same(
                         "{ctx}: metadata {k} changed type: {x} vs {y}"
                     );
                     let (x, y) = (x.as_f64().expect("f64"), y.as_f64().expect("f64"));
+                    if !cosine {
+                        assert_eq!(x.to_bits(), y.to_bits(), "{ctx}: float metadata {k}");
+                    }
                     assert!(
                         ulps64(x, y) <= SERVER_ROUNDING_ULPS,
                         "{ctx}: float metadata {k}: {x} vs {y} beyond the server's rounding"
                     );
+                    meta_rounded += usize::from(x.to_bits() != y.to_bits());
                 }
                 (Value::Number(x), Value::Number(y)) => {
                     assert_eq!(
@@ -249,7 +266,7 @@ fn assert_same(
         assert!(records_match(a, b, cosine), "{ctx}: records_match");
     }
     println!(
-        "[{what}] {} records equal ({rounded} cosine floats moved by the server's rounding)",
+        "[{what}] {} records equal ({rounded} embedding floats and {meta_rounded} float metadata values moved by the server's rounding)",
         src.len()
     );
 }
