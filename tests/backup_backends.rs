@@ -6,9 +6,9 @@
 //! collections (one l2, one cosine) holding documents, uris and metadata of
 //! every type; each snapshot is restored `--as` a new name and compared field
 //! by field with what Chroma held when it was taken — bit for bit for l2
-//! embeddings, within the server's own rounding for cosine embeddings and
-//! float metadata — together with each collection's configuration and
-//! metadata; and `verify --full` passes for every snapshot.
+//! (embeddings and float metadata), within the server's own rounding for
+//! cosine embeddings and float metadata — together with each collection's
+//! configuration and metadata; and `verify --full` passes for every snapshot.
 
 mod common;
 
