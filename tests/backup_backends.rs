@@ -23,9 +23,7 @@ use chromaprod::backup::repository::Repository;
 use chromaprod::backup::{
     BackupManager, BackupRequest, BackupType, Manifest, RestoreMode, RestoreOptions, Trigger,
 };
-use chromaprod::chroma::{
-    Collection, CreateCollection, GetRequest, Include, ProductionChromaStore, RecordBatch,
-};
+use chromaprod::chroma::{Collection, CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
 use chromaprod::daemon::jobs::Progress;
 use chromaprod::observe::MetricsCollector;
@@ -127,20 +125,7 @@ async fn seed(store: &ProductionChromaStore, name: &str, space: &str, ef_search:
 }
 
 async fn all_records(store: &ProductionChromaStore, name: &str) -> (Collection, Vec<Record>) {
-    let col = store.get_collection(name).await.expect("collection");
-    let r = store
-        .get_records(
-            &col.id,
-            &GetRequest {
-                include: Include::RECORD.to_vec(),
-                ..GetRequest::default()
-            },
-        )
-        .await
-        .expect("get");
-    let mut v = chromaprod::backup::source::to_records(r);
-    v.sort_by(|a, b| a.id.cmp(&b.id));
-    (col, v)
+    common::records::collection_records(store, name).await
 }
 
 /// Distance in units in the last place between two finite floats of one sign class.

@@ -19,9 +19,7 @@ use chromaprod::backup::BackupError;
 use chromaprod::backup::{
     BackupManager, BackupRequest, BackupType, Manifest, RestoreMode, RestoreOptions, Trigger,
 };
-use chromaprod::chroma::{
-    CreateCollection, GetRequest, Include, ProductionChromaStore, RecordBatch,
-};
+use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
 use chromaprod::daemon::jobs::Progress;
 use chromaprod::observe::MetricsCollector;
@@ -174,20 +172,7 @@ async fn modify(
 }
 
 async fn all_records(store: &ProductionChromaStore, name: &str) -> Vec<Record> {
-    let col = store.get_collection(name).await.expect("collection");
-    let r = store
-        .get_records(
-            &col.id,
-            &GetRequest {
-                include: Include::RECORD.to_vec(),
-                ..GetRequest::default()
-            },
-        )
-        .await
-        .expect("get");
-    let mut v = chromaprod::backup::source::to_records(r);
-    v.sort_by(|a, b| a.id.cmp(&b.id));
-    v
+    common::records::collection_records(store, name).await.1
 }
 
 fn request(t: BackupType) -> BackupRequest {

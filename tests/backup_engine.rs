@@ -10,9 +10,7 @@ use chromaprod::backup::crypto::MasterKey;
 use chromaprod::backup::{
     BackupManager, BackupRequest, BackupType, RestoreMode, RestoreOptions, Trigger,
 };
-use chromaprod::chroma::{
-    CreateCollection, GetRequest, Include, ProductionChromaStore, RecordBatch,
-};
+use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
 use chromaprod::daemon::jobs::Progress;
 use chromaprod::observe::MetricsCollector;
@@ -94,20 +92,7 @@ async fn all_records(
     store: &ProductionChromaStore,
     name: &str,
 ) -> Vec<chromaprod::backup::records::Record> {
-    let col = store.get_collection(name).await.expect("collection");
-    let r = store
-        .get_records(
-            &col.id,
-            &GetRequest {
-                include: Include::RECORD.to_vec(),
-                ..GetRequest::default()
-            },
-        )
-        .await
-        .expect("get");
-    let mut v = chromaprod::backup::source::to_records(r);
-    v.sort_by(|a, b| a.id.cmp(&b.id));
-    v
+    common::records::collection_records(store, name).await.1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,3 +8,4 @@ pub mod daemon;
 pub mod emulators;
 pub mod notify;
 pub mod proxy;
+pub mod records;
