@@ -775,22 +775,25 @@ impl Handler for ControlHandler {
                 let ctx = self.shared.backup_context();
                 let (progress, mut rx) = Progress::detached();
                 let cancel = CancellationToken::new();
-                let run = backups::execute(
-                    &ctx,
-                    &other,
-                    crate::backup::Trigger::Command,
-                    &progress,
-                    &cancel,
-                );
+                let run = async {
+                    let r = backups::execute(
+                        &ctx,
+                        &other,
+                        crate::backup::Trigger::Command,
+                        &progress,
+                        &cancel,
+                    )
+                    .await;
+                    // Closing the progress channel ends the forwarding below.
+                    drop(progress);
+                    r
+                };
                 let forward = async {
                     while let Ok(ev) = rx.recv().await {
                         events.send(ev).await;
                     }
                 };
-                let result = tokio::select! {
-                    r = run => r,
-                    () = forward => unreachable_forward(),
-                };
+                let (result, ()) = tokio::join!(run, forward);
                 if other.is_mutating() {
                     self.shared
                         .audit(
@@ -804,13 +807,6 @@ impl Handler for ControlHandler {
             }
         }
     }
-}
-
-/// The forwarding loop ends only when the sender is dropped, after the run.
-fn unreachable_forward() -> Result<Value, crate::backup::BackupError> {
-    Err(crate::backup::BackupError::Busy(
-        "progress channel closed early".into(),
-    ))
 }
 
 /// Streams a job's progress to the client until it finishes.
