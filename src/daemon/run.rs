@@ -518,14 +518,19 @@ async fn reload_once(
         }
     }
     running.config = Arc::new(effective);
-    ReloadReport {
+    let report = ReloadReport {
         at,
         cause,
         ok: true,
         changed_keys: diff.changed_keys,
         needs_restart: diff.needs_restart,
         error: None,
-    }
+    };
+    // Recorded while the new config is swapped in, so `status` never shows
+    // the new config with the previous reload's report.
+    *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+    drop(running);
+    report
 }
 
 impl Shared {
