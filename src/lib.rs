@@ -10,6 +10,7 @@ pub mod chroma;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod migrate;
 pub mod observe;
 pub mod schedule;
 pub mod secret;

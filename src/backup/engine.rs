@@ -928,7 +928,7 @@ impl BackupManager {
 }
 
 /// The parts of a stored `configuration_json` Chroma accepts on create.
-fn creatable_configuration(stored: &Value) -> Value {
+pub fn creatable_configuration(stored: &Value) -> Value {
     let mut out = serde_json::Map::new();
     if let Some(Value::Object(h)) = stored.get("hnsw") {
         out.insert("hnsw".into(), Value::Object(h.clone()));

@@ -106,6 +106,8 @@ pub enum BackupType {
 pub enum Trigger {
     Schedule,
     Command,
+    /// A restore point taken before migrating.
+    Migration,
 }
 
 /// The founding design's `BackupMetadata`: what `list` shows.

@@ -664,6 +664,51 @@ impl ChromaClient {
             .map(|_| ())
     }
 
+    /// `add` (`create = true`: an existing id is left as it is) or `update`
+    /// (fields given replace the stored ones; metadata keys merge, and a
+    /// `null` value deletes the key) of records in one request.
+    pub async fn write_records(
+        &self,
+        collection_id: &str,
+        batch: &RecordBatch,
+        create: bool,
+        base64: bool,
+    ) -> Result<(), ChromaError> {
+        let op = if create { "add" } else { "update" };
+        batch
+            .validate()
+            .map_err(|detail| ChromaError::InvalidRequest {
+                operation: op,
+                detail,
+            })?;
+        let embeddings = batch.embeddings.as_ref().map(|es| {
+            if base64 {
+                Value::Array(
+                    es.iter()
+                        .map(|e| Value::String(encode_embedding(e)))
+                        .collect(),
+                )
+            } else {
+                serde_json::to_value(es).unwrap_or(Value::Null)
+            }
+        });
+        let body = UpsertBody {
+            ids: &batch.ids,
+            embeddings,
+            documents: batch.documents.as_ref(),
+            metadatas: batch.metadatas.as_ref(),
+            uris: batch.uris.as_ref(),
+        };
+        let url = self.url(
+            &self.db_base,
+            &format!("collections/{}/{op}", seg(collection_id)),
+            op,
+        )?;
+        self.send(op, Method::POST, url, Some(&body))
+            .await
+            .map(|_| ())
+    }
+
     /// Delete records by ids and/or a `where` filter; returns how many went.
     pub async fn delete(
         &self,

@@ -410,6 +410,30 @@ impl ProductionChromaStore {
         Ok(sent)
     }
 
+    /// Update stored records in one request (see [`ChromaClient::write_records`]).
+    /// Idempotent: the same update twice leaves the same records.
+    pub async fn update(
+        &self,
+        collection_id: &str,
+        batch: &RecordBatch,
+    ) -> Result<(), ChromaError> {
+        let base64 = self.pre_flight_checks().await?.supports_base64_encoding;
+        self.call("update", CallKind::IdempotentWrite, |c| async move {
+            c.write_records(collection_id, batch, false, base64).await
+        })
+        .await
+    }
+
+    /// Add records in one request; ids already stored keep what they hold
+    /// (first writer wins), so a retried add is harmless.
+    pub async fn add(&self, collection_id: &str, batch: &RecordBatch) -> Result<(), ChromaError> {
+        let base64 = self.pre_flight_checks().await?.supports_base64_encoding;
+        self.call("add", CallKind::IdempotentWrite, |c| async move {
+            c.write_records(collection_id, batch, true, base64).await
+        })
+        .await
+    }
+
     /// Delete records by ids and/or `where`; returns the number deleted.
     pub async fn delete(
         &self,

@@ -444,6 +444,18 @@ impl Reader<'_> {
             "true or false",
         );
         c.migrations.path = self.get("migrations.path", d.migrations.path, "a path");
+        c.migrations.restore_point = self.get(
+            "migrations.restore_point",
+            d.migrations.restore_point,
+            "true or false",
+        );
+        c.migrations.lock_ttl = self.duration("migrations.lock_ttl", d.migrations.lock_ttl);
+        c.migrations.lock_wait = self.duration("migrations.lock_wait", d.migrations.lock_wait);
+        c.migrations.history_collection = self.get(
+            "migrations.history_collection",
+            d.migrations.history_collection,
+            "a collection name",
+        );
 
         c.control.socket_path = self.get("control.socket_path", d.control.socket_path, "a path");
         c.control.socket_mode = self.parse(
@@ -688,6 +700,15 @@ fn validate(c: &Config) -> Vec<ConfigIssue> {
     }
     if c.backup.lock_ttl < Duration::from_secs(5) {
         bad("backup.lock_ttl", "must be at least 5s".into());
+    }
+    if c.migrations.lock_ttl < Duration::from_secs(5) {
+        bad("migrations.lock_ttl", "must be at least 5s".into());
+    }
+    if !crate::migrate::valid_collection_name(&c.migrations.history_collection) {
+        bad(
+            "migrations.history_collection",
+            "must be a Chroma collection name: 3-512 characters of [a-zA-Z0-9._-], starting and ending with a letter or digit".into(),
+        );
     }
     if let Err(why) = check_storage_path(&c.backup.storage_path) {
         bad("backup.storage_path", why);

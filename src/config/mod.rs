@@ -223,8 +223,20 @@ pub struct BackupConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MigrationsConfig {
+    /// Apply pending migrations at start-up, before READY=1.
     pub auto_migrate: bool,
+    /// Directory of migration files (`NNNN_name.toml`).
     pub path: PathBuf,
+    /// Take a backup of the affected collections before migrating (needs `backup.storage_path`).
+    pub restore_point: bool,
+    /// Lease of the migration lock (kept in Chroma), renewed while held.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+    /// How long a runner waits for another runner's lock before failing.
+    #[serde(with = "humantime_serde")]
+    pub lock_wait: Duration,
+    /// Chroma collection holding the migration history and the lock.
+    pub history_collection: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -338,6 +350,10 @@ impl Default for Config {
             migrations: MigrationsConfig {
                 auto_migrate: false,
                 path: "/etc/chromaprod/migrations".into(),
+                restore_point: true,
+                lock_ttl: Duration::from_secs(30),
+                lock_wait: Duration::from_secs(300),
+                history_collection: "chromaprod-migrations".into(),
             },
             control: ControlConfig {
                 socket_path: "/run/chromaprod/control.sock".into(),

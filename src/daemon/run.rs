@@ -549,6 +549,7 @@ impl Shared {
         let trigger_name = match trigger {
             crate::backup::Trigger::Command => "command",
             crate::backup::Trigger::Schedule => "schedule",
+            crate::backup::Trigger::Migration => "migration",
         };
         self.jobs
             .start(kind, trigger_name, move |progress, cancel| async move {

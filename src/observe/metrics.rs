@@ -35,6 +35,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionOutcomeLabels {
+    direction: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeLabels {
     r#type: &'static str,
 }
@@ -80,6 +86,8 @@ pub struct MetricsCollector {
     backup_duration: Family<TypeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     backup_bytes: Family<TypeLabels, Counter>,
     backup_failures: Family<TypeLabels, Counter>,
+    migration_version: Gauge,
+    migration_runs: Family<DirectionOutcomeLabels, Counter>,
     /// Endpoints currently exported, so removed endpoints stop being reported.
     endpoints: Mutex<Vec<String>>,
 }
@@ -172,7 +180,21 @@ impl MetricsCollector {
             "Failed backup-related jobs by type",
             backup_failures.clone(),
         );
+        let migration_version = Gauge::default();
+        registry.register(
+            "migration_version",
+            "Highest migration version applied (or stamped) in Chroma, as last seen",
+            migration_version.clone(),
+        );
+        let migration_runs = Family::<DirectionOutcomeLabels, Counter>::default();
+        registry.register(
+            "migrations",
+            "Migrations run, by direction (up, down) and outcome",
+            migration_runs.clone(),
+        );
         MetricsCollector {
+            migration_version,
+            migration_runs,
             backup_last_success,
             backup_duration,
             backup_bytes,
@@ -259,6 +281,19 @@ impl MetricsCollector {
         } else {
             self.backup_failures.get_or_create(&labels).inc();
         }
+    }
+
+    /// The highest applied migration version, as last read from Chroma.
+    pub fn migration_version(&self, version: u32) {
+        self.migration_version.set(i64::from(version));
+    }
+
+    /// One migration ran (`direction`: up or down).
+    pub fn migration_run(&self, direction: &'static str, ok: bool) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.migration_runs
+            .get_or_create(&DirectionOutcomeLabels { direction, outcome })
+            .inc();
     }
 
     /// Prometheus text exposition of every metric.

@@ -1,0 +1,182 @@
+//! One migration runner at a time, across hosts: a lease kept in Chroma
+//! with an expiry, renewal and a fencing token.
+//!
+//! Each lease is its own record, `lock-<token>`. To take the lock a runner
+//! reads the highest token; if that lease is live (not released, not
+//! expired) it waits; otherwise it `add`s the record for the next token.
+//! Chroma's `add` keeps the first record written under an id, so exactly
+//! one runner wins each token, and nobody ever overwrites another's lease.
+//! The holder renews its record every third of the lease; before each
+//! history write it checks that no higher token exists (fencing), so a
+//! holder whose lease lapsed (a long pause) stops instead of racing the
+//! runner that took over. Expiry uses the runners' clocks: keep them in
+//! sync (NTP) to well within `migrations.lock_ttl`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::history::{HistoryStore, LockRecord};
+use super::MigrationError;
+use crate::backup::lock::{hostname, now_ms};
+
+/// A held lease; renewed in the background until released or dropped.
+pub struct MigrationLease {
+    history: HistoryStore,
+    record: Arc<Mutex<LockRecord>>,
+    /// Cancelled when the lease could not be renewed or was taken over.
+    pub lost: CancellationToken,
+    stop: CancellationToken,
+}
+
+/// Who this runner is, as shown to others waiting for the lock.
+pub fn runner_id() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "chromaprod".into());
+    format!(
+        "{user}@{} (pid {}) #{:08x}",
+        hostname(),
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+fn describe(l: &LockRecord) -> String {
+    let left = l.expires_ms.saturating_sub(now_ms());
+    format!(
+        "{} (token {}, lease ends in {})",
+        l.holder
+            .rsplit_once(" #")
+            .map_or(l.holder.as_str(), |(h, _)| h),
+        l.token,
+        humantime::format_duration(Duration::from_millis(left / 1000 * 1000))
+    )
+}
+
+impl MigrationLease {
+    /// Takes the lock, waiting up to `wait` for a live holder; `on_wait` is
+    /// told who holds it while waiting.
+    pub async fn acquire(
+        history: &HistoryStore,
+        holder: &str,
+        ttl: Duration,
+        wait: Duration,
+        mut on_wait: impl FnMut(&str),
+    ) -> Result<Self, MigrationError> {
+        let started = Instant::now();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let top = history.locks().await?.into_iter().next();
+            let live = top
+                .as_ref()
+                .filter(|l| !l.released && l.expires_ms > now_ms());
+            if let Some(l) = live {
+                if started.elapsed() >= wait {
+                    return Err(MigrationError::LockTimeout {
+                        holder: describe(l),
+                        waited: wait,
+                    });
+                }
+                on_wait(&describe(l));
+                let pause =
+                    Duration::from_millis((l.expires_ms.saturating_sub(now_ms())).clamp(200, 1000));
+                tokio::time::sleep(
+                    pause
+                        .min(wait.saturating_sub(started.elapsed()))
+                        .max(Duration::from_millis(50)),
+                )
+                .await;
+                continue;
+            }
+            let now = now_ms();
+            let record = LockRecord {
+                token: top.as_ref().map_or(1, |l| l.token + 1),
+                holder: holder.to_string(),
+                acquired_ms: now,
+                expires_ms: now.saturating_add(ttl_ms),
+                released: false,
+            };
+            if history.claim(&record).await? {
+                let _ = history.forget_locks_below(record.token).await;
+                let lease = MigrationLease {
+                    history: history.clone(),
+                    record: Arc::new(Mutex::new(record)),
+                    lost: CancellationToken::new(),
+                    stop: CancellationToken::new(),
+                };
+                lease.spawn_renewal(ttl);
+                return Ok(lease);
+            }
+            // Another runner won this token; look again.
+        }
+    }
+
+    /// The fencing token of this lease.
+    pub fn token(&self) -> u64 {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).token
+    }
+
+    fn spawn_renewal(&self, ttl: Duration) {
+        let history = self.history.clone();
+        let record = self.record.clone();
+        let lost = self.lost.clone();
+        let stop = self.stop.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(ttl / 3) => {}
+                }
+                let mut next = record.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let taken = match history.locks().await {
+                    Ok(ls) => ls.first().is_some_and(|l| l.token > next.token),
+                    Err(_) => false,
+                };
+                if taken || now_ms() > next.expires_ms {
+                    tracing::error!(token = next.token, "migration lock lost; stopping");
+                    lost.cancel();
+                    return;
+                }
+                next.expires_ms = now_ms().saturating_add(ttl_ms);
+                if history.put_lock(&next).await.is_ok() {
+                    *record.lock().unwrap_or_else(|e| e.into_inner()) = next;
+                }
+            }
+        });
+    }
+
+    /// Fails if the lease lapsed or a later runner took the lock (fencing).
+    pub async fn check(&self) -> Result<(), MigrationError> {
+        let mine = self.token();
+        if self.lost.is_cancelled() {
+            return Err(MigrationError::LockLost { token: mine });
+        }
+        let top = self.history.locks().await?.into_iter().next();
+        if top.is_some_and(|l| l.token > mine) {
+            self.lost.cancel();
+            return Err(MigrationError::LockLost { token: mine });
+        }
+        Ok(())
+    }
+
+    /// Marks the lease released so the next runner need not wait.
+    pub async fn release(self) {
+        self.stop.cancel();
+        let mut rec = self
+            .record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        rec.released = true;
+        if let Err(e) = self.history.put_lock(&rec).await {
+            tracing::warn!(error = %e, "could not release the migration lock; it frees itself when the lease ends");
+        }
+    }
+}
+
+impl Drop for MigrationLease {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

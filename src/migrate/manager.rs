@@ -1,0 +1,673 @@
+//! `MigrationManager`: status, up, down, validate, repair and stamp.
+//!
+//! Every run checks without the lock (nothing to do is cheap), takes the
+//! lock, reads the history again and plans again (another runner may have
+//! applied everything meanwhile), takes a restore point, then migrates one
+//! version at a time, recording each in the history before and after.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::file::{load_dir, Migration, Operation};
+use super::history::{HistoryEntry, HistoryStore, Outcome};
+use super::lease::{runner_id, MigrationLease};
+use super::ops::{apply, Tracker};
+use super::plan::{plan_down, plan_up, problems, Direction, Step};
+use super::MigrationError;
+use crate::backup::{BackupError, BackupManager, BackupRequest, BackupType, Trigger};
+use crate::chroma::ProductionChromaStore;
+use crate::config::Config;
+use crate::daemon::jobs::Progress;
+use crate::observe::MetricsCollector;
+
+/// Runs migrations against the configured Chroma.
+#[derive(Clone)]
+pub struct MigrationManager {
+    store: ProductionChromaStore,
+    config: Arc<Config>,
+    metrics: Arc<MetricsCollector>,
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+fn highest_applied(history: &[HistoryEntry]) -> u32 {
+    history
+        .iter()
+        .filter(|h| h.outcome.is_applied())
+        .map(|h| h.version)
+        .max()
+        .unwrap_or(0)
+}
+
+impl MigrationManager {
+    pub fn new(
+        store: ProductionChromaStore,
+        config: Arc<Config>,
+        metrics: Arc<MetricsCollector>,
+    ) -> Self {
+        MigrationManager {
+            store,
+            config,
+            metrics,
+        }
+    }
+
+    /// The migration files, loaded and checked.
+    pub fn files(&self) -> Result<Vec<Migration>, MigrationError> {
+        load_dir(&self.config.migrations.path)
+    }
+
+    /// The recorded history (empty if none was ever recorded).
+    pub async fn history(&self) -> Result<Vec<HistoryEntry>, MigrationError> {
+        let h = HistoryStore::peek(&self.store, &self.config.migrations.history_collection).await?;
+        self.metrics.migration_version(highest_applied(&h));
+        Ok(h)
+    }
+
+    /// Every version, file and record side by side, with what is pending
+    /// and what is wrong.
+    pub async fn status(&self) -> Result<Value, MigrationError> {
+        let history = self.history().await?;
+        let (files, file_problems) = match self.files() {
+            Ok(f) => (f, Vec::new()),
+            Err(MigrationError::Invalid { problems }) => (Vec::new(), problems),
+            Err(e) => return Err(e),
+        };
+        let mut versions: Vec<u32> = files
+            .iter()
+            .map(|m| m.version)
+            .chain(history.iter().map(|h| h.version))
+            .collect();
+        versions.sort_unstable();
+        versions.dedup();
+        let rows: Vec<Value> = versions
+            .iter()
+            .map(|v| {
+                let f = files.iter().find(|m| m.version == *v);
+                let h = history.iter().find(|h| h.version == *v);
+                let state = match h {
+                    Some(h) if h.outcome.is_applied() => {
+                        if f.is_some_and(|f| f.checksum != h.checksum)
+                            && h.outcome == Outcome::Applied
+                        {
+                            "applied, file changed"
+                        } else if f.is_none() && h.outcome == Outcome::Applied {
+                            "applied, file missing"
+                        } else if h.outcome == Outcome::Baselined {
+                            "stamped"
+                        } else {
+                            "applied"
+                        }
+                    }
+                    Some(h) if h.outcome == Outcome::Failed => "failed",
+                    Some(_) => "interrupted",
+                    None => "pending",
+                };
+                json!({
+                    "version": v,
+                    "name": f.map(|f| f.name.clone()).or_else(|| h.map(|h| h.name.clone())),
+                    "state": state,
+                    "applied_at": h.map(|h| h.applied_at.clone()),
+                    "applied_by": h.map(|h| h.applied_by.clone()),
+                    "duration_ms": h.map(|h| h.duration_ms),
+                    "error": h.and_then(|h| h.error.clone()),
+                    "restore_point": h.and_then(|h| h.restore_point.clone()),
+                })
+            })
+            .collect();
+        let mut all_problems = file_problems;
+        all_problems.extend(problems(&files, &history).iter().map(ToString::to_string));
+        let pending = if all_problems.is_empty() {
+            plan_up(&files, &history, None)?
+                .into_iter()
+                .map(|s| s.version)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(json!({
+            "version": highest_applied(&history),
+            "migrations": rows,
+            "pending": pending,
+            "problems": all_problems,
+            "path": self.config.migrations.path,
+        }))
+    }
+
+    /// Files and history agree (Flyway's `validate`); all problems at once.
+    pub async fn validate(&self) -> Result<Value, MigrationError> {
+        let files = self.files()?;
+        let history = self.history().await?;
+        let ps = problems(&files, &history);
+        if !ps.is_empty() {
+            if ps.len() == 1 {
+                return Err(ps.into_iter().next().unwrap_or(MigrationError::Invalid {
+                    problems: Vec::new(),
+                }));
+            }
+            return Err(MigrationError::Invalid {
+                problems: ps.iter().map(ToString::to_string).collect(),
+            });
+        }
+        Ok(json!({
+            "valid": true,
+            "files": files.len(),
+            "version": highest_applied(&history),
+            "pending": plan_up(&files, &history, None)?.iter().map(|s| s.version).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// What `up` would run now, without the lock.
+    pub async fn pending(&self) -> Result<Vec<Step>, MigrationError> {
+        plan_up(&self.files()?, &self.history().await?, None)
+    }
+
+    async fn lock(
+        &self,
+        progress: &Progress,
+    ) -> Result<(HistoryStore, MigrationLease), MigrationError> {
+        let history = HistoryStore::open(
+            self.store.clone(),
+            &self.config.migrations.history_collection,
+        )
+        .await?;
+        let me = runner_id();
+        let mut told = false;
+        let lease = MigrationLease::acquire(
+            &history,
+            &me,
+            self.config.migrations.lock_ttl,
+            self.config.migrations.lock_wait,
+            |holder| {
+                if !told {
+                    tracing::info!(holder, "waiting for the migration lock");
+                    told = true;
+                }
+                progress.report(json!({"phase": "waiting_for_lock", "holder": holder}));
+            },
+        )
+        .await?;
+        tracing::info!(token = lease.token(), "migration lock taken");
+        Ok((history, lease))
+    }
+
+    /// Applies pending migrations up to `to` (default: all).
+    pub async fn up(
+        &self,
+        to: Option<u32>,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Value, MigrationError> {
+        let files = self.files()?;
+        if plan_up(&files, &self.history().await?, to)?.is_empty() {
+            return Ok(json!({"applied": [], "version": highest_applied(&self.history().await?)}));
+        }
+        let (history, lease) = self.lock(progress).await?;
+        let r = self
+            .up_locked(&files, to, &history, &lease, progress, cancel)
+            .await;
+        lease.release().await;
+        r
+    }
+
+    async fn up_locked(
+        &self,
+        files: &[Migration],
+        to: Option<u32>,
+        history: &HistoryStore,
+        lease: &MigrationLease,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Value, MigrationError> {
+        let recorded = history.entries().await?;
+        let steps = plan_up(files, &recorded, to)?;
+        if steps.is_empty() {
+            // Another runner applied them while this one waited.
+            return Ok(json!({"applied": [], "version": highest_applied(&recorded)}));
+        }
+        let restore_point = self.restore_point(files, &steps, progress, cancel).await?;
+        let mut applied = Vec::new();
+        for step in &steps {
+            let m = files
+                .iter()
+                .find(|m| m.version == step.version)
+                .ok_or(MigrationError::NoSuchVersion(step.version))?;
+            let earlier = recorded.iter().find(|h| h.version == m.version).cloned();
+            let r = self
+                .run_up(
+                    m,
+                    earlier,
+                    restore_point.clone(),
+                    history,
+                    lease,
+                    progress,
+                    cancel,
+                )
+                .await;
+            self.metrics.migration_run("up", r.is_ok());
+            let v = r?;
+            self.metrics
+                .migration_version(m.version.max(highest_applied(&recorded)));
+            applied.push(v);
+        }
+        let now = history.entries().await?;
+        self.metrics.migration_version(highest_applied(&now));
+        Ok(json!({
+            "applied": applied,
+            "version": highest_applied(&now),
+            "restore_point": restore_point,
+        }))
+    }
+
+    /// A backup of the existing collections the steps touch, through the
+    /// backup manager (`migrations.restore_point`).
+    async fn restore_point(
+        &self,
+        files: &[Migration],
+        steps: &[Step],
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Option<String>, MigrationError> {
+        if !self.config.migrations.restore_point {
+            return Ok(None);
+        }
+        let existing: std::collections::HashSet<String> = self
+            .store
+            .list_collections()
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        let mut touched: Vec<String> = steps
+            .iter()
+            .filter_map(|s| files.iter().find(|m| m.version == s.version))
+            .flat_map(Migration::collections)
+            .filter(|c| existing.contains(c))
+            .collect();
+        touched.sort();
+        touched.dedup();
+        if touched.is_empty() {
+            return Ok(None);
+        }
+        progress.report(json!({"phase": "restore_point", "collections": touched}));
+        let manager = BackupManager::open(self.store.clone(), self.config.clone(), true)
+            .await
+            .map_err(MigrationError::RestorePoint)?;
+        let manifest = manager
+            .create(
+                BackupRequest {
+                    backup_type: BackupType::Collection,
+                    collections: touched,
+                    trigger: Trigger::Migration,
+                },
+                progress,
+                cancel,
+            )
+            .await
+            .map_err(|e| match e {
+                BackupError::Cancelled => MigrationError::Cancelled,
+                e => MigrationError::RestorePoint(e),
+            })?;
+        tracing::info!(backup_id = %manifest.snapshot_id, "restore point taken before migrating");
+        Ok(Some(manifest.snapshot_id.to_string()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_up(
+        &self,
+        m: &Migration,
+        earlier: Option<HistoryEntry>,
+        restore_point: Option<String>,
+        history: &HistoryStore,
+        lease: &MigrationLease,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Value, MigrationError> {
+        let started = Instant::now();
+        // An interrupted or failed run of the same file resumes where it was.
+        let resume = earlier.filter(|h| {
+            matches!(h.outcome, Outcome::Running | Outcome::Failed) && h.checksum == m.checksum
+        });
+        let from = resume.as_ref().map_or(0, |h| h.op_index.min(m.up.len()));
+        let entry = HistoryEntry {
+            version: m.version,
+            name: m.name.clone(),
+            checksum: m.checksum.clone(),
+            outcome: Outcome::Running,
+            applied_at: now_rfc3339(),
+            applied_by: lease_holder(),
+            duration_ms: 0,
+            error: None,
+            op_index: from,
+            checkpoint: resume.and_then(|h| h.checkpoint),
+            restore_point: restore_point.clone(),
+            token: lease.token(),
+        };
+        lease.check().await?;
+        history.put(&entry).await?;
+        if from > 0 {
+            tracing::info!(migration = m.version, op_index = from, "resuming migration");
+        } else {
+            tracing::info!(migration = m.version, name = %m.name, "applying migration");
+        }
+        let entry = Mutex::new(entry);
+        let tracker = Tracker {
+            store: &self.store,
+            history,
+            lease,
+            entry: &entry,
+            version: m.version,
+            progress,
+            cancel,
+        };
+        let mut results = Vec::new();
+        for (i, op) in m.up.iter().enumerate().skip(from) {
+            progress.report(json!({"phase": "migrate", "version": m.version, "name": m.name, "operation": op.name(), "op_index": i, "ops": m.up.len()}));
+            match apply(op, &tracker).await {
+                Ok(v) => {
+                    results.push(v);
+                    lease.check().await?;
+                    let mut e = entry.lock().await;
+                    e.op_index = i + 1;
+                    e.checkpoint = None;
+                    history.put(&e).await?;
+                }
+                Err(err @ (MigrationError::Cancelled | MigrationError::LockLost { .. })) => {
+                    // Stays "running": the next up resumes from the checkpoint.
+                    return Err(err);
+                }
+                Err(err) => {
+                    let state = self
+                        .compensate(m, i, op, &tracker, restore_point.as_deref())
+                        .await;
+                    let mut e = entry.lock().await;
+                    e.outcome = Outcome::Failed;
+                    e.duration_ms = started.elapsed().as_millis() as u64;
+                    e.error = Some(err.to_string());
+                    if state.rolled_back {
+                        e.op_index = 0;
+                        e.checkpoint = None;
+                    }
+                    let _ = history.put(&e).await;
+                    let failure = MigrationError::Failed {
+                        version: m.version,
+                        name: m.name.clone(),
+                        op_index: i + 1,
+                        op: op.name().to_string(),
+                        why: err.to_string(),
+                        state: state.message,
+                    };
+                    tracing::error!(migration = m.version, error = %failure, "migration failed");
+                    return Err(failure);
+                }
+            }
+        }
+        let mut e = entry.lock().await;
+        e.outcome = Outcome::Applied;
+        e.duration_ms = started.elapsed().as_millis() as u64;
+        e.op_index = m.up.len();
+        e.checkpoint = None;
+        lease.check().await?;
+        history.put(&e).await?;
+        tracing::info!(migration = m.version, name = %m.name, elapsed_ms = e.duration_ms, "migration applied");
+        Ok(
+            json!({"version": m.version, "name": m.name, "duration_ms": e.duration_ms, "operations": results}),
+        )
+    }
+
+    /// After `up` failed at operation `i`: undo the operations before it
+    /// (and a half-done key rename) where each has an obvious inverse.
+    async fn compensate(
+        &self,
+        m: &Migration,
+        i: usize,
+        failed: &Operation,
+        tracker: &Tracker<'_>,
+        restore_point: Option<&str>,
+    ) -> Compensation {
+        let mut undo: Vec<Operation> = Vec::new();
+        if let Operation::RenameMetadataKey { where_: None, .. } = failed {
+            undo.extend(failed.inverse(m.version));
+        }
+        let mut complete = true;
+        for op in m.up[..i].iter().rev() {
+            match op.inverse(m.version) {
+                Some(inv) => undo.push(inv),
+                None => complete = false,
+            }
+        }
+        let fallback = match restore_point {
+            Some(s) => format!("restore snapshot {s} (taken before migrating) with `chromaprod restore {s} --mode replace`"),
+            None => "no restore point was taken (migrations.restore_point is off or nothing existed to back up)".to_string(),
+        };
+        if !complete {
+            return Compensation {
+                rolled_back: false,
+                message: format!(
+                    "operations before it have no obvious inverse and were left applied; to go back, {fallback}"
+                ),
+            };
+        }
+        for op in &undo {
+            tracker.entry.lock().await.checkpoint = None;
+            if let Err(e) = apply(op, tracker).await {
+                return Compensation {
+                    rolled_back: false,
+                    message: format!("undoing it failed too ({e}); to go back, {fallback}"),
+                };
+            }
+        }
+        Compensation {
+            rolled_back: true,
+            message: format!(
+                "{} earlier operation(s) were undone, so the data is as it was; fix the cause and run `chromaprod migrate up` again",
+                i
+            ),
+        }
+    }
+
+    /// Undoes applied migrations above version `to`.
+    pub async fn down(
+        &self,
+        to: u32,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Value, MigrationError> {
+        let files = self.files()?;
+        // Refuse early: a down list that cannot be derived.
+        for s in plan_down(&files, &self.history().await?, to)? {
+            if let Some(m) = files.iter().find(|m| m.version == s.version) {
+                m.down_ops()?;
+            }
+        }
+        let (history, lease) = self.lock(progress).await?;
+        let r = self
+            .down_locked(&files, to, &history, &lease, progress, cancel)
+            .await;
+        lease.release().await;
+        r
+    }
+
+    async fn down_locked(
+        &self,
+        files: &[Migration],
+        to: u32,
+        history: &HistoryStore,
+        lease: &MigrationLease,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Value, MigrationError> {
+        let recorded = history.entries().await?;
+        let steps = plan_down(files, &recorded, to)?;
+        let mut undone = Vec::new();
+        for step in &steps {
+            let m = files
+                .iter()
+                .find(|m| m.version == step.version)
+                .ok_or(MigrationError::NoSuchVersion(step.version))?;
+            let Some(mut entry) = recorded.iter().find(|h| h.version == m.version).cloned() else {
+                continue;
+            };
+            let started = Instant::now();
+            tracing::info!(migration = m.version, name = %m.name, "undoing migration");
+            entry.checkpoint = None;
+            let cell = Mutex::new(entry);
+            let tracker = Tracker {
+                store: &self.store,
+                history,
+                lease,
+                entry: &cell,
+                version: m.version,
+                progress,
+                cancel,
+            };
+            let mut result = Ok(());
+            for op in m.down_ops()? {
+                progress.report(
+                    json!({"phase": "migrate_down", "version": m.version, "operation": op.name()}),
+                );
+                cell.lock().await.checkpoint = None;
+                if let Err(e) = apply(&op, &tracker).await {
+                    result = Err((op.name(), e));
+                    break;
+                }
+            }
+            self.metrics.migration_run("down", result.is_ok());
+            if let Err((op, e)) = result {
+                let mut entry = cell.lock().await;
+                entry.error = Some(format!("down failed at {op}: {e}"));
+                entry.checkpoint = None;
+                let _ = history.put(&entry).await;
+                return Err(MigrationError::Failed {
+                    version: m.version,
+                    name: m.name.clone(),
+                    op_index: 0,
+                    op: op.to_string(),
+                    why: e.to_string(),
+                    state: "the migration is still recorded as applied; fix the cause and run `chromaprod migrate down` again".into(),
+                });
+            }
+            lease.check().await?;
+            history.remove(m.version).await?;
+            tracing::info!(
+                migration = m.version,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "migration undone"
+            );
+            undone.push(json!({"version": m.version, "name": m.name, "duration_ms": started.elapsed().as_millis() as u64}));
+        }
+        let now = history.entries().await?;
+        self.metrics.migration_version(highest_applied(&now));
+        Ok(json!({"undone": undone, "version": highest_applied(&now)}))
+    }
+
+    /// Flyway's `repair`: accept edited files of applied migrations (record
+    /// their new checksums), forget applied migrations whose files are gone,
+    /// and clear failed runs so they start again from their first operation.
+    pub async fn repair(&self, progress: &Progress) -> Result<Value, MigrationError> {
+        let files = self.files()?;
+        let (history, lease) = self.lock(progress).await?;
+        let r = async {
+            let mut realigned = Vec::new();
+            let mut forgotten = Vec::new();
+            let mut cleared = Vec::new();
+            for mut h in history.entries().await? {
+                let file = files.iter().find(|m| m.version == h.version);
+                match (h.outcome, file) {
+                    (Outcome::Baselined, _) => {}
+                    (Outcome::Failed, _) => {
+                        history.remove(h.version).await?;
+                        cleared.push(h.version);
+                    }
+                    (_, None) => {
+                        history.remove(h.version).await?;
+                        forgotten.push(h.version);
+                    }
+                    (_, Some(f)) if f.checksum != h.checksum => {
+                        h.checksum = f.checksum.clone();
+                        h.name = f.name.clone();
+                        history.put(&h).await?;
+                        realigned.push(h.version);
+                    }
+                    _ => {}
+                }
+            }
+            tracing::info!(?realigned, ?forgotten, ?cleared, "migration history repaired");
+            Ok(json!({"checksums_realigned": realigned, "forgotten": forgotten, "failures_cleared": cleared}))
+        }
+        .await;
+        lease.release().await;
+        r
+    }
+
+    /// Records `version` as the current one without running anything:
+    /// versions up to it are marked applied (stamped), records above it are
+    /// removed. Use it to adopt an existing database (Flyway's `baseline`)
+    /// or after fixing things by hand.
+    pub async fn stamp(&self, version: u32, progress: &Progress) -> Result<Value, MigrationError> {
+        let files = self.files()?;
+        if version != 0 && !files.iter().any(|m| m.version == version) {
+            return Err(MigrationError::NoSuchVersion(version));
+        }
+        let (history, lease) = self.lock(progress).await?;
+        let r = async {
+            let recorded = history.entries().await?;
+            let mut stamped = Vec::new();
+            let mut removed = Vec::new();
+            for m in files.iter().filter(|m| m.version <= version) {
+                let current = recorded.iter().find(|h| h.version == m.version);
+                if current.is_some_and(|h| h.outcome.is_applied() && h.checksum == m.checksum) {
+                    continue;
+                }
+                history
+                    .put(&HistoryEntry {
+                        version: m.version,
+                        name: m.name.clone(),
+                        checksum: m.checksum.clone(),
+                        outcome: Outcome::Baselined,
+                        applied_at: now_rfc3339(),
+                        applied_by: lease_holder(),
+                        token: lease.token(),
+                        ..HistoryEntry::default()
+                    })
+                    .await?;
+                stamped.push(m.version);
+            }
+            for h in recorded.iter().filter(|h| h.version > version) {
+                history.remove(h.version).await?;
+                removed.push(h.version);
+            }
+            self.metrics.migration_version(version);
+            tracing::info!(version, ?stamped, ?removed, "migration history stamped");
+            Ok(json!({"version": version, "stamped": stamped, "removed": removed}))
+        }
+        .await;
+        lease.release().await;
+        r
+    }
+}
+
+struct Compensation {
+    rolled_back: bool,
+    message: String,
+}
+
+fn lease_holder() -> String {
+    let id = runner_id();
+    id.rsplit_once(" #")
+        .map_or(id.clone(), |(h, _)| h.to_string())
+}
+
+/// The steps' direction as a word (logs, metrics).
+pub fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Up => "up",
+        Direction::Down => "down",
+    }
+}

@@ -1,0 +1,432 @@
+//! Carrying out operations against Chroma. Each streams in batches, saves
+//! a checkpoint as it goes (through [`Tracker`]) and, started again with
+//! that checkpoint after a crash, continues where it was.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::file::{dropped_name, Operation};
+use super::history::{HistoryEntry, HistoryStore};
+use super::lease::MigrationLease;
+use super::MigrationError;
+use crate::backup::source::FETCH_BATCH;
+use crate::chroma::{
+    ChromaError, Collection, CreateCollection, GetRequest, Include, ModifyCollection,
+    ProductionChromaStore, RecordBatch,
+};
+use crate::daemon::jobs::Progress;
+
+/// What a running operation needs: Chroma, where to save its checkpoint,
+/// progress and cancellation.
+pub struct Tracker<'a> {
+    pub store: &'a ProductionChromaStore,
+    pub history: &'a HistoryStore,
+    pub lease: &'a MigrationLease,
+    /// The history entry of the running migration (its checkpoint inside).
+    pub entry: &'a Mutex<HistoryEntry>,
+    pub version: u32,
+    pub progress: &'a Progress,
+    pub cancel: &'a CancellationToken,
+}
+
+impl Tracker<'_> {
+    /// The checkpoint saved by an earlier, interrupted run of this operation.
+    pub async fn resumed(&self) -> Option<Value> {
+        self.entry.lock().await.checkpoint.clone()
+    }
+
+    /// Saves where the operation got to; fails if the lock was lost.
+    pub async fn save(&self, checkpoint: Value) -> Result<(), MigrationError> {
+        self.lease.check().await?;
+        let mut e = self.entry.lock().await;
+        e.checkpoint = Some(checkpoint);
+        self.history.put(&e).await?;
+        Ok(())
+    }
+
+    pub fn check_cancel(&self) -> Result<(), MigrationError> {
+        if self.cancel.is_cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
+        Ok(())
+    }
+
+    pub fn report(&self, op: &str, detail: Value) {
+        let mut v = json!({"phase": "migrate", "version": self.version, "operation": op});
+        if let (Some(o), Value::Object(d)) = (v.as_object_mut(), detail) {
+            o.extend(d);
+        }
+        self.progress.report(v);
+    }
+}
+
+/// The collection named `name`, or `None`.
+pub async fn find(
+    store: &ProductionChromaStore,
+    name: &str,
+) -> Result<Option<Collection>, MigrationError> {
+    match store.get_collection(name).await {
+        Ok(c) => Ok(Some(c)),
+        Err(ChromaError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn need(store: &ProductionChromaStore, name: &str) -> Result<Collection, MigrationError> {
+    find(store, name)
+        .await?
+        .ok_or_else(|| MigrationError::NoCollection(name.to_string()))
+}
+
+pub async fn rename(
+    store: &ProductionChromaStore,
+    id: &str,
+    to: &str,
+) -> Result<(), MigrationError> {
+    store
+        .modify_collection(
+            id,
+            &ModifyCollection {
+                new_name: Some(to.to_string()),
+                ..ModifyCollection::default()
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Carries out one operation; returns what it did.
+pub async fn apply(op: &Operation, t: &Tracker<'_>) -> Result<Value, MigrationError> {
+    t.check_cancel()?;
+    let store = t.store;
+    let resuming = t.resumed().await.is_some();
+    match op {
+        Operation::CreateCollection {
+            name,
+            metadata,
+            configuration,
+        } => {
+            if let Some(existing) = find(store, name).await? {
+                if resuming {
+                    return Ok(json!({"created": name, "id": existing.id, "resumed": true}));
+                }
+                return Err(MigrationError::Conflict(format!(
+                    "collection {name:?} already exists"
+                )));
+            }
+            t.save(json!({"started": true})).await?;
+            let c = store
+                .create_collection(&CreateCollection {
+                    name: name.clone(),
+                    metadata: metadata.clone(),
+                    configuration: configuration.clone(),
+                    get_or_create: false,
+                })
+                .await?;
+            Ok(json!({"created": name, "id": c.id}))
+        }
+        Operation::RenameCollection { from, to } => rename_collection(t, from, to, resuming).await,
+        Operation::DropCollection { name, keep, .. } => {
+            if *keep {
+                let aside = dropped_name(name, t.version);
+                rename_collection(t, name, &aside, resuming).await?;
+                Ok(json!({"dropped": name, "kept_as": aside}))
+            } else {
+                match store.delete_collection(name).await {
+                    Ok(()) => Ok(json!({"dropped": name, "deleted": true})),
+                    Err(ChromaError::NotFound { .. }) if resuming => {
+                        Ok(json!({"dropped": name, "deleted": true, "resumed": true}))
+                    }
+                    Err(ChromaError::NotFound { .. }) => {
+                        Err(MigrationError::NoCollection(name.clone()))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+        Operation::SwapCollections { a, b } => swap(t, a, b).await,
+        Operation::UpdateCollectionMetadata {
+            collection,
+            set,
+            unset,
+        } => {
+            let c = need(store, collection).await?;
+            let mut meta = c.metadata.clone().unwrap_or_default();
+            for k in unset {
+                meta.remove(k);
+            }
+            meta.extend(set.clone());
+            store
+                .modify_collection(
+                    &c.id,
+                    &ModifyCollection {
+                        new_metadata: Some(meta.clone()),
+                        ..ModifyCollection::default()
+                    },
+                )
+                .await?;
+            Ok(json!({"collection": collection, "metadata": meta}))
+        }
+        Operation::UpdateIndex {
+            collection,
+            hnsw,
+            spann,
+        } => {
+            let c = need(store, collection).await?;
+            let mut cfg = Map::new();
+            if let Some(h) = hnsw {
+                cfg.insert("hnsw".into(), Value::Object(h.clone()));
+            }
+            if let Some(s) = spann {
+                cfg.insert("spann".into(), Value::Object(s.clone()));
+            }
+            store
+                .modify_collection(
+                    &c.id,
+                    &ModifyCollection {
+                        new_configuration: Some(Value::Object(cfg.clone())),
+                        ..ModifyCollection::default()
+                    },
+                )
+                .await?;
+            Ok(json!({"collection": collection, "configuration": cfg}))
+        }
+        Operation::RenameMetadataKey {
+            collection,
+            from,
+            to,
+            where_,
+        } => {
+            let n = update_metadata(t, op.name(), collection, where_.as_ref(), |m| {
+                let v = m.get(from)?.clone();
+                let mut delta = Map::new();
+                delta.insert(from.clone(), Value::Null);
+                delta.insert(to.clone(), v);
+                Some(delta)
+            })
+            .await?;
+            Ok(json!({"collection": collection, "records_changed": n}))
+        }
+        Operation::SetMetadata {
+            collection,
+            key,
+            value,
+            where_,
+            only_missing,
+        } => {
+            let n = update_metadata(t, op.name(), collection, where_.as_ref(), |m| {
+                if (*only_missing && m.contains_key(key)) || m.get(key) == Some(value) {
+                    return None;
+                }
+                let mut delta = Map::new();
+                delta.insert(key.clone(), value.clone());
+                Some(delta)
+            })
+            .await?;
+            Ok(json!({"collection": collection, "records_changed": n}))
+        }
+        Operation::DeleteMetadataKey {
+            collection,
+            key,
+            where_,
+        } => {
+            let n = update_metadata(t, op.name(), collection, where_.as_ref(), |m| {
+                m.contains_key(key).then(|| {
+                    let mut delta = Map::new();
+                    delta.insert(key.clone(), Value::Null);
+                    delta
+                })
+            })
+            .await?;
+            Ok(json!({"collection": collection, "records_changed": n}))
+        }
+        Operation::DeleteRecords { collection, where_ } => {
+            let c = need(store, collection).await?;
+            let ids = list_ids(store, &c.id, Some(where_)).await?;
+            let total = ids.len();
+            let mut done = 0;
+            for part in ids.chunks(FETCH_BATCH) {
+                t.check_cancel()?;
+                store.delete(&c.id, Some(part), None).await?;
+                done += part.len();
+                t.report(
+                    op.name(),
+                    json!({"records_done": done, "records_total": total}),
+                );
+            }
+            Ok(json!({"collection": collection, "records_deleted": done}))
+        }
+        Operation::Rebuild { .. } => super::rebuild::rebuild(op, t).await,
+    }
+}
+
+async fn rename_collection(
+    t: &Tracker<'_>,
+    from: &str,
+    to: &str,
+    resuming: bool,
+) -> Result<Value, MigrationError> {
+    let store = t.store;
+    let src = find(store, from).await?;
+    let dst = find(store, to).await?;
+    match (src, dst) {
+        (None, Some(d)) if resuming => {
+            Ok(json!({"renamed": from, "to": to, "id": d.id, "resumed": true}))
+        }
+        (None, _) => Err(MigrationError::NoCollection(from.to_string())),
+        (Some(_), Some(_)) => Err(MigrationError::Conflict(format!(
+            "cannot rename {from:?} to {to:?}: a collection of that name exists"
+        ))),
+        (Some(s), None) => {
+            t.save(json!({"started": true})).await?;
+            rename(store, &s.id, to).await?;
+            Ok(json!({"renamed": from, "to": to, "id": s.id}))
+        }
+    }
+}
+
+/// Swaps two names through a temporary one; the checkpoint holds both ids,
+/// so a run interrupted between renames finishes the swap.
+async fn swap(t: &Tracker<'_>, a: &str, b: &str) -> Result<Value, MigrationError> {
+    let store = t.store;
+    let (a_id, b_id) = match t.resumed().await {
+        Some(cp) if cp.get("a_id").is_some() => (
+            cp["a_id"].as_str().unwrap_or_default().to_string(),
+            cp["b_id"].as_str().unwrap_or_default().to_string(),
+        ),
+        _ => {
+            let ca = need(store, a).await?;
+            let cb = need(store, b).await?;
+            t.save(json!({"a_id": ca.id, "b_id": cb.id})).await?;
+            (ca.id, cb.id)
+        }
+    };
+    let tmp = format!("{a}.swap-tmp");
+    let names = || async {
+        Ok::<HashMap<String, String>, MigrationError>(
+            store
+                .list_collections()
+                .await?
+                .into_iter()
+                .map(|c| (c.id, c.name))
+                .collect(),
+        )
+    };
+    // a → tmp, b → a, tmp (a's id) → b; each step skipped if already done.
+    for (id, to) in [
+        (&a_id, &tmp),
+        (&b_id, &a.to_string()),
+        (&a_id, &b.to_string()),
+    ] {
+        let now = names().await?;
+        match now.get(id.as_str()) {
+            Some(n) if n == to => continue,
+            Some(_) => rename(store, id, to).await?,
+            None => {
+                return Err(MigrationError::Conflict(format!(
+                    "collection {id} went away during the swap of {a:?} and {b:?}"
+                )))
+            }
+        }
+    }
+    Ok(json!({"swapped": [a, b]}))
+}
+
+/// Ids of `collection_id` (matching `where_`), in insertion order.
+pub async fn list_ids(
+    store: &ProductionChromaStore,
+    collection_id: &str,
+    where_: Option<&Value>,
+) -> Result<Vec<String>, MigrationError> {
+    let req = GetRequest {
+        where_: where_.cloned(),
+        include: Vec::new(),
+        ..GetRequest::default()
+    };
+    Ok(store.get_records(collection_id, &req).await?.ids)
+}
+
+/// Where to start in `ids` after a checkpoint naming the last id done.
+pub fn resume_position(ids: &[String], checkpoint: Option<&Value>) -> usize {
+    checkpoint
+        .and_then(|c| c.get("last_id"))
+        .and_then(Value::as_str)
+        .and_then(|last| ids.iter().position(|i| i == last))
+        .map_or(0, |p| p + 1)
+}
+
+/// Applies `change` to the metadata of every record (matching `where_`):
+/// it returns the keys to set (a `null` deletes a key) or `None` to leave
+/// the record. Records go by id in batches; the checkpoint names the last
+/// id done. Every change is idempotent, so a resumed run may safely look
+/// at some records twice.
+async fn update_metadata(
+    t: &Tracker<'_>,
+    op: &str,
+    collection: &str,
+    where_: Option<&Value>,
+    change: impl Fn(&Map<String, Value>) -> Option<Map<String, Value>>,
+) -> Result<u64, MigrationError> {
+    let store = t.store;
+    let c = need(store, collection).await?;
+    let ids = list_ids(store, &c.id, where_).await?;
+    let start = resume_position(&ids, t.resumed().await.as_ref());
+    let total = ids.len();
+    let mut changed = 0u64;
+    let mut done = start;
+    for part in ids[start..].chunks(FETCH_BATCH) {
+        t.check_cancel()?;
+        let got = store
+            .get_records(
+                &c.id,
+                &GetRequest::ids(part.to_vec(), &[Include::Metadatas]),
+            )
+            .await?;
+        let metas = got.metadatas.unwrap_or_default();
+        let mut batch = RecordBatch {
+            metadatas: Some(Vec::new()),
+            ..RecordBatch::default()
+        };
+        for (id, m) in got.ids.iter().zip(metas) {
+            let m = m.unwrap_or_default();
+            if let Some(delta) = change(&m) {
+                batch.ids.push(id.clone());
+                if let Some(ms) = batch.metadatas.as_mut() {
+                    ms.push(Some(delta));
+                }
+            }
+        }
+        if !batch.is_empty() {
+            store.update(&c.id, &batch).await?;
+            changed += batch.len() as u64;
+        }
+        done += part.len();
+        if let Some(last) = part.last() {
+            t.save(json!({"last_id": last, "records_done": done}))
+                .await?;
+        }
+        t.report(
+            op,
+            json!({"collection": collection, "records_done": done, "records_total": total}),
+        );
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_starts_after_the_last_id_done() {
+        let ids: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(resume_position(&ids, None), 0);
+        assert_eq!(resume_position(&ids, Some(&json!({"last_id": "b"}))), 2);
+        // The last id is gone (deleted meanwhile): start again; changes are idempotent.
+        assert_eq!(resume_position(&ids, Some(&json!({"last_id": "z"}))), 0);
+        assert_eq!(resume_position(&ids, Some(&json!({"started": true}))), 0);
+    }
+}

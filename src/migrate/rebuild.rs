@@ -1,0 +1,486 @@
+//! `rebuild`: a new collection with settings Chroma cannot change in place
+//! (the distance metric, fixed index parameters), filled from the old one
+//! while it stays in service, verified, and swapped in by name.
+//!
+//! 1. **Copy** every record by id into `NAME.rebuild-vVERSION` (the next
+//!    batch is read while the current one is written). The checkpoint
+//!    names the last id copied, so a crashed run continues from there.
+//! 2. **Catch up**: compare the source with the copy record by record
+//!    (within the server's rounding where either side is cosine); copy what
+//!    differs, delete what the source no longer has, and repeat until a
+//!    pass finds nothing to do and the counts are equal. A source that keeps
+//!    changing for `max_passes` passes is refused, not swapped.
+//! 3. **Verify**: the top-`k` neighbours of `sample` stored vectors, queried
+//!    in both collections; the mean overlap is reported and must reach
+//!    `min_overlap`.
+//! 4. **Swap**: the old collection becomes `NAME.pre-vVERSION` (kept for
+//!    `down`), the copy becomes `NAME`.
+//! 5. **Settle**: writes that still reach the old collection after the swap
+//!    (clients that hold its id, not its name) are copied over for
+//!    `settle_ms`, using the digests of the last catch-up pass to tell them
+//!    from what was already copied.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{json, Value};
+
+use super::file::{previous_name, staging_name, Operation};
+use super::ops::{find, list_ids, rename, resume_position, Tracker};
+use super::MigrationError;
+use crate::backup::engine::{creatable_configuration, records_match};
+use crate::backup::records::{record_digest, Record, RecordDigest};
+use crate::backup::source::{to_batch, to_records, FETCH_BATCH};
+use crate::chroma::{
+    Collection, CreateCollection, GetRequest, Include, ProductionChromaStore, QueryRequest,
+};
+
+fn space(configuration: &Value) -> &str {
+    configuration
+        .get("hnsw")
+        .and_then(|h| h.get("space"))
+        .or_else(|| configuration.get("spann").and_then(|h| h.get("space")))
+        .and_then(Value::as_str)
+        .unwrap_or("l2")
+}
+
+/// `base` with the tables of `change` merged in, one level deep.
+fn merge_configuration(base: &Value, change: &Value) -> Value {
+    let mut out = base.as_object().cloned().unwrap_or_default();
+    if let Some(ch) = change.as_object() {
+        for (k, v) in ch {
+            match (out.get_mut(k), v) {
+                (Some(Value::Object(dst)), Value::Object(src)) => {
+                    dst.extend(src.clone());
+                }
+                _ => {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    // hnsw and spann exclude each other: keep the one the change names.
+    if change.get("spann").is_some() && change.get("hnsw").is_none() {
+        out.remove("hnsw");
+    }
+    if change.get("hnsw").is_some() && change.get("spann").is_none() {
+        out.remove("spann");
+    }
+    Value::Object(out)
+}
+
+async fn fetch(
+    store: &ProductionChromaStore,
+    collection_id: &str,
+    ids: Vec<String>,
+) -> Result<Vec<Record>, MigrationError> {
+    Ok(to_records(
+        store
+            .get_records(collection_id, &GetRequest::ids(ids, &Include::RECORD))
+            .await?,
+    ))
+}
+
+async fn write(
+    store: &ProductionChromaStore,
+    collection_id: &str,
+    records: Vec<Record>,
+) -> Result<usize, MigrationError> {
+    let (batch, without) = to_batch(records);
+    if let Some(r) = without.first() {
+        return Err(MigrationError::Verify {
+            collection: collection_id.to_string(),
+            why: format!(
+                "record {:?} has no embedding and cannot be copied (Chroma returned none)",
+                r.id
+            ),
+        });
+    }
+    let n = batch.len();
+    if n > 0 {
+        store.upsert(collection_id, &batch).await?;
+    }
+    Ok(n)
+}
+
+pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, MigrationError> {
+    let Operation::Rebuild {
+        collection,
+        configuration,
+        sample,
+        k,
+        min_overlap,
+        max_passes,
+        settle_ms,
+    } = op
+    else {
+        return Err(MigrationError::Conflict("not a rebuild".into()));
+    };
+    let store = t.store;
+    let staging = staging_name(collection, t.version);
+    let previous = previous_name(collection, t.version);
+    let checkpoint = t.resumed().await;
+    let phase = checkpoint
+        .as_ref()
+        .and_then(|c| c.get("phase"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+
+    if phase == "swapped" {
+        // Interrupted after the swap: only the settle step is left, and its
+        // digests are gone; the old collection stays as `previous`.
+        return Ok(json!({"collection": collection, "previous": previous, "resumed": true}));
+    }
+    if phase == "swap" {
+        // Interrupted during the swap: finish it from the recorded ids.
+        let cp = checkpoint.clone().unwrap_or_default();
+        let source_id = cp["source_id"].as_str().unwrap_or_default();
+        let staging_id = cp["staging_id"].as_str().unwrap_or_default();
+        finish_swap(store, collection, &previous, source_id, staging_id).await?;
+        t.save(json!({"phase": "swapped"})).await?;
+        return Ok(json!({"collection": collection, "previous": previous, "resumed": true}));
+    }
+
+    let source = find(store, collection)
+        .await?
+        .ok_or_else(|| MigrationError::NoCollection(collection.clone()))?;
+    let target_cfg = merge_configuration(
+        &creatable_configuration(&source.configuration_json),
+        configuration,
+    );
+    let tolerant = space(&source.configuration_json) == "cosine" || space(&target_cfg) == "cosine";
+
+    // The staging collection: continue into it when resuming a copy.
+    let existing = find(store, &staging).await?;
+    let resume_copy = phase == "copy" && existing.is_some();
+    let target = match existing {
+        Some(c) if resume_copy => c,
+        other => {
+            if other.is_some() {
+                store.delete_collection(&staging).await?;
+            }
+            store
+                .create_collection(&CreateCollection {
+                    name: staging.clone(),
+                    metadata: source.metadata.clone(),
+                    configuration: Some(target_cfg.clone()),
+                    get_or_create: false,
+                })
+                .await?
+        }
+    };
+    let result = fill_verify_swap(
+        t,
+        collection,
+        &source,
+        &target,
+        &previous,
+        (*sample, *k, *min_overlap, *max_passes, *settle_ms),
+        tolerant,
+        if resume_copy { checkpoint } else { None },
+    )
+    .await;
+    match result {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            // Not swapped: the source is untouched; drop the copy unless the
+            // run was only interrupted (then it resumes into it).
+            if !matches!(
+                e,
+                MigrationError::Cancelled | MigrationError::LockLost { .. }
+            ) {
+                let _ = store.delete_collection(&staging).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fill_verify_swap(
+    t: &Tracker<'_>,
+    collection: &str,
+    source: &Collection,
+    target: &Collection,
+    previous: &str,
+    (sample, k, min_overlap, max_passes, settle_ms): (usize, usize, f64, u32, u64),
+    tolerant: bool,
+    resume: Option<Value>,
+) -> Result<Value, MigrationError> {
+    let store = t.store;
+    // 1. Copy.
+    let ids = list_ids(store, &source.id, None).await?;
+    let total = ids.len();
+    let start = resume_position(&ids, resume.as_ref());
+    let mut copied = start;
+    let mut parts = ids[start..].chunks(FETCH_BATCH);
+    let mut next = parts.next().map(|p| {
+        let (s, id, p) = (store.clone(), source.id.clone(), p.to_vec());
+        tokio::spawn(async move { fetch(&s, &id, p).await })
+    });
+    while let Some(handle) = next.take() {
+        t.check_cancel()?;
+        let records = handle
+            .await
+            .map_err(|e| MigrationError::Conflict(format!("copy task failed: {e}")))??;
+        next = parts.next().map(|p| {
+            let (s, id, p) = (store.clone(), source.id.clone(), p.to_vec());
+            tokio::spawn(async move { fetch(&s, &id, p).await })
+        });
+        let last = records.last().map(|r| r.id.clone());
+        copied += records.len();
+        write(store, &target.id, records).await?;
+        if let Some(last) = last {
+            t.save(json!({"phase": "copy", "last_id": last})).await?;
+        }
+        t.report("rebuild", json!({"step": "copy", "collection": collection, "records_done": copied, "records_total": total}));
+    }
+
+    // 2. Catch up until a pass finds nothing and the counts agree.
+    let mut passes = 0;
+    let mut caught_up = 0u64;
+    let digests = loop {
+        t.check_cancel()?;
+        passes += 1;
+        let (fixed, digests) = catch_up(t, collection, source, target, tolerant).await?;
+        caught_up += fixed;
+        let counts = (
+            store.count(&source.id).await?,
+            store.count(&target.id).await?,
+        );
+        if fixed == 0 && counts.0 == counts.1 {
+            break digests;
+        }
+        if passes >= max_passes {
+            return Err(MigrationError::SourceChanging {
+                collection: collection.to_string(),
+                passes,
+                last: fixed,
+            });
+        }
+    };
+
+    // 3. Verify neighbours.
+    let overlap = overlap(store, source, target, &ids, sample, k).await?;
+    t.report(
+        "rebuild",
+        json!({"step": "verify", "collection": collection, "overlap": overlap}),
+    );
+    if overlap < min_overlap {
+        return Err(MigrationError::Verify {
+            collection: collection.to_string(),
+            why: format!(
+                "mean top-{k} overlap of {sample} sampled vectors is {overlap:.3}, below min_overlap = {min_overlap}"
+            ),
+        });
+    }
+    let count = store.count(&target.id).await?;
+
+    // 4. Swap.
+    t.save(json!({"phase": "swap", "source_id": source.id, "staging_id": target.id}))
+        .await?;
+    if let Some(old) = find(store, previous).await? {
+        // Left by an earlier up that was rolled back: the copy of that run.
+        store.delete_collection(&old.name).await?;
+    }
+    finish_swap(store, collection, previous, &source.id, &target.id).await?;
+    t.save(json!({"phase": "swapped"})).await?;
+
+    // 5. Settle: copy writes that reached the old collection by id.
+    let mut after_swap = 0u64;
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(settle_ms);
+    loop {
+        let (n, _) = copy_changed(store, source, target, &digests).await?;
+        after_swap += n;
+        if std::time::Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(
+            std::time::Duration::from_millis(250).min(until - std::time::Instant::now()),
+        )
+        .await;
+    }
+    let (n, _) = copy_changed(store, source, target, &digests).await?;
+    after_swap += n;
+
+    Ok(json!({
+        "collection": collection,
+        "records": count,
+        "copied": copied,
+        "catch_up_passes": passes,
+        "caught_up_records": caught_up,
+        "overlap": overlap,
+        "copied_after_swap": after_swap,
+        "previous": previous,
+    }))
+}
+
+/// Renames `source_id` to `previous` and `staging_id` to `collection`,
+/// skipping what is already done; puts the source back if the second
+/// rename fails.
+async fn finish_swap(
+    store: &ProductionChromaStore,
+    collection: &str,
+    previous: &str,
+    source_id: &str,
+    staging_id: &str,
+) -> Result<(), MigrationError> {
+    let names: HashMap<String, String> = store
+        .list_collections()
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c.name))
+        .collect();
+    if names.get(source_id).map(String::as_str) != Some(previous) {
+        rename(store, source_id, previous).await?;
+    }
+    if names.get(staging_id).map(String::as_str) != Some(collection) {
+        if let Err(e) = rename(store, staging_id, collection).await {
+            let _ = rename(store, source_id, collection).await;
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// One catch-up pass: returns how many records it fixed and the digests
+/// of the source as read in this pass.
+async fn catch_up(
+    t: &Tracker<'_>,
+    collection: &str,
+    source: &Collection,
+    target: &Collection,
+    tolerant: bool,
+) -> Result<(u64, HashMap<String, RecordDigest>), MigrationError> {
+    let store = t.store;
+    let src_ids = list_ids(store, &source.id, None).await?;
+    let mut fixed = 0u64;
+    let mut digests = HashMap::with_capacity(src_ids.len());
+    for part in src_ids.chunks(FETCH_BATCH) {
+        t.check_cancel()?;
+        let (want, got) = tokio::try_join!(
+            fetch(store, &source.id, part.to_vec()),
+            fetch(store, &target.id, part.to_vec())
+        )?;
+        let got: HashMap<&str, &Record> = got.iter().map(|r| (r.id.as_str(), r)).collect();
+        let mut stale = Vec::new();
+        for r in &want {
+            digests.insert(r.id.clone(), record_digest(r));
+            if !got
+                .get(r.id.as_str())
+                .is_some_and(|g| records_match(r, g, tolerant))
+            {
+                stale.push(r.clone());
+            }
+        }
+        fixed += write(store, &target.id, stale).await? as u64;
+    }
+    let src: HashSet<&String> = src_ids.iter().collect();
+    let gone: Vec<String> = list_ids(store, &target.id, None)
+        .await?
+        .into_iter()
+        .filter(|id| !src.contains(id))
+        .collect();
+    for part in gone.chunks(FETCH_BATCH) {
+        store.delete(&target.id, Some(part), None).await?;
+    }
+    fixed += gone.len() as u64;
+    t.report(
+        "rebuild",
+        json!({"step": "catch_up", "collection": collection, "records_fixed": fixed}),
+    );
+    Ok((fixed, digests))
+}
+
+/// Copies records of `source` whose digest differs from `seen` (written
+/// after that pass) and deletes in `target` those gone from `source`.
+async fn copy_changed(
+    store: &ProductionChromaStore,
+    source: &Collection,
+    target: &Collection,
+    seen: &HashMap<String, RecordDigest>,
+) -> Result<(u64, u64), MigrationError> {
+    let ids = list_ids(store, &source.id, None).await?;
+    let mut copied = 0u64;
+    for part in ids.chunks(FETCH_BATCH) {
+        let records = fetch(store, &source.id, part.to_vec()).await?;
+        let changed: Vec<Record> = records
+            .into_iter()
+            .filter(|r| seen.get(&r.id) != Some(&record_digest(r)))
+            .collect();
+        copied += write(store, &target.id, changed).await? as u64;
+    }
+    let now: HashSet<&String> = ids.iter().collect();
+    let gone: Vec<String> = seen
+        .keys()
+        .filter(|id| !now.contains(id))
+        .cloned()
+        .collect();
+    let mut deleted = 0u64;
+    for part in gone.chunks(FETCH_BATCH) {
+        deleted += store.delete(&target.id, Some(part), None).await?;
+    }
+    Ok((copied, deleted))
+}
+
+/// Mean overlap of the top-`k` neighbours of `sample` stored vectors
+/// (spread over the collection) between `a` and `b`.
+async fn overlap(
+    store: &ProductionChromaStore,
+    a: &Collection,
+    b: &Collection,
+    ids: &[String],
+    sample: usize,
+    k: usize,
+) -> Result<f64, MigrationError> {
+    if ids.is_empty() {
+        return Ok(1.0);
+    }
+    let step = (ids.len() / sample.max(1)).max(1);
+    let picked: Vec<String> = ids.iter().step_by(step).take(sample).cloned().collect();
+    let vectors: Vec<Vec<f32>> = fetch(store, &a.id, picked)
+        .await?
+        .into_iter()
+        .filter_map(|r| r.embedding)
+        .filter(|e| e.iter().all(|x| x.is_finite()))
+        .collect();
+    if vectors.is_empty() {
+        return Ok(1.0);
+    }
+    let k = k.min(ids.len());
+    let mut total = 0.0;
+    for chunk in vectors.chunks(25) {
+        let req = QueryRequest {
+            query_embeddings: chunk.to_vec(),
+            n_results: k,
+            where_: None,
+            include: vec![],
+        };
+        let (ra, rb) = tokio::try_join!(store.query(&a.id, &req), store.query(&b.id, &req))?;
+        for (x, y) in ra.ids.iter().zip(&rb.ids) {
+            let xs: HashSet<&String> = x.iter().collect();
+            let common = y.iter().filter(|i| xs.contains(i)).count();
+            total += common as f64 / k.max(1) as f64;
+        }
+    }
+    Ok(total / vectors.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_changes_merge_into_the_source() {
+        let base = json!({"hnsw": {"space": "l2", "ef_construction": 100, "max_neighbors": 16}});
+        let merged = merge_configuration(&base, &json!({"hnsw": {"space": "cosine"}}));
+        assert_eq!(
+            merged,
+            json!({"hnsw": {"space": "cosine", "ef_construction": 100, "max_neighbors": 16}})
+        );
+        assert_eq!(space(&merged), "cosine");
+        let spann = merge_configuration(&base, &json!({"spann": {"space": "ip"}}));
+        assert_eq!(spann, json!({"spann": {"space": "ip"}}));
+        assert_eq!(space(&json!({})), "l2");
+    }
+}
