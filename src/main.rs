@@ -70,6 +70,42 @@ enum Verb {
     /// Repository keys.
     #[command(subcommand)]
     Key(KeyVerb),
+    /// Versioned migrations: status, up, down, validate, repair, stamp, new.
+    /// Runs in the daemon, or here when none runs.
+    #[command(subcommand)]
+    Migrate(MigrateVerb),
+}
+
+#[derive(Subcommand, Debug)]
+enum MigrateVerb {
+    /// Each version: applied, pending, failed or changed; and what is wrong.
+    Status,
+    /// Apply pending migrations (a restore point first, unless turned off).
+    Up {
+        /// Stop after this version.
+        #[arg(long)]
+        to: Option<u32>,
+    },
+    /// Undo applied migrations above a version.
+    Down {
+        /// The version to go back to (0: undo all).
+        #[arg(long)]
+        to: u32,
+    },
+    /// Check the files against the history recorded in Chroma.
+    Validate,
+    /// Accept edited files of applied migrations, forget missing ones, clear failures.
+    Repair,
+    /// Record VERSION as current without running anything (adopt a database).
+    Stamp { version: u32 },
+    /// Write a new migration file with the next version into migrations.path.
+    New {
+        /// What it does, e.g. "docs cosine".
+        name: String,
+        /// Directory (default: migrations.path from the config file).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -252,6 +288,27 @@ fn main() -> ExitCode {
             },
         ),
         Verb::Key(ref k) => key_command(&cli, k),
+        Verb::Migrate(MigrateVerb::New { ref name, ref dir }) => {
+            migrate_new(&cli, name, dir.as_deref())
+        }
+        Verb::Migrate(ref v) => backup_command(
+            &cli,
+            match v {
+                MigrateVerb::Status => Command::MigrateStatus,
+                MigrateVerb::Up { to } => Command::MigrateUp {
+                    to: *to,
+                    wait: true,
+                },
+                MigrateVerb::Down { to } => Command::MigrateDown {
+                    to: *to,
+                    wait: true,
+                },
+                MigrateVerb::Validate => Command::MigrateValidate,
+                MigrateVerb::Repair => Command::MigrateRepair,
+                MigrateVerb::Stamp { version } => Command::MigrateStamp { version: *version },
+                MigrateVerb::New { .. } => unreachable!("handled above"),
+            },
+        ),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -496,7 +553,7 @@ fn backup_command(cli: &Cli, command: Command) -> i32 {
             if matches!(command, Command::Backup { wait: false, .. }) {
                 eprintln!("chromaprod: no daemon is running; taking the backup here");
             }
-            match rt.block_on(offline(cli, command)) {
+            match rt.block_on(offline(cli, command.clone())) {
                 Ok(v) => v,
                 Err(e) => {
                     eprintln!("\nchromaprod: {e}");
@@ -515,10 +572,69 @@ fn backup_command(cli: &Cli, command: Command) -> i32 {
     }
     if json {
         println!("{value}");
+    } else if matches!(command, Command::MigrateStatus) {
+        print_migrate_status(&value);
     } else {
         print_json(&value);
     }
+    // `migrate status` exits non-zero when files and history disagree.
+    if matches!(command, Command::MigrateStatus)
+        && value["problems"].as_array().is_some_and(|p| !p.is_empty())
+    {
+        return 65;
+    }
     0
+}
+
+fn migrate_new(cli: &Cli, name: &str, dir: Option<&Path>) -> i32 {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => match config::load(&cli.config) {
+            Ok(l) => l.config.migrations.path,
+            Err(e) => {
+                eprintln!("chromaprod: {e}");
+                return EXIT_CONFIG;
+            }
+        },
+    };
+    match chromaprod::migrate::file::new_file(&dir, name) {
+        Ok(path) => {
+            println!("{}", path.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("chromaprod: {e}");
+            1
+        }
+    }
+}
+
+fn print_migrate_status(v: &Value) {
+    println!("version {}   ({})", v["version"], s(&v["path"]));
+    for m in v["migrations"].as_array().into_iter().flatten() {
+        println!(
+            "{:>6}  {:<24} {:<22} {}",
+            m["version"],
+            s(&m["name"]),
+            s(&m["state"]),
+            m["applied_at"].as_str().unwrap_or("")
+        );
+        if let Some(e) = m["error"].as_str() {
+            println!("        error: {e}");
+        }
+    }
+    let pending: Vec<String> = v["pending"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(ToString::to_string)
+        .collect();
+    if !pending.is_empty() {
+        println!("pending: {}", pending.join(", "));
+    }
+    for p in v["problems"].as_array().into_iter().flatten() {
+        println!("problem: {}", s(p));
+    }
 }
 
 async fn offline(cli: &Cli, command: Command) -> anyhow::Result<Value> {
@@ -547,17 +663,24 @@ async fn offline(cli: &Cli, command: Command) -> anyhow::Result<Value> {
             show(ev);
         }
     });
-    let r = execute(
-        &ctx,
-        &command,
-        chromaprod::backup::Trigger::Command,
-        &progress,
-        &cancel,
-    )
-    .await;
+    let r: anyhow::Result<Value> = if chromaprod::daemon::migrations::is_migration(&command) {
+        chromaprod::daemon::migrations::execute(&ctx, &command, &progress, &cancel)
+            .await
+            .map_err(Into::into)
+    } else {
+        execute(
+            &ctx,
+            &command,
+            chromaprod::backup::Trigger::Command,
+            &progress,
+            &cancel,
+        )
+        .await
+        .map_err(Into::into)
+    };
     drop(progress);
     let _ = printer.await;
-    Ok(r?)
+    r
 }
 
 fn key_command(cli: &Cli, verb: &KeyVerb) -> i32 {

@@ -128,6 +128,27 @@ pub enum Command {
         #[serde(default)]
         wait: bool,
     },
+    /// Migration files and history side by side, what is pending and what is wrong.
+    MigrateStatus,
+    /// Apply pending migrations up to `to` (default: all), as a job.
+    MigrateUp {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<u32>,
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Undo applied migrations above version `to`, as a job.
+    MigrateDown {
+        to: u32,
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Check files against the recorded history.
+    MigrateValidate,
+    /// Accept edited files, forget missing ones, clear failed runs.
+    MigrateRepair,
+    /// Record `version` as current without running anything.
+    MigrateStamp { version: u32 },
 }
 
 impl Command {
@@ -146,6 +167,12 @@ impl Command {
         "jobs",
         "job_cancel",
         "restore",
+        "migrate_status",
+        "migrate_up",
+        "migrate_down",
+        "migrate_validate",
+        "migrate_repair",
+        "migrate_stamp",
     ];
 
     /// The `cmd` value of this command.
@@ -164,6 +191,12 @@ impl Command {
             Command::Jobs => "jobs",
             Command::JobCancel { .. } => "job_cancel",
             Command::Restore { .. } => "restore",
+            Command::MigrateStatus => "migrate_status",
+            Command::MigrateUp { .. } => "migrate_up",
+            Command::MigrateDown { .. } => "migrate_down",
+            Command::MigrateValidate => "migrate_validate",
+            Command::MigrateRepair => "migrate_repair",
+            Command::MigrateStamp { .. } => "migrate_stamp",
         }
     }
 
@@ -175,7 +208,11 @@ impl Command {
             | Command::Backup { .. }
             | Command::BackupDelete { .. }
             | Command::JobCancel { .. }
-            | Command::Restore { .. } => true,
+            | Command::Restore { .. }
+            | Command::MigrateUp { .. }
+            | Command::MigrateDown { .. }
+            | Command::MigrateRepair
+            | Command::MigrateStamp { .. } => true,
             Command::Prune { dry_run } => !dry_run,
             Command::Status
             | Command::Query { .. }
@@ -183,7 +220,9 @@ impl Command {
             | Command::BackupShow { .. }
             | Command::BackupVerify { .. }
             | Command::BackupsCheck
-            | Command::Jobs => false,
+            | Command::Jobs
+            | Command::MigrateStatus
+            | Command::MigrateValidate => false,
         }
     }
 }

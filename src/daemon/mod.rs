@@ -2,6 +2,7 @@
 
 pub mod backups;
 pub mod jobs;
+pub mod migrations;
 mod run;
 pub mod sd;
 pub mod watchdog;
@@ -14,6 +15,10 @@ use crate::chroma::ChromaError;
 
 /// Exit code when Chroma did not become reachable during start-up (`EX_UNAVAILABLE`).
 pub const EXIT_UNAVAILABLE: i32 = 69;
+/// Exit code when migration files or history are refused (`EX_DATAERR`).
+pub const EXIT_DATAERR: i32 = 65;
+/// Exit code when a migration failed at start-up (`EX_SOFTWARE`).
+pub const EXIT_SOFTWARE: i32 = 70;
 /// Exit code after a second stop signal cut the graceful stop short.
 pub const EXIT_FORCED: i32 = 130;
 
@@ -38,6 +43,8 @@ pub enum DaemonError {
     Signals(String),
     #[error("stopped at once by a second stop signal")]
     ForcedStop,
+    #[error("migrating at start-up failed: {0}")]
+    Migration(#[source] crate::migrate::MigrationError),
 }
 
 impl DaemonError {
@@ -46,6 +53,8 @@ impl DaemonError {
         match self {
             DaemonError::ChromaUnavailable { .. } => EXIT_UNAVAILABLE,
             DaemonError::ForcedStop => EXIT_FORCED,
+            DaemonError::Migration(e) if e.is_data_error() => EXIT_DATAERR,
+            DaemonError::Migration(_) => EXIT_SOFTWARE,
             _ => 1,
         }
     }

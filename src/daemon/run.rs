@@ -168,7 +168,20 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
     };
     tracing::info!(chroma = %server, "Chroma is reachable");
 
-    // Migrations are added here by their module.
+    if config.migrations.auto_migrate {
+        let result = tokio::select! {
+            r = migrate_at_start(&store, &config, &metrics, &audit, notifier, &cancel) => r,
+            () = signals.stop() => {
+                // The migration stays recorded as running and resumes next time.
+                notifier.stopping("stopping during start-up migrations");
+                cancel.cancel();
+                tracker.close();
+                tracker.wait().await;
+                return Ok(());
+            }
+        };
+        result?;
+    }
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let shared = Arc::new(Shared {
@@ -311,6 +324,78 @@ impl Shared {
             Err(e) => tracing::error!(error = %e, "audit log writer failed"),
         }
     }
+}
+
+/// Applies pending migrations before READY=1, with STATUS= progress and
+/// EXTEND_TIMEOUT_USEC so systemd's start timeout does not cut a long one.
+async fn migrate_at_start(
+    store: &ProductionChromaStore,
+    config: &Arc<Config>,
+    metrics: &Arc<MetricsCollector>,
+    audit: &Arc<AuditLog>,
+    notifier: Notifier,
+    cancel: &CancellationToken,
+) -> Result<(), DaemonError> {
+    let manager =
+        crate::migrate::MigrationManager::new(store.clone(), config.clone(), metrics.clone());
+    notifier.status("checking migrations");
+    let (progress, mut rx) = Progress::detached();
+    let keep_alive = Duration::from_secs(30);
+    notifier.extend_timeout(keep_alive * 2);
+    let run = async {
+        let r = manager.up(None, &progress, &cancel.child_token()).await;
+        drop(progress);
+        r
+    };
+    let forward = async {
+        let mut last = std::time::Instant::now();
+        while let Ok(ev) = rx.recv().await {
+            notifier.status(&format!("migrating: {}", migration_status(&ev)));
+            if last.elapsed() >= Duration::from_secs(5) {
+                notifier.extend_timeout(keep_alive);
+                last = std::time::Instant::now();
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(run, forward);
+    let details = match &result {
+        Ok(v) => json!({ "ok": true, "result": v }),
+        Err(e) => json!({ "ok": false, "error": e.to_string() }),
+    };
+    let log = audit.clone();
+    let actor = Actor::system("daemon");
+    let _ = tokio::task::spawn_blocking(move || log.append(&actor, "migrate_up", details)).await;
+    match result {
+        Ok(v) => {
+            let n = v["applied"].as_array().map_or(0, Vec::len);
+            tracing::info!(
+                applied = n,
+                version = v["version"].as_u64().unwrap_or(0),
+                "migrations up to date"
+            );
+            Ok(())
+        }
+        Err(e) => Err(DaemonError::Migration(e)),
+    }
+}
+
+/// A progress event as a short STATUS= line.
+fn migration_status(ev: &Value) -> String {
+    let phase = ev["phase"].as_str().unwrap_or("working");
+    let mut s = phase.replace('_', " ");
+    if let Some(v) = ev["version"].as_u64() {
+        s.push_str(&format!(" {v}"));
+    }
+    if let Some(op) = ev["operation"].as_str() {
+        s.push_str(&format!(" {op}"));
+    }
+    if let (Some(d), Some(t)) = (ev["records_done"].as_u64(), ev["records_total"].as_u64()) {
+        s.push_str(&format!(" {d}/{t}"));
+    }
+    if let Some(h) = ev["holder"].as_str() {
+        s.push_str(&format!(" held by {h}"));
+    }
+    s
 }
 
 async fn wait_for_chroma(
@@ -758,6 +843,55 @@ impl Handler for ControlHandler {
                         format!("no running job {id}; `chromaprod jobs` lists them"),
                     ))
                 }
+            }
+            Command::MigrateUp { wait, .. } | Command::MigrateDown { wait, .. } => {
+                let ctx = self.shared.backup_context();
+                let cmd = command.clone();
+                let watch = self.shared.jobs.start(
+                    "migrate",
+                    "command",
+                    move |progress, cancel| async move {
+                        super::migrations::execute(&ctx, &cmd, &progress, &cancel)
+                            .await
+                            .map_err(|e| e.to_string())
+                    },
+                );
+                let job = watch.id;
+                self.shared
+                    .audit(
+                        Actor::from(&peer),
+                        command.name(),
+                        json!({ "job": job, "command": command }),
+                    )
+                    .await;
+                if !wait {
+                    return Ok(json!({ "job": job, "state": "running" }));
+                }
+                follow(watch, &events).await
+            }
+            Command::MigrateStatus
+            | Command::MigrateValidate
+            | Command::MigrateRepair
+            | Command::MigrateStamp { .. } => {
+                let ctx = self.shared.backup_context();
+                let (progress, _rx) = Progress::detached();
+                let result = super::migrations::execute(
+                    &ctx,
+                    &command,
+                    &progress,
+                    &CancellationToken::new(),
+                )
+                .await;
+                if command.is_mutating() {
+                    self.shared
+                        .audit(
+                            Actor::from(&peer),
+                            command.name(),
+                            json!({ "command": command, "ok": result.is_ok() }),
+                        )
+                        .await;
+                }
+                result.map_err(|e| HandlerError::new(e.code(), e.to_string()))
             }
             Command::Backup { wait, .. } | Command::Restore { wait, .. } => {
                 let watch = self

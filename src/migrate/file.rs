@@ -14,6 +14,7 @@ pub const DEFAULT_SAMPLE: usize = 50;
 pub const DEFAULT_K: usize = 10;
 pub const DEFAULT_MIN_OVERLAP: f64 = 0.9;
 pub const DEFAULT_MAX_PASSES: u32 = 10;
+pub const DEFAULT_MAX_LAG: u64 = 100;
 pub const DEFAULT_SETTLE_MS: u64 = 2000;
 
 /// One change to a Chroma deployment. In a file, `op` names the operation
@@ -106,6 +107,11 @@ pub enum Operation {
         min_overlap: f64,
         #[serde(default = "default_max_passes")]
         max_passes: u32,
+        /// A catch-up pass that fixed at most this many records ends the
+        /// catching up (writers rarely pause); what changes after it is
+        /// copied by digest after the swap.
+        #[serde(default = "default_max_lag")]
+        max_lag: u64,
         /// How long writes that still reach the old collection after the
         /// swap (clients holding its id) are copied over, in milliseconds.
         #[serde(default = "default_settle_ms")]
@@ -127,6 +133,9 @@ fn default_min_overlap() -> f64 {
 }
 fn default_max_passes() -> u32 {
     DEFAULT_MAX_PASSES
+}
+fn default_max_lag() -> u64 {
+    DEFAULT_MAX_LAG
 }
 fn default_settle_ms() -> u64 {
     DEFAULT_SETTLE_MS

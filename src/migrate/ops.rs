@@ -132,6 +132,11 @@ pub async fn apply(op: &Operation, t: &Tracker<'_>) -> Result<Value, MigrationEr
         Operation::DropCollection { name, keep, .. } => {
             if *keep {
                 let aside = dropped_name(name, t.version);
+                if !resuming && find(store, &aside).await?.is_some() {
+                    return Err(MigrationError::Conflict(format!(
+                        "cannot drop {name:?}: {aside:?}, kept by an earlier drop, is in the way; delete or rename it first (it may hold data from an earlier run)"
+                    )));
+                }
                 rename_collection(t, name, &aside, resuming).await?;
                 Ok(json!({"dropped": name, "kept_as": aside}))
             } else {

@@ -8,8 +8,9 @@
 //! 2. **Catch up**: compare the source with the copy record by record
 //!    (within the server's rounding where either side is cosine); copy what
 //!    differs, delete what the source no longer has, and repeat until a
-//!    pass finds nothing to do and the counts are equal. A source that keeps
-//!    changing for `max_passes` passes is refused, not swapped.
+//!    pass finds nothing to do and the counts are equal — or, while writers
+//!    go on, until a pass had at most `max_lag` records to fix. A source
+//!    that keeps changing for `max_passes` passes is refused, not swapped.
 //! 3. **Verify**: the top-`k` neighbours of `sample` stored vectors, queried
 //!    in both collections; the mean overlap is reported and must reach
 //!    `min_overlap`.
@@ -110,6 +111,7 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
         k,
         min_overlap,
         max_passes,
+        max_lag,
         settle_ms,
     } = op
     else {
@@ -175,7 +177,7 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
         &source,
         &target,
         &previous,
-        (*sample, *k, *min_overlap, *max_passes, *settle_ms),
+        (*sample, *k, *min_overlap, *max_passes, *max_lag, *settle_ms),
         tolerant,
         if resume_copy { checkpoint } else { None },
     )
@@ -203,7 +205,7 @@ async fn fill_verify_swap(
     source: &Collection,
     target: &Collection,
     previous: &str,
-    (sample, k, min_overlap, max_passes, settle_ms): (usize, usize, f64, u32, u64),
+    (sample, k, min_overlap, max_passes, max_lag, settle_ms): (usize, usize, f64, u32, u64, u64),
     tolerant: bool,
     resume: Option<Value>,
 ) -> Result<Value, MigrationError> {
@@ -236,10 +238,12 @@ async fn fill_verify_swap(
         t.report("rebuild", json!({"step": "copy", "collection": collection, "records_done": copied, "records_total": total}));
     }
 
-    // 2. Catch up until a pass finds nothing and the counts agree.
+    // 2. Catch up until a pass finds nothing (then the counts must be
+    // equal) or at most `max_lag` records to fix while writers go on (then
+    // the counts may differ by at most that).
     let mut passes = 0;
     let mut caught_up = 0u64;
-    let digests = loop {
+    let (mut digests, counts) = loop {
         t.check_cancel()?;
         passes += 1;
         let (fixed, digests) = catch_up(t, collection, source, target, tolerant).await?;
@@ -248,8 +252,10 @@ async fn fill_verify_swap(
             store.count(&source.id).await?,
             store.count(&target.id).await?,
         );
-        if fixed == 0 && counts.0 == counts.1 {
-            break digests;
+        if (fixed == 0 && counts.0 == counts.1)
+            || (fixed <= max_lag && counts.0.abs_diff(counts.1) <= max_lag)
+        {
+            break (digests, counts);
         }
         if passes >= max_passes {
             return Err(MigrationError::SourceChanging {
@@ -290,7 +296,7 @@ async fn fill_verify_swap(
     let mut after_swap = 0u64;
     let until = std::time::Instant::now() + std::time::Duration::from_millis(settle_ms);
     loop {
-        let (n, _) = copy_changed(store, source, target, &digests).await?;
+        let (n, _) = copy_changed(store, source, target, &mut digests).await?;
         after_swap += n;
         if std::time::Instant::now() >= until {
             break;
@@ -300,7 +306,7 @@ async fn fill_verify_swap(
         )
         .await;
     }
-    let (n, _) = copy_changed(store, source, target, &digests).await?;
+    let (n, _) = copy_changed(store, source, target, &mut digests).await?;
     after_swap += n;
 
     Ok(json!({
@@ -309,6 +315,7 @@ async fn fill_verify_swap(
         "copied": copied,
         "catch_up_passes": passes,
         "caught_up_records": caught_up,
+        "counts_at_verify": {"source": counts.0, "copy": counts.1},
         "overlap": overlap,
         "copied_after_swap": after_swap,
         "previous": previous,

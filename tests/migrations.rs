@@ -1,0 +1,781 @@
+//! `MigrationManager` against a real Chroma server: every operation forward,
+//! down and forward again; a migration failing halfway; edited files,
+//! `repair` and `stamp`; rebuilds to another metric, with a writer running.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chromaprod::backup::{BackupManager, RestoreMode, RestoreOptions, Trigger};
+use chromaprod::chroma::{Collection, CreateCollection, ProductionChromaStore, RecordBatch};
+use chromaprod::config::Config;
+use chromaprod::daemon::jobs::Progress;
+use chromaprod::migrate::{HistoryEntry, MigrationError, MigrationManager, Outcome};
+use chromaprod::observe::MetricsCollector;
+use common::chroma::ChromaServer;
+use common::records::collection_records;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+struct Env {
+    _chroma: ChromaServer,
+    dir: tempfile::TempDir,
+    store: ProductionChromaStore,
+    config: Arc<Config>,
+}
+
+impl Env {
+    async fn new(chroma: ChromaServer) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Config::default();
+        c.chroma.endpoints = vec![chroma.url()];
+        c.migrations.path = dir.path().join("migrations");
+        c.migrations.restore_point = true;
+        c.backup.storage_path = dir.path().join("repo").display().to_string();
+        std::fs::create_dir_all(&c.migrations.path).expect("mkdir");
+        let config = Arc::new(c);
+        let store =
+            ProductionChromaStore::new(&config, Arc::new(MetricsCollector::new())).expect("store");
+        Env {
+            _chroma: chroma,
+            dir,
+            store,
+            config,
+        }
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.config.migrations.path.join(name);
+        std::fs::write(&p, text).expect("write migration");
+        p
+    }
+
+    fn manager(&self) -> MigrationManager {
+        MigrationManager::new(
+            self.store.clone(),
+            self.config.clone(),
+            Arc::new(MetricsCollector::new()),
+        )
+    }
+
+    async fn up(&self, to: Option<u32>) -> Result<Value, MigrationError> {
+        let (p, _rx) = Progress::detached();
+        self.manager().up(to, &p, &CancellationToken::new()).await
+    }
+
+    async fn down(&self, to: u32) -> Result<Value, MigrationError> {
+        let (p, _rx) = Progress::detached();
+        self.manager().down(to, &p, &CancellationToken::new()).await
+    }
+
+    async fn history(&self) -> Vec<HistoryEntry> {
+        self.manager().history().await.expect("history")
+    }
+
+    async fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .store
+            .list_collections()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|c| c.name)
+            .filter(|n| n != "chromaprod-migrations")
+            .collect();
+        v.sort();
+        v
+    }
+
+    async fn get(&self, name: &str) -> Collection {
+        self.store.get_collection(name).await.expect(name)
+    }
+}
+
+fn unit(i: usize, dim: usize) -> Vec<f32> {
+    let v: Vec<f32> = (0..dim)
+        .map(|j| {
+            (((i * 31 + j * 17) % 211) as f32 / 211.0) - 0.5 + if j == i % dim { 1.0 } else { 0.0 }
+        })
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+/// `n` records with `author`, `lang` and `n` metadata in a new collection.
+async fn seed(
+    store: &ProductionChromaStore,
+    name: &str,
+    space: &str,
+    n: usize,
+    dim: usize,
+) -> String {
+    let col = store
+        .create_collection(&CreateCollection {
+            name: name.into(),
+            metadata: Some(json!({"team": "search"}).as_object().cloned().expect("map")),
+            configuration: Some(json!({"hnsw": {"space": space}})),
+            get_or_create: false,
+        })
+        .await
+        .expect("create");
+    let langs = ["en", "de", "xx"];
+    let batch = RecordBatch {
+        ids: (0..n).map(|i| format!("d{i:05}")).collect(),
+        embeddings: Some((0..n).map(|i| unit(i, dim)).collect()),
+        documents: Some((0..n).map(|i| Some(format!("document {i}"))).collect()),
+        metadatas: Some(
+            (0..n)
+                .map(|i| {
+                    Some(
+                        json!({"author": format!("a{}", i % 7), "lang": langs[i % 3], "n": i})
+                            .as_object()
+                            .cloned()
+                            .expect("map"),
+                    )
+                })
+                .collect(),
+        ),
+        uris: None,
+    };
+    store.upsert(&col.id, &batch).await.expect("seed");
+    col.id
+}
+
+fn meta(r: &chromaprod::backup::records::Record) -> &serde_json::Map<String, Value> {
+    r.metadata.as_ref().expect("metadata")
+}
+
+fn hnsw(c: &Collection, key: &str) -> Value {
+    c.configuration_json["hnsw"][key].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_operations_go_up_down_and_up_again() {
+    let env = Env::new(ChromaServer::start()).await;
+    env.file(
+        "0001_create_notes.toml",
+        r#"version = 1
+name = "create notes"
+[[up]]
+op = "create_collection"
+name = "notes"
+metadata = { team = "a" }
+configuration = { hnsw = { space = "ip" } }
+"#,
+    );
+    env.file(
+        "0002_rename.toml",
+        "version = 2\nname = \"rename\"\ndependencies = [1]\n[[up]]\nop = \"rename_collection\"\nfrom = \"notes\"\nto = \"memos\"\n",
+    );
+    env.file(
+        "0003_metadata.toml",
+        r#"version = 3
+name = "collection metadata and index"
+[[up]]
+op = "update_collection_metadata"
+collection = "memos"
+set = { owner = "ops" }
+unset = ["team"]
+[[up]]
+op = "update_index"
+collection = "memos"
+hnsw = { ef_search = 77 }
+[[down]]
+op = "update_index"
+collection = "memos"
+hnsw = { ef_search = 100 }
+[[down]]
+op = "update_collection_metadata"
+collection = "memos"
+set = { team = "a" }
+unset = ["owner"]
+"#,
+    );
+    env.file(
+        "0004_swap_and_drop.toml",
+        r#"version = 4
+name = "blue green"
+[[up]]
+op = "create_collection"
+name = "memos-green"
+[[up]]
+op = "swap_collections"
+a = "memos"
+b = "memos-green"
+[[up]]
+op = "drop_collection"
+name = "memos-green"
+"#,
+    );
+
+    let r = env.up(None).await.expect("up");
+    assert_eq!(r["version"], 4, "{r}");
+    assert_eq!(
+        r["restore_point"],
+        Value::Null,
+        "nothing existed to back up"
+    );
+    // 4: the empty new collection now answers to "memos"; the old one was dropped aside.
+    assert_eq!(env.names().await, vec!["memos", "memos-green.dropped-v4"]);
+    let kept = env.get("memos-green.dropped-v4").await;
+    assert_eq!(kept.metadata.as_ref().expect("m")["owner"], "ops");
+    assert!(!kept.metadata.as_ref().expect("m").contains_key("team"));
+    assert_eq!(hnsw(&kept, "ef_search"), 77);
+    assert_eq!(hnsw(&kept, "space"), "ip");
+    let h = env.history().await;
+    assert_eq!(h.len(), 4);
+    assert!(h.iter().all(|e| e.outcome == Outcome::Applied));
+    assert!(h
+        .iter()
+        .all(|e| !e.applied_by.is_empty() && e.checksum.len() == 64));
+
+    // Down to 2: the drop, the swap and the create undo; metadata and index go back.
+    let r = env.down(2).await.expect("down");
+    assert_eq!(r["version"], 2, "{r}");
+    let memos = env.get("memos").await;
+    assert_eq!(
+        memos.id, kept.id,
+        "the original collection is back under its name"
+    );
+    assert_eq!(memos.metadata.as_ref().expect("m")["team"], "a");
+    assert!(!memos.metadata.as_ref().expect("m").contains_key("owner"));
+    assert_eq!(hnsw(&memos, "ef_search"), 100);
+    assert_eq!(env.names().await, vec!["memos", "memos-green.dropped-v4"]);
+
+    // Down to 0: rename back, and the created collection is set aside, not deleted.
+    env.down(0).await.expect("down to 0");
+    assert_eq!(
+        env.names().await,
+        vec!["memos-green.dropped-v4", "notes.dropped-v1"]
+    );
+    assert!(env.history().await.is_empty());
+
+    // And up again.
+    std::fs::remove_file(env.config.migrations.path.join("0004_swap_and_drop.toml")).expect("rm");
+    let r = env.up(None).await.expect("up again");
+    assert_eq!(r["version"], 3, "{r}");
+    let memos = env.get("memos").await;
+    assert_eq!(hnsw(&memos, "ef_search"), 77);
+    assert_eq!(hnsw(&memos, "space"), "ip");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_operations_go_up_down_and_up_again() {
+    let env = Env::new(ChromaServer::start()).await;
+    seed(&env.store, "docs", "l2", 1200, 8).await;
+    let (_, before) = collection_records(&env.store, "docs").await;
+    env.file(
+        "0001_writer.toml",
+        "version = 1\nname = \"author is writer\"\n[[up]]\nop = \"rename_metadata_key\"\ncollection = \"docs\"\nfrom = \"author\"\nto = \"writer\"\n",
+    );
+    env.file(
+        "0002_reviewed.toml",
+        r#"version = 2
+name = "backfill reviewed for german"
+[[up]]
+op = "set_metadata"
+collection = "docs"
+key = "reviewed"
+value = false
+where = { lang = "de" }
+only_missing = true
+[[down]]
+op = "delete_metadata_key"
+collection = "docs"
+key = "reviewed"
+"#,
+    );
+
+    let r = env.up(None).await.expect("up");
+    assert_eq!(
+        r["applied"][0]["operations"][0]["records_changed"], 1200,
+        "{r}"
+    );
+    assert_eq!(
+        r["applied"][1]["operations"][0]["records_changed"], 400,
+        "{r}"
+    );
+    assert!(
+        r["restore_point"].is_string(),
+        "a restore point was taken: {r}"
+    );
+    let (_, after) = collection_records(&env.store, "docs").await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(meta(a)["writer"], meta(b)["author"]);
+        assert!(!meta(a).contains_key("author"));
+        assert_eq!(
+            meta(a).get("reviewed"),
+            (meta(b)["lang"] == "de").then_some(&json!(false))
+        );
+        assert_eq!(a.embedding, b.embedding, "vectors are untouched");
+        assert_eq!(a.document, b.document);
+    }
+
+    env.down(0).await.expect("down");
+    let (_, back) = collection_records(&env.store, "docs").await;
+    assert_eq!(back, before, "down restores every record's metadata");
+
+    env.up(Some(1)).await.expect("up to 1");
+    let (_, once) = collection_records(&env.store, "docs").await;
+    assert!(once
+        .iter()
+        .all(|r| meta(r).contains_key("writer") && !meta(r).contains_key("reviewed")));
+    env.up(None).await.expect("up the rest");
+
+    // Destructive operations apply, and `down` refuses before touching anything.
+    env.file(
+        "0003_prune.toml",
+        r#"version = 3
+name = "drop unknown language"
+[[up]]
+op = "delete_records"
+collection = "docs"
+where = { lang = "xx" }
+[[up]]
+op = "delete_metadata_key"
+collection = "docs"
+key = "n"
+where = { lang = "en" }
+"#,
+    );
+    env.up(None).await.expect("up 3");
+    let (_, pruned) = collection_records(&env.store, "docs").await;
+    assert_eq!(pruned.len(), 800);
+    assert!(pruned.iter().all(|r| meta(r)["lang"] != "xx"));
+    assert!(pruned
+        .iter()
+        .all(|r| meta(r).contains_key("n") == (meta(r)["lang"] == "de")));
+    let err = env.down(0).await.expect_err("irreversible");
+    assert!(
+        matches!(err, MigrationError::Irreversible { version: 3, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("delete_metadata_key") && err.to_string().contains("down"),
+        "{err}"
+    );
+    assert_eq!(env.history().await.len(), 3, "nothing was undone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_failing_halfway_is_recorded_and_leaves_the_data_as_before() {
+    let env = Env::new(ChromaServer::start()).await;
+    seed(&env.store, "docs", "l2", 600, 8).await;
+    let (_, before) = collection_records(&env.store, "docs").await;
+    let broken = r#"version = 1
+name = "rename then fail"
+[[up]]
+op = "rename_metadata_key"
+collection = "docs"
+from = "author"
+to = "writer"
+[[up]]
+op = "set_metadata"
+collection = "no-such-collection"
+key = "k"
+value = 1
+"#;
+    env.file("0001_rename_then_fail.toml", broken);
+    let err = env.up(None).await.expect_err("fails");
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            MigrationError::Failed {
+                version: 1,
+                op_index: 2,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("set_metadata") && msg.contains("no-such-collection"),
+        "{msg}"
+    );
+    assert!(msg.contains("undone") && msg.contains("as it was"), "{msg}");
+    let (_, after) = collection_records(&env.store, "docs").await;
+    assert_eq!(after, before, "the first operation was undone");
+    let h = env.history().await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].outcome, Outcome::Failed);
+    assert!(h[0]
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("no-such-collection"));
+    let restore_point = h[0]
+        .restore_point
+        .clone()
+        .expect("a restore point was taken");
+
+    // The restore point is a snapshot like any other, marked as such.
+    let backups = BackupManager::open(env.store.clone(), env.config.clone(), false)
+        .await
+        .expect("repo");
+    let list = backups.list().await.expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].trigger, Trigger::Migration);
+    assert_eq!(list[0].metadata.backup_id.to_string(), restore_point);
+
+    // Fixing the file is an edit of a recorded migration: repair first, then up.
+    env.file(
+        "0001_rename_then_fail.toml",
+        &broken.replace("no-such-collection", "docs"),
+    );
+    let err = env.up(None).await.expect_err("edited after failing");
+    assert!(matches!(err, MigrationError::Diverged { .. }), "{err}");
+    let (p, _rx) = Progress::detached();
+    let r = env.manager().repair(&p).await.expect("repair");
+    assert_eq!(r["failures_cleared"], json!([1]));
+    env.up(None).await.expect("up after repair");
+    let (_, done) = collection_records(&env.store, "docs").await;
+    assert!(done
+        .iter()
+        .all(|r| meta(r)["k"] == 1 && meta(r).contains_key("writer")));
+
+    // A failure after an operation without an inverse: the error points at
+    // the restore point, and restoring it brings the data back.
+    env.file(
+        "0002_delete_then_fail.toml",
+        "version = 2\nname = \"delete then fail\"\n[[up]]\nop = \"delete_records\"\ncollection = \"docs\"\nwhere = { lang = \"xx\" }\n[[up]]\nop = \"rename_collection\"\nfrom = \"missing-one\"\nto = \"other\"\n",
+    );
+    let (_, before2) = collection_records(&env.store, "docs").await;
+    let err = env.up(None).await.expect_err("fails");
+    let msg = err.to_string();
+    let snapshot = env.history().await[1]
+        .restore_point
+        .clone()
+        .expect("restore point");
+    assert!(
+        msg.contains(&format!("chromaprod restore {snapshot}")),
+        "{msg}"
+    );
+    assert_eq!(collection_records(&env.store, "docs").await.1.len(), 400);
+    let (p, _rx) = Progress::detached();
+    backups
+        .restore(
+            &snapshot,
+            &RestoreOptions {
+                collections: vec!["docs".into()],
+                as_name: None,
+                mode: RestoreMode::Replace,
+                dry_run: false,
+                keep_previous: false,
+            },
+            &p,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("restore");
+    let (_, restored) = collection_records(&env.store, "docs").await;
+    assert_eq!(restored, before2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_applied_migration_is_refused_and_repair_and_stamp_recover() {
+    let env = Env::new(ChromaServer::start()).await;
+    seed(&env.store, "docs", "l2", 30, 4).await;
+    let text = "version = 1\nname = \"meta\"\n[[up]]\nop = \"update_collection_metadata\"\ncollection = \"docs\"\nset = { stage = 1 }\n";
+    let path = env.file("0001_meta.toml", text);
+    env.up(None).await.expect("up");
+
+    std::fs::write(&path, format!("# reviewed\n{text}")).expect("edit");
+    let err = env.manager().validate().await.expect_err("edited");
+    assert!(
+        matches!(err, MigrationError::Diverged { version: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("migrate repair"), "{err}");
+    let err = env.up(None).await.expect_err("up refuses too");
+    assert!(matches!(err, MigrationError::Diverged { .. }), "{err}");
+    let status = env.manager().status().await.expect("status");
+    assert_eq!(
+        status["migrations"][0]["state"], "applied, file changed",
+        "{status}"
+    );
+
+    let (p, _rx) = Progress::detached();
+    let r = env.manager().repair(&p).await.expect("repair");
+    assert_eq!(r["checksums_realigned"], json!([1]));
+    env.manager().validate().await.expect("valid after repair");
+
+    // A missing file is refused, and repair forgets it.
+    std::fs::rename(&path, env.dir.path().join("moved.toml")).expect("move");
+    assert!(matches!(
+        env.manager().validate().await,
+        Err(MigrationError::MissingFile { version: 1, .. })
+    ));
+    let r = env.manager().repair(&p).await.expect("repair");
+    assert_eq!(r["forgotten"], json!([1]));
+    assert!(env.history().await.is_empty());
+
+    // Stamp adopts a database as it is: nothing runs.
+    std::fs::rename(env.dir.path().join("moved.toml"), &path).expect("back");
+    env.file(
+        "0002_more.toml",
+        "version = 2\nname = \"more\"\n[[up]]\nop = \"update_collection_metadata\"\ncollection = \"docs\"\nset = { stage = 2 }\n",
+    );
+    let docs_before = env.get("docs").await;
+    let r = env.manager().stamp(2, &p).await.expect("stamp");
+    assert_eq!(r["stamped"], json!([1, 2]));
+    assert_eq!(
+        env.get("docs").await.metadata,
+        docs_before.metadata,
+        "stamp runs nothing"
+    );
+    let h = env.history().await;
+    assert!(h.iter().all(|e| e.outcome == Outcome::Baselined));
+    assert_eq!(env.manager().status().await.expect("s")["version"], 2);
+    assert!(env.up(None).await.expect("up")["applied"]
+        .as_array()
+        .expect("a")
+        .is_empty());
+    // Stamping lower forgets the versions above; up applies them for real.
+    let r = env.manager().stamp(1, &p).await.expect("stamp 1");
+    assert_eq!(r["removed"], json!([2]));
+    env.up(None).await.expect("up");
+    assert_eq!(env.get("docs").await.metadata.expect("m")["stage"], 2);
+
+    // `new` writes the next version's file; it stays invalid until it has operations.
+    let created = chromaprod::migrate::file::new_file(&env.config.migrations.path, "Docs cosine!")
+        .expect("new");
+    assert!(
+        created.ends_with("0003_docs_cosine.toml"),
+        "{}",
+        created.display()
+    );
+    let err = env.manager().validate().await.expect_err("empty up");
+    assert!(
+        err.to_string()
+            .contains("0003_docs_cosine.toml: `up` lists no operations"),
+        "{err}"
+    );
+}
+
+fn rebuild_file(env: &Env, extra: &str) -> PathBuf {
+    env.file(
+        "0001_docs_cosine.toml",
+        &format!(
+            "version = 1\nname = \"docs cosine\"\n[[up]]\nop = \"rebuild\"\ncollection = \"docs\"\nconfiguration = {{ hnsw = {{ space = \"cosine\", max_neighbors = 24 }} }}\n{extra}"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_changes_the_metric_verified_and_down_switches_back() {
+    let env = Env::new(ChromaServer::start()).await;
+    let original_id = seed(&env.store, "docs", "l2", 1500, 16).await;
+    let (_, before) = collection_records(&env.store, "docs").await;
+    rebuild_file(&env, "sample = 40\nk = 5\nsettle_ms = 0\n");
+
+    let r = env.up(None).await.expect("rebuild");
+    let op = &r["applied"][0]["operations"][0];
+    assert_eq!(op["records"], 1500, "{r}");
+    assert!(op["overlap"].as_f64().expect("overlap") >= 0.9, "{r}");
+    let docs = env.get("docs").await;
+    assert_ne!(docs.id, original_id, "a new collection answers to the name");
+    assert_eq!(hnsw(&docs, "space"), "cosine");
+    assert_eq!(hnsw(&docs, "max_neighbors"), 24);
+    assert_eq!(
+        docs.metadata,
+        Some(json!({"team": "search"}).as_object().cloned().expect("m"))
+    );
+    let (_, after) = collection_records(&env.store, "docs").await;
+    assert_eq!(after.len(), before.len());
+    for (a, b) in after.iter().zip(&before) {
+        assert!(
+            chromaprod::backup::engine::records_match(b, a, true),
+            "{} differs",
+            a.id
+        );
+    }
+    let old = env.get("docs.pre-v1").await;
+    assert_eq!(old.id, original_id, "the old collection is kept for down");
+    assert_eq!(hnsw(&old, "space"), "l2");
+    assert_eq!(env.names().await, vec!["docs", "docs.pre-v1"]);
+
+    env.down(0).await.expect("down");
+    let docs = env.get("docs").await;
+    assert_eq!(docs.id, original_id);
+    assert_eq!(hnsw(&docs, "space"), "l2");
+    assert_eq!(collection_records(&env.store, "docs").await.1, before);
+
+    env.up(None).await.expect("rebuild again");
+    assert_eq!(hnsw(&env.get("docs").await, "space"), "cosine");
+    assert_eq!(env.names().await, vec!["docs", "docs.pre-v1"]);
+
+    // Another metric on vectors of very different lengths changes who the
+    // neighbours are: the overlap check catches it and nothing is swapped.
+    let raw = env
+        .store
+        .create_collection(&CreateCollection {
+            name: "raw".into(),
+            metadata: None,
+            configuration: Some(json!({"hnsw": {"space": "l2"}})),
+            get_or_create: false,
+        })
+        .await
+        .expect("create");
+    let batch = RecordBatch {
+        ids: (0..500).map(|i| format!("r{i}")).collect(),
+        embeddings: Some(
+            (0..500)
+                .map(|i| {
+                    unit(i, 16)
+                        .into_iter()
+                        .map(|x| x * (1 + i % 10) as f32)
+                        .collect()
+                })
+                .collect(),
+        ),
+        documents: None,
+        metadatas: None,
+        uris: None,
+    };
+    env.store.upsert(&raw.id, &batch).await.expect("seed raw");
+    env.file(
+        "0002_raw_ip.toml",
+        "version = 2\nname = \"raw ip\"\n[[up]]\nop = \"rebuild\"\ncollection = \"raw\"\nconfiguration = { hnsw = { space = \"ip\" } }\n",
+    );
+    let err = env.up(None).await.expect_err("overlap below threshold");
+    assert!(
+        err.to_string().contains("overlap") && err.to_string().contains("min_overlap = 0.9"),
+        "{err}"
+    );
+    assert_eq!(env.get("raw").await.id, raw.id, "not swapped");
+    assert_eq!(
+        env.names().await,
+        vec!["docs", "docs.pre-v1", "raw"],
+        "the copy was removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_catches_up_with_a_writer_and_loses_no_acknowledged_write() {
+    let env = Env::new(ChromaServer::start()).await;
+    let n = 3000;
+    let dim = 16;
+    let original = seed(&env.store, "docs", "l2", n, dim).await;
+    rebuild_file(&env, "settle_ms = 1500\nmax_passes = 20\n");
+
+    // The writer resolves the name before every write, as a client that
+    // re-reads the collection would, and records what Chroma acknowledged.
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes_to_old = Arc::new(Mutex::new(0u64));
+    let writer = {
+        let (store, acked, stop, writes_to_old, original) = (
+            env.store.clone(),
+            acked.clone(),
+            stop.clone(),
+            writes_to_old.clone(),
+            original.clone(),
+        );
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                // New records and updates of existing ones, alternately.
+                let id = if i % 2 == 0 {
+                    format!("w{i:06}")
+                } else {
+                    format!("d{:05}", (i * 7919) % n)
+                };
+                let doc = format!("write {i}");
+                // Between the swap's two renames the name briefly resolves
+                // to nothing: a client retries.
+                let Ok(col) = store.get_collection("docs").await else {
+                    continue;
+                };
+                let batch = RecordBatch {
+                    ids: vec![id.clone()],
+                    embeddings: Some(vec![unit(i + 17, dim)]),
+                    documents: Some(vec![Some(doc.clone())]),
+                    metadatas: None,
+                    uris: None,
+                };
+                if store.upsert(&col.id, &batch).await.is_ok() {
+                    acked.lock().expect("lock").insert(id, doc);
+                    if col.id == original {
+                        *writes_to_old.lock().expect("lock") += 1;
+                    }
+                }
+            }
+        })
+    };
+
+    let r = env.up(None).await.expect("rebuild under writes");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let op = &r["applied"][0]["operations"][0];
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        *writes_to_old.lock().expect("lock") > 50,
+        "the writer ran during the copy: {r}"
+    );
+    assert!(
+        op["caught_up_records"].as_u64().expect("caught up") > 0,
+        "writes during the copy were caught up before the swap: {r}"
+    );
+
+    let docs = env.get("docs").await;
+    assert_eq!(hnsw(&docs, "space"), "cosine");
+    let (_, records) = collection_records(&env.store, "docs").await;
+    let by_id: HashMap<&str, Option<&String>> = records
+        .iter()
+        .map(|r| (r.id.as_str(), r.document.as_ref()))
+        .collect();
+    let mut lost = Vec::new();
+    for (id, doc) in &acked {
+        if by_id.get(id.as_str()).copied().flatten() != Some(doc) {
+            lost.push(id.clone());
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}; {r}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let new_ids = acked.keys().filter(|k| k.starts_with('w')).count();
+    assert_eq!(records.len(), n + new_ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_whose_source_keeps_changing_is_not_swapped() {
+    let env = Env::new(ChromaServer::start()).await;
+    let original = seed(&env.store, "docs", "l2", 2000, 16).await;
+    rebuild_file(&env, "max_passes = 2\nmax_lag = 0\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, stop, original) = (env.store.clone(), stop.clone(), original.clone());
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let batch = RecordBatch {
+                    ids: (0..20)
+                        .map(|j| format!("d{:05}", (i * 20 + j) % 2000))
+                        .collect(),
+                    embeddings: Some((0..20).map(|j| unit(i + j, 16)).collect()),
+                    documents: None,
+                    metadatas: None,
+                    uris: None,
+                };
+                let _ = store.upsert(&original, &batch).await;
+            }
+        })
+    };
+    let err = env.up(None).await.expect_err("source keeps changing");
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    assert!(matches!(err, MigrationError::Failed { .. }), "{err}");
+    assert!(err.to_string().contains("kept changing"), "{err}");
+    assert_eq!(env.get("docs").await.id, original);
+    assert_eq!(env.names().await, vec!["docs"], "the copy was removed");
+}
