@@ -397,7 +397,7 @@ mod tests {
             };
             let c: Command = serde_json::from_value(json!({
                 "cmd": name, "collection": "c", "k": 1, "id": id,
-                "backup_type": "full", "mode": "fail-if-exists"
+                "backup_type": "full", "mode": "fail-if-exists", "to": 2, "version": 3
             }))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(c.name(), *name);
@@ -405,6 +405,14 @@ mod tests {
         assert!(Command::Prune { dry_run: false }.is_mutating());
         assert!(!Command::Prune { dry_run: true }.is_mutating());
         assert!(!Command::BackupsList.is_mutating());
+        assert!(Command::MigrateUp {
+            to: None,
+            wait: true
+        }
+        .is_mutating());
+        assert!(Command::MigrateStamp { version: 1 }.is_mutating());
+        assert!(!Command::MigrateStatus.is_mutating());
+        assert!(!Command::MigrateValidate.is_mutating());
     }
 
     fn command() -> impl Strategy<Value = Command> {

@@ -351,7 +351,7 @@ impl MigrationManager {
         };
         lease.check().await?;
         history.put(&entry).await?;
-        if from > 0 {
+        if from > 0 || entry.checkpoint.is_some() {
             tracing::info!(migration = m.version, op_index = from, "resuming migration");
         } else {
             tracing::info!(migration = m.version, name = %m.name, "applying migration");

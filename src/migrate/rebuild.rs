@@ -400,21 +400,27 @@ async fn catch_up(
 }
 
 /// Copies records of `source` whose digest differs from `seen` (written
-/// after that pass) and deletes in `target` those gone from `source`.
+/// after that pass) and deletes in `target` those gone from `source`;
+/// `seen` is updated, so each write is copied once and a later write to
+/// the same record in `target` is not overwritten by an older one.
 async fn copy_changed(
     store: &ProductionChromaStore,
     source: &Collection,
     target: &Collection,
-    seen: &HashMap<String, RecordDigest>,
+    seen: &mut HashMap<String, RecordDigest>,
 ) -> Result<(u64, u64), MigrationError> {
     let ids = list_ids(store, &source.id, None).await?;
     let mut copied = 0u64;
     for part in ids.chunks(FETCH_BATCH) {
         let records = fetch(store, &source.id, part.to_vec()).await?;
-        let changed: Vec<Record> = records
-            .into_iter()
-            .filter(|r| seen.get(&r.id) != Some(&record_digest(r)))
-            .collect();
+        let mut changed: Vec<Record> = Vec::new();
+        for r in records {
+            let d = record_digest(&r);
+            if seen.get(&r.id) != Some(&d) {
+                seen.insert(r.id.clone(), d);
+                changed.push(r);
+            }
+        }
         copied += write(store, &target.id, changed).await? as u64;
     }
     let now: HashSet<&String> = ids.iter().collect();
@@ -426,6 +432,9 @@ async fn copy_changed(
     let mut deleted = 0u64;
     for part in gone.chunks(FETCH_BATCH) {
         deleted += store.delete(&target.id, Some(part), None).await?;
+    }
+    for id in &gone {
+        seen.remove(id);
     }
     Ok((copied, deleted))
 }
