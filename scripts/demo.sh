@@ -45,7 +45,9 @@ sed -e "s#^endpoints = .*#endpoints = [\"$CHROMA_URL\"]#" \
     -e "s#^watch_poll_interval = .*#watch_poll_interval = \"1s\"#" \
     -e "s#^encrypt = false#encrypt = true#" \
     -e "s#^\# key_file = .*#key_file = \"$WORK/backup-key\"#" \
+    -e "s#^path = \"/etc/chromaprod/migrations\"#path = \"$WORK/migrations\"#" \
     etc/chromaprod.toml >"$CONFIG"
+cp -r migrations "$WORK/migrations"
 "$BIN" key generate "$WORK/backup-key"
 "$BIN" validate --config "$CONFIG"
 export CHROMAPROD_CONFIG="$CONFIG"
@@ -98,6 +100,18 @@ LATEST=$("$BIN" --json backups list | "$PY" -c 'import json,sys; print(json.load
 step "Restore the incremental snapshot into a new collection, then query it"
 "$BIN" restore "$LATEST" --collection articles --as articles_restored
 "$BIN" query --collection articles_restored --id doc-7 -k 3
+
+step "Migrations: rename a metadata key, then rebuild articles with cosine distance"
+"$BIN" migrate status
+"$BIN" migrate up
+"$BIN" migrate status
+"$BIN" query --collection articles --id doc-7 -k 3
+
+step "Undo the rebuild (the l2 collection comes back), then apply it again"
+"$BIN" migrate down --to 1
+"$BIN" --json query --collection articles --id doc-7 -k 1 >/dev/null
+"$BIN" migrate up
+"$BIN" migrate validate
 
 step "The audit log's hash chain"
 "$BIN" audit verify

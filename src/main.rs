@@ -491,26 +491,37 @@ fn show_progress(json: bool) -> impl FnMut(Value) {
             println!("{}", serde_json::json!({ "event": event }));
             return;
         }
-        let line = match (
-            event["records_done"].as_u64(),
-            event["records_total"].as_u64(),
-        ) {
-            (Some(d), Some(t)) => format!(
-                "{} {}: {d}/{t} records{}",
-                s(&event["phase"]),
-                s(&event["collection"]),
-                event["bytes_written"]
-                    .as_u64()
-                    .map(|b| format!(", {} written", human_bytes(b)))
-                    .unwrap_or_default()
-            ),
-            _ => match (
-                event["chunks_done"].as_u64(),
-                event["chunks_total"].as_u64(),
+        let line = if let Some(version) = event["version"].as_u64() {
+            migration_progress(version, &event)
+        } else if event["phase"] == "waiting_for_lock" {
+            format!(
+                "waiting for the migration lock, held by {}",
+                s(&event["holder"])
+            )
+        } else if event["phase"] == "restore_point" {
+            format!("taking a restore point of {}", event["collections"])
+        } else {
+            match (
+                event["records_done"].as_u64(),
+                event["records_total"].as_u64(),
             ) {
-                (Some(d), Some(t)) => format!("{}: {d}/{t} chunks", s(&event["phase"])),
-                _ => event.to_string(),
-            },
+                (Some(d), Some(t)) => format!(
+                    "{} {}: {d}/{t} records{}",
+                    s(&event["phase"]),
+                    s(&event["collection"]),
+                    event["bytes_written"]
+                        .as_u64()
+                        .map(|b| format!(", {} written", human_bytes(b)))
+                        .unwrap_or_default()
+                ),
+                _ => match (
+                    event["chunks_done"].as_u64(),
+                    event["chunks_total"].as_u64(),
+                ) {
+                    (Some(d), Some(t)) => format!("{}: {d}/{t} chunks", s(&event["phase"])),
+                    _ => event.to_string(),
+                },
+            }
         };
         if tty {
             let mut err = std::io::stderr();
@@ -520,6 +531,36 @@ fn show_progress(json: bool) -> impl FnMut(Value) {
             eprintln!("{line}");
         }
     }
+}
+
+/// One line for a migration progress event.
+fn migration_progress(version: u64, event: &Value) -> String {
+    let mut line = format!("migration {version}");
+    if event["phase"] == "migrate_down" {
+        line.push_str(" (down)");
+    }
+    if let Some(op) = event["operation"].as_str() {
+        line.push_str(&format!(" {op}"));
+    }
+    if let Some(step) = event["step"].as_str() {
+        line.push_str(&format!(" {step}"));
+    }
+    if let Some(c) = event["collection"].as_str() {
+        line.push_str(&format!(" {c}"));
+    }
+    if let (Some(d), Some(t)) = (
+        event["records_done"].as_u64(),
+        event["records_total"].as_u64(),
+    ) {
+        line.push_str(&format!(": {d}/{t} records"));
+    }
+    if let Some(f) = event["records_fixed"].as_u64() {
+        line.push_str(&format!(": {f} records caught up"));
+    }
+    if let Some(o) = event["overlap"].as_f64() {
+        line.push_str(&format!(": neighbour overlap {o:.3}"));
+    }
+    line
 }
 
 fn human_bytes(b: u64) -> String {
@@ -613,8 +654,8 @@ fn print_migrate_status(v: &Value) {
     println!("version {}   ({})", v["version"], s(&v["path"]));
     for m in v["migrations"].as_array().into_iter().flatten() {
         println!(
-            "{:>6}  {:<24} {:<22} {}",
-            m["version"],
+            "{:>6}  {:<28} {:<22} {}",
+            s(&m["version"]),
             s(&m["name"]),
             s(&m["state"]),
             m["applied_at"].as_str().unwrap_or("")

@@ -102,3 +102,19 @@ fn readme_reference_lists_every_key_and_no_other() {
         "README documents keys the code does not have: {extra:?}"
     );
 }
+
+#[test]
+fn example_migrations_load_and_plan_in_order() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let files = chromaprod::migrate::file::load_dir(&dir).expect("example migrations are valid");
+    assert_eq!(files.len(), 2);
+    let plan = chromaprod::migrate::plan::plan_up(&files, &[], None).expect("plan");
+    assert_eq!(
+        plan.iter().map(|s| s.version).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // Both are reversible without a written `down`.
+    for m in &files {
+        m.down_ops().expect("derived down");
+    }
+}
