@@ -779,3 +779,72 @@ async fn a_rebuild_whose_source_keeps_changing_is_not_swapped() {
     assert_eq!(env.get("docs").await.id, original);
     assert_eq!(env.names().await, vec!["docs"], "the copy was removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_cannot_get_the_lock_names_the_holder_and_a_lapsed_holder_is_fenced() {
+    use chromaprod::migrate::history::{HistoryStore, LockRecord};
+    use chromaprod::migrate::lease::MigrationLease;
+    use std::time::Duration;
+    let chroma = ChromaServer::start();
+    let mut env = Env::new(chroma).await;
+    seed(&env.store, "docs", "l2", 10, 4).await;
+    env.file(
+        "0001_meta.toml",
+        "version = 1\nname = \"meta\"\n[[up]]\nop = \"update_collection_metadata\"\ncollection = \"docs\"\nset = { stage = 1 }\n",
+    );
+    let history = HistoryStore::open(env.store.clone(), "chromaprod-migrations")
+        .await
+        .expect("history");
+    let held = MigrationLease::acquire(
+        &history,
+        "ops@db-7 (pid 4242) #1",
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+        |_| {},
+    )
+    .await
+    .expect("first runner");
+    let mut c = (*env.config).clone();
+    c.migrations.lock_wait = Duration::from_millis(1500);
+    env.config = Arc::new(c);
+    let started = std::time::Instant::now();
+    let err = env.up(None).await.expect_err("locked");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let msg = err.to_string();
+    assert!(matches!(err, MigrationError::LockTimeout { .. }), "{msg}");
+    assert!(
+        msg.contains("ops@db-7 (pid 4242)") && msg.contains("token 1"),
+        "{msg}"
+    );
+    assert!(env.history().await.is_empty(), "nothing ran");
+
+    // Another runner takes over (as after the lease lapsed): the old holder
+    // is fenced off at its next check instead of writing on.
+    history
+        .claim(&LockRecord {
+            token: held.token() + 1,
+            holder: "ops@db-8 (pid 1) #2".into(),
+            acquired_ms: 0,
+            expires_ms: u64::MAX,
+            released: false,
+        })
+        .await
+        .expect("claim");
+    let err = held.check().await.expect_err("fenced");
+    assert!(
+        matches!(err, MigrationError::LockLost { token: 1 }),
+        "{err}"
+    );
+    // A token is won once: claiming it again for someone else fails.
+    let again = history
+        .claim(&LockRecord {
+            token: 2,
+            holder: "someone else".into(),
+            acquired_ms: 0,
+            expires_ms: u64::MAX,
+            released: false,
+        })
+        .await
+        .expect("claim");
+    assert!(!again);
+}
