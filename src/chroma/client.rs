@@ -630,38 +630,7 @@ impl ChromaClient {
         batch: &RecordBatch,
         base64: bool,
     ) -> Result<(), ChromaError> {
-        batch
-            .validate()
-            .map_err(|detail| ChromaError::InvalidRequest {
-                operation: "upsert",
-                detail,
-            })?;
-        let embeddings = batch.embeddings.as_ref().map(|es| {
-            if base64 {
-                Value::Array(
-                    es.iter()
-                        .map(|e| Value::String(encode_embedding(e)))
-                        .collect(),
-                )
-            } else {
-                serde_json::to_value(es).unwrap_or(Value::Null)
-            }
-        });
-        let body = UpsertBody {
-            ids: &batch.ids,
-            embeddings,
-            documents: batch.documents.as_ref(),
-            metadatas: batch.metadatas.as_ref(),
-            uris: batch.uris.as_ref(),
-        };
-        let url = self.url(
-            &self.db_base,
-            &format!("collections/{}/upsert", seg(collection_id)),
-            "upsert",
-        )?;
-        self.send("upsert", Method::POST, url, Some(&body))
-            .await
-            .map(|_| ())
+        self.write("upsert", collection_id, batch, base64).await
     }
 
     /// `add` (`create = true`: an existing id is left as it is) or `update`
@@ -675,6 +644,17 @@ impl ChromaClient {
         base64: bool,
     ) -> Result<(), ChromaError> {
         let op = if create { "add" } else { "update" };
+        self.write(op, collection_id, batch, base64).await
+    }
+
+    /// One `upsert`, `add` or `update` request.
+    async fn write(
+        &self,
+        op: &'static str,
+        collection_id: &str,
+        batch: &RecordBatch,
+        base64: bool,
+    ) -> Result<(), ChromaError> {
         batch
             .validate()
             .map_err(|detail| ChromaError::InvalidRequest {

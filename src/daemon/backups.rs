@@ -35,6 +35,7 @@ pub fn job_kind(command: &Command) -> &'static str {
         Command::Restore { .. } => "restore",
         Command::Prune { .. } => "prune",
         Command::BackupVerify { .. } => "verify",
+        Command::MigrateUp { .. } | Command::MigrateDown { .. } => "migrate",
         _ => "backup_command",
     }
 }

@@ -627,7 +627,7 @@ impl Shared {
         }
     }
 
-    /// Starts a backup-related command as a job; returns its subscription.
+    /// Starts a backup or migration command as a job; returns its subscription.
     fn start_job(&self, command: Command, trigger: crate::backup::Trigger) -> super::jobs::Watch {
         let ctx = self.backup_context();
         let kind = backups::job_kind(&command);
@@ -638,9 +638,15 @@ impl Shared {
         };
         self.jobs
             .start(kind, trigger_name, move |progress, cancel| async move {
-                backups::execute(&ctx, &command, trigger, &progress, &cancel)
-                    .await
-                    .map_err(|e| e.to_string())
+                if super::migrations::is_migration(&command) {
+                    super::migrations::execute(&ctx, &command, &progress, &cancel)
+                        .await
+                        .map_err(|e| e.to_string())
+                } else {
+                    backups::execute(&ctx, &command, trigger, &progress, &cancel)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
             })
     }
 }
@@ -844,31 +850,6 @@ impl Handler for ControlHandler {
                     ))
                 }
             }
-            Command::MigrateUp { wait, .. } | Command::MigrateDown { wait, .. } => {
-                let ctx = self.shared.backup_context();
-                let cmd = command.clone();
-                let watch = self.shared.jobs.start(
-                    "migrate",
-                    "command",
-                    move |progress, cancel| async move {
-                        super::migrations::execute(&ctx, &cmd, &progress, &cancel)
-                            .await
-                            .map_err(|e| e.to_string())
-                    },
-                );
-                let job = watch.id;
-                self.shared
-                    .audit(
-                        Actor::from(&peer),
-                        command.name(),
-                        json!({ "job": job, "command": command }),
-                    )
-                    .await;
-                if !wait {
-                    return Ok(json!({ "job": job, "state": "running" }));
-                }
-                follow(watch, &events).await
-            }
             Command::MigrateStatus
             | Command::MigrateValidate
             | Command::MigrateRepair
@@ -893,7 +874,10 @@ impl Handler for ControlHandler {
                 }
                 result.map_err(|e| HandlerError::new(e.code(), e.to_string()))
             }
-            Command::Backup { wait, .. } | Command::Restore { wait, .. } => {
+            Command::Backup { wait, .. }
+            | Command::Restore { wait, .. }
+            | Command::MigrateUp { wait, .. }
+            | Command::MigrateDown { wait, .. } => {
                 let watch = self
                     .shared
                     .start_job(command.clone(), crate::backup::Trigger::Command);
