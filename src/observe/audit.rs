@@ -125,6 +125,10 @@ struct Tail {
 pub struct AuditLog {
     path: PathBuf,
     tail: Mutex<Tail>,
+    /// Set when `open` found a torn final line (a crash in the middle of a
+    /// write): the bytes were moved to this file and the log cut back to its
+    /// last whole record.
+    pub torn_tail: Option<(PathBuf, u64)>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -193,7 +197,11 @@ impl AuditLog {
             .map_err(io_err)?;
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(io_err)?;
-        let len = file.seek(SeekFrom::End(0)).map_err(io_err)?;
+        let mut len = file.seek(SeekFrom::End(0)).map_err(io_err)?;
+        let torn_tail = cut_torn_tail(&path, &mut file, len).map_err(io_err)?;
+        if let Some((_, bytes)) = &torn_tail {
+            len -= bytes;
+        }
         let (seq, prev) = match last_line(&mut file, len).map_err(io_err)? {
             None => (0, ZERO_HASH.to_string()),
             Some((number, line)) => {
@@ -215,6 +223,7 @@ impl AuditLog {
                 prev,
             }),
             path,
+            torn_tail,
         })
     }
 
@@ -283,6 +292,47 @@ impl AuditLog {
 
 /// The last line of the file (without `\n`) and its 1-based number. A file
 /// whose last byte is not `\n` is reported as a torn final line.
+/// A final line without its `\n` can only come from a write cut short (the
+/// daemon cuts a failed append back itself): move those bytes to
+/// `audit.jsonl.torn-<unix seconds>`, fsync it, and cut the log back to its
+/// last whole record. Returns where the bytes went and how many there were.
+fn cut_torn_tail(path: &Path, file: &mut File, len: u64) -> io::Result<Option<(PathBuf, u64)>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        file.seek(SeekFrom::End(0))?;
+        return Ok(None);
+    }
+    // Find the start of the torn line: just after the last `\n`, or 0.
+    file.seek(SeekFrom::Start(0))?;
+    let mut all = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.read_to_end(&mut all)?;
+    let start = all.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let torn = &all[start..];
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = path.with_extension(format!("jsonl.torn-{secs}"));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&aside)?;
+        f.write_all(torn)?;
+        f.sync_all()?;
+    }
+    file.set_len(start as u64)?;
+    file.sync_all()?;
+    file.seek(SeekFrom::End(0))?;
+    Ok(Some((aside, torn.len() as u64)))
+}
+
 fn last_line(file: &mut File, len: u64) -> io::Result<Option<(usize, Vec<u8>)>> {
     if len == 0 {
         return Ok(None);
@@ -547,7 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn a_truncated_file_is_named_and_refused_on_open() {
+    fn a_torn_final_line_is_named_then_set_aside_on_open() {
         let (dir, path) = log_with(5);
         let len = std::fs::metadata(&path).expect("stat").len();
         let f = OpenOptions::new().write(true).open(&path).expect("open");
@@ -555,8 +605,18 @@ mod tests {
         let err = verify(&path).expect_err("truncated");
         assert_eq!(err.broken_line(), Some(5), "{err}");
         assert!(err.to_string().contains("truncated"), "{err}");
-        let err = AuditLog::open(dir.path()).expect_err("torn tail");
-        assert_eq!(err.broken_line(), Some(5), "{err}");
+        // Opening sets the torn bytes aside and continues from record 4.
+        let log = AuditLog::open(dir.path()).expect("open repairs a torn tail");
+        let (aside, bytes) = log.torn_tail.clone().expect("torn tail reported");
+        assert!(bytes > 0, "{bytes}");
+        assert_eq!(std::fs::metadata(&aside).expect("aside").len(), bytes);
+        assert_eq!(log.head().seq, 4);
+        assert_eq!(verify(&path).expect("whole again"), 4);
+        log.append(&Actor::system("test"), "after_repair", json!({}))
+            .expect("append");
+        assert_eq!(verify(&path).expect("chain continues"), 5);
+        // An intact log is left alone.
+        assert!(AuditLog::open(dir.path()).expect("open").torn_tail.is_none());
     }
 
     #[test]
