@@ -848,3 +848,121 @@ async fn a_runner_that_cannot_get_the_lock_names_the_holder_and_a_lapsed_holder_
         .expect("claim");
     assert!(!again);
 }
+
+/// `demo/embed_server.py` (an OpenAI-compatible `/v1/embeddings` server) on a
+/// free port, stopped on drop.
+struct EmbedServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl EmbedServer {
+    fn start(key: &str) -> EmbedServer {
+        let port = common::chroma::free_port();
+        let child = std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/demo/embed_server.py"))
+            .arg(port.to_string())
+            .args(["--key", key])
+            .spawn()
+            .expect("start embed_server.py");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "embed server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        EmbedServer {
+            child,
+            url: format!("http://127.0.0.1:{port}/v1/embeddings"),
+        }
+    }
+}
+
+impl Drop for EmbedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reembed_writes_new_vectors_from_the_documents_and_down_switches_back() {
+    let env = Env::new(ChromaServer::start()).await;
+    let original = seed(&env.store, "docs", "l2", 700, 8).await;
+    let (_, before) = collection_records(&env.store, "docs").await;
+    let key = "sk-test-0123456789abcdef";
+    let server = EmbedServer::start(key);
+    // Each test runs in its own process (nextest): this environment is ours.
+    std::env::set_var("CHROMAPROD_TEST_EMBED_KEY", key);
+    env.file(
+        "0001_reembed.toml",
+        &format!(
+            "version = 1\nname = \"new model\"\n[[up]]\nop = \"reembed\"\ncollection = \"docs\"\nurl = {:?}\nmodel = \"hash-32\"\ndimensions = 32\napi_key_env = \"CHROMAPROD_TEST_EMBED_KEY\"\nconfiguration = {{ hnsw = {{ space = \"cosine\" }} }}\nbatch = 100\nsettle_ms = 0\n",
+            server.url
+        ),
+    );
+    let r = env.up(None).await.expect("reembed");
+    assert_eq!(r["applied"][0]["operations"][0]["records"], 700, "{r}");
+    let docs = env.get("docs").await;
+    assert_ne!(docs.id, original);
+    assert_eq!(hnsw(&docs, "space"), "cosine");
+    let (_, after) = collection_records(&env.store, "docs").await;
+    assert_eq!(after.len(), before.len());
+    // Ask the endpoint directly for a few documents: the stored vectors are its answers.
+    let sample: Vec<&chromaprod::backup::records::Record> = after.iter().step_by(97).collect();
+    let answer: Value = reqwest::Client::new()
+        .post(&server.url)
+        .bearer_auth(key)
+        .json(&json!({"model": "hash-32", "dimensions": 32, "input": sample.iter().map(|r| r.document.clone().expect("doc")).collect::<Vec<_>>()}))
+        .send()
+        .await
+        .expect("embed")
+        .json()
+        .await
+        .expect("json");
+    for (r, a) in sample.iter().zip(answer["data"].as_array().expect("data")) {
+        let want: Vec<f32> = serde_json::from_value(a["embedding"].clone()).expect("vec");
+        let got = r.embedding.as_ref().expect("embedding");
+        assert_eq!(got.len(), 32);
+        assert!(
+            want.iter()
+                .zip(got)
+                .all(|(x, y)| (x - y).abs() <= 1e-5 * x.abs().max(1e-6)),
+            "{} was not re-embedded",
+            r.id
+        );
+    }
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!(
+            (&a.id, &a.document, &a.metadata),
+            (&b.id, &b.document, &b.metadata)
+        );
+    }
+    env.down(0).await.expect("down");
+    assert_eq!(env.get("docs").await.id, original);
+    assert_eq!(collection_records(&env.store, "docs").await.1, before);
+
+    // A wrong key fails clearly, swaps nothing, and the key appears nowhere.
+    std::env::set_var("CHROMAPROD_TEST_EMBED_KEY", "sk-wrong-key-value");
+    let err = env.up(None).await.expect_err("401");
+    let msg = err.to_string();
+    assert!(msg.contains("401") && msg.contains("api_key_env"), "{msg}");
+    assert!(
+        !msg.contains("sk-wrong-key-value") && !format!("{err:?}").contains("sk-wrong-key-value")
+    );
+    assert_eq!(env.get("docs").await.id, original);
+    assert_eq!(env.names().await, vec!["docs", "docs.pre-v1"]);
+    // An unset variable is named before anything is copied.
+    std::env::remove_var("CHROMAPROD_TEST_EMBED_KEY");
+    let (p, _rx) = Progress::detached();
+    env.manager().repair(&p).await.expect("clear the failure");
+    let err = env.up(None).await.expect_err("no key");
+    assert!(
+        err.to_string()
+            .contains("CHROMAPROD_TEST_EMBED_KEY, which is not set"),
+        "{err}"
+    );
+}

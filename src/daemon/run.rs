@@ -150,7 +150,11 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
     if let Some((aside, bytes)) = &audit.torn_tail {
         tracing::warn!(saved_to = %aside.display(), bytes, "the audit log ended in a torn line (a crash mid-write); it was set aside and the log continues from the last whole record");
         let details = json!({ "saved_to": aside, "bytes": bytes });
-        let _ = audit.append(&Actor::system("daemon"), "audit_torn_tail_set_aside", details);
+        let _ = audit.append(
+            &Actor::system("daemon"),
+            "audit_torn_tail_set_aside",
+            details,
+        );
     }
 
     // Chroma: build the pool, then wait for a healthy endpoint.

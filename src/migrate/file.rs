@@ -117,6 +117,38 @@ pub enum Operation {
         #[serde(default = "default_settle_ms")]
         settle_ms: u64,
     },
+    /// Re-embed every record's document through an OpenAI-compatible
+    /// `/v1/embeddings` endpoint into a rebuilt collection (a new embedding
+    /// model or dimension), caught up and swapped in as `rebuild` does. The
+    /// API key comes from the environment variable `api_key_env`, never
+    /// from the file.
+    Reembed {
+        collection: String,
+        /// The endpoint, e.g. `https://api.openai.com/v1/embeddings`.
+        url: String,
+        model: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_key_env: Option<String>,
+        /// Asked of the endpoint (models that can shorten their vectors).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dimensions: Option<usize>,
+        /// Changes to the new collection's configuration (e.g. the space).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        configuration: Option<Value>,
+        /// Documents per embeddings request.
+        #[serde(default = "default_embed_batch")]
+        batch: usize,
+        #[serde(default = "default_max_passes")]
+        max_passes: u32,
+        #[serde(default = "default_max_lag")]
+        max_lag: u64,
+        #[serde(default = "default_settle_ms")]
+        settle_ms: u64,
+    },
+}
+
+fn default_embed_batch() -> usize {
+    64
 }
 
 fn yes() -> bool {
@@ -171,6 +203,7 @@ impl Operation {
             Operation::DeleteMetadataKey { .. } => "delete_metadata_key",
             Operation::DeleteRecords { .. } => "delete_records",
             Operation::Rebuild { .. } => "rebuild",
+            Operation::Reembed { .. } => "reembed",
         }
     }
 
@@ -188,7 +221,8 @@ impl Operation {
             | Operation::SetMetadata { collection, .. }
             | Operation::DeleteMetadataKey { collection, .. }
             | Operation::DeleteRecords { collection, .. }
-            | Operation::Rebuild { collection, .. } => vec![collection],
+            | Operation::Rebuild { collection, .. }
+            | Operation::Reembed { collection, .. } => vec![collection],
         }
     }
 
@@ -225,10 +259,12 @@ impl Operation {
                 to: from.clone(),
                 where_: None,
             }),
-            Operation::Rebuild { collection, .. } => Some(Operation::SwapCollections {
-                a: collection.clone(),
-                b: previous_name(collection, version),
-            }),
+            Operation::Rebuild { collection, .. } | Operation::Reembed { collection, .. } => {
+                Some(Operation::SwapCollections {
+                    a: collection.clone(),
+                    b: previous_name(collection, version),
+                })
+            }
             _ => None,
         }
     }
@@ -295,6 +331,25 @@ impl Operation {
                 }
                 if *max_passes == 0 {
                     out.push("rebuild: max_passes must be at least 1".into());
+                }
+            }
+            Operation::Reembed {
+                url,
+                batch,
+                max_passes,
+                api_key_env,
+                ..
+            } => {
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || url::Url::parse(url).is_err()
+                {
+                    out.push(format!("reembed: url {url:?} is not an http(s) URL"));
+                }
+                if *batch == 0 || *max_passes == 0 {
+                    out.push("reembed: batch and max_passes must be at least 1".into());
+                }
+                if api_key_env.as_deref().is_some_and(str::is_empty) {
+                    out.push("reembed: api_key_env names an environment variable".into());
                 }
             }
             _ => {}

@@ -4,6 +4,7 @@
 //! (`history`, `lease`), the operations (`ops`, `rebuild`) and the runner
 //! that ties them together (`manager`: `MigrationManager`).
 
+pub mod embed;
 pub mod file;
 pub mod history;
 pub mod lease;
@@ -85,6 +86,8 @@ pub enum MigrationError {
         passes: u32,
         last: u64,
     },
+    #[error("embeddings endpoint {url}: {why}")]
+    Embedding { url: String, why: String },
     #[error("cannot take the restore point: {0}; fix the backup configuration, or set migrations.restore_point = false")]
     RestorePoint(#[source] BackupError),
     #[error("{path}: {why}")]
@@ -116,6 +119,7 @@ impl MigrationError {
                 "verify_failed"
             }
             MigrationError::RestorePoint(_) => "restore_point_failed",
+            MigrationError::Embedding { .. } => "embedding_failed",
             MigrationError::Io { .. } => "io",
             MigrationError::Cancelled => "cancelled",
             MigrationError::Chroma(_) => "chroma_unavailable",

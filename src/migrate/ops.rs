@@ -264,7 +264,9 @@ pub async fn apply(op: &Operation, t: &Tracker<'_>) -> Result<Value, MigrationEr
             }
             Ok(json!({"collection": collection, "records_deleted": done}))
         }
-        Operation::Rebuild { .. } => super::rebuild::rebuild(op, t).await,
+        Operation::Rebuild { .. } | Operation::Reembed { .. } => {
+            super::rebuild::rebuild(op, t).await
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Value};
 
+use super::embed::Embedder;
 use super::file::{previous_name, staging_name, Operation};
 use super::ops::{find, list_ids, rename, resume_position, Tracker};
 use super::MigrationError;
@@ -103,20 +104,120 @@ async fn write(
     Ok(n)
 }
 
+/// What a rebuild does, from a `rebuild` or a `reembed` operation.
+struct Spec<'a> {
+    collection: &'a str,
+    /// Changes to the copy's configuration.
+    configuration: Value,
+    sample: usize,
+    k: usize,
+    min_overlap: f64,
+    max_passes: u32,
+    max_lag: u64,
+    settle_ms: u64,
+    /// For `reembed`: new vectors from the documents.
+    embedder: Option<Embedder>,
+}
+
+impl Spec<'_> {
+    /// The records as they go into the copy.
+    async fn prepare(&self, mut records: Vec<Record>) -> Result<Vec<Record>, MigrationError> {
+        let Some(e) = &self.embedder else {
+            return Ok(records);
+        };
+        let mut texts = Vec::with_capacity(records.len());
+        for r in &records {
+            match &r.document {
+                Some(d) => texts.push(d.clone()),
+                None => {
+                    return Err(MigrationError::Verify {
+                        collection: self.collection.to_string(),
+                        why: format!("record {:?} has no document to embed", r.id),
+                    })
+                }
+            }
+        }
+        let vectors = e.embed(&texts).await?;
+        for (r, v) in records.iter_mut().zip(vectors) {
+            r.embedding = Some(v);
+        }
+        Ok(records)
+    }
+
+    /// The copy holds `want` as it should: the same record, or for
+    /// `reembed` the same document, metadata and URI (the vector is new).
+    fn same(&self, want: &Record, got: &Record, tolerant: bool) -> bool {
+        if self.embedder.is_some() {
+            records_match(
+                &Record {
+                    embedding: None,
+                    ..want.clone()
+                },
+                &Record {
+                    embedding: None,
+                    ..got.clone()
+                },
+                tolerant,
+            )
+        } else {
+            records_match(want, got, tolerant)
+        }
+    }
+}
+
 pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, MigrationError> {
-    let Operation::Rebuild {
-        collection,
-        configuration,
-        sample,
-        k,
-        min_overlap,
-        max_passes,
-        max_lag,
-        settle_ms,
-    } = op
-    else {
-        return Err(MigrationError::Conflict("not a rebuild".into()));
+    let spec = match op {
+        Operation::Rebuild {
+            collection,
+            configuration,
+            sample,
+            k,
+            min_overlap,
+            max_passes,
+            max_lag,
+            settle_ms,
+        } => Spec {
+            collection,
+            configuration: configuration.clone(),
+            sample: *sample,
+            k: *k,
+            min_overlap: *min_overlap,
+            max_passes: *max_passes,
+            max_lag: *max_lag,
+            settle_ms: *settle_ms,
+            embedder: None,
+        },
+        Operation::Reembed {
+            collection,
+            url,
+            model,
+            api_key_env,
+            dimensions,
+            configuration,
+            batch,
+            max_passes,
+            max_lag,
+            settle_ms,
+        } => Spec {
+            collection,
+            configuration: configuration.clone().unwrap_or_else(|| json!({})),
+            sample: 0,
+            k: 0,
+            min_overlap: 0.0,
+            max_passes: *max_passes,
+            max_lag: *max_lag,
+            settle_ms: *settle_ms,
+            embedder: Some(Embedder::new(
+                url,
+                model,
+                api_key_env.as_deref(),
+                *dimensions,
+                *batch,
+            )?),
+        },
+        _ => return Err(MigrationError::Conflict("not a rebuild".into())),
     };
+    let collection = spec.collection;
     let store = t.store;
     let staging = staging_name(collection, t.version);
     let previous = previous_name(collection, t.version);
@@ -145,10 +246,10 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
 
     let source = find(store, collection)
         .await?
-        .ok_or_else(|| MigrationError::NoCollection(collection.clone()))?;
+        .ok_or_else(|| MigrationError::NoCollection(collection.to_string()))?;
     let target_cfg = merge_configuration(
         &creatable_configuration(&source.configuration_json),
-        configuration,
+        &spec.configuration,
     );
     let tolerant = space(&source.configuration_json) == "cosine" || space(&target_cfg) == "cosine";
 
@@ -173,11 +274,10 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
     };
     let result = fill_verify_swap(
         t,
-        collection,
+        &spec,
         &source,
         &target,
         &previous,
-        (*sample, *k, *min_overlap, *max_passes, *max_lag, *settle_ms),
         tolerant,
         if resume_copy { checkpoint } else { None },
     )
@@ -198,18 +298,18 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn fill_verify_swap(
     t: &Tracker<'_>,
-    collection: &str,
+    spec: &Spec<'_>,
     source: &Collection,
     target: &Collection,
     previous: &str,
-    (sample, k, min_overlap, max_passes, max_lag, settle_ms): (usize, usize, f64, u32, u64, u64),
     tolerant: bool,
     resume: Option<Value>,
 ) -> Result<Value, MigrationError> {
     let store = t.store;
+    let collection = spec.collection;
+    let (max_passes, max_lag, settle_ms) = (spec.max_passes, spec.max_lag, spec.settle_ms);
     // 1. Copy.
     let ids = list_ids(store, &source.id, None).await?;
     let total = ids.len();
@@ -231,7 +331,7 @@ async fn fill_verify_swap(
         });
         let last = records.last().map(|r| r.id.clone());
         copied += records.len();
-        write(store, &target.id, records).await?;
+        write(store, &target.id, spec.prepare(records).await?).await?;
         if let Some(last) = last {
             t.save(json!({"phase": "copy", "last_id": last})).await?;
         }
@@ -246,7 +346,7 @@ async fn fill_verify_swap(
     let (mut digests, counts) = loop {
         t.check_cancel()?;
         passes += 1;
-        let (fixed, digests) = catch_up(t, collection, source, target, tolerant).await?;
+        let (fixed, digests) = catch_up(t, spec, source, target, tolerant).await?;
         caught_up += fixed;
         let counts = (
             store.count(&source.id).await?,
@@ -266,17 +366,23 @@ async fn fill_verify_swap(
         }
     };
 
-    // 3. Verify neighbours.
-    let overlap = overlap(store, source, target, &ids, sample, k).await?;
+    // 3. Verify neighbours (a new embedding model has other neighbours:
+    // `reembed` relies on the record-by-record catch-up and the counts).
+    let (sample, k, min_overlap) = (spec.sample, spec.k, spec.min_overlap);
+    let overlap = if spec.embedder.is_some() {
+        None
+    } else {
+        Some(overlap(store, source, target, &ids, sample, k).await?)
+    };
     t.report(
         "rebuild",
         json!({"step": "verify", "collection": collection, "overlap": overlap}),
     );
-    if overlap < min_overlap {
+    if let Some(o) = overlap.filter(|o| *o < min_overlap) {
         return Err(MigrationError::Verify {
             collection: collection.to_string(),
             why: format!(
-                "mean top-{k} overlap of {sample} sampled vectors is {overlap:.3}, below min_overlap = {min_overlap}"
+                "mean top-{k} overlap of {sample} sampled vectors is {o:.3}, below min_overlap = {min_overlap}"
             ),
         });
     }
@@ -296,7 +402,7 @@ async fn fill_verify_swap(
     let mut after_swap = 0u64;
     let until = std::time::Instant::now() + std::time::Duration::from_millis(settle_ms);
     loop {
-        let (n, _) = copy_changed(store, source, target, &mut digests).await?;
+        let (n, _) = copy_changed(store, spec, source, target, &mut digests).await?;
         after_swap += n;
         if std::time::Instant::now() >= until {
             break;
@@ -306,7 +412,7 @@ async fn fill_verify_swap(
         )
         .await;
     }
-    let (n, _) = copy_changed(store, source, target, &mut digests).await?;
+    let (n, _) = copy_changed(store, spec, source, target, &mut digests).await?;
     after_swap += n;
 
     Ok(json!({
@@ -354,7 +460,7 @@ async fn finish_swap(
 /// of the source as read in this pass.
 async fn catch_up(
     t: &Tracker<'_>,
-    collection: &str,
+    spec: &Spec<'_>,
     source: &Collection,
     target: &Collection,
     tolerant: bool,
@@ -375,12 +481,12 @@ async fn catch_up(
             digests.insert(r.id.clone(), record_digest(r));
             if !got
                 .get(r.id.as_str())
-                .is_some_and(|g| records_match(r, g, tolerant))
+                .is_some_and(|g| spec.same(r, g, tolerant))
             {
                 stale.push(r.clone());
             }
         }
-        fixed += write(store, &target.id, stale).await? as u64;
+        fixed += write(store, &target.id, spec.prepare(stale).await?).await? as u64;
     }
     let src: HashSet<&String> = src_ids.iter().collect();
     let gone: Vec<String> = list_ids(store, &target.id, None)
@@ -394,7 +500,7 @@ async fn catch_up(
     fixed += gone.len() as u64;
     t.report(
         "rebuild",
-        json!({"step": "catch_up", "collection": collection, "records_fixed": fixed}),
+        json!({"step": "catch_up", "collection": spec.collection, "records_fixed": fixed}),
     );
     Ok((fixed, digests))
 }
@@ -405,6 +511,7 @@ async fn catch_up(
 /// the same record in `target` is not overwritten by an older one.
 async fn copy_changed(
     store: &ProductionChromaStore,
+    spec: &Spec<'_>,
     source: &Collection,
     target: &Collection,
     seen: &mut HashMap<String, RecordDigest>,
@@ -421,7 +528,7 @@ async fn copy_changed(
                 changed.push(r);
             }
         }
-        copied += write(store, &target.id, changed).await? as u64;
+        copied += write(store, &target.id, spec.prepare(changed).await?).await? as u64;
     }
     let now: HashSet<&String> = ids.iter().collect();
     let gone: Vec<String> = seen

@@ -616,7 +616,10 @@ mod tests {
             .expect("append");
         assert_eq!(verify(&path).expect("chain continues"), 5);
         // An intact log is left alone.
-        assert!(AuditLog::open(dir.path()).expect("open").torn_tail.is_none());
+        assert!(AuditLog::open(dir.path())
+            .expect("open")
+            .torn_tail
+            .is_none());
     }
 
     #[test]
