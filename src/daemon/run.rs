@@ -190,6 +190,13 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
             }
         };
         result?;
+    } else {
+        // The migration version gauge starts from what Chroma has recorded.
+        let manager =
+            crate::migrate::MigrationManager::new(store.clone(), config.clone(), metrics.clone());
+        if let Err(e) = manager.history().await {
+            tracing::warn!(error = %e, "cannot read the migration history");
+        }
     }
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
