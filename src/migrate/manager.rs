@@ -365,6 +365,7 @@ impl MigrationManager {
             version: m.version,
             progress,
             cancel,
+            last_save: std::sync::Mutex::new(None),
         };
         let mut results = Vec::new();
         for (i, op) in m.up.iter().enumerate().skip(from) {
@@ -526,6 +527,7 @@ impl MigrationManager {
                 version: m.version,
                 progress,
                 cancel,
+                last_save: std::sync::Mutex::new(None),
             };
             let mut result = Ok(());
             for op in m.down_ops()? {

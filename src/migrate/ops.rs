@@ -30,7 +30,13 @@ pub struct Tracker<'a> {
     pub version: u32,
     pub progress: &'a Progress,
     pub cancel: &'a CancellationToken,
+    /// When a checkpoint was last saved (progress checkpoints are spaced out).
+    pub last_save: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// Progress checkpoints are saved at most this often: a crash repeats at
+/// most this much work, and a fast copy is not slowed by history writes.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Tracker<'_> {
     /// The checkpoint saved by an earlier, interrupted run of this operation.
@@ -38,9 +44,24 @@ impl Tracker<'_> {
         self.entry.lock().await.checkpoint.clone()
     }
 
+    /// Saves a progress checkpoint unless one was saved within
+    /// [`CHECKPOINT_EVERY`] (the work since is idempotent to repeat).
+    pub async fn progress_save(&self, checkpoint: Value) -> Result<(), MigrationError> {
+        let due = self
+            .last_save
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
+        if due {
+            self.save(checkpoint).await?;
+        }
+        Ok(())
+    }
+
     /// Saves where the operation got to; fails if the lock was lost.
     pub async fn save(&self, checkpoint: Value) -> Result<(), MigrationError> {
         self.lease.check().await?;
+        *self.last_save.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
         let mut e = self.entry.lock().await;
         e.checkpoint = Some(checkpoint);
         self.history.put(&e).await?;
@@ -412,7 +433,7 @@ async fn update_metadata(
         }
         done += part.len();
         if let Some(last) = part.last() {
-            t.save(json!({"last_id": last, "records_done": done}))
+            t.progress_save(json!({"last_id": last, "records_done": done}))
                 .await?;
         }
         t.report(

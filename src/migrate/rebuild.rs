@@ -333,7 +333,8 @@ async fn fill_verify_swap(
         copied += records.len();
         write(store, &target.id, spec.prepare(records).await?).await?;
         if let Some(last) = last {
-            t.save(json!({"phase": "copy", "last_id": last})).await?;
+            t.progress_save(json!({"phase": "copy", "last_id": last}))
+                .await?;
         }
         t.report("rebuild", json!({"step": "copy", "collection": collection, "records_done": copied, "records_total": total}));
     }
