@@ -70,6 +70,11 @@ enum Verb {
     /// Repository keys.
     #[command(subcommand)]
     Key(KeyVerb),
+    /// Check this host the way an operator would (config, key, Chroma, repository, locks, socket, clock) and say what to fix; exit 1 if a check fails.
+    Doctor(chromaprod::doctor::DoctorArgs),
+    /// Packaging helpers: man pages, shell completions, parse-only checks.
+    #[command(subcommand, hide = true)]
+    Dist(chromaprod::dist::DistVerb),
 }
 
 #[derive(Args, Debug)]
@@ -252,6 +257,10 @@ fn main() -> ExitCode {
             },
         ),
         Verb::Key(ref k) => key_command(&cli, k),
+        Verb::Doctor(ref d) => {
+            chromaprod::doctor::main(&cli.config, cli.socket.as_deref(), cli.json, d)
+        }
+        Verb::Dist(ref d) => chromaprod::dist::main(<Cli as clap::CommandFactory>::command(), d),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
