@@ -1,14 +1,37 @@
 //! Files the package ships that are generated from the CLI definition (man
 //! pages, shell completions), and a parse-only check of command lines used
-//! by the runbook test. Reached through the hidden `chromaprod dist`
-//! subcommand, so the CLI stays defined in one place (`src/main.rs`).
+//! by the runbook test.
+//!
+//! Reached as `chromaprod dist …` (first argument only), which the binary
+//! intercepts before parsing its CLI: `dist` is not a subcommand of that
+//! CLI, so it appears in no man page, completion or `--help`, and the CLI
+//! stays defined in one place (`src/main.rs`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 
-/// `chromaprod dist …` (hidden): packaging helpers.
+/// `chromaprod dist`: packaging helpers.
+#[derive(Parser, Debug)]
+#[command(name = "chromaprod dist", about = "chromaprod packaging helpers")]
+struct DistCli {
+    #[command(subcommand)]
+    verb: DistVerb,
+}
+
+/// If the first argument is `dist`, runs the packaging helper it names
+/// against the CLI that `cli` builds and returns the exit code.
+pub fn intercept(cli: impl FnOnce() -> clap::Command) -> Option<u8> {
+    let mut args = std::env::args_os().skip(1).peekable();
+    if args.peek().is_none_or(|a| a != "dist") {
+        return None;
+    }
+    let dist = DistCli::parse_from(args);
+    Some(u8::try_from(main(cli(), &dist.verb)).unwrap_or(1))
+}
+
+/// `chromaprod dist …`.
 #[derive(Subcommand, Debug)]
 pub enum DistVerb {
     /// Write chromaprod.1 and one page per subcommand (chromaprod-backup.1, …) into DIR.

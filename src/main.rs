@@ -72,9 +72,6 @@ enum Verb {
     Key(KeyVerb),
     /// Check this host the way an operator would (config, key, Chroma, repository, locks, socket, clock) and say what to fix; exit 1 if a check fails.
     Doctor(chromaprod::doctor::DoctorArgs),
-    /// Packaging helpers: man pages, shell completions, parse-only checks.
-    #[command(subcommand, hide = true)]
-    Dist(chromaprod::dist::DistVerb),
 }
 
 #[derive(Args, Debug)]
@@ -97,7 +94,7 @@ struct BackupArgs {
 enum BackupsVerb {
     /// Snapshots, newest first.
     List,
-    /// One snapshot's manifest.
+    /// One snapshot's manifest (`latest` for the newest).
     Show { id: String },
     /// Check that a snapshot's objects are present and intact (`latest` for the newest).
     Verify {
@@ -120,7 +117,7 @@ enum JobVerb {
 
 #[derive(Args, Debug)]
 struct RestoreArgs {
-    /// Snapshot id.
+    /// Snapshot id (`latest` for the newest).
     id: String,
     /// Only these collections (default: all in the snapshot).
     #[arg(long = "collection", short = 'c')]
@@ -190,6 +187,10 @@ enum AuditVerb {
 }
 
 fn main() -> ExitCode {
+    // `chromaprod dist …`: packaging helpers outside the CLI (see src/dist.rs).
+    if let Some(code) = chromaprod::dist::intercept(<Cli as clap::CommandFactory>::command) {
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Verb::Daemon => run_daemon(&cli.config),
@@ -260,7 +261,6 @@ fn main() -> ExitCode {
         Verb::Doctor(ref d) => {
             chromaprod::doctor::main(&cli.config, cli.socket.as_deref(), cli.json, d)
         }
-        Verb::Dist(ref d) => chromaprod::dist::main(<Cli as clap::CommandFactory>::command(), d),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

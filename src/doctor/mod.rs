@@ -164,7 +164,8 @@ pub struct DoctorArgs {
     #[arg(long, default_value = "chromaprod")]
     pub service_user: String,
     /// Read KEY=VALUE lines (systemd EnvironmentFile= syntax) into the
-    /// environment first, e.g. the file holding the backend's credentials.
+    /// environment first, e.g. the file holding the backend's credentials;
+    /// variables already set keep their values.
     #[arg(long = "env-file", value_name = "FILE")]
     pub env_files: Vec<PathBuf>,
     /// Longest time one check may take.
@@ -187,10 +188,14 @@ pub struct Options {
 pub fn main(config: &Path, socket: Option<&Path>, json: bool, args: &DoctorArgs) -> i32 {
     for file in &args.env_files {
         match read_env_file(file) {
-            // Before any thread exists: the runtime is built below.
+            // Before any thread exists: the runtime is built below. A
+            // variable already set wins, so one can be tried out on the
+            // command line.
             Ok(vars) => {
                 for (k, v) in vars {
-                    std::env::set_var(k, v);
+                    if std::env::var_os(&k).is_none() {
+                        std::env::set_var(k, v);
+                    }
                 }
             }
             Err(e) => {
