@@ -102,6 +102,9 @@ step "Restore the incremental snapshot into a new collection, then query it"
 step "The audit log's hash chain"
 "$BIN" audit verify
 
+step "chromaprod doctor: config, key, Chroma, repository, locks, write access, clock, socket"
+"$BIN" doctor --service-user "$(id -un)"
+
 step "Stopping the daemon (SIGTERM)"
 kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID"; DAEMON_PID=""
 echo "daemon exited cleanly"

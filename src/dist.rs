@@ -130,7 +130,7 @@ Endpoints and credentials of the backup repository's object store.
 \fB78\fR invalid configuration; \fB130\fR a second stop signal cut the graceful stop short.
 .SH SEE ALSO
 \fBsystemctl\fR(1), \fBjournalctl\fR(1), \fBsystemd.exec\fR(5).
-The operator's runbook: \fI/usr/share/doc/chromaprod/runbook.md.gz\fR.
+The operator's runbook: \fI/usr/share/doc/chromaprod/runbook.md\fR.
 "#;
 
 /// Writes chromaprod.1 (with FILES, ENVIRONMENT, EXIT STATUS and SEE ALSO

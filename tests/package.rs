@@ -225,6 +225,68 @@ fn metadata_and_contents() {
     assert!(!bash.contains(" dist "), "hidden helper in completions");
 }
 
+/// Absolute paths under /usr or /lib that a text names.
+fn packaged_paths_named_in(text: &str) -> Vec<String> {
+    // Plain text out of roff font escapes and file: URLs.
+    let text = text
+        .replace("\\fI", "")
+        .replace("\\fB", "")
+        .replace("\\fR", "")
+        .replace("\\-", "-")
+        .replace("file://", " ");
+    let text = text.as_str();
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices('/') {
+        let before = text[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '/' || c == '.' || c == ':') {
+            continue;
+        }
+        let path: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || "/._-*".contains(*c))
+            .collect();
+        let path = path.trim_end_matches('.').to_string();
+        if (path.starts_with("/usr/") || path.starts_with("/lib/")) && !path.contains('*') {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_packaged_path_the_docs_name_is_in_the_package() {
+    let deb = deb();
+    let listing = run(Command::new(tool("dpkg-deb")).arg("--contents").arg(&deb));
+    let files = package_files(&deb);
+    let root = extract(&deb);
+    let man = run(Command::new(tool("gzip"))
+        .arg("-dc")
+        .arg(root.path().join("usr/share/man/man1/chromaprod.1.gz")));
+    let mut checked = 0;
+    for (doc, text) in [
+        (
+            "docs/runbook.md",
+            std::fs::read_to_string(repo().join("docs/runbook.md")).expect("runbook"),
+        ),
+        (
+            "the unit",
+            std::fs::read_to_string(repo().join("systemd/chromaprod.service")).expect("unit"),
+        ),
+        ("chromaprod(1)", man),
+    ] {
+        for path in packaged_paths_named_in(&text) {
+            let found = if path.ends_with('/') {
+                listing.contains(&format!(" .{path}"))
+            } else {
+                files.contains(&path)
+            };
+            assert!(found, "{doc} names {path}, which the package does not ship");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} paths checked");
+}
+
 #[test]
 fn lintian_reports_no_errors() {
     let deb = deb();
