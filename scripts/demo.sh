@@ -73,6 +73,7 @@ step "An invalid edit is rejected; the daemon keeps the running config"
 sed -i -e 's/^max_connections = 20/max_connections = "lots"/' "$CONFIG"
 "$BIN" reload || true
 sed -i -e 's/^max_connections = "lots"/max_connections = 20/' "$CONFIG"
+"$BIN" reload
 
 step "A full encrypted backup (chromaprod backup --full --wait)"
 "$BIN" backup --full --wait

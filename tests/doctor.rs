@@ -681,6 +681,37 @@ fn a_world_accessible_socket_fails_and_a_stale_one_warns() {
 }
 
 #[test]
+fn a_rejected_reload_warns_until_the_file_is_fixed_and_reloaded() {
+    let host = Host::new("");
+    host.create_repository();
+    let daemon = DaemonProcess::spawn(&host.config, &[]);
+    daemon.wait_ready(Duration::from_secs(30));
+    let good = std::fs::read_to_string(&host.config).expect("config");
+    std::fs::write(
+        &host.config,
+        format!("{good}\n[pool]\nmax_connections = 0\n"),
+    )
+    .expect("bad edit");
+    let (code, _, _) = cli(&daemon.socket, &["reload"]);
+    assert_eq!(code, Some(1), "the daemon rejects the file");
+    let run = doctor(&host.config, &[]);
+    assert_eq!(run.code, Some(1), "the file itself is invalid:\n{run}");
+    assert_eq!(run.status("config"), "fail", "{run}");
+    let (status, summary, fix) = run.check("socket");
+    assert_eq!(status, "warn", "{run}");
+    assert!(summary.contains("last reload was rejected"), "{run}");
+    assert!(summary.contains("pool.max_connections"), "{run}");
+    assert!(fix.contains("chromaprod reload"), "{run}");
+
+    std::fs::write(&host.config, &good).expect("fix");
+    let (code, _, err) = cli(&daemon.socket, &["reload"]);
+    assert_eq!(code, Some(0), "{err}");
+    let run = doctor(&host.config, &[]);
+    assert_eq!(run.code, Some(0), "{run}");
+    run.others_ok(&[]);
+}
+
+#[test]
 fn a_clock_an_hour_off_fails_against_a_local_and_an_s3_backend() {
     let host = Host::new("");
     host.create_repository();

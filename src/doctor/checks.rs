@@ -1049,6 +1049,17 @@ async fn check_socket(path: &Path, cfg: Option<&Config>, o: &Options) -> Vec<Che
         v["pid"],
         v["health"].as_str().unwrap_or("health unknown")
     );
+    let reload = &v["config"]["last_reload"];
+    if reload["ok"] == serde_json::Value::Bool(false) {
+        return vec![Check::warn(
+            NAME,
+            format!(
+                "{answer}; its last reload was rejected: {}",
+                one_line(reload["error"].as_str().unwrap_or("no reason given"))
+            ),
+            "fix the file (`chromaprod validate` lists every problem), then `chromaprod reload`; until then the daemon keeps the configuration it had",
+        )];
+    }
     if let Some(cfg) = cfg {
         let want_mode = cfg.control.socket_mode;
         if mode != want_mode {
