@@ -37,11 +37,12 @@ tools: $(CHROMA_BIN)
 
 test-tools: tools $(EMULATORS_STAMP) package-tools
 
-# Debian tools the package build and the package and doctor tests need:
-# dpkg-deb and dpkg-shlibdeps (dpkg-dev), lintian, faketime. Installed from
+# Debian tools the package build and the package, doctor and runbook tests
+# need: dpkg-deb and dpkg-shlibdeps (dpkg-dev), lintian, faketime,
+# systemd-analyze, curl. Installed from
 # Debian's archive when missing and running as root; otherwise the missing
 # ones are named and the target fails (the tests never skip).
-DEB_TOOLS := dpkg-deb:dpkg-dev dpkg-shlibdeps:dpkg-dev lintian:lintian faketime:faketime systemd-analyze:systemd
+DEB_TOOLS := dpkg-deb:dpkg-dev dpkg-shlibdeps:dpkg-dev lintian:lintian faketime:faketime systemd-analyze:systemd curl:curl
 
 package-tools:
 	@missing=""; for t in $(DEB_TOOLS); do \

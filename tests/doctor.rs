@@ -357,6 +357,51 @@ fn healthy_host_with_an_s3_repository_on_moto() {
 }
 
 #[test]
+fn azure_on_azurite_and_gcs_on_fake_gcs_server_pass_with_their_own_clocks() {
+    use common::emulators::{AZURITE_ACCOUNT, AZURITE_KEY};
+    let azurite = emulators::azurite();
+    let gcs = emulators::fake_gcs();
+    let rt = rt();
+    rt.block_on(azurite.create_bucket("backups"));
+    rt.block_on(gcs.create_bucket("backups"));
+    let host = Host::new("");
+    for (url, env) in [
+        (
+            "az://backups/prod",
+            vec![
+                ("AZURE_STORAGE_ACCOUNT_NAME", AZURITE_ACCOUNT.to_string()),
+                ("AZURE_STORAGE_ACCOUNT_KEY", AZURITE_KEY.to_string()),
+                (
+                    "AZURE_STORAGE_ENDPOINT",
+                    format!("{}/{AZURITE_ACCOUNT}", azurite.endpoint),
+                ),
+            ],
+        ),
+        (
+            "gs://backups/prod",
+            vec![("STORAGE_EMULATOR_HOST", gcs.endpoint.clone())],
+        ),
+    ] {
+        let config = Host::config_in(
+            host.dir.path(),
+            &[host.chroma.base()],
+            &format!("[backup]\nstorage_path = \"{url}\"\n"),
+        );
+        let run = doctor(&config, &env);
+        assert_eq!(run.code, Some(0), "{url}:\n{run}");
+        // No repository yet, no daemon: warnings; the rest passes.
+        run.others_ok(&["repository", "locks", "socket"]);
+        assert_eq!(run.status("repository"), "warn", "{run}");
+        assert!(
+            run.check("repository_write").1.contains(url),
+            "{url}:\n{run}"
+        );
+        assert!(run.check("clock").1.contains("Date header"), "{run}");
+        assert!(!run.stdout.contains(AZURITE_KEY), "the account key leaked");
+    }
+}
+
+#[test]
 fn an_invalid_config_fails_and_skips_what_depends_on_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
