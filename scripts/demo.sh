@@ -75,6 +75,7 @@ step "An invalid edit is rejected; the daemon keeps the running config"
 sed -i -e 's/^max_connections = 20/max_connections = "lots"/' "$CONFIG"
 "$BIN" reload || true
 sed -i -e 's/^max_connections = "lots"/max_connections = 20/' "$CONFIG"
+"$BIN" reload
 
 step "A full encrypted backup (chromaprod backup --full --wait)"
 "$BIN" backup --full --wait
@@ -115,6 +116,9 @@ step "Undo the rebuild (the l2 collection comes back), then apply it again"
 
 step "The audit log's hash chain"
 "$BIN" audit verify
+
+step "chromaprod doctor: config, key, Chroma, repository, locks, write access, clock, socket"
+"$BIN" doctor --service-user "$(id -un)"
 
 step "Stopping the daemon (SIGTERM)"
 kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID"; DAEMON_PID=""

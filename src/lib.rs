@@ -10,6 +10,8 @@ pub mod chroma;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod dist;
+pub mod doctor;
 pub mod migrate;
 pub mod observe;
 pub mod schedule;

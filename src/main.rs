@@ -70,6 +70,8 @@ enum Verb {
     /// Repository keys.
     #[command(subcommand)]
     Key(KeyVerb),
+    /// Check this host the way an operator would (config, key, Chroma, repository, locks, socket, clock) and say what to fix; exit 1 if a check fails.
+    Doctor(chromaprod::doctor::DoctorArgs),
     /// Versioned migrations: status, up, down, validate, repair, stamp, new.
     /// Runs in the daemon, or here when none runs.
     #[command(subcommand)]
@@ -128,7 +130,7 @@ struct BackupArgs {
 enum BackupsVerb {
     /// Snapshots, newest first.
     List,
-    /// One snapshot's manifest.
+    /// One snapshot's manifest (`latest` for the newest).
     Show { id: String },
     /// Check that a snapshot's objects are present and intact (`latest` for the newest).
     Verify {
@@ -151,7 +153,7 @@ enum JobVerb {
 
 #[derive(Args, Debug)]
 struct RestoreArgs {
-    /// Snapshot id.
+    /// Snapshot id (`latest` for the newest).
     id: String,
     /// Only these collections (default: all in the snapshot).
     #[arg(long = "collection", short = 'c')]
@@ -221,6 +223,10 @@ enum AuditVerb {
 }
 
 fn main() -> ExitCode {
+    // `chromaprod dist …`: packaging helpers outside the CLI (see src/dist.rs).
+    if let Some(code) = chromaprod::dist::intercept(<Cli as clap::CommandFactory>::command) {
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Verb::Daemon => run_daemon(&cli.config),
@@ -309,6 +315,9 @@ fn main() -> ExitCode {
                 MigrateVerb::New { .. } => unreachable!("handled above"),
             },
         ),
+        Verb::Doctor(ref d) => {
+            chromaprod::doctor::main(&cli.config, cli.socket.as_deref(), cli.json, d)
+        }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

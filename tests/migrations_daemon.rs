@@ -463,7 +463,10 @@ fn migrate_verbs_work_over_the_socket_and_offline() {
     assert_eq!(st["pending"], json!([1, 2]), "{st}");
     let (code, out, err) = cli(&daemon.socket, &["migrate", "up", "--to", "1"]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(err.contains("migration 1 update_collection_metadata"), "progress is shown: {err}");
+    assert!(
+        err.contains("migration 1 update_collection_metadata"),
+        "progress is shown: {err}"
+    );
     let (code, out, _) = cli(&daemon.socket, &["migrate", "status"]);
     assert_eq!(code, Some(0));
     assert!(

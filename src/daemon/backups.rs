@@ -125,19 +125,13 @@ async fn execute_inner(
             Err(e) => Err(e),
         },
         Command::BackupShow { id } => {
-            Ok(serde_json::to_value(open(false).await?.show(id).await?).unwrap_or(Value::Null))
+            let m = open(false).await?;
+            let id = resolve_id(&m, id).await?;
+            Ok(serde_json::to_value(m.show(&id).await?).unwrap_or(Value::Null))
         }
         Command::BackupVerify { id, full } => {
             let m = open(false).await?;
-            let id = if id == "latest" {
-                m.list()
-                    .await?
-                    .first()
-                    .map(|s| s.metadata.backup_id.to_string())
-                    .ok_or_else(|| BackupError::NoSnapshot("latest".into()))?
-            } else {
-                id.clone()
-            };
+            let id = resolve_id(&m, id).await?;
             Ok(serde_json::to_value(m.verify(&id, *full, progress).await?).unwrap_or(Value::Null))
         }
         Command::BackupsCheck => {
@@ -177,6 +171,7 @@ async fn execute_inner(
                 }
                 None => m,
             };
+            let id = &resolve_id(&m, id).await?;
             let opts = RestoreOptions {
                 collections: collections.clone(),
                 as_name: as_name.clone(),
@@ -191,4 +186,16 @@ async fn execute_inner(
             other.name()
         ))),
     }
+}
+
+/// A snapshot id as given, or for `latest` the newest snapshot's.
+async fn resolve_id(m: &BackupManager, id: &str) -> Result<String, BackupError> {
+    if id != "latest" {
+        return Ok(id.to_string());
+    }
+    m.list()
+        .await?
+        .first()
+        .map(|s| s.metadata.backup_id.to_string())
+        .ok_or_else(|| BackupError::NoSnapshot("latest".into()))
 }

@@ -192,6 +192,28 @@ impl MetricsCollector {
             "Migrations run, by direction (up, down) and outcome",
             migration_runs.clone(),
         );
+        // Counters an alert watches with increase() exist from the start at 0:
+        // a series that appears only at its first failure would never show
+        // an increase (the job kinds are those of `daemon::backups::job_kind`).
+        for kind in [
+            "full",
+            "incremental",
+            "collection",
+            "restore",
+            "prune",
+            "verify",
+        ] {
+            let _ = backup_failures.get_or_create(&TypeLabels { r#type: kind });
+        }
+        for outcome in ["success", "failure"] {
+            let _ = reloads.get_or_create(&OutcomeLabels { outcome });
+        }
+        for direction in ["up", "down"] {
+            let _ = migration_runs.get_or_create(&DirectionOutcomeLabels {
+                direction,
+                outcome: "failure",
+            });
+        }
         MetricsCollector {
             migration_version,
             migration_runs,
@@ -330,5 +352,18 @@ mod tests {
         }
         m.retain_endpoints(&[]);
         assert!(!m.encode().contains("chromaprod_endpoint_up{"));
+    }
+
+    #[test]
+    fn alerted_counters_start_at_zero() {
+        let text = MetricsCollector::new().encode();
+        for needle in [
+            "chromaprod_backup_failures_total{type=\"full\"} 0",
+            "chromaprod_backup_failures_total{type=\"verify\"} 0",
+            "chromaprod_config_reloads_total{outcome=\"failure\"} 0",
+            "chromaprod_config_reloads_total{outcome=\"success\"} 0",
+        ] {
+            assert!(text.contains(needle), "{needle} not in\n{text}");
+        }
     }
 }
