@@ -42,6 +42,33 @@ pub struct Record {
 }
 
 impl Record {
+    /// About how many bytes this record occupies in memory once decoded
+    /// (id, embedding, document, metadata keys and values, uri). Used to
+    /// size fetch batches by bytes rather than by count.
+    pub fn approx_bytes(&self) -> usize {
+        fn value(v: &Value) -> usize {
+            match v {
+                Value::String(s) => 32 + s.len(),
+                Value::Array(a) => 32 + a.iter().map(value).sum::<usize>(),
+                Value::Object(o) => {
+                    48 + o
+                        .iter()
+                        .map(|(k, v)| 32 + k.len() + value(v))
+                        .sum::<usize>()
+                }
+                _ => 32,
+            }
+        }
+        96 + self.id.len()
+            + self.embedding.as_ref().map_or(0, |e| 4 * e.len())
+            + self.document.as_ref().map_or(0, String::len)
+            + self
+                .metadata
+                .as_ref()
+                .map_or(0, |m| m.iter().map(|(k, v)| 32 + k.len() + value(v)).sum())
+            + self.uri.as_ref().map_or(0, String::len)
+    }
+
     /// Bit-level equality (NaN equals the same NaN, -0.0 differs from 0.0).
     pub fn bit_eq(&self, other: &Self) -> bool {
         let emb = |e: &Option<Vec<f32>>| {
@@ -411,6 +438,7 @@ impl ChunkPlanner {
     /// Adds a record; returns a chunk when this record closes one.
     pub fn push(&mut self, record: &Record) -> Result<Option<PlannedChunk>, FormatError> {
         let json = record_json(record)?;
+        self.reserve(json.len() + CHUNK_PREFIX.len() + CHUNK_SUFFIX.len() + 1);
         if self.index.entries.is_empty() {
             self.buf.extend_from_slice(CHUNK_PREFIX);
         } else {
@@ -430,6 +458,19 @@ impl ChunkPlanner {
         } else {
             Ok(None)
         }
+    }
+
+    /// Grows the buffer for `more` bytes: doubling, but never past the hard
+    /// limit of `4 × target` (plus the record that crosses it), so the
+    /// buffer of a chunk near the limit is not twice the chunk's size.
+    fn reserve(&mut self, more: usize) {
+        let need = self.buf.len() + more;
+        if need <= self.buf.capacity() {
+            return;
+        }
+        let ceiling = self.target_bytes.saturating_mul(4).max(need);
+        let want = self.buf.capacity().saturating_mul(2).clamp(need, ceiling);
+        self.buf.reserve_exact(want - self.buf.len());
     }
 
     /// Whether a chunk may end after this record: true with probability
@@ -724,6 +765,24 @@ pub(crate) mod tests {
         let c = p.push(&synthetic(0, 512)).expect("push").expect("closes");
         assert_eq!(c.records(), 1);
         assert!(p.finish().is_none());
+    }
+
+    #[test]
+    fn planner_buffer_never_outgrows_the_chunk_ceiling() {
+        // Records of ~1.6 KiB into 64 KiB chunks: the ceiling is 256 KiB.
+        let target = 64 * 1024;
+        let mut p = ChunkPlanner::new(target, 1_000_000);
+        let mut largest = 0;
+        for i in 0..3_000 {
+            let mut r = synthetic(i, 384);
+            r.id = format!("x{i}"); // ids unlikely to close early don't matter: the cap does
+            largest = largest.max(p.buf.capacity());
+            if let Some(c) = p.push(&r).expect("push") {
+                assert!(c.plaintext.len() <= 4 * target + 4096);
+            }
+            largest = largest.max(p.buf.capacity());
+        }
+        assert!(largest <= 4 * target + 4096, "buffer grew to {largest}");
     }
 
     #[test]
