@@ -6,6 +6,20 @@
 //! and uploaded a few at a time while the next batches are read. The
 //! manifest is written last, so a backup that is cancelled, killed or fails
 //! leaves no snapshot behind; its chunks are reused by the next one.
+//!
+//! What a backup holds in memory, whatever the collection's size:
+//! - the id listing: nothing (it is in a temporary file, `source::IdList`);
+//! - fetched batches: `READ_AHEAD` waiting, one being fetched, one being
+//!   chunked, each about `source::FETCH_BATCH_BYTES` of records;
+//! - the chunk being built: at most 4 × its 4 MiB target (plus the record
+//!   that crosses it);
+//! - chunks being encoded and uploaded: `UPLOAD_BYTES_IN_FLIGHT` of
+//!   plaintext (one larger chunk goes alone), each with a buffer of about
+//!   its compressed size;
+//! - for an incremental, 16 bytes and a bit per live record of the parent
+//!   (`manifest::IncrementalPlanner`), and the parent's manifest.
+//!
+//! Restore and verify work one chunk at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -433,7 +433,12 @@ fn compress_after(plaintext: &[u8], prefix: usize, extra: usize) -> std::io::Res
     let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
     c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
     let bound = zstd::zstd_safe::compress_bound(plaintext.len());
-    let mut out = Vec::with_capacity(prefix + bound + extra);
+    let room = prefix + bound + extra;
+    let mut out = if room >= super::records::LARGE_BUFFER_FROM {
+        super::records::large_buffer(room)
+    } else {
+        Vec::with_capacity(room)
+    };
     c.compress_to_buffer(plaintext, &mut out)?;
     let n = out.len();
     out.resize(n + prefix, 0);
@@ -456,7 +461,12 @@ fn decompress(payload: &[u8], kind: ObjectKind, limit: usize) -> Result<Vec<u8>,
         .and_then(|n| usize::try_from(n).ok())
         .filter(|n| *n <= limit)
         .unwrap_or(0);
-    let mut out = Vec::with_capacity(declared.saturating_add(1));
+    let room = declared.saturating_add(1);
+    let mut out = if room >= super::records::LARGE_BUFFER_FROM {
+        super::records::large_buffer(room)
+    } else {
+        Vec::with_capacity(room)
+    };
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
     decoder.take(cap).read_to_end(&mut out).map_err(err)?;
     if out.len() > limit {

@@ -31,6 +31,25 @@ pub const DEFAULT_TARGET_BYTES: usize = 4 * 1024 * 1024;
 /// Default cap on records per chunk.
 pub const DEFAULT_MAX_RECORDS: usize = 10_000;
 
+/// Buffers this large or larger (chunk plaintext, compressed objects) are
+/// reserved with [`large_buffer`].
+pub const LARGE_BUFFER_FROM: usize = 1024 * 1024;
+
+/// An empty buffer with room for at least `bytes`, reserved beyond glibc's
+/// largest mmap threshold (32 MiB on 64-bit).
+///
+/// glibc's malloc raises its mmap threshold to the size of each mmapped
+/// block that is freed (up to 32 MiB); from then on, blocks below it come
+/// from per-thread arenas, which keep freed memory instead of returning it.
+/// A backup frees a chunk-sized buffer every few MiB, so its resident
+/// memory drifted up with the run although what was live stayed bounded.
+/// A reservation above 32 MiB is always mmapped and unmapped on free, and
+/// never moves the threshold; it costs address space only, since pages
+/// become resident when they are written. Other allocators are unaffected.
+pub fn large_buffer(bytes: usize) -> Vec<u8> {
+    Vec::with_capacity(bytes.max(33 * 1024 * 1024))
+}
+
 /// One Chroma record as read from the server.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Record {
@@ -469,6 +488,11 @@ impl ChunkPlanner {
             return;
         }
         let ceiling = self.target_bytes.saturating_mul(4).max(need);
+        if self.buf.capacity() == 0 && ceiling >= LARGE_BUFFER_FROM {
+            // Once, for the whole chunk: see `large_buffer`.
+            self.buf = large_buffer(ceiling.saturating_add(64 * 1024));
+            return;
+        }
         let want = self.buf.capacity().saturating_mul(2).clamp(need, ceiling);
         self.buf.reserve_exact(want - self.buf.len());
     }
