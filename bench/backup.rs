@@ -12,7 +12,8 @@
 //!    characters, metadata with string, int, float and bool keys) with
 //!    upserts of 1,000 (base64 embeddings); at N/4, N/2 and N it runs a full
 //!    backup in a child process (this binary re-executed) and reads the
-//!    child's peak RSS (`VmHWM`);
+//!    child's peak RSS (`VmHWM`), then an incremental (nothing changed, so it
+//!    reads every record and plans against the full) the same way;
 //! 2. stops the server, times `tar czf` of its persist directory and
 //!    `chops collection snapshot`, restarts it;
 //! 3. alternates a raw paged read (`get`, limit/offset 1,000, all fields,
@@ -236,11 +237,24 @@ fn best(v: &[f64]) -> f64 {
 
 // ---------------------------------------------------------------- child
 
-/// Child mode: one full backup of the server's collections; prints
-/// `VmHWM_KB <n> MS <ms> BYTES <n>`.
+/// Child mode: one backup of the server's collections (full, or with
+/// `BACKUP_BENCH_CHILD_TYPE=incremental` an incremental into the same
+/// repository; `BACKUP_BENCH_CHILD_COLLECTION` limits it to one
+/// collection); prints `VmHWM_KB <n> MS <ms> BYTES <n>`.
 fn child() {
     let url = url::Url::parse(&std::env::var("BACKUP_BENCH_URL").expect("url")).expect("url");
     let repo = PathBuf::from(std::env::var("BACKUP_BENCH_REPO").expect("repo"));
+    let incremental = std::env::var("BACKUP_BENCH_CHILD_TYPE").as_deref() == Ok("incremental");
+    let only = std::env::var("BACKUP_BENCH_CHILD_COLLECTION").ok();
+    let request = BackupRequest {
+        backup_type: match (incremental, &only) {
+            (true, _) => BackupType::Incremental,
+            (false, Some(_)) => BackupType::Collection,
+            (false, None) => BackupType::Full,
+        },
+        collections: only.into_iter().collect(),
+        trigger: Trigger::Command,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -252,7 +266,7 @@ fn child() {
         let (progress, _rx) = Progress::detached();
         let t = Instant::now();
         let man = m
-            .create(req(BackupType::Full), &progress, &CancellationToken::new())
+            .create(request, &progress, &CancellationToken::new())
             .await
             .expect("backup");
         (t.elapsed().as_millis(), man.bytes_written)
@@ -267,9 +281,38 @@ fn child() {
     println!("VmHWM_KB {hwm} MS {ms} BYTES {bytes}");
 }
 
-fn peak_rss_of_child_backup(url: &url::Url, repo: &Path) -> (u64, u64) {
-    let out = Command::new(std::env::current_exe().expect("exe"))
+/// The `GLIBC_TUNABLES` value the systemd unit sets (read from
+/// `systemd/chromaprod.service`, so the two cannot drift apart).
+fn unit_malloc_tunables() -> String {
+    let unit = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/chromaprod.service");
+    std::fs::read_to_string(&unit)
+        .expect("unit file")
+        .lines()
+        .find_map(|l| l.strip_prefix("Environment=GLIBC_TUNABLES="))
+        .expect("the unit sets GLIBC_TUNABLES")
+        .trim()
+        .to_string()
+}
+
+/// Peak RSS (kB) and time (ms) of a backup in a child process; `tunables`:
+/// the unit's `GLIBC_TUNABLES`, else glibc's defaults.
+fn peak_rss_of_child_backup(
+    url: &url::Url,
+    repo: &Path,
+    incremental: bool,
+    tunables: Option<&str>,
+) -> (u64, u64) {
+    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+    match tunables {
+        Some(t) => cmd.env("GLIBC_TUNABLES", t),
+        None => cmd.env_remove("GLIBC_TUNABLES"),
+    };
+    let out = cmd
         .env("BACKUP_BENCH_CHILD", "1")
+        .env(
+            "BACKUP_BENCH_CHILD_TYPE",
+            if incremental { "incremental" } else { "full" },
+        )
         .env("BACKUP_BENCH_URL", url.as_str())
         .env("BACKUP_BENCH_REPO", repo)
         .output()
@@ -347,6 +390,7 @@ fn main() {
     });
     let mut seed_time = Duration::ZERO;
     let mut mem = Vec::new();
+    let tunables = unit_malloc_tunables();
     let mut seeded = 0;
     for stop_at in [n / 4, n / 2, n] {
         let t = Instant::now();
@@ -362,10 +406,24 @@ fn main() {
         });
         seed_time += t.elapsed();
         eprintln!("seeded {seeded} in {:.1} s", seed_time.as_secs_f64());
-        let repo = work.path().join(format!("mem-{stop_at}"));
-        let (kb, ms) = peak_rss_of_child_backup(&url, &repo);
-        eprintln!("child backup of {stop_at}: VmHWM {kb} kB, {ms} ms");
-        mem.push((stop_at, kb, ms));
+        let mut m = Vec::new();
+        for tunables in [None, Some(tunables.as_str())] {
+            let repo = work.path().join(format!("mem-{stop_at}-{}", m.len()));
+            for incremental in [false, true] {
+                let (kb, ms) = peak_rss_of_child_backup(&url, &repo, incremental, tunables);
+                eprintln!(
+                    "child {} of {stop_at} ({}): VmHWM {kb} kB, {ms} ms",
+                    if incremental {
+                        "incremental"
+                    } else {
+                        "full backup"
+                    },
+                    tunables.unwrap_or("glibc defaults")
+                );
+                m.push((kb, ms));
+            }
+        }
+        mem.push((stop_at, m));
     }
     let seed_rate = n as f64 / seed_time.as_secs_f64();
     rows.push(Row {
@@ -374,13 +432,20 @@ fn main() {
         raw: format!("{:.1} s ({seed_rate:.0} rec/s)", seed_time.as_secs_f64()),
         ratio: "—".into(),
     });
-    for (at, kb, ms) in &mem {
+    let cell = |(kb, ms): (u64, u64)| {
+        format!("{:.1} MB ({:.1} s)", kb as f64 / 1024.0, ms as f64 / 1000.0)
+    };
+    for (at, m) in &mem {
         rows.push(Row {
-            what: format!("peak RSS of a full backup (child process), {at} records"),
+            what: format!(
+                "peak RSS (VmHWM, child process), {at} records: full backup; then an incremental with nothing changed"
+            ),
             chromaprod: format!(
-                "{:.1} MB (VmHWM; backup {:.1} s)",
-                *kb as f64 / 1024.0,
-                *ms as f64 / 1000.0
+                "glibc defaults: full {}, incremental {}; with the unit's `GLIBC_TUNABLES={tunables}`: full {}, incremental {}",
+                cell(m[0]),
+                cell(m[1]),
+                cell(m[2]),
+                cell(m[3])
             ),
             raw: "—".into(),
             ratio: "—".into(),

@@ -144,22 +144,44 @@ fn aead_key(key: &[u8; KEY_LEN]) -> Result<LessSafeKey, CryptoError> {
 
 /// `nonce || AES-256-GCM(key, plaintext, aad)` with a fresh random nonce.
 fn seal(key: &[u8; KEY_LEN], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+    out.extend_from_slice(&[0u8; NONCE_LEN]);
+    out.extend_from_slice(plaintext);
+    seal_in_place(key, aad, &mut out, 0)?;
+    Ok(out)
+}
+
+/// [`seal`] without a copy: `buf[at..at + NONCE_LEN]` receives the nonce,
+/// `buf[at + NONCE_LEN..]` (the plaintext) is encrypted where it is, and the
+/// tag is appended.
+fn seal_in_place(
+    key: &[u8; KEY_LEN],
+    aad: &[u8],
+    buf: &mut Vec<u8>,
+    at: usize,
+) -> Result<(), CryptoError> {
+    let too_short = || CryptoError::Malformed {
+        what: "plaintext".into(),
+        why: "buffer has no room for the nonce".into(),
+    };
+    if buf.len() < at + NONCE_LEN {
+        return Err(too_short());
+    }
     let key = aead_key(key)?;
     let nonce_bytes = random_bytes::<NONCE_LEN>()?;
-    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
-    out.extend_from_slice(&nonce_bytes);
-    let mut body = plaintext.to_vec();
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce_bytes),
-        Aad::from(aad),
-        &mut body,
-    )
-    .map_err(|_| CryptoError::Malformed {
-        what: "plaintext".into(),
-        why: "too large for AES-GCM".into(),
-    })?;
-    out.extend_from_slice(&body);
-    Ok(out)
+    buf[at..at + NONCE_LEN].copy_from_slice(&nonce_bytes);
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce_bytes),
+            Aad::from(aad),
+            &mut buf[at + NONCE_LEN..],
+        )
+        .map_err(|_| CryptoError::Malformed {
+            what: "plaintext".into(),
+            why: "too large for AES-GCM".into(),
+        })?;
+    buf.extend_from_slice(tag.as_ref());
+    Ok(())
 }
 
 /// Opens what [`seal`] produced; `None` if authentication fails.
@@ -412,6 +434,18 @@ impl DataKey {
     /// `nonce (12) || AES-256-GCM(enc_key, plaintext, aad) || tag (16)`.
     pub fn encrypt(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         seal(self.0.enc.expose(), aad, plaintext)
+    }
+
+    /// [`DataKey::encrypt`] in place: `buf[at..at + 12]` receives the nonce,
+    /// `buf[at + 12..]` is encrypted where it is, and the tag is appended, so
+    /// `buf[at..]` ends up as `nonce || ciphertext || tag`.
+    pub fn encrypt_in_place(
+        &self,
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<(), CryptoError> {
+        seal_in_place(self.0.enc.expose(), aad, buf, at)
     }
 
     /// Opens what [`DataKey::encrypt`] produced. `what` names the object

@@ -6,6 +6,20 @@
 //! and uploaded a few at a time while the next batches are read. The
 //! manifest is written last, so a backup that is cancelled, killed or fails
 //! leaves no snapshot behind; its chunks are reused by the next one.
+//!
+//! What a backup holds in memory, whatever the collection's size:
+//! - the id listing: nothing (it is in a temporary file, `source::IdList`);
+//! - fetched batches: `READ_AHEAD` waiting, one being fetched, one being
+//!   chunked, each about `source::FETCH_BATCH_BYTES` of records;
+//! - the chunk being built: at most 4 × its 4 MiB target (plus the record
+//!   that crosses it);
+//! - chunks being encoded and uploaded: `UPLOAD_BYTES_IN_FLIGHT` of
+//!   plaintext (one larger chunk goes alone), each with a buffer of about
+//!   its compressed size;
+//! - for an incremental, 16 bytes and a bit per live record of the parent
+//!   (`manifest::IncrementalPlanner`), and the parent's manifest.
+//!
+//! Restore and verify work one chunk at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,12 +34,12 @@ use super::crypto::MasterKey;
 use super::format::{self, ObjectKind};
 use super::lock::Lease;
 use super::manifest::{
-    plan_incremental, BackupMetadata, BackupType, ChunkRef, CollectionSnapshot, Manifest,
-    SnapshotId, Trigger, DEFAULT_COMPACT_THRESHOLD, MANIFEST_FORMAT,
+    BackupMetadata, BackupType, ChunkDecision, ChunkRef, CollectionSnapshot, IncrementalPlanner,
+    Manifest, SnapshotId, Trigger, DEFAULT_COMPACT_THRESHOLD, MANIFEST_FORMAT,
 };
-use super::records::{record_digest, ChunkIndex, ChunkPlanner, PlannedChunk, Record, RecordDigest};
+use super::records::{record_digest, ChunkIndex, ChunkPlanner, PlannedChunk, Record};
 use super::repository::{chunk_key, index_key, snapshot_key, Repository};
-use super::source::{to_batch, CollectionReader, FETCH_BATCH};
+use super::source::{from_batch, to_batch, CollectionReader, FETCH_BATCH};
 use super::BackupError;
 use crate::chroma::{
     Collection, CreateCollection, GetRequest, Include, ModifyCollection, ProductionChromaStore,
@@ -35,8 +49,13 @@ use crate::daemon::jobs::Progress;
 use crate::schedule::{select, RetentionPolicy, SnapshotInfo};
 use crate::storage::StorageOptions;
 
-/// Chunk uploads in flight at once.
+/// Chunk uploads in flight at once, at most.
 const UPLOADS_IN_FLIGHT: usize = 4;
+/// Plaintext bytes of the chunks being encoded or uploaded at once, at most
+/// (one chunk larger than this goes alone). A chunk in flight holds its
+/// plaintext and one buffer of about its compressed size, so this bounds
+/// the uploads' memory to about twice as much, whatever the chunk sizes.
+const UPLOAD_BYTES_IN_FLIGHT: usize = 16 * 1024 * 1024;
 /// Batches fetched ahead of the one being processed.
 const READ_AHEAD: usize = 2;
 /// How long a backup waits for a conflicting lock (a prune) before failing.
@@ -336,25 +355,12 @@ impl BackupManager {
         let span = tracing::info_span!("backup_collection", collection = %name);
         let _enter = span.enter();
         drop(_enter);
-        // The parent's live records: id -> digest, and its chunks with their indexes.
-        let mut parent_chunks: Vec<(ChunkRef, ChunkIndex)> = Vec::new();
-        let mut parent_live: HashMap<String, RecordDigest> = HashMap::new();
-        if let Some(p) = parent {
+        // The parent's live records, as digests (16 bytes each, whatever the ids).
+        let mut planner =
+            parent.map(|p| IncrementalPlanner::new(p.record_count, DEFAULT_COMPACT_THRESHOLD));
+        if let (Some(p), Some(planner)) = (parent, planner.as_mut()) {
             for chunk in &p.chunks {
-                let bytes = self.repo.get(&index_key(&chunk.index_id)?).await?;
-                let index = chunk.read_index(&bytes, &self.repo.codec).map_err(|e| {
-                    BackupError::BadObject {
-                        object: format!("index/{}", chunk.index_id),
-                        why: e.to_string(),
-                    }
-                })?;
-                let excluded: HashSet<&String> = chunk.excluded_ids.iter().collect();
-                for (id, d) in &index.entries {
-                    if !excluded.contains(id) {
-                        parent_live.insert(id.clone(), *d);
-                    }
-                }
-                parent_chunks.push((chunk.clone(), index));
+                planner.add_parent(chunk, &self.parent_index(chunk).await?);
             }
         }
 
@@ -362,6 +368,8 @@ impl BackupManager {
         let total = reader.listed();
         // Read ahead: the next batches are fetched while this one is digested,
         // chunked and encoded, so Chroma and chromaprod work at the same time.
+        // Batches are sized by bytes (`FETCH_BATCH_BYTES`), so this holds at
+        // most READ_AHEAD + 2 batches' worth.
         let (batches_tx, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
         let read_ahead = tokio::spawn(async move {
             loop {
@@ -374,20 +382,26 @@ impl BackupManager {
         });
         let _stop_reading = AbortOnDrop(read_ahead);
         let mut uploader = Uploader::new(self.repo.clone());
-        let mut planner = ChunkPlanner::default();
-        let mut current: Vec<(String, RecordDigest)> = Vec::with_capacity(total);
-        let mut written_ids: HashSet<String> = HashSet::new();
+        let mut chunker = ChunkPlanner::default();
         let mut nan_vectors = 0u64;
         let mut done = 0usize;
+        let stop = |uploader: &mut Uploader| {
+            let why = if cancel.is_cancelled() {
+                Some(BackupError::Cancelled)
+            } else if lease.lost.is_cancelled() {
+                Some(BackupError::LockLost)
+            } else {
+                None
+            };
+            if why.is_some() {
+                uploader.abort();
+            }
+            why
+        };
         while let Some(batch) = batches.recv().await {
             let batch = batch?;
-            if cancel.is_cancelled() {
-                uploader.abort();
-                return Err(BackupError::Cancelled);
-            }
-            if lease.lost.is_cancelled() {
-                uploader.abort();
-                return Err(BackupError::LockLost);
+            if let Some(e) = stop(&mut uploader) {
+                return Err(e);
             }
             done += batch.len();
             for record in batch {
@@ -398,13 +412,12 @@ impl BackupManager {
                 {
                     nan_vectors += 1;
                 }
-                let digest = record_digest(&record);
-                current.push((record.id.clone(), digest));
-                if parent.is_some() && parent_live.get(&record.id) == Some(&digest) {
-                    continue; // unchanged: stays in its parent chunk
+                if let Some(planner) = planner.as_mut() {
+                    if planner.unchanged(&record_digest(&record)) {
+                        continue; // stays in its parent chunk
+                    }
                 }
-                written_ids.insert(record.id.clone());
-                if let Some(chunk) = planner.push(&record)? {
+                if let Some(chunk) = chunker.push(&record)? {
                     uploader.submit(chunk).await?;
                 }
             }
@@ -418,37 +431,31 @@ impl BackupManager {
             tracing::warn!(collection = %name, nan_vectors, "Chroma returned vectors containing NaN; they are stored as returned");
         }
 
+        // The parent's chunks: kept with new exclusions, dropped, or
+        // compacted (their still-current records written again).
         let mut chunks: Vec<ChunkRef> = Vec::new();
-        if parent.is_some() {
-            let plan = plan_incremental(
-                &parent_chunks,
-                current.iter().cloned(),
-                DEFAULT_COMPACT_THRESHOLD,
-            );
-            // Records of compacted chunks: unchanged, taken from their old chunk.
-            let missing: HashSet<&String> = plan
-                .write_ids
-                .iter()
-                .filter(|id| !written_ids.contains(*id))
-                .collect();
-            if !missing.is_empty() {
-                for (chunk, _) in &parent_chunks {
-                    if !plan.dropped_chunks.contains(&chunk.id) {
-                        continue;
-                    }
-                    let stored = self.repo.get(&chunk_key(&chunk.id)?).await?;
-                    for r in chunk.read_records(&stored, &self.repo.codec)? {
-                        if missing.contains(&r.id) {
-                            if let Some(c) = planner.push(&r)? {
-                                uploader.submit(c).await?;
+        if let (Some(p), Some(planner)) = (parent, planner.as_mut()) {
+            for chunk in &p.chunks {
+                if let Some(e) = stop(&mut uploader) {
+                    return Err(e);
+                }
+                match planner.decide(chunk, &self.parent_index(chunk).await?) {
+                    ChunkDecision::Keep(k) => chunks.push(k.chunk),
+                    ChunkDecision::Drop { .. } => {}
+                    ChunkDecision::Compact { rewrite, .. } => {
+                        for r in self.chunk_records(chunk).await? {
+                            if rewrite.contains(&record_digest(&r)) {
+                                if let Some(c) = chunker.push(&r)? {
+                                    uploader.submit(c).await?;
+                                }
                             }
                         }
                     }
                 }
             }
-            chunks.extend(plan.keep.into_iter().map(|k| k.chunk));
         }
-        if let Some(c) = planner.finish() {
+        drop(planner);
+        if let Some(c) = chunker.finish() {
             uploader.submit(c).await?;
         }
         let (new_refs, bytes) = uploader.finish().await?;
@@ -468,6 +475,31 @@ impl BackupManager {
             },
             bytes,
         ))
+    }
+
+    /// A parent chunk's index, read and checked.
+    async fn parent_index(&self, chunk: &ChunkRef) -> Result<ChunkIndex, BackupError> {
+        let bytes = self.repo.get(&index_key(&chunk.index_id)?).await?;
+        chunk
+            .read_index(&bytes, &self.repo.codec)
+            .map_err(|e| BackupError::BadObject {
+                object: format!("index/{}", chunk.index_id),
+                why: e.to_string(),
+            })
+    }
+
+    /// A chunk's live records, read, checked and decoded off the async threads.
+    async fn chunk_records(&self, chunk: &ChunkRef) -> Result<Vec<Record>, BackupError> {
+        let stored = self.repo.get(&chunk_key(&chunk.id)?).await?;
+        let codec = self.repo.codec.clone();
+        let chunk2 = chunk.clone();
+        tokio::task::spawn_blocking(move || chunk2.read_records(&stored, &codec))
+            .await
+            .map_err(|e| BackupError::Corrupt(e.to_string()))?
+            .map_err(|e| BackupError::BadObject {
+                object: format!("chunks/{}", chunk.id),
+                why: e.to_string(),
+            })
     }
 
     pub async fn list(&self) -> Result<Vec<SnapshotSummary>, BackupError> {
@@ -756,18 +788,7 @@ impl BackupManager {
             if cancel.is_cancelled() {
                 return Err(BackupError::Cancelled);
             }
-            let stored = self.repo.get(&chunk_key(&chunk.id)?).await?;
-            let codec = self.repo.codec.clone();
-            let chunk2 = chunk.clone();
-            let records = tokio::task::spawn_blocking(move || chunk2.read_records(&stored, &codec))
-                .await
-                .map_err(|e| BackupError::Corrupt(e.to_string()))?
-                .map_err(|e| BackupError::BadObject {
-                    object: format!("chunks/{}", chunk.id),
-                    why: e.to_string(),
-                })?;
-            let expected: HashMap<String, Record> =
-                records.iter().map(|r| (r.id.clone(), r.clone())).collect();
+            let records = self.chunk_records(chunk).await?;
             let (batch, without) = to_batch(records);
             if !without.is_empty() {
                 return Err(BackupError::RestoreMismatch {
@@ -782,14 +803,18 @@ impl BackupManager {
             if !batch.is_empty() {
                 self.store.upsert(collection_id, &batch).await?;
             }
-            // Read back what was written and compare.
-            let ids: Vec<String> = expected.keys().cloned().collect();
-            for part in ids.chunks(FETCH_BATCH) {
+            // Read back what was written and compare (the batch turned back
+            // into records: one copy of the chunk's records in memory, not two).
+            let expected = from_batch(batch);
+            let by_id: HashMap<&str, &Record> =
+                expected.iter().map(|r| (r.id.as_str(), r)).collect();
+            for part in expected.chunks(FETCH_BATCH) {
+                let part: Vec<String> = part.iter().map(|r| r.id.clone()).collect();
                 let got = self
                     .store
                     .get_records(
                         collection_id,
-                        &GetRequest::ids(part.to_vec(), &Include::RECORD),
+                        &GetRequest::ids(part.clone(), &Include::RECORD),
                     )
                     .await?;
                 let got = super::source::to_records(got);
@@ -805,7 +830,7 @@ impl BackupManager {
                     });
                 }
                 for r in got {
-                    if let Some(want) = expected.get(&r.id) {
+                    if let Some(want) = by_id.get(r.id.as_str()) {
                         if !records_match(want, &r, cosine) {
                             return Err(BackupError::RestoreMismatch {
                                 collection: c.name.clone(),
@@ -1002,10 +1027,14 @@ impl Drop for AbortOnDrop {
 /// read, checked, and its own checksum and size are used.
 struct Uploader {
     repo: Repository,
-    tasks: JoinSet<Result<(usize, ChunkRef, u64), BackupError>>,
+    tasks: JoinSet<Result<(usize, ChunkRef, u64, usize), BackupError>>,
     done: Vec<(usize, ChunkRef)>,
     next: usize,
     written: u64,
+    /// Plaintext bytes of the chunks in flight now, and at most so far.
+    in_flight: usize,
+    peak_in_flight: usize,
+    budget: usize,
 }
 
 /// What is stored under one content address.
@@ -1060,19 +1089,34 @@ async fn store_object(
 
 impl Uploader {
     fn new(repo: Repository) -> Self {
+        Self::with_budget(repo, UPLOAD_BYTES_IN_FLIGHT)
+    }
+
+    fn with_budget(repo: Repository, budget: usize) -> Self {
         Uploader {
             repo,
             tasks: JoinSet::new(),
             done: Vec::new(),
             next: 0,
             written: 0,
+            in_flight: 0,
+            peak_in_flight: 0,
+            budget,
         }
     }
 
+    /// Starts encoding and uploading a chunk once there is room: fewer than
+    /// [`UPLOADS_IN_FLIGHT`] uploads, and its plaintext within the byte
+    /// budget (or nothing else in flight).
     async fn submit(&mut self, planned: PlannedChunk) -> Result<(), BackupError> {
-        while self.tasks.len() >= UPLOADS_IN_FLIGHT {
+        let size = planned.plaintext.len();
+        while !self.tasks.is_empty()
+            && (self.tasks.len() >= UPLOADS_IN_FLIGHT || self.in_flight + size > self.budget)
+        {
             self.join_one().await?;
         }
+        self.in_flight += size;
+        self.peak_in_flight = self.peak_in_flight.max(self.in_flight);
         let repo = self.repo.clone();
         let seq = self.next;
         self.next += 1;
@@ -1095,6 +1139,7 @@ impl Uploader {
                     excluded_ids: Vec::new(),
                 },
                 written,
+                size,
             ))
         });
         Ok(())
@@ -1102,8 +1147,9 @@ impl Uploader {
 
     async fn join_one(&mut self) -> Result<(), BackupError> {
         if let Some(r) = self.tasks.join_next().await {
-            let (seq, chunk, written) =
+            let (seq, chunk, written, size) =
                 r.map_err(|e| BackupError::Corrupt(format!("upload task failed: {e}")))??;
+            self.in_flight -= size;
             self.written += written;
             self.done.push((seq, chunk));
         }
@@ -1130,6 +1176,62 @@ impl Uploader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks of very different sizes (one near the 16 MiB ceiling): the
+    /// plaintext in flight never exceeds the budget, except a chunk larger
+    /// than the budget going alone; and every chunk is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_in_flight_stay_within_the_byte_budget() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = Repository::open(
+            &dir.path().display().to_string(),
+            &StorageOptions::default(),
+            None,
+            true,
+        )
+        .await
+        .expect("repository");
+        let budget = 3 * 1024 * 1024;
+        let mut up = Uploader::with_budget(repo.clone(), budget);
+        let sizes_kib = [900, 1_100, 700, 5_000, 300, 1_500, 1_400, 200, 2_900, 100];
+        let mut largest = 0;
+        for (i, kib) in sizes_kib.iter().enumerate() {
+            let mut p = ChunkPlanner::new(1 << 30, 1_000_000);
+            let mut n = 0;
+            while n * 1_024 < kib * 1024 {
+                let r = Record {
+                    id: format!("c{i}-r{n}"),
+                    document: Some(format!("{i}-{n}-{}", "x".repeat(1000))),
+                    ..Record::default()
+                };
+                n += 1;
+                assert!(p.push(&r).expect("push").is_none());
+            }
+            let chunk = p.finish().expect("chunk");
+            let size = chunk.plaintext.len();
+            largest = largest.max(size);
+            up.submit(chunk).await.expect("submit");
+            assert!(
+                up.in_flight <= budget || up.in_flight == size,
+                "{} bytes in flight",
+                up.in_flight
+            );
+        }
+        assert!(
+            up.peak_in_flight <= budget.max(largest),
+            "{} bytes in flight at most",
+            up.peak_in_flight
+        );
+        let (refs, written) = up.finish().await.expect("finish");
+        assert_eq!(refs.len(), sizes_kib.len());
+        assert!(written > 0);
+        for r in &refs {
+            assert!(repo
+                .exists(&chunk_key(&r.id).expect("key"))
+                .await
+                .expect("exists"));
+        }
+    }
 
     #[test]
     fn globs() {

@@ -246,6 +246,11 @@ pub fn read_header(bytes: &[u8]) -> Result<Header, FormatError> {
 /// Encodes `plaintext` as a `kind` object: compress, then encrypt when the
 /// codec is encrypted. The result is decoded again before it is returned
 /// (verify right after writing), so a fault never reaches storage.
+///
+/// Memory: besides `plaintext`, one buffer of about the compressed size is
+/// built (compressed into, encrypted in place) and, for an encrypted object,
+/// one more for the check's decryption; the check decompresses as a stream
+/// and compares, so no second copy of the plaintext is made.
 pub fn encode(kind: ObjectKind, plaintext: &[u8], codec: &Codec) -> Result<Encoded, FormatError> {
     let header = Header {
         version: FORMAT_VERSION,
@@ -254,29 +259,75 @@ pub fn encode(kind: ObjectKind, plaintext: &[u8], codec: &Codec) -> Result<Encod
         encrypted: codec.is_encrypted(),
     }
     .to_bytes();
-    let compressed = compress(plaintext).map_err(|e| FormatError::Malformed {
-        what: format!("{kind} object"),
-        why: format!("zstd compression failed: {e}"),
-    })?;
-    let mut bytes = header.to_vec();
-    match codec {
-        Codec::Plain => bytes.extend_from_slice(&compressed),
-        Codec::Encrypted(key) => bytes.extend_from_slice(&key.encrypt(&header, &compressed)?),
+    let prefix = match codec {
+        Codec::Plain => HEADER_LEN,
+        Codec::Encrypted(_) => HEADER_LEN + ring::aead::NONCE_LEN,
+    };
+    let mut bytes =
+        compress_after(plaintext, prefix, super::crypto::TAG_LEN + CHECK_LEN).map_err(|e| {
+            FormatError::Malformed {
+                what: format!("{kind} object"),
+                why: format!("zstd compression failed: {e}"),
+            }
+        })?;
+    bytes[..HEADER_LEN].copy_from_slice(&header);
+    if let Codec::Encrypted(key) = codec {
+        key.encrypt_in_place(&header, &mut bytes, HEADER_LEN)?;
     }
     let check = self_check(&bytes);
     bytes.extend_from_slice(&check);
-    let id = codec.content_id(plaintext);
-    let limit = plaintext.len().max(MAX_PLAINTEXT);
-    match decode_with_limit(&bytes, kind, codec, Some(&id), limit) {
-        Ok(back) if back == plaintext => {}
-        _ => return Err(FormatError::SelfCheck),
+    if !decodes_to(&bytes, kind, codec, plaintext) {
+        return Err(FormatError::SelfCheck);
     }
+    let id = codec.content_id(plaintext);
     let checksum = sha256_hex(&bytes);
     Ok(Encoded {
         bytes,
         id,
         checksum,
     })
+}
+
+/// Whether `bytes` decode (self-check, kind, decryption, decompression) to
+/// exactly `plaintext`. Decompresses as a stream and compares piece by
+/// piece, so it needs no buffer the size of the plaintext.
+fn decodes_to(bytes: &[u8], kind: ObjectKind, codec: &Codec, plaintext: &[u8]) -> bool {
+    let Ok((header, checked)) = split_checked(bytes) else {
+        return false;
+    };
+    if header.kind != kind || !header.compressed || header.encrypted != codec.is_encrypted() {
+        return false;
+    }
+    let body = &checked[HEADER_LEN..];
+    let opened;
+    let payload: &[u8] = match codec {
+        Codec::Plain => body,
+        Codec::Encrypted(key) => match key.decrypt(&checked[..HEADER_LEN], body, "new object") {
+            Ok(p) => {
+                opened = p;
+                &opened
+            }
+            Err(_) => return false,
+        },
+    };
+    let Ok(mut decoder) = zstd::stream::read::Decoder::with_buffer(payload) else {
+        return false;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0usize;
+    loop {
+        match decoder.read(&mut buf) {
+            Ok(0) => return at == plaintext.len(),
+            Ok(n) => {
+                if plaintext.get(at..at + n) != Some(&buf[..n]) {
+                    return false;
+                }
+                at += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Decodes a stored `kind` object with the default size limit
@@ -374,11 +425,26 @@ pub fn verify_self(bytes: &[u8]) -> Result<Header, FormatError> {
     split_checked(bytes).map(|(h, _)| h)
 }
 
-/// zstd at [`ZSTD_LEVEL`], with the frame's content size and checksum.
-fn compress(plaintext: &[u8]) -> std::io::Result<Vec<u8>> {
+/// zstd at [`ZSTD_LEVEL`], with the frame's content size and checksum,
+/// placed after `prefix` bytes (left zero for the caller to fill) in a
+/// buffer with room for `extra` more, so the caller adds a header, a nonce
+/// and a tag without copying the frame again.
+fn compress_after(plaintext: &[u8], prefix: usize, extra: usize) -> std::io::Result<Vec<u8>> {
     let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
     c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
-    c.compress(plaintext)
+    let bound = zstd::zstd_safe::compress_bound(plaintext.len());
+    let room = prefix + bound + extra;
+    let mut out = if room >= super::records::LARGE_BUFFER_FROM {
+        super::records::large_buffer(room)
+    } else {
+        Vec::with_capacity(room)
+    };
+    c.compress_to_buffer(plaintext, &mut out)?;
+    let n = out.len();
+    out.resize(n + prefix, 0);
+    out.copy_within(0..n, prefix);
+    out[..prefix].fill(0);
+    Ok(out)
 }
 
 fn decompress(payload: &[u8], kind: ObjectKind, limit: usize) -> Result<Vec<u8>, FormatError> {
@@ -387,7 +453,20 @@ fn decompress(payload: &[u8], kind: ObjectKind, limit: usize) -> Result<Vec<u8>,
         why: e.to_string(),
     };
     let decoder = zstd::stream::read::Decoder::with_buffer(payload).map_err(err)?;
-    let mut out = Vec::new();
+    // The frame states its size: allocate it once (never beyond the limit;
+    // a frame that lies only costs a reallocation).
+    let declared = zstd::zstd_safe::get_frame_content_size(payload)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n <= limit)
+        .unwrap_or(0);
+    let room = declared.saturating_add(1);
+    let mut out = if room >= super::records::LARGE_BUFFER_FROM {
+        super::records::large_buffer(room)
+    } else {
+        Vec::with_capacity(room)
+    };
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
     decoder.take(cap).read_to_end(&mut out).map_err(err)?;
     if out.len() > limit {

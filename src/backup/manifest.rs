@@ -6,7 +6,7 @@
 //! records that changed or were deleted (`excluded_ids`); the changed and
 //! new records go into new chunks. There is never a chain to replay.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -533,128 +533,298 @@ pub struct KeptChunk {
     pub newly_excluded: usize,
 }
 
-/// What an incremental backup of one collection must do.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IncrementalPlan {
-    /// Parent chunks to reference again, with merged exclusions.
-    pub keep: Vec<KeptChunk>,
-    /// Ids whose current records go into new chunks, in the order they
-    /// were seen: changed, new, and those moved out of compacted chunks.
-    pub write_ids: Vec<String>,
-    /// Ids present in the parent with a different digest.
-    pub changed_ids: Vec<String>,
-    /// Ids absent from the parent.
-    pub new_ids: Vec<String>,
-    /// Parent ids absent now.
-    pub deleted_ids: Vec<String>,
-    /// Parent chunks dropped (fully superseded, or compacted), by id.
-    pub dropped_chunks: Vec<String>,
-    /// Unchanged ids rewritten because their chunk was compacted.
-    pub compacted_ids: Vec<String>,
+/// What an incremental does with one chunk of its parent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChunkDecision {
+    /// Referenced again, with the exclusions merged.
+    Keep(KeptChunk),
+    /// Dropped because more than the compaction threshold of it is dead;
+    /// its records whose digests are listed are still current and must be
+    /// written again (read them from the chunk).
+    Compact {
+        chunk_id: String,
+        rewrite: HashSet<RecordDigest>,
+    },
+    /// Dropped: none of its records is current any more.
+    Drop { chunk_id: String },
 }
 
-/// Plans an incremental backup of one collection.
+/// Plans an incremental backup of one collection while its records stream
+/// by, in memory that depends on neither the ids nor the records: 16 bytes
+/// per live record of the parent (its digest) and one bit.
 ///
-/// `parent` is the parent snapshot's chunk references for the collection
-/// with their indexes; `current` yields every (id, digest) the collection
-/// holds now, in the order the engine read it. Unchanged records stay
-/// where they are; a changed or deleted record is masked in its old chunk
-/// (`excluded_ids`); changed and new records are written to new chunks.
-/// A kept chunk whose excluded fraction would exceed `compact_threshold`
-/// is dropped and its remaining live records rewritten, so old chunks do
-/// not linger mostly dead. Pure and deterministic.
-pub fn plan_incremental(
-    parent: &[(ChunkRef, ChunkIndex)],
-    current: impl IntoIterator<Item = (String, RecordDigest)>,
+/// A record digest covers the id as well as the content, so a current
+/// record whose digest is among the parent's live digests is the same
+/// record, unchanged (to the 2^-64 birthday bound of 128-bit digests, as
+/// content addresses are trusted). And a parent record is still current
+/// exactly when its digest was seen again. So the plan needs no map from
+/// ids: the parent's live digests, sorted, and a bit per digest for "seen".
+///
+/// Use: [`IncrementalPlanner::new`]; [`IncrementalPlanner::add_parent`]
+/// for each parent chunk's index, in order; [`IncrementalPlanner::unchanged`]
+/// for every current record as it is read (a record that is not unchanged
+/// — changed or new — goes into new chunks); then
+/// [`IncrementalPlanner::decide`] for each parent chunk with its index
+/// again. Unchanged records stay where they are; a changed or deleted
+/// record is masked in its old chunk (`excluded_ids`); a kept chunk whose
+/// excluded fraction would exceed `compact_threshold` is dropped and its
+/// remaining live records rewritten, so old chunks do not linger mostly
+/// dead. Pure and deterministic.
+#[derive(Debug)]
+pub struct IncrementalPlanner {
+    live: Vec<RecordDigest>,
+    sealed: bool,
+    seen: Vec<u64>,
     compact_threshold: f64,
-) -> IncrementalPlan {
-    // Live parent records: id -> (chunk position, digest).
-    let mut live: HashMap<&str, (usize, RecordDigest)> = HashMap::new();
-    let mut new_exclusions: Vec<Vec<String>> = vec![Vec::new(); parent.len()];
-    for (pos, (chunk, index)) in parent.iter().enumerate() {
+}
+
+impl IncrementalPlanner {
+    /// `live_records`: how many live records the parent holds (its
+    /// `record_count`), to size the digest list once.
+    pub fn new(live_records: u64, compact_threshold: f64) -> Self {
+        Self {
+            live: Vec::with_capacity(usize::try_from(live_records).unwrap_or(0)),
+            sealed: false,
+            seen: Vec::new(),
+            compact_threshold,
+        }
+    }
+
+    /// Adds the live records of one parent chunk (`index` is its index).
+    pub fn add_parent(&mut self, chunk: &ChunkRef, index: &ChunkIndex) {
+        debug_assert!(!self.sealed, "add_parent after the first record");
         let excluded: HashSet<&str> = chunk.excluded_ids.iter().map(String::as_str).collect();
+        self.live.extend(
+            index
+                .entries
+                .iter()
+                .filter(|(id, _)| !excluded.contains(id.as_str()))
+                .map(|(_, d)| *d),
+        );
+    }
+
+    fn seal(&mut self) {
+        if !self.sealed {
+            self.live.sort_unstable();
+            self.live.dedup();
+            self.live.shrink_to_fit();
+            self.seen = vec![0u64; self.live.len().div_ceil(64)];
+            self.sealed = true;
+        }
+    }
+
+    fn position(&self, digest: &RecordDigest) -> Option<usize> {
+        self.live.binary_search(digest).ok()
+    }
+
+    fn is_seen(&self, at: usize) -> bool {
+        self.seen[at / 64] & (1 << (at % 64)) != 0
+    }
+
+    fn set_seen(&mut self, at: usize, on: bool) {
+        if on {
+            self.seen[at / 64] |= 1 << (at % 64);
+        } else {
+            self.seen[at / 64] &= !(1 << (at % 64));
+        }
+    }
+
+    /// Whether a current record (by its digest) is in the parent unchanged,
+    /// so it stays where it is; `false` means it is changed or new and must
+    /// be written.
+    pub fn unchanged(&mut self, digest: &RecordDigest) -> bool {
+        self.seal();
+        match self.position(digest) {
+            Some(at) => {
+                self.set_seen(at, true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Decides a parent chunk after every current record was seen. Call it
+    /// once per parent chunk, in the parent's order: a record live in two
+    /// parent chunks (which a correct parent never has) stays live in the
+    /// first only.
+    pub fn decide(&mut self, chunk: &ChunkRef, index: &ChunkIndex) -> ChunkDecision {
+        self.seal();
+        let old: HashSet<&str> = chunk.excluded_ids.iter().map(String::as_str).collect();
+        let mut newly: Vec<String> = Vec::new();
+        let mut live: Vec<RecordDigest> = Vec::new();
         for (id, digest) in &index.entries {
-            if excluded.contains(id.as_str()) {
+            if old.contains(id.as_str()) {
                 continue;
             }
-            if let Some((old_pos, _)) = live.insert(id.as_str(), (pos, *digest)) {
-                // Live twice (not produced by this code): keep the later one.
-                new_exclusions[old_pos].push(id.clone());
-            }
-        }
-    }
-
-    let mut plan = IncrementalPlan::default();
-    let mut seen: HashSet<String> = HashSet::new();
-    // (id, unchanged-and-kept-in-chunk) in current order, for compaction.
-    let mut order: Vec<(String, Option<usize>)> = Vec::new();
-    for (id, digest) in current {
-        if !seen.insert(id.clone()) {
-            continue; // a duplicate id in the listing: the first one counts
-        }
-        match live.get(id.as_str()) {
-            Some((pos, old)) if *old == digest => order.push((id, Some(*pos))),
-            Some((pos, _)) => {
-                new_exclusions[*pos].push(id.clone());
-                plan.changed_ids.push(id.clone());
-                order.push((id, None));
-            }
-            None => {
-                plan.new_ids.push(id.clone());
-                order.push((id, None));
-            }
-        }
-    }
-    for (pos, (_, index)) in parent.iter().enumerate() {
-        for (id, _) in &index.entries {
-            if let Some((p, _)) = live.get(id.as_str()) {
-                if *p == pos && !seen.contains(id) {
-                    new_exclusions[pos].push(id.clone());
-                    plan.deleted_ids.push(id.clone());
+            match self.position(digest) {
+                Some(at) if self.is_seen(at) => {
+                    self.set_seen(at, false); // taken: a second copy is excluded
+                    live.push(*digest);
                 }
+                _ => newly.push(id.clone()),
             }
         }
-    }
-
-    let mut compacted = vec![false; parent.len()];
-    for (pos, (chunk, _)) in parent.iter().enumerate() {
-        let mut excluded: Vec<String> = chunk.excluded_ids.clone();
-        excluded.extend(new_exclusions[pos].iter().cloned());
-        excluded.sort();
-        excluded.dedup();
+        if live.is_empty() {
+            return ChunkDecision::Drop {
+                chunk_id: chunk.id.clone(),
+            };
+        }
+        let excluded = chunk.excluded_ids.len() + newly.len();
         let total = chunk.records.max(1) as f64;
-        if excluded.len() as u64 >= chunk.records {
-            plan.dropped_chunks.push(chunk.id.clone());
-        } else if excluded.len() as f64 / total > compact_threshold {
-            compacted[pos] = true;
-            plan.dropped_chunks.push(chunk.id.clone());
-        } else {
-            plan.keep.push(KeptChunk {
-                newly_excluded: new_exclusions[pos].len(),
-                chunk: ChunkRef {
-                    excluded_ids: excluded,
-                    ..chunk.clone()
-                },
-            });
+        if excluded as f64 / total > self.compact_threshold {
+            return ChunkDecision::Compact {
+                chunk_id: chunk.id.clone(),
+                rewrite: live.into_iter().collect(),
+            };
         }
+        let newly_excluded = newly.len();
+        let mut excluded_ids = chunk.excluded_ids.clone();
+        excluded_ids.extend(newly);
+        excluded_ids.sort();
+        excluded_ids.dedup();
+        ChunkDecision::Keep(KeptChunk {
+            newly_excluded,
+            chunk: ChunkRef {
+                excluded_ids,
+                ..chunk.clone()
+            },
+        })
     }
 
-    for (id, kept_in) in order {
-        match kept_in {
-            None => plan.write_ids.push(id),
-            Some(pos) if compacted[pos] => {
-                plan.compacted_ids.push(id.clone());
-                plan.write_ids.push(id);
-            }
-            Some(_) => {}
-        }
+    /// Bytes this planner holds, whatever the parent's ids: 16 per live
+    /// parent record and a bit.
+    pub fn memory_bytes(&self) -> usize {
+        self.live.capacity() * std::mem::size_of::<RecordDigest>() + self.seen.capacity() * 8
     }
-    plan
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    // The planner before it streamed: ids in maps, every current (id,
+    // digest) pair at once. Kept as the reference the streaming planner is
+    // checked against.
+    /// What an incremental backup of one collection must do.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct IncrementalPlan {
+        /// Parent chunks to reference again, with merged exclusions.
+        pub keep: Vec<KeptChunk>,
+        /// Ids whose current records go into new chunks, in the order they
+        /// were seen: changed, new, and those moved out of compacted chunks.
+        pub write_ids: Vec<String>,
+        /// Ids present in the parent with a different digest.
+        pub changed_ids: Vec<String>,
+        /// Ids absent from the parent.
+        pub new_ids: Vec<String>,
+        /// Parent ids absent now.
+        pub deleted_ids: Vec<String>,
+        /// Parent chunks dropped (fully superseded, or compacted), by id.
+        pub dropped_chunks: Vec<String>,
+        /// Unchanged ids rewritten because their chunk was compacted.
+        pub compacted_ids: Vec<String>,
+    }
+
+    /// Plans an incremental backup of one collection.
+    ///
+    /// `parent` is the parent snapshot's chunk references for the collection
+    /// with their indexes; `current` yields every (id, digest) the collection
+    /// holds now, in the order the engine read it. Unchanged records stay
+    /// where they are; a changed or deleted record is masked in its old chunk
+    /// (`excluded_ids`); changed and new records are written to new chunks.
+    /// A kept chunk whose excluded fraction would exceed `compact_threshold`
+    /// is dropped and its remaining live records rewritten, so old chunks do
+    /// not linger mostly dead. Pure and deterministic.
+    pub fn plan_incremental(
+        parent: &[(ChunkRef, ChunkIndex)],
+        current: impl IntoIterator<Item = (String, RecordDigest)>,
+        compact_threshold: f64,
+    ) -> IncrementalPlan {
+        // Live parent records: id -> (chunk position, digest).
+        let mut live: HashMap<&str, (usize, RecordDigest)> = HashMap::new();
+        let mut new_exclusions: Vec<Vec<String>> = vec![Vec::new(); parent.len()];
+        for (pos, (chunk, index)) in parent.iter().enumerate() {
+            let excluded: HashSet<&str> = chunk.excluded_ids.iter().map(String::as_str).collect();
+            for (id, digest) in &index.entries {
+                if excluded.contains(id.as_str()) {
+                    continue;
+                }
+                if let Some((old_pos, _)) = live.insert(id.as_str(), (pos, *digest)) {
+                    // Live twice (not produced by this code): keep the later one.
+                    new_exclusions[old_pos].push(id.clone());
+                }
+            }
+        }
+
+        let mut plan = IncrementalPlan::default();
+        let mut seen: HashSet<String> = HashSet::new();
+        // (id, unchanged-and-kept-in-chunk) in current order, for compaction.
+        let mut order: Vec<(String, Option<usize>)> = Vec::new();
+        for (id, digest) in current {
+            if !seen.insert(id.clone()) {
+                continue; // a duplicate id in the listing: the first one counts
+            }
+            match live.get(id.as_str()) {
+                Some((pos, old)) if *old == digest => order.push((id, Some(*pos))),
+                Some((pos, _)) => {
+                    new_exclusions[*pos].push(id.clone());
+                    plan.changed_ids.push(id.clone());
+                    order.push((id, None));
+                }
+                None => {
+                    plan.new_ids.push(id.clone());
+                    order.push((id, None));
+                }
+            }
+        }
+        for (pos, (_, index)) in parent.iter().enumerate() {
+            for (id, _) in &index.entries {
+                if let Some((p, _)) = live.get(id.as_str()) {
+                    if *p == pos && !seen.contains(id) {
+                        new_exclusions[pos].push(id.clone());
+                        plan.deleted_ids.push(id.clone());
+                    }
+                }
+            }
+        }
+
+        let mut compacted = vec![false; parent.len()];
+        for (pos, (chunk, _)) in parent.iter().enumerate() {
+            let mut excluded: Vec<String> = chunk.excluded_ids.clone();
+            excluded.extend(new_exclusions[pos].iter().cloned());
+            excluded.sort();
+            excluded.dedup();
+            let total = chunk.records.max(1) as f64;
+            if excluded.len() as u64 >= chunk.records {
+                plan.dropped_chunks.push(chunk.id.clone());
+            } else if excluded.len() as f64 / total > compact_threshold {
+                compacted[pos] = true;
+                plan.dropped_chunks.push(chunk.id.clone());
+            } else {
+                plan.keep.push(KeptChunk {
+                    newly_excluded: new_exclusions[pos].len(),
+                    chunk: ChunkRef {
+                        excluded_ids: excluded,
+                        ..chunk.clone()
+                    },
+                });
+            }
+        }
+
+        for (id, kept_in) in order {
+            match kept_in {
+                None => plan.write_ids.push(id),
+                Some(pos) if compacted[pos] => {
+                    plan.compacted_ids.push(id.clone());
+                    plan.write_ids.push(id);
+                }
+                Some(_) => {}
+            }
+        }
+        plan
+    }
+
     use crate::backup::crypto::DataKey;
     use crate::backup::records::tests::synthetic;
     use crate::backup::records::{record_digest, ChunkPlanner, Record};
@@ -710,6 +880,63 @@ mod tests {
             })
             .collect();
         (out, plain)
+    }
+
+    /// The streaming planner run the way the engine runs it, as an
+    /// `IncrementalPlan` (without the changed/new/deleted split, which it
+    /// does not keep): unchanged records skipped, the rest written in the
+    /// order read, then the live records of compacted chunks.
+    fn streamed(
+        parent: &[(ChunkRef, ChunkIndex)],
+        current: &[Record],
+        threshold: f64,
+    ) -> (IncrementalPlan, usize) {
+        let live: u64 = parent.iter().map(|(c, _)| c.live_records()).sum();
+        let mut p = IncrementalPlanner::new(live, threshold);
+        for (c, i) in parent {
+            p.add_parent(c, i);
+        }
+        let mut plan = IncrementalPlan::default();
+        for r in current {
+            if !p.unchanged(&record_digest(r)) {
+                plan.write_ids.push(r.id.clone());
+            }
+        }
+        let memory = p.memory_bytes();
+        for (c, i) in parent {
+            match p.decide(c, i) {
+                ChunkDecision::Keep(k) => plan.keep.push(k),
+                ChunkDecision::Drop { chunk_id } => plan.dropped_chunks.push(chunk_id),
+                ChunkDecision::Compact { chunk_id, rewrite } => {
+                    plan.dropped_chunks.push(chunk_id);
+                    for (id, d) in &i.entries {
+                        if rewrite.contains(d) {
+                            plan.compacted_ids.push(id.clone());
+                            plan.write_ids.push(id.clone());
+                        }
+                    }
+                }
+            }
+        }
+        (plan, memory)
+    }
+
+    /// The streaming planner decides what the reference planner decides:
+    /// the same chunks kept with the same exclusions, the same chunks
+    /// dropped, the same records written.
+    fn assert_same_plan(parent: &[(ChunkRef, ChunkIndex)], current: &[Record], threshold: f64) {
+        let reference = plan_incremental(
+            parent,
+            current.iter().map(|r| (r.id.clone(), record_digest(r))),
+            threshold,
+        );
+        let (got, _) = streamed(parent, current, threshold);
+        assert_eq!(got.keep, reference.keep);
+        assert_eq!(got.dropped_chunks, reference.dropped_chunks);
+        let set = |v: &[String]| v.iter().cloned().collect::<HashSet<String>>();
+        assert_eq!(set(&got.write_ids), set(&reference.write_ids));
+        assert_eq!(got.write_ids.len(), reference.write_ids.len());
+        assert_eq!(set(&got.compacted_ids), set(&reference.compacted_ids));
     }
 
     fn manifest(chunks: Vec<ChunkRef>, parent: Option<SnapshotId>) -> Manifest {
@@ -897,6 +1124,7 @@ mod tests {
         records.extend((n..n + 5).map(|i| synthetic(i, 32)));
 
         let plan = plan_incremental(&parent, current(&records), DEFAULT_COMPACT_THRESHOLD);
+        assert_same_plan(&parent, &records, DEFAULT_COMPACT_THRESHOLD);
         assert_eq!(plan.changed_ids.len(), 100);
         assert_eq!(plan.new_ids.len(), 5);
         assert_eq!(plan.deleted_ids, deleted);
@@ -962,6 +1190,7 @@ mod tests {
             r.document = Some("changed".into());
         }
         let plan = plan_incremental(&parent, current(&now), 0.5);
+        assert_same_plan(&parent, &now, 0.5);
         assert_eq!(plan.keep.len(), 1);
         assert_eq!(plan.keep[0].chunk.excluded_ids.len(), 18);
         assert_eq!(plan.write_ids.len(), 18);
@@ -970,6 +1199,7 @@ mod tests {
             r.document = Some("changed".into());
         }
         let plan = plan_incremental(&parent, current(&now), 0.5);
+        assert_same_plan(&parent, &now, 0.5);
         assert!(plan.keep.is_empty());
         assert_eq!(plan.dropped_chunks, vec![parent[0].0.id.clone()]);
         assert_eq!(plan.compacted_ids.len(), 18);
@@ -979,6 +1209,7 @@ mod tests {
         assert_eq!(ids, expected, "written in the order read");
         // Everything deleted: the chunk is dropped, nothing to write.
         let plan = plan_incremental(&parent, Vec::new(), 0.5);
+        assert_same_plan(&parent, &[], 0.5);
         assert!(plan.keep.is_empty() && plan.write_ids.is_empty());
         assert_eq!(plan.deleted_ids.len(), 40);
     }
@@ -991,11 +1222,51 @@ mod tests {
         // doc-000003 was superseded by a later chunk (not part of this parent
         // slice): it is current and must be written, not resurrected.
         let plan = plan_incremental(&parent, current(&records), 0.5);
+        assert_same_plan(&parent, &records, 0.5);
         assert_eq!(
             plan.keep[0].chunk.excluded_ids,
             vec!["doc-000003".to_string()]
         );
         assert_eq!(plan.new_ids, vec!["doc-000003".to_string()]);
+    }
+
+    #[test]
+    fn planner_memory_is_sixteen_bytes_a_record_whatever_the_ids() {
+        // Ids of 200 bytes: the planner holds none of them.
+        let long = |i: usize| Record {
+            id: format!("{}-{i:08}", "x".repeat(190)),
+            ..synthetic(i, 4)
+        };
+        let records: Vec<Record> = (0..5_000).map(long).collect();
+        let (parent, _) = write_chunks(&records, &Codec::Plain, 64 * 1024);
+        let mut now = records.clone();
+        for r in now.iter_mut().step_by(100) {
+            r.document = Some("changed".into());
+        }
+        let (plan, memory) = streamed(&parent, &now, DEFAULT_COMPACT_THRESHOLD);
+        assert_eq!(plan.write_ids.len(), 50);
+        let n = records.len();
+        assert!(
+            memory <= n * 16 + n.div_ceil(64) * 8 + 64,
+            "{memory} bytes for {n} records"
+        );
+        assert_same_plan(&parent, &now, DEFAULT_COMPACT_THRESHOLD);
+    }
+
+    #[test]
+    fn a_record_live_in_two_parent_chunks_stays_live_once() {
+        let records: Vec<Record> = (0..10).map(|i| synthetic(i, 4)).collect();
+        let (mut a, _) = write_chunks(&records[..5], &Codec::Plain, 1 << 30);
+        let (b, _) = write_chunks(&records[4..], &Codec::Plain, 1 << 30);
+        a.extend(b); // doc-000004 is live in both
+        let (plan, _) = streamed(&a, &records, 0.5);
+        assert!(plan.write_ids.is_empty());
+        let excluded: Vec<&String> = plan
+            .keep
+            .iter()
+            .flat_map(|k| &k.chunk.excluded_ids)
+            .collect();
+        assert_eq!(excluded, vec!["doc-000004"]);
     }
 
     proptest! {
@@ -1042,6 +1313,7 @@ mod tests {
                 }
             }
             let plan = plan_incremental(&parent, current(&records), 0.5);
+            assert_same_plan(&parent, &records, 0.5);
             let idx: HashMap<&str, &ChunkIndex> = parent.iter().map(|(r, i)| (r.id.as_str(), i)).collect();
             let mut live: HashSet<String> = HashSet::new();
             for k in &plan.keep {

@@ -58,6 +58,8 @@ pub enum BackupError {
         "the repository lock was lost (it could not be renewed in time); the operation stopped"
     )]
     LockLost,
+    #[error("cannot use a temporary file for the id listing: {0}; set TMPDIR to a writable directory with free space")]
+    Spool(std::io::Error),
     #[error(transparent)]
     Key(#[from] crypto::CryptoError),
     #[error(transparent)]

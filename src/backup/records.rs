@@ -31,6 +31,25 @@ pub const DEFAULT_TARGET_BYTES: usize = 4 * 1024 * 1024;
 /// Default cap on records per chunk.
 pub const DEFAULT_MAX_RECORDS: usize = 10_000;
 
+/// Buffers this large or larger (chunk plaintext, compressed objects) are
+/// reserved with [`large_buffer`].
+pub const LARGE_BUFFER_FROM: usize = 1024 * 1024;
+
+/// An empty buffer with room for at least `bytes`, reserved beyond glibc's
+/// largest mmap threshold (32 MiB on 64-bit).
+///
+/// glibc's malloc raises its mmap threshold to the size of each mmapped
+/// block that is freed (up to 32 MiB); from then on, blocks below it come
+/// from per-thread arenas, which keep freed memory instead of returning it.
+/// A backup frees a chunk-sized buffer every few MiB, so its resident
+/// memory drifted up with the run although what was live stayed bounded.
+/// A reservation above 32 MiB is always mmapped and unmapped on free, and
+/// never moves the threshold; it costs address space only, since pages
+/// become resident when they are written. Other allocators are unaffected.
+pub fn large_buffer(bytes: usize) -> Vec<u8> {
+    Vec::with_capacity(bytes.max(33 * 1024 * 1024))
+}
+
 /// One Chroma record as read from the server.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Record {
@@ -42,6 +61,33 @@ pub struct Record {
 }
 
 impl Record {
+    /// About how many bytes this record occupies in memory once decoded
+    /// (id, embedding, document, metadata keys and values, uri). Used to
+    /// size fetch batches by bytes rather than by count.
+    pub fn approx_bytes(&self) -> usize {
+        fn value(v: &Value) -> usize {
+            match v {
+                Value::String(s) => 32 + s.len(),
+                Value::Array(a) => 32 + a.iter().map(value).sum::<usize>(),
+                Value::Object(o) => {
+                    48 + o
+                        .iter()
+                        .map(|(k, v)| 32 + k.len() + value(v))
+                        .sum::<usize>()
+                }
+                _ => 32,
+            }
+        }
+        96 + self.id.len()
+            + self.embedding.as_ref().map_or(0, |e| 4 * e.len())
+            + self.document.as_ref().map_or(0, String::len)
+            + self
+                .metadata
+                .as_ref()
+                .map_or(0, |m| m.iter().map(|(k, v)| 32 + k.len() + value(v)).sum())
+            + self.uri.as_ref().map_or(0, String::len)
+    }
+
     /// Bit-level equality (NaN equals the same NaN, -0.0 differs from 0.0).
     pub fn bit_eq(&self, other: &Self) -> bool {
         let emb = |e: &Option<Vec<f32>>| {
@@ -411,6 +457,7 @@ impl ChunkPlanner {
     /// Adds a record; returns a chunk when this record closes one.
     pub fn push(&mut self, record: &Record) -> Result<Option<PlannedChunk>, FormatError> {
         let json = record_json(record)?;
+        self.reserve(json.len() + CHUNK_PREFIX.len() + CHUNK_SUFFIX.len() + 1);
         if self.index.entries.is_empty() {
             self.buf.extend_from_slice(CHUNK_PREFIX);
         } else {
@@ -430,6 +477,24 @@ impl ChunkPlanner {
         } else {
             Ok(None)
         }
+    }
+
+    /// Grows the buffer for `more` bytes: doubling, but never past the hard
+    /// limit of `4 × target` (plus the record that crosses it), so the
+    /// buffer of a chunk near the limit is not twice the chunk's size.
+    fn reserve(&mut self, more: usize) {
+        let need = self.buf.len() + more;
+        if need <= self.buf.capacity() {
+            return;
+        }
+        let ceiling = self.target_bytes.saturating_mul(4).max(need);
+        if self.buf.capacity() == 0 && ceiling >= LARGE_BUFFER_FROM {
+            // Once, for the whole chunk: see `large_buffer`.
+            self.buf = large_buffer(ceiling.saturating_add(64 * 1024));
+            return;
+        }
+        let want = self.buf.capacity().saturating_mul(2).clamp(need, ceiling);
+        self.buf.reserve_exact(want - self.buf.len());
     }
 
     /// Whether a chunk may end after this record: true with probability
@@ -724,6 +789,24 @@ pub(crate) mod tests {
         let c = p.push(&synthetic(0, 512)).expect("push").expect("closes");
         assert_eq!(c.records(), 1);
         assert!(p.finish().is_none());
+    }
+
+    #[test]
+    fn planner_buffer_never_outgrows_the_chunk_ceiling() {
+        // Records of ~1.6 KiB into 64 KiB chunks: the ceiling is 256 KiB.
+        let target = 64 * 1024;
+        let mut p = ChunkPlanner::new(target, 1_000_000);
+        let mut largest = 0;
+        for i in 0..3_000 {
+            let mut r = synthetic(i, 384);
+            r.id = format!("x{i}"); // ids unlikely to close early don't matter: the cap does
+            largest = largest.max(p.buf.capacity());
+            if let Some(c) = p.push(&r).expect("push") {
+                assert!(c.plaintext.len() <= 4 * target + 4096);
+            }
+            largest = largest.max(p.buf.capacity());
+        }
+        assert!(largest <= 4 * target + 4096, "buffer grew to {largest}");
     }
 
     #[test]

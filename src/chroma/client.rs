@@ -423,13 +423,15 @@ impl ChromaClient {
         })
     }
 
-    async fn send<B: Serialize + ?Sized>(
+    /// Sends a request; a successful response is returned unread, any
+    /// other status becomes the matching error.
+    async fn respond<B: Serialize + ?Sized>(
         &self,
         op: &'static str,
         method: Method,
         url: Url,
         body: Option<&B>,
-    ) -> Result<impl AsRef<[u8]>, ChromaError> {
+    ) -> Result<reqwest::Response, ChromaError> {
         let mut req = self.http.request(method, url);
         if let Some(b) = body {
             let bytes = serde_json::to_vec(b).map_err(|e| ChromaError::InvalidRequest {
@@ -446,14 +448,14 @@ impl ChromaClient {
             .await
             .map_err(|e| ChromaError::from_reqwest(&e, op, endpoint, self.request_timeout))?;
         let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
         let retry_after = parse_retry_after(resp.headers());
         let bytes = resp
             .bytes()
             .await
             .map_err(|e| ChromaError::from_reqwest(&e, op, endpoint, self.request_timeout))?;
-        if status.is_success() {
-            return Ok(bytes);
-        }
         let text = String::from_utf8_lossy(&bytes);
         if status == StatusCode::NOT_FOUND {
             let what = serde_json::from_slice::<Value>(&bytes)
@@ -473,6 +475,19 @@ impl ChromaClient {
             body_excerpt: excerpt(&text),
             retry_after,
         })
+    }
+
+    async fn send<B: Serialize + ?Sized>(
+        &self,
+        op: &'static str,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<impl AsRef<[u8]>, ChromaError> {
+        let resp = self.respond(op, method, url, body).await?;
+        resp.bytes()
+            .await
+            .map_err(|e| ChromaError::from_reqwest(&e, op, self.endpoint(), self.request_timeout))
     }
 
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -621,6 +636,43 @@ impl ChromaClient {
             "get",
         )?;
         self.call("get", Method::POST, url, Some(req)).await
+    }
+
+    /// `get`, with the response body written to `out` (from its start,
+    /// truncated first) as it arrives instead of held in memory: for a
+    /// listing of every id of a large collection. Returns the body's length.
+    /// Writes are plain blocking writes: `out` is meant to be a local
+    /// temporary file.
+    pub async fn get_records_to_file(
+        &self,
+        collection_id: &str,
+        req: &GetRequest,
+        out: &std::fs::File,
+    ) -> Result<u64, ChromaError> {
+        use std::io::{Seek as _, Write as _};
+        let url = self.url(
+            &self.db_base,
+            &format!("collections/{}/get", seg(collection_id)),
+            "get",
+        )?;
+        let mut resp = self.respond("get", Method::POST, url, Some(req)).await?;
+        let io_err = |e: std::io::Error| ChromaError::Decode {
+            operation: "get",
+            endpoint: self.endpoint().to_string(),
+            detail: format!("cannot write the response to a temporary file: {e}"),
+        };
+        let mut file = out;
+        file.set_len(0).map_err(io_err)?;
+        file.rewind().map_err(io_err)?;
+        let mut len = 0u64;
+        while let Some(piece) = resp.chunk().await.map_err(|e| {
+            ChromaError::from_reqwest(&e, "get", self.endpoint(), self.request_timeout)
+        })? {
+            file.write_all(&piece).map_err(io_err)?;
+            len += piece.len() as u64;
+        }
+        file.flush().map_err(io_err)?;
+        Ok(len)
     }
 
     /// Upsert `batch` in one request; embeddings go base64 when `base64`.

@@ -356,6 +356,21 @@ impl ProductionChromaStore {
         .await
     }
 
+    /// [`Self::get_records`] with the response body written to `out`
+    /// instead of held in memory (see `ChromaClient::get_records_to_file`);
+    /// a retried attempt starts the file again.
+    pub async fn get_records_to_file(
+        &self,
+        collection_id: &str,
+        req: &GetRequest,
+        out: &std::fs::File,
+    ) -> Result<u64, ChromaError> {
+        self.call("get", CallKind::Read, |c| async move {
+            c.get_records_to_file(collection_id, req, out).await
+        })
+        .await
+    }
+
     /// Upsert in ONE request (no splitting); see [`Self::upsert`].
     pub async fn upsert_one(
         &self,
