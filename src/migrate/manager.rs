@@ -205,8 +205,9 @@ impl MigrationManager {
         cancel: &CancellationToken,
     ) -> Result<Value, MigrationError> {
         let files = self.files()?;
-        if plan_up(&files, &self.history().await?, to)?.is_empty() {
-            return Ok(json!({"applied": [], "version": highest_applied(&self.history().await?)}));
+        let recorded = self.history().await?;
+        if plan_up(&files, &recorded, to)?.is_empty() {
+            return Ok(json!({"applied": [], "version": highest_applied(&recorded)}));
         }
         let (history, lease) = self.lock(progress).await?;
         let r = self
@@ -335,6 +336,11 @@ impl MigrationManager {
             matches!(h.outcome, Outcome::Running | Outcome::Failed) && h.checksum == m.checksum
         });
         let from = resume.as_ref().map_or(0, |h| h.op_index.min(m.up.len()));
+        // A resumed run keeps the restore point taken before it first started.
+        let restore_point = resume
+            .as_ref()
+            .and_then(|h| h.restore_point.clone())
+            .or(restore_point);
         let entry = HistoryEntry {
             version: m.version,
             name: m.name.clone(),
