@@ -19,8 +19,7 @@
 //! - for an incremental, 16 bytes and a bit per live record of the parent
 //!   (`manifest::IncrementalPlanner`), and the parent's manifest.
 //!
-//! Verify works one chunk at a time; restore three (one being written, the
-//! one before it being read back and compared, the next one being read).
+//! Restore and verify work one chunk at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -776,11 +775,6 @@ impl BackupManager {
 
     /// Loads every chunk of `c` into `collection_id`, then re-reads it and
     /// compares record by record.
-    ///
-    /// Pipelined, three chunks at a time: while one chunk is upserted, the
-    /// one before it is read back and compared, and the next one is read
-    /// from the repository and decoded. Chunks hold different records, so
-    /// the read-back of one never sees the writes of another.
     async fn fill_and_check(
         &self,
         c: &CollectionSnapshot,
@@ -790,16 +784,11 @@ impl BackupManager {
         cancel: &CancellationToken,
     ) -> Result<(), BackupError> {
         let mut done = 0u64;
-        let mut current = match c.chunks.first() {
-            Some(first) => Some(self.chunk_records(first).await?),
-            None => None,
-        };
-        let mut previous: Option<(Vec<Record>, &ChunkRef)> = None;
-        for (i, chunk) in c.chunks.iter().enumerate() {
+        for chunk in &c.chunks {
             if cancel.is_cancelled() {
                 return Err(BackupError::Cancelled);
             }
-            let records = current.take().unwrap_or_default();
+            let records = self.chunk_records(chunk).await?;
             let (batch, without) = to_batch(records);
             if !without.is_empty() {
                 return Err(BackupError::RestoreMismatch {
@@ -810,43 +799,48 @@ impl BackupManager {
                     ),
                 });
             }
-            let following = c.chunks.get(i + 1);
-            let (written, checked, fetched) = tokio::join!(
-                async {
-                    if batch.is_empty() {
-                        Ok(0)
-                    } else {
-                        self.store.upsert(collection_id, &batch).await
-                    }
-                },
-                async {
-                    match previous.take() {
-                        Some((records, chunk)) => {
-                            self.check_chunk(c, collection_id, chunk, &records, cosine)
-                                .await
-                        }
-                        None => Ok(()),
-                    }
-                },
-                async {
-                    match following {
-                        Some(next) => self.chunk_records(next).await.map(Some),
-                        None => Ok(None),
-                    }
-                },
-            );
-            written?;
-            checked?;
-            current = fetched?;
             done += batch.len() as u64;
-            // The batch turned back into records for the read-back: one copy
-            // of the chunk's records in memory, not two.
-            previous = Some((from_batch(batch), chunk));
+            if !batch.is_empty() {
+                self.store.upsert(collection_id, &batch).await?;
+            }
+            // Read back what was written and compare (the batch turned back
+            // into records: one copy of the chunk's records in memory, not two).
+            let expected = from_batch(batch);
+            let by_id: HashMap<&str, &Record> =
+                expected.iter().map(|r| (r.id.as_str(), r)).collect();
+            for part in expected.chunks(FETCH_BATCH) {
+                let part: Vec<String> = part.iter().map(|r| r.id.clone()).collect();
+                let got = self
+                    .store
+                    .get_records(
+                        collection_id,
+                        &GetRequest::ids(part.clone(), &Include::RECORD),
+                    )
+                    .await?;
+                let got = super::source::to_records(got);
+                if got.len() != part.len() {
+                    return Err(BackupError::RestoreMismatch {
+                        collection: c.name.clone(),
+                        why: format!(
+                            "{} of {} records of chunk {} are missing after upsert",
+                            part.len() - got.len(),
+                            part.len(),
+                            chunk.id
+                        ),
+                    });
+                }
+                for r in got {
+                    if let Some(want) = by_id.get(r.id.as_str()) {
+                        if !records_match(want, &r, cosine) {
+                            return Err(BackupError::RestoreMismatch {
+                                collection: c.name.clone(),
+                                why: format!("record {:?} differs from the backup beyond the server's rounding", r.id),
+                            });
+                        }
+                    }
+                }
+            }
             progress.report(json!({"phase": "restore", "collection": c.name, "records_done": done, "records_total": c.record_count}));
-        }
-        if let Some((records, chunk)) = previous.take() {
-            self.check_chunk(c, collection_id, chunk, &records, cosine)
-                .await?;
         }
         let count = self.store.count(collection_id).await?;
         if count != c.record_count {
@@ -857,55 +851,6 @@ impl BackupManager {
                     c.record_count
                 ),
             });
-        }
-        Ok(())
-    }
-
-    /// Reads back the records of one restored chunk and compares them with
-    /// what was written.
-    async fn check_chunk(
-        &self,
-        c: &CollectionSnapshot,
-        collection_id: &str,
-        chunk: &ChunkRef,
-        expected: &[Record],
-        cosine: bool,
-    ) -> Result<(), BackupError> {
-        let by_id: HashMap<&str, &Record> = expected.iter().map(|r| (r.id.as_str(), r)).collect();
-        for part in expected.chunks(FETCH_BATCH) {
-            let part: Vec<String> = part.iter().map(|r| r.id.clone()).collect();
-            let got = self
-                .store
-                .get_records(
-                    collection_id,
-                    &GetRequest::ids(part.clone(), &Include::RECORD),
-                )
-                .await?;
-            let got = super::source::to_records(got);
-            if got.len() != part.len() {
-                return Err(BackupError::RestoreMismatch {
-                    collection: c.name.clone(),
-                    why: format!(
-                        "{} of {} records of chunk {} are missing after upsert",
-                        part.len() - got.len(),
-                        part.len(),
-                        chunk.id
-                    ),
-                });
-            }
-            for r in got {
-                if let Some(want) = by_id.get(r.id.as_str()) {
-                    if !records_match(want, &r, cosine) {
-                        return Err(BackupError::RestoreMismatch {
-                            collection: c.name.clone(),
-                            why: format!(
-                                "record {:?} differs from the backup beyond the server's rounding",
-                                r.id
-                            ),
-                        });
-                    }
-                }
-            }
         }
         Ok(())
     }
