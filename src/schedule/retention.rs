@@ -147,7 +147,11 @@ pub fn select(
     utc_offset_secs: i32,
 ) -> Vec<Decision> {
     let mut order: Vec<&SnapshotInfo> = snapshots.iter().collect();
-    order.sort_by(|a, b| (Reverse(a.created_at_ms), &a.id).cmp(&(Reverse(b.created_at_ms), &b.id)));
+    // Newest first; same-millisecond ties by id descending, as
+    // `Repository::manifests` lists them, so `backups list` and prune agree.
+    order.sort_by(|a, b| {
+        (Reverse(a.created_at_ms), Reverse(&a.id)).cmp(&(Reverse(b.created_at_ms), Reverse(&b.id)))
+    });
 
     if policy.is_empty() {
         return order
@@ -579,8 +583,9 @@ mod tests {
         let second = select(&snaps, &p, JAN1, 0);
         assert_eq!(first, second);
         let ids: Vec<_> = first.iter().map(|d| d.id.as_str()).collect();
-        assert_eq!(ids, ["c", "a", "b"]);
-        assert_eq!(kept(&first), ["c", "a"]);
+        // Ties: id descending, the order `backups list` shows.
+        assert_eq!(ids, ["c", "b", "a"]);
+        assert_eq!(kept(&first), ["c", "b"]);
     }
 
     #[test]
