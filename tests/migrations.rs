@@ -29,9 +29,15 @@ struct Env {
 
 impl Env {
     async fn new(chroma: ChromaServer) -> Env {
+        let url = chroma.url();
+        Env::via(chroma, url).await
+    }
+
+    /// As [`Env::new`], with the manager talking to Chroma through `url`.
+    async fn via(chroma: ChromaServer, url: url::Url) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = Config::default();
-        c.chroma.endpoints = vec![chroma.url()];
+        c.chroma.endpoints = vec![url];
         c.migrations.path = dir.path().join("migrations");
         c.migrations.restore_point = true;
         c.backup.storage_path = dir.path().join("repo").display().to_string();
@@ -965,4 +971,62 @@ async fn reembed_writes_new_vectors_from_the_documents_and_down_switches_back() 
             .contains("CHROMAPROD_TEST_EMBED_KEY, which is not set"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_cut_off_halfway_is_not_claimed_undone() {
+    use common::proxy::{Fault, FaultProxy};
+    let chroma = ChromaServer::start();
+    let direct = {
+        let mut c = Config::default();
+        c.chroma.endpoints = vec![chroma.url()];
+        ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new())).expect("store")
+    };
+    let proxy = FaultProxy::start(chroma.addr()).await;
+    proxy.set(Fault::Latency(std::time::Duration::from_millis(40)));
+    let env = Env::via(chroma, proxy.url()).await;
+    seed(&direct, "docs", "l2", 3000, 4).await;
+    env.file(
+        "0001_flag.toml",
+        "version = 1\nname = \"flag\"\n[[up]]\nop = \"set_metadata\"\ncollection = \"docs\"\nkey = \"flag\"\nvalue = true\n",
+    );
+    let run = tokio::spawn({
+        let (store, config) = (env.store.clone(), env.config.clone());
+        async move {
+            let (p, _rx) = Progress::detached();
+            MigrationManager::new(store, config, Arc::new(MetricsCollector::new()))
+                .up(None, &p, &CancellationToken::new())
+                .await
+        }
+    });
+    // Once some records are done, Chroma starts refusing every request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let h = chromaprod::migrate::history::HistoryStore::peek(&direct, "chromaprod-migrations")
+            .await
+            .expect("history");
+        if h.first().is_some_and(|e| e.checkpoint.is_some()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    proxy.set(Fault::respond(
+        400,
+        &[],
+        "{\"error\":\"refused by the test\"}",
+    ));
+    let err = run.await.expect("task").expect_err("cut off");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("left as it is") && !msg.contains("as it was"),
+        "{msg}"
+    );
+    proxy.set(Fault::PassThrough);
+    let (_, records) = collection_records(&direct, "docs").await;
+    let flagged = records
+        .iter()
+        .filter(|r| meta(r).contains_key("flag"))
+        .count();
+    assert!(flagged > 0 && flagged < 3000, "{flagged} of 3000 flagged");
 }

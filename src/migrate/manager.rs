@@ -439,10 +439,24 @@ impl MigrationManager {
         restore_point: Option<&str>,
     ) -> Compensation {
         let mut undo: Vec<Operation> = Vec::new();
-        if let Operation::RenameMetadataKey { where_: None, .. } = failed {
-            undo.extend(failed.inverse(m.version));
-        }
         let mut complete = true;
+        // A record operation that got past its first batch changed some
+        // records: only a key rename (without `where`) can be undone then.
+        let partly_done = tracker.entry.lock().await.checkpoint.is_some();
+        match failed {
+            Operation::RenameMetadataKey { where_: None, .. } => {
+                undo.extend(failed.inverse(m.version));
+            }
+            Operation::RenameMetadataKey { .. }
+            | Operation::SetMetadata { .. }
+            | Operation::DeleteMetadataKey { .. }
+            | Operation::DeleteRecords { .. }
+                if partly_done =>
+            {
+                complete = false;
+            }
+            _ => {}
+        }
         for op in m.up[..i].iter().rev() {
             match op.inverse(m.version) {
                 Some(inv) => undo.push(inv),
@@ -457,7 +471,7 @@ impl MigrationManager {
             return Compensation {
                 rolled_back: false,
                 message: format!(
-                    "operations before it have no obvious inverse and were left applied; to go back, {fallback}"
+                    "what it and the operations before it changed has no obvious inverse and was left as it is; to go back, {fallback}"
                 ),
             };
         }

@@ -278,6 +278,8 @@ pub async fn apply(op: &Operation, t: &Tracker<'_>) -> Result<Value, MigrationEr
                 t.check_cancel()?;
                 store.delete(&c.id, Some(part), None).await?;
                 done += part.len();
+                // Marks the operation as partly done (a re-run lists what is left).
+                t.progress_save(json!({"records_done": done})).await?;
                 t.report(
                     op.name(),
                     json!({"records_done": done, "records_total": total}),
