@@ -836,6 +836,21 @@ async fn a_runner_that_cannot_get_the_lock_names_the_holder_and_a_lapsed_holder_
         })
         .await
         .expect("claim");
+    // Every history write goes through the lease, which refuses it.
+    let entry = chromaprod::migrate::history::HistoryEntry {
+        version: 1,
+        name: "meta".into(),
+        token: held.token(),
+        ..Default::default()
+    };
+    let err = held.record(&entry).await.expect_err("fenced write");
+    assert!(
+        matches!(err, MigrationError::LockLost { token: 1 }),
+        "{err}"
+    );
+    assert!(env.history().await.is_empty(), "the fenced write was not made");
+    let err = held.forget(1).await.expect_err("fenced removal");
+    assert!(matches!(err, MigrationError::LockLost { token: 1 }), "{err}");
     let err = held.check().await.expect_err("fenced");
     assert!(
         matches!(err, MigrationError::LockLost { token: 1 }),

@@ -6,8 +6,10 @@
 //! expired) it waits; otherwise it `add`s the record for the next token.
 //! Chroma's `add` keeps the first record written under an id, so exactly
 //! one runner wins each token, and nobody ever overwrites another's lease.
-//! The holder renews its record every third of the lease; before each
-//! history write it checks that no higher token exists (fencing), so a
+//! The holder renews its record every third of the lease; every history
+//! write made under the lock goes through the lease ([`MigrationLease::record`],
+//! [`MigrationLease::forget`]), which first checks that no higher token
+//! exists (fencing), so a
 //! holder whose lease lapsed (a long pause) stops instead of racing the
 //! runner that took over. Expiry uses the runners' clocks: keep them in
 //! sync (NTP) to well within `migrations.lock_ttl`.
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::history::{HistoryStore, LockRecord};
+use super::history::{HistoryEntry, HistoryStore, LockRecord};
 use super::MigrationError;
 use crate::backup::lock::{hostname, now_ms};
 
@@ -158,6 +160,25 @@ impl MigrationLease {
             return Err(MigrationError::LockLost { token: mine });
         }
         Ok(())
+    }
+
+    /// The recorded history, read afresh.
+    pub async fn entries(&self) -> Result<Vec<HistoryEntry>, MigrationError> {
+        Ok(self.history.entries().await?)
+    }
+
+    /// Writes a history entry, after checking the lease ([`Self::check`]):
+    /// every history write made under the lock goes through here or
+    /// [`Self::forget`].
+    pub async fn record(&self, entry: &HistoryEntry) -> Result<(), MigrationError> {
+        self.check().await?;
+        Ok(self.history.put(entry).await?)
+    }
+
+    /// Removes the history entry of `version`, after checking the lease.
+    pub async fn forget(&self, version: u32) -> Result<(), MigrationError> {
+        self.check().await?;
+        Ok(self.history.remove(version).await?)
     }
 
     /// Marks the lease released so the next runner need not wait.

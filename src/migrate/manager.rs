@@ -168,10 +168,14 @@ impl MigrationManager {
         plan_up(&self.files()?, &self.history().await?, None)
     }
 
-    async fn lock(
+    /// Runs `f` holding the migration lock (waiting for it as configured),
+    /// and releases the lock afterwards whatever `f` returned. `f` writes
+    /// the history only through the lease, which fences every write.
+    async fn locked<T>(
         &self,
         progress: &Progress,
-    ) -> Result<(HistoryStore, MigrationLease), MigrationError> {
+        f: impl AsyncFnOnce(&MigrationLease) -> Result<T, MigrationError>,
+    ) -> Result<T, MigrationError> {
         let history = HistoryStore::open(
             self.store.clone(),
             &self.config.migrations.history_collection,
@@ -194,7 +198,9 @@ impl MigrationManager {
         )
         .await?;
         tracing::info!(token = lease.token(), "migration lock taken");
-        Ok((history, lease))
+        let r = f(&lease).await;
+        lease.release().await;
+        r
     }
 
     /// Applies pending migrations up to `to` (default: all).
@@ -209,24 +215,21 @@ impl MigrationManager {
         if plan_up(&files, &recorded, to)?.is_empty() {
             return Ok(json!({"applied": [], "version": highest_applied(&recorded)}));
         }
-        let (history, lease) = self.lock(progress).await?;
-        let r = self
-            .up_locked(&files, to, &history, &lease, progress, cancel)
-            .await;
-        lease.release().await;
-        r
+        self.locked(progress, async |lease| {
+            self.up_locked(&files, to, lease, progress, cancel).await
+        })
+        .await
     }
 
     async fn up_locked(
         &self,
         files: &[Migration],
         to: Option<u32>,
-        history: &HistoryStore,
         lease: &MigrationLease,
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<Value, MigrationError> {
-        let recorded = history.entries().await?;
+        let recorded = lease.entries().await?;
         let steps = plan_up(files, &recorded, to)?;
         if steps.is_empty() {
             // Another runner applied them while this one waited.
@@ -245,7 +248,6 @@ impl MigrationManager {
                     m,
                     earlier,
                     restore_point.clone(),
-                    history,
                     lease,
                     progress,
                     cancel,
@@ -257,7 +259,7 @@ impl MigrationManager {
                 .migration_version(m.version.max(highest_applied(&recorded)));
             applied.push(v);
         }
-        let now = history.entries().await?;
+        let now = lease.entries().await?;
         self.metrics.migration_version(highest_applied(&now));
         Ok(json!({
             "applied": applied,
@@ -325,7 +327,6 @@ impl MigrationManager {
         m: &Migration,
         earlier: Option<HistoryEntry>,
         restore_point: Option<String>,
-        history: &HistoryStore,
         lease: &MigrationLease,
         progress: &Progress,
         cancel: &CancellationToken,
@@ -355,8 +356,7 @@ impl MigrationManager {
             restore_point: restore_point.clone(),
             token: lease.token(),
         };
-        lease.check().await?;
-        history.put(&entry).await?;
+        lease.record(&entry).await?;
         if from > 0 || entry.checkpoint.is_some() {
             tracing::info!(migration = m.version, op_index = from, "resuming migration");
         } else {
@@ -365,7 +365,6 @@ impl MigrationManager {
         let entry = Mutex::new(entry);
         let tracker = Tracker {
             store: &self.store,
-            history,
             lease,
             entry: &entry,
             version: m.version,
@@ -379,11 +378,10 @@ impl MigrationManager {
             match apply(op, &tracker).await {
                 Ok(v) => {
                     results.push(v);
-                    lease.check().await?;
                     let mut e = entry.lock().await;
                     e.op_index = i + 1;
                     e.checkpoint = None;
-                    history.put(&e).await?;
+                    lease.record(&e).await?;
                 }
                 Err(err @ (MigrationError::Cancelled | MigrationError::LockLost { .. })) => {
                     // Stays "running": the next up resumes from the checkpoint.
@@ -401,7 +399,7 @@ impl MigrationManager {
                         e.op_index = 0;
                         e.checkpoint = None;
                     }
-                    let _ = history.put(&e).await;
+                    let _ = lease.record(&e).await;
                     let failure = MigrationError::Failed {
                         version: m.version,
                         name: m.name.clone(),
@@ -420,8 +418,7 @@ impl MigrationManager {
         e.duration_ms = started.elapsed().as_millis() as u64;
         e.op_index = m.up.len();
         e.checkpoint = None;
-        lease.check().await?;
-        history.put(&e).await?;
+        lease.record(&e).await?;
         tracing::info!(migration = m.version, name = %m.name, elapsed_ms = e.duration_ms, "migration applied");
         Ok(
             json!({"version": m.version, "name": m.name, "duration_ms": e.duration_ms, "operations": results}),
@@ -507,24 +504,21 @@ impl MigrationManager {
                 m.down_ops()?;
             }
         }
-        let (history, lease) = self.lock(progress).await?;
-        let r = self
-            .down_locked(&files, to, &history, &lease, progress, cancel)
-            .await;
-        lease.release().await;
-        r
+        self.locked(progress, async |lease| {
+            self.down_locked(&files, to, lease, progress, cancel).await
+        })
+        .await
     }
 
     async fn down_locked(
         &self,
         files: &[Migration],
         to: u32,
-        history: &HistoryStore,
         lease: &MigrationLease,
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<Value, MigrationError> {
-        let recorded = history.entries().await?;
+        let recorded = lease.entries().await?;
         let steps = plan_down(files, &recorded, to)?;
         let mut undone = Vec::new();
         for step in &steps {
@@ -541,7 +535,6 @@ impl MigrationManager {
             let cell = Mutex::new(entry);
             let tracker = Tracker {
                 store: &self.store,
-                history,
                 lease,
                 entry: &cell,
                 version: m.version,
@@ -565,7 +558,7 @@ impl MigrationManager {
                 let mut entry = cell.lock().await;
                 entry.error = Some(format!("down failed at {op}: {e}"));
                 entry.checkpoint = None;
-                let _ = history.put(&entry).await;
+                let _ = lease.record(&entry).await;
                 return Err(MigrationError::Failed {
                     version: m.version,
                     name: m.name.clone(),
@@ -575,8 +568,7 @@ impl MigrationManager {
                     state: "the migration is still recorded as applied; fix the cause and run `chromaprod migrate down` again".into(),
                 });
             }
-            lease.check().await?;
-            history.remove(m.version).await?;
+            lease.forget(m.version).await?;
             tracing::info!(
                 migration = m.version,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -584,7 +576,7 @@ impl MigrationManager {
             );
             undone.push(json!({"version": m.version, "name": m.name, "duration_ms": started.elapsed().as_millis() as u64}));
         }
-        let now = history.entries().await?;
+        let now = lease.entries().await?;
         self.metrics.migration_version(highest_applied(&now));
         Ok(json!({"undone": undone, "version": highest_applied(&now)}))
     }
@@ -594,27 +586,26 @@ impl MigrationManager {
     /// and clear failed runs so they start again from their first operation.
     pub async fn repair(&self, progress: &Progress) -> Result<Value, MigrationError> {
         let files = self.files()?;
-        let (history, lease) = self.lock(progress).await?;
-        let r = async {
+        self.locked(progress, async |lease| {
             let mut realigned = Vec::new();
             let mut forgotten = Vec::new();
             let mut cleared = Vec::new();
-            for mut h in history.entries().await? {
+            for mut h in lease.entries().await? {
                 let file = files.iter().find(|m| m.version == h.version);
                 match (h.outcome, file) {
                     (Outcome::Baselined, _) => {}
                     (Outcome::Failed, _) => {
-                        history.remove(h.version).await?;
+                        lease.forget(h.version).await?;
                         cleared.push(h.version);
                     }
                     (_, None) => {
-                        history.remove(h.version).await?;
+                        lease.forget(h.version).await?;
                         forgotten.push(h.version);
                     }
                     (_, Some(f)) if f.checksum != h.checksum => {
                         h.checksum = f.checksum.clone();
                         h.name = f.name.clone();
-                        history.put(&h).await?;
+                        lease.record(&h).await?;
                         realigned.push(h.version);
                     }
                     _ => {}
@@ -622,10 +613,8 @@ impl MigrationManager {
             }
             tracing::info!(?realigned, ?forgotten, ?cleared, "migration history repaired");
             Ok(json!({"checksums_realigned": realigned, "forgotten": forgotten, "failures_cleared": cleared}))
-        }
-        .await;
-        lease.release().await;
-        r
+        })
+        .await
     }
 
     /// Records `version` as the current one without running anything:
@@ -637,9 +626,8 @@ impl MigrationManager {
         if version != 0 && !files.iter().any(|m| m.version == version) {
             return Err(MigrationError::NoSuchVersion(version));
         }
-        let (history, lease) = self.lock(progress).await?;
-        let r = async {
-            let recorded = history.entries().await?;
+        self.locked(progress, async |lease| {
+            let recorded = lease.entries().await?;
             let mut stamped = Vec::new();
             let mut removed = Vec::new();
             for m in files.iter().filter(|m| m.version <= version) {
@@ -647,8 +635,8 @@ impl MigrationManager {
                 if current.is_some_and(|h| h.outcome.is_applied() && h.checksum == m.checksum) {
                     continue;
                 }
-                history
-                    .put(&HistoryEntry {
+                lease
+                    .record(&HistoryEntry {
                         version: m.version,
                         name: m.name.clone(),
                         checksum: m.checksum.clone(),
@@ -662,16 +650,14 @@ impl MigrationManager {
                 stamped.push(m.version);
             }
             for h in recorded.iter().filter(|h| h.version > version) {
-                history.remove(h.version).await?;
+                lease.forget(h.version).await?;
                 removed.push(h.version);
             }
             self.metrics.migration_version(version);
             tracing::info!(version, ?stamped, ?removed, "migration history stamped");
             Ok(json!({"version": version, "stamped": stamped, "removed": removed}))
-        }
-        .await;
-        lease.release().await;
-        r
+        })
+        .await
     }
 }
 

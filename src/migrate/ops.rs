@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::file::{dropped_name, Operation};
-use super::history::{HistoryEntry, HistoryStore};
+use super::history::HistoryEntry;
 use super::lease::MigrationLease;
 use super::MigrationError;
 use crate::backup::source::FETCH_BATCH;
@@ -23,7 +23,6 @@ use crate::daemon::jobs::Progress;
 /// progress and cancellation.
 pub struct Tracker<'a> {
     pub store: &'a ProductionChromaStore,
-    pub history: &'a HistoryStore,
     pub lease: &'a MigrationLease,
     /// The history entry of the running migration (its checkpoint inside).
     pub entry: &'a Mutex<HistoryEntry>,
@@ -60,11 +59,10 @@ impl Tracker<'_> {
 
     /// Saves where the operation got to; fails if the lock was lost.
     pub async fn save(&self, checkpoint: Value) -> Result<(), MigrationError> {
-        self.lease.check().await?;
         *self.last_save.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
         let mut e = self.entry.lock().await;
         e.checkpoint = Some(checkpoint);
-        self.history.put(&e).await?;
+        self.lease.record(&e).await?;
         Ok(())
     }
 
