@@ -8,14 +8,16 @@ use std::sync::Arc;
 
 use chromaprod::backup::crypto::MasterKey;
 use chromaprod::backup::{
-    BackupManager, BackupRequest, BackupType, RestoreMode, RestoreOptions, Trigger,
+    BackupError, BackupManager, BackupRequest, BackupType, RestoreMode, RestoreOptions, Trigger,
 };
 use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
 use chromaprod::daemon::jobs::Progress;
 use chromaprod::observe::MetricsCollector;
 use common::chroma::ChromaServer;
+use common::proxy::{Fault, FaultProxy};
 use serde_json::{json, Value};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 fn config_for(chroma: &ChromaServer, repo: &Path, key: Option<&Path>) -> Arc<Config> {
@@ -393,6 +395,81 @@ async fn damaged_objects_are_named_and_keys_are_enforced() {
         let err = m.show(bad).await.expect_err("rejected");
         assert!(err.to_string().contains("invalid snapshot id"), "{err}");
     }
+}
+
+/// The restore's read-back decides: a staging copy that does not read back
+/// as backed up is never swapped in, and is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_copy_does_not_read_back_as_backed_up_is_refused() {
+    let chroma = ChromaServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_for(&chroma, &dir.path().join("repo"), None);
+    let direct = manager(&config).await;
+    seed(direct.store(), "docs", "l2", 1200).await;
+    let snap = full_backup(&direct).await;
+
+    // The restore reaches Chroma through a proxy that holds every request
+    // back, which leaves time to change the staging copy after the write
+    // pass and before its last records are read back (ids 1000–1199, the
+    // last `get` of the one chunk).
+    let proxy = FaultProxy::start(chroma.addr()).await;
+    proxy.set(Fault::Latency(Duration::from_millis(500)));
+    let mut c = (*config).clone();
+    c.chroma.endpoints = vec![proxy.url()];
+    let slow = manager(&Arc::new(c)).await;
+    let (progress, mut rx) = Progress::detached();
+    let staging = format!("docs_restored-restore-{}", snap.snapshot_id);
+    let store = direct.store().clone();
+    let tamper = tokio::spawn(async move {
+        loop {
+            let ev = rx.recv().await.expect("progress");
+            assert_ne!(ev["phase"], "restore_verify", "read back before the change");
+            if ev["phase"] == "restore" && ev["records_done"] == 1200 {
+                break;
+            }
+        }
+        let id = store.get_collection(&staging).await.expect("staging").id;
+        store
+            .update(
+                &id,
+                &RecordBatch {
+                    ids: vec!["id-01199".into()],
+                    embeddings: None,
+                    documents: Some(vec![Some("changed behind the restore".into())]),
+                    metadatas: None,
+                    uris: None,
+                },
+            )
+            .await
+            .expect("update");
+    });
+    let err = slow
+        .restore(
+            snap.snapshot_id.as_str(),
+            &RestoreOptions {
+                collections: vec!["docs".into()],
+                as_name: Some("docs_restored".into()),
+                mode: RestoreMode::FailIfExists,
+                dry_run: false,
+                keep_previous: false,
+            },
+            &progress,
+            &CancellationToken::new(),
+        )
+        .await
+        .expect_err("the read-back differs");
+    tamper.await.expect("tamper");
+    assert!(matches!(err, BackupError::RestoreMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("\"id-01199\""), "{err}");
+    let names: Vec<String> = direct
+        .store()
+        .list_collections()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, vec!["docs"], "nothing swapped in, staging removed");
 }
 
 async fn full_backup(m: &BackupManager) -> chromaprod::backup::Manifest {

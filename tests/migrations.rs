@@ -848,9 +848,15 @@ async fn a_runner_that_cannot_get_the_lock_names_the_holder_and_a_lapsed_holder_
         matches!(err, MigrationError::LockLost { token: 1 }),
         "{err}"
     );
-    assert!(env.history().await.is_empty(), "the fenced write was not made");
+    assert!(
+        env.history().await.is_empty(),
+        "the fenced write was not made"
+    );
     let err = held.forget(1).await.expect_err("fenced removal");
-    assert!(matches!(err, MigrationError::LockLost { token: 1 }), "{err}");
+    assert!(
+        matches!(err, MigrationError::LockLost { token: 1 }),
+        "{err}"
+    );
     let err = held.check().await.expect_err("fenced");
     assert!(
         matches!(err, MigrationError::LockLost { token: 1 }),

@@ -244,14 +244,7 @@ impl MigrationManager {
                 .ok_or(MigrationError::NoSuchVersion(step.version))?;
             let earlier = recorded.iter().find(|h| h.version == m.version).cloned();
             let r = self
-                .run_up(
-                    m,
-                    earlier,
-                    restore_point.clone(),
-                    lease,
-                    progress,
-                    cancel,
-                )
+                .run_up(m, earlier, restore_point.clone(), lease, progress, cancel)
                 .await;
             self.metrics.migration_run("up", r.is_ok());
             let v = r?;
