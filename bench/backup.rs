@@ -13,7 +13,8 @@
 //!    upserts of 1,000 (base64 embeddings); at N/4, N/2 and N it runs a full
 //!    backup in a child process (this binary re-executed) and reads the
 //!    child's peak RSS (`VmHWM`), then an incremental (nothing changed, so it
-//!    reads every record and plans against the full) the same way;
+//!    reads every record and plans against the full) the same way, and a
+//!    restore of that snapshot into a new collection;
 //! 2. stops the server, times `tar czf` of its persist directory and
 //!    `chops collection snapshot`, restarts it;
 //! 3. alternates a raw paged read (`get`, limit/offset 1,000, all fields,
@@ -21,8 +22,9 @@
 //!    a fresh repository, and with a raw read by id (the backup's own access
 //!    pattern), rotating the order each round;
 //! 4. updates 1 % of the records (every 100th) and takes an incremental;
-//! 5. alternates a restore (`--as`) of the full snapshot with raw upserts of
-//!    the same records in the same batches (one per chunk, as restore does).
+//! 5. rotates a restore (`--as`) of the full snapshot with raw upserts and
+//!    raw adds of the same records in the same batches (one per chunk, as
+//!    restore does; restore writes with `add`).
 //!
 //! With `BACKUP_BENCH_MEMORY_ONLY=1` it stops after step 1.
 //!
@@ -41,9 +43,7 @@ use std::time::{Duration, Instant};
 use chromaprod::backup::crypto::MasterKey;
 use chromaprod::backup::manifest::Manifest;
 use chromaprod::backup::source::{list_ids, FETCH_BATCH};
-use chromaprod::backup::{
-    BackupManager, BackupRequest, BackupType, RestoreMode, RestoreOptions, Trigger,
-};
+use chromaprod::backup::{BackupManager, BackupRequest, BackupType, RestoreOptions, Trigger};
 use chromaprod::chroma::{
     CreateCollection, GetRequest, Include, ProductionChromaStore, RecordBatch,
 };
@@ -58,6 +58,8 @@ const DIM: usize = 384;
 const SEED_BATCH: usize = 1000;
 const PAGE: usize = 1000;
 const COLLECTION: &str = "bench";
+/// The collection the memory step's restores write.
+const MEM_RESTORED: &str = "bench-mem-restored";
 
 // ---------------------------------------------------------------- data
 
@@ -241,11 +243,14 @@ fn best(v: &[f64]) -> f64 {
 /// Child mode: one backup of the server's collections (full, or with
 /// `BACKUP_BENCH_CHILD_TYPE=incremental` an incremental into the same
 /// repository; `BACKUP_BENCH_CHILD_COLLECTION` limits it to one
-/// collection); prints `VmHWM_KB <n> MS <ms> BYTES <n>`.
+/// collection), or with `BACKUP_BENCH_CHILD_TYPE=restore` a restore of the
+/// repository's latest snapshot of [`COLLECTION`] as [`MEM_RESTORED`];
+/// prints `VmHWM_KB <n> MS <ms> BYTES <n>`.
 fn child() {
     let url = url::Url::parse(&std::env::var("BACKUP_BENCH_URL").expect("url")).expect("url");
     let repo = PathBuf::from(std::env::var("BACKUP_BENCH_REPO").expect("repo"));
-    let incremental = std::env::var("BACKUP_BENCH_CHILD_TYPE").as_deref() == Ok("incremental");
+    let kind = std::env::var("BACKUP_BENCH_CHILD_TYPE").unwrap_or_default();
+    let incremental = kind == "incremental";
     let only = std::env::var("BACKUP_BENCH_CHILD_COLLECTION").ok();
     let request = BackupRequest {
         backup_type: match (incremental, &only) {
@@ -266,6 +271,24 @@ fn child() {
         let m = manager(&c, Arc::new(MetricsCollector::new())).await;
         let (progress, _rx) = Progress::detached();
         let t = Instant::now();
+        if kind == "restore" {
+            let list = m.list().await.expect("list");
+            let latest = list
+                .first()
+                .expect("a snapshot")
+                .metadata
+                .backup_id
+                .to_string();
+            m.restore(
+                &latest,
+                &RestoreOptions::copy_as(COLLECTION, MEM_RESTORED),
+                &progress,
+                &CancellationToken::new(),
+            )
+            .await
+            .expect("restore");
+            return (t.elapsed().as_millis(), 0);
+        }
         let man = m
             .create(request, &progress, &CancellationToken::new())
             .await
@@ -295,12 +318,13 @@ fn unit_malloc_tunables() -> String {
         .to_string()
 }
 
-/// Peak RSS (kB) and time (ms) of a backup in a child process; `tunables`:
-/// the unit's `GLIBC_TUNABLES`, else glibc's defaults.
-fn peak_rss_of_child_backup(
+/// Peak RSS (kB) and time (ms) of a child process running `kind` (`full`,
+/// `incremental` or `restore`, see [`child`]); `tunables`: the unit's
+/// `GLIBC_TUNABLES`, else glibc's defaults.
+fn peak_rss_of_child(
     url: &url::Url,
     repo: &Path,
-    incremental: bool,
+    kind: &str,
     tunables: Option<&str>,
 ) -> (u64, u64) {
     let mut cmd = Command::new(std::env::current_exe().expect("exe"));
@@ -310,10 +334,7 @@ fn peak_rss_of_child_backup(
     };
     let out = cmd
         .env("BACKUP_BENCH_CHILD", "1")
-        .env(
-            "BACKUP_BENCH_CHILD_TYPE",
-            if incremental { "incremental" } else { "full" },
-        )
+        .env("BACKUP_BENCH_CHILD_TYPE", kind)
         .env("BACKUP_BENCH_URL", url.as_str())
         .env("BACKUP_BENCH_REPO", repo)
         .output()
@@ -411,7 +432,8 @@ fn main() {
         for tunables in [None, Some(tunables.as_str())] {
             let repo = work.path().join(format!("mem-{stop_at}-{}", m.len()));
             for incremental in [false, true] {
-                let (kb, ms) = peak_rss_of_child_backup(&url, &repo, incremental, tunables);
+                let kind = if incremental { "incremental" } else { "full" };
+                let (kb, ms) = peak_rss_of_child(&url, &repo, kind, tunables);
                 eprintln!(
                     "child {} of {stop_at} ({}): VmHWM {kb} kB, {ms} ms",
                     if incremental {
@@ -424,6 +446,14 @@ fn main() {
                 m.push((kb, ms));
             }
         }
+        // A restore of the last snapshot, with glibc's defaults (as the CLI
+        // runs on a fresh host, outside the unit).
+        let repo = work.path().join(format!("mem-{stop_at}-0"));
+        let (kb, ms) = peak_rss_of_child(&url, &repo, "restore", None);
+        eprintln!("child restore of {stop_at} (glibc defaults): VmHWM {kb} kB, {ms} ms");
+        m.push((kb, ms));
+        rt.block_on(store.delete_collection(MEM_RESTORED))
+            .expect("drop the restored copy");
         mem.push((stop_at, m));
     }
     let seed_rate = n as f64 / seed_time.as_secs_f64();
@@ -439,12 +469,13 @@ fn main() {
     for (at, m) in &mem {
         rows.push(Row {
             what: format!(
-                "peak RSS (VmHWM, child process), {at} records: full backup; then an incremental with nothing changed"
+                "peak RSS (VmHWM, child process), {at} records: full backup; then an incremental with nothing changed; then a restore (`--as`) of that"
             ),
             chromaprod: format!(
-                "glibc defaults: full {}, incremental {}; with the unit's `GLIBC_TUNABLES={tunables}`: full {}, incremental {}",
+                "glibc defaults: full {}, incremental {}, restore {}; with the unit's `GLIBC_TUNABLES={tunables}`: full {}, incremental {}",
                 cell(m[0]),
                 cell(m[1]),
+                cell(m[4]),
                 cell(m[2]),
                 cell(m[3])
             ),
@@ -717,20 +748,22 @@ fn main() {
         ratio: format!("{:.2}× the full's time (median)", inc.0 / median(&plain_s)),
     });
 
-    // 5. Restore vs raw upserts in the same batches, alternating.
+    // 5. Restore vs raw upserts and raw adds in the same batches, rotating.
     let chunk_sizes: Vec<usize> = full_manifest
         .collections
         .iter()
         .flat_map(|c| c.chunks.iter().map(|ch| ch.records as usize))
         .collect();
     assert_eq!(chunk_sizes.iter().sum::<usize>(), n);
-    let (mut restore_s, mut write_s, mut verify_s, mut upsert_s) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut restore_s, mut write_s, mut verify_s, mut upsert_s, mut add_s) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
         for round in 0..rounds {
-            for k in 0..2 {
-                if (round + k) % 2 == 0 {
-                    let name = format!("raw_{round}");
+            for k in 0..3 {
+                let side = (round + k) % 3;
+                if side < 2 {
+                    let add = side == 1;
+                    let name = format!("raw_{round}_{side}");
                     let id = store
                         .create_collection(&CreateCollection {
                             name: name.clone(),
@@ -746,11 +779,16 @@ fn main() {
                         let b = batch(start..start + len, |_| 0); // built outside the clock
                         start += len;
                         let t = Instant::now();
-                        store.upsert(&id, &b).await.expect("raw upsert");
+                        if add {
+                            store.add_all(&id, &b).await.expect("raw add");
+                        } else {
+                            store.upsert(&id, &b).await.expect("raw upsert");
+                        }
                         elapsed += t.elapsed();
                     }
-                    upsert_s.push(elapsed.as_secs_f64());
-                    eprintln!("raw upserts: {:.2} s", elapsed.as_secs_f64());
+                    let what = if add { "adds" } else { "upserts" };
+                    eprintln!("raw {what}: {:.2} s", elapsed.as_secs_f64());
+                    if add { &mut add_s } else { &mut upsert_s }.push(elapsed.as_secs_f64());
                     store.delete_collection(&name).await.expect("drop");
                 } else {
                     let name = format!("restored_{round}");
@@ -774,13 +812,7 @@ fn main() {
                     let t = Instant::now();
                     m.restore(
                         full_manifest.snapshot_id.as_str(),
-                        &RestoreOptions {
-                            collections: vec![COLLECTION.into()],
-                            as_name: Some(name.clone()),
-                            mode: RestoreMode::FailIfExists,
-                            dry_run: false,
-                            keep_previous: false,
-                        },
+                        &RestoreOptions::copy_as(COLLECTION, &name),
                         &progress,
                         &CancellationToken::new(),
                     )
@@ -790,10 +822,10 @@ fn main() {
                     drop(progress);
                     let written = last_write.await.expect("watcher").expect("write events");
                     restore_s.push((end - t).as_secs_f64());
-                    write_s.push(op_seconds(&metrics, "upsert"));
+                    write_s.push(op_seconds(&metrics, "add"));
                     verify_s.push((end - written).as_secs_f64());
                     eprintln!(
-                        "restore: {:.2} s (upsert calls {:.2} s, read-back pass {:.2} s, get calls {:.2} s)",
+                        "restore: {:.2} s (add calls {:.2} s, read-back pass {:.2} s, get calls {:.2} s)",
                         restore_s.last().unwrap_or(&0.0),
                         write_s.last().unwrap_or(&0.0),
                         verify_s.last().unwrap_or(&0.0),
@@ -809,43 +841,43 @@ fn main() {
         s.sort_unstable();
         format!("{} batches of {}–{} records", s.len(), s[0], s[s.len() - 1])
     };
+    let timed = |v: &[f64]| {
+        format!(
+            "best {:.1} s = {}; median {:.1} s = {}",
+            best(v),
+            rate(best(v)),
+            median(v),
+            rate(median(v))
+        )
+    };
+    let ratio = |raw: &[f64], ours: &[f64]| {
+        format!(
+            "{:.2}× best, {:.2}× median",
+            best(raw) / best(ours),
+            median(raw) / median(ours)
+        )
+    };
     rows.push(Row {
         what: format!("restore (`--as`, total incl. read-back verify) vs raw upserts ({sizes})"),
-        chromaprod: format!(
-            "best {:.1} s = {}; median {:.1} s = {}",
-            best(&restore_s),
-            rate(best(&restore_s)),
-            median(&restore_s),
-            rate(median(&restore_s))
-        ),
-        raw: format!(
-            "best {:.1} s = {}; median {:.1} s = {}",
-            best(&upsert_s),
-            rate(best(&upsert_s)),
-            median(&upsert_s),
-            rate(median(&upsert_s))
-        ),
-        ratio: format!(
-            "{:.2}× best, {:.2}× median",
-            best(&upsert_s) / best(&restore_s),
-            median(&upsert_s) / median(&restore_s)
-        ),
+        chromaprod: timed(&restore_s),
+        raw: timed(&upsert_s),
+        ratio: ratio(&upsert_s, &restore_s),
     });
     rows.push(Row {
-        what: "restore, write phase alone (sum of its upsert calls) vs raw upserts".into(),
+        what: "restore (as above) vs raw adds (restore's own write) in the same batches".into(),
+        chromaprod: "(as above)".into(),
+        raw: timed(&add_s),
+        ratio: ratio(&add_s, &restore_s),
+    });
+    rows.push(Row {
+        what: "restore, write pass alone (sum of its add calls) vs raw adds".into(),
         chromaprod: format!(
-            "best {:.1} s = {}; median {:.1} s; then the read-back pass (gets two at a time, compare, count, rename) {:.1} s (median)",
-            best(&write_s),
-            rate(best(&write_s)),
-            median(&write_s),
+            "{}; then the read-back pass (gets two at a time, compare, count, rename) {:.1} s (median)",
+            timed(&write_s),
             median(&verify_s)
         ),
         raw: "(as above)".into(),
-        ratio: format!(
-            "{:.2}× best, {:.2}× median",
-            best(&upsert_s) / best(&write_s),
-            median(&upsert_s) / median(&write_s)
-        ),
+        ratio: ratio(&add_s, &write_s),
     });
 
     print_table(n, read_rounds, rounds, &rows, &notes);

@@ -21,7 +21,7 @@ use chromaprod::backup::engine::records_match;
 use chromaprod::backup::records::Record;
 use chromaprod::backup::repository::Repository;
 use chromaprod::backup::{
-    BackupManager, BackupRequest, BackupType, Manifest, RestoreMode, RestoreOptions, Trigger,
+    BackupManager, BackupRequest, BackupType, Manifest, RestoreOptions, Trigger,
 };
 use chromaprod::chroma::{Collection, CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
@@ -275,13 +275,7 @@ async fn restore_as(m: &BackupManager, snap: &Manifest, collection: &str, as_nam
     let (progress, _rx) = Progress::detached();
     m.restore(
         snap.snapshot_id.as_str(),
-        &RestoreOptions {
-            collections: vec![collection.into()],
-            as_name: Some(as_name.into()),
-            mode: RestoreMode::FailIfExists,
-            dry_run: false,
-            keep_previous: false,
-        },
+        &RestoreOptions::copy_as(collection, as_name),
         &progress,
         &CancellationToken::new(),
     )

@@ -17,7 +17,7 @@ use chromaprod::backup::records::Record;
 use chromaprod::backup::repository::{key as object_key, Repository};
 use chromaprod::backup::BackupError;
 use chromaprod::backup::{
-    BackupManager, BackupRequest, BackupType, Manifest, RestoreMode, RestoreOptions, Trigger,
+    BackupManager, BackupRequest, BackupType, Manifest, RestoreOptions, Trigger,
 };
 use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
@@ -194,13 +194,7 @@ async fn restore_as(m: &BackupManager, snap: &str, collection: &str, as_name: &s
     let (progress, _rx) = Progress::detached();
     m.restore(
         snap,
-        &RestoreOptions {
-            collections: vec![collection.into()],
-            as_name: Some(as_name.into()),
-            mode: RestoreMode::FailIfExists,
-            dry_run: false,
-            keep_previous: false,
-        },
+        &RestoreOptions::copy_as(collection, as_name),
         &progress,
         &CancellationToken::new(),
     )

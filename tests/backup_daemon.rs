@@ -4,60 +4,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
-use chromaprod::config::Config;
-use chromaprod::observe::MetricsCollector;
 use common::chroma::ChromaServer;
 use common::daemon::{bin, cli, config_text, DaemonProcess};
 use common::proxy::{Fault, FaultProxy};
+use common::records::{seed, store_for};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-
-fn store_for(url: &str) -> ProductionChromaStore {
-    let mut c = Config::default();
-    c.chroma.endpoints = vec![url::Url::parse(url).expect("url")];
-    ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new())).expect("store")
-}
-
-/// `n` records of `dim` dimensions in a new l2 collection.
-async fn seed(store: &ProductionChromaStore, name: &str, n: usize, dim: usize) -> String {
-    let col = store
-        .create_collection(&CreateCollection {
-            name: name.into(),
-            metadata: None,
-            configuration: Some(json!({"hnsw": {"space": "l2"}})),
-            get_or_create: false,
-        })
-        .await
-        .expect("create");
-    for start in (0..n).step_by(2000) {
-        let ids: Vec<usize> = (start..(start + 2000).min(n)).collect();
-        let batch = RecordBatch {
-            ids: ids.iter().map(|i| format!("r{i:06}")).collect(),
-            embeddings: Some(
-                ids.iter()
-                    .map(|i| {
-                        (0..dim)
-                            .map(|j| ((i * 13 + j) % 101) as f32 / 101.0)
-                            .collect()
-                    })
-                    .collect(),
-            ),
-            documents: Some(ids.iter().map(|i| Some(format!("record {i}"))).collect()),
-            metadatas: Some(
-                ids.iter()
-                    .map(|i| Some(json!({"i": i}).as_object().cloned().expect("map")))
-                    .collect(),
-            ),
-            uris: None,
-        };
-        store.upsert(&col.id, &batch).await.expect("seed");
-    }
-    col.id
-}
 
 struct Setup {
     dir: tempfile::TempDir,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chromaprod::backup::crypto::MasterKey;
 use chromaprod::backup::{
-    BackupError, BackupManager, BackupRequest, BackupType, RestoreMode, RestoreOptions, Trigger,
+    BackupError, BackupManager, BackupRequest, BackupType, RestoreOptions, Trigger,
 };
 use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
@@ -123,13 +123,7 @@ async fn full_backup_restores_every_field_exactly_for_l2() {
         .expect("verify");
     assert_eq!(report.records, 1200);
 
-    let opts = RestoreOptions {
-        collections: vec!["docs".into()],
-        as_name: Some("docs_restored".into()),
-        mode: RestoreMode::FailIfExists,
-        dry_run: false,
-        keep_previous: false,
-    };
+    let opts = RestoreOptions::copy_as("docs", "docs_restored");
     m.restore(snap.snapshot_id.as_str(), &opts, &progress, &cancel)
         .await
         .expect("restore");
@@ -249,11 +243,8 @@ async fn incremental_after_one_percent_writes_at_most_three_percent() {
 
     // The incremental restores on its own, with the updates.
     let opts = RestoreOptions {
-        collections: vec![],
         as_name: Some("docs_inc".into()),
-        mode: RestoreMode::FailIfExists,
-        dry_run: false,
-        keep_previous: false,
+        ..RestoreOptions::default()
     };
     m.restore(inc.snapshot_id.as_str(), &opts, &progress, &cancel)
         .await
@@ -340,11 +331,8 @@ async fn damaged_objects_are_named_and_keys_are_enforced() {
         .expect_err("verify fails");
     assert!(err.to_string().contains(&chunk.id), "{err}");
     let opts = RestoreOptions {
-        collections: vec![],
         as_name: Some("docs_r".into()),
-        mode: RestoreMode::FailIfExists,
-        dry_run: false,
-        keep_previous: false,
+        ..RestoreOptions::default()
     };
     let err = m
         .restore(snap.snapshot_id.as_str(), &opts, &progress, &cancel)
@@ -446,13 +434,7 @@ async fn a_restore_whose_copy_does_not_read_back_as_backed_up_is_refused() {
     let err = slow
         .restore(
             snap.snapshot_id.as_str(),
-            &RestoreOptions {
-                collections: vec!["docs".into()],
-                as_name: Some("docs_restored".into()),
-                mode: RestoreMode::FailIfExists,
-                dry_run: false,
-                keep_previous: false,
-            },
+            &RestoreOptions::copy_as("docs", "docs_restored"),
             &progress,
             &CancellationToken::new(),
         )

@@ -467,10 +467,8 @@ value = 1
             &snapshot,
             &RestoreOptions {
                 collections: vec!["docs".into()],
-                as_name: None,
                 mode: RestoreMode::Replace,
-                dry_run: false,
-                keep_previous: false,
+                ..RestoreOptions::default()
             },
             &p,
             &CancellationToken::new(),

@@ -5,79 +5,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
-use chromaprod::config::Config;
+use chromaprod::chroma::ProductionChromaStore;
 use chromaprod::migrate::history::HistoryStore;
 use chromaprod::migrate::{HistoryEntry, Outcome};
-use chromaprod::observe::MetricsCollector;
 use common::chroma::ChromaServer;
 use common::daemon::{bin, cli, config_text, DaemonProcess};
 use common::notify::NotifyListener;
 use common::proxy::{Fault, FaultProxy};
+use common::records::{seed, store_for};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-
-fn store_for(url: &str) -> ProductionChromaStore {
-    let mut c = Config::default();
-    c.chroma.endpoints = vec![url::Url::parse(url).expect("url")];
-    ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new())).expect("store")
-}
-
-async fn seed(store: &ProductionChromaStore, name: &str, n: usize, dim: usize) -> String {
-    let col = store
-        .create_collection(&CreateCollection {
-            name: name.into(),
-            metadata: None,
-            configuration: Some(json!({"hnsw": {"space": "l2"}})),
-            get_or_create: false,
-        })
-        .await
-        .expect("create");
-    for start in (0..n).step_by(2000) {
-        let ids: Vec<usize> = (start..(start + 2000).min(n)).collect();
-        let batch = RecordBatch {
-            ids: ids.iter().map(|i| format!("r{i:06}")).collect(),
-            embeddings: Some(
-                ids.iter()
-                    .map(|i| {
-                        let v: Vec<f32> = (0..dim).map(|j| noise(*i, j)).collect();
-                        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                        v.into_iter().map(|x| x / n).collect()
-                    })
-                    .collect(),
-            ),
-            documents: Some(ids.iter().map(|i| Some(format!("record {i}"))).collect()),
-            metadatas: Some(
-                ids.iter()
-                    .map(|i| {
-                        Some(
-                            json!({"i": i, "author": format!("a{}", i % 5)})
-                                .as_object()
-                                .cloned()
-                                .expect("map"),
-                        )
-                    })
-                    .collect(),
-            ),
-            uris: None,
-        };
-        store.upsert(&col.id, &batch).await.expect("seed");
-    }
-    col.id
-}
-
-/// A pseudo-random value in [-0.5, 0.5) for (i, j): distinct vectors, no ties.
-fn noise(i: usize, j: usize) -> f32 {
-    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ ((j as u64) + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    (x % 10_000) as f32 / 10_000.0 - 0.5
-}
 
 /// A temp dir with a config for `chroma_url` and a migrations directory.
 struct Setup {

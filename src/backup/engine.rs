@@ -72,24 +72,40 @@ pub struct BackupRequest {
     pub trigger: Trigger,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestoreMode {
     /// Refuse when the target collection exists.
+    #[default]
     FailIfExists,
     /// Swap the restored collection in; the previous one is dropped after
     /// the swap succeeded (or kept with `keep_previous`).
     Replace,
 }
 
-#[derive(Debug, Clone)]
+/// What to restore and how; the default restores every collection of the
+/// snapshot under its own name, refusing names that exist.
+#[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
+    /// Collections of the snapshot to restore (empty: all).
     pub collections: Vec<String>,
     /// New name (one collection only).
     pub as_name: Option<String>,
     pub mode: RestoreMode,
     pub dry_run: bool,
     pub keep_previous: bool,
+}
+
+impl RestoreOptions {
+    /// One collection under a new name, refused if that name exists
+    /// (`chromaprod restore ID --collection NAME --as NEW_NAME`).
+    pub fn copy_as(collection: &str, new_name: &str) -> Self {
+        RestoreOptions {
+            collections: vec![collection.to_string()],
+            as_name: Some(new_name.to_string()),
+            ..Self::default()
+        }
+    }
 }
 
 /// The result of a verify.
@@ -797,7 +813,9 @@ impl BackupManager {
                 });
             }
             if !batch.is_empty() {
-                self.store.upsert(collection_id, &batch).await?;
+                // The staging collection is new: adds, which Chroma takes
+                // faster than upserts; a retried add changes nothing.
+                self.store.add_all(collection_id, &batch).await?;
             }
             done += batch.len() as u64;
             progress.report(json!({"phase": "restore", "collection": c.name, "records_done": done, "records_total": c.record_count}));

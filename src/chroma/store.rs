@@ -56,6 +56,22 @@ fn outcome_of(e: &ChromaError) -> Outcome {
     }
 }
 
+/// How [`ProductionChromaStore::write_split`] sends each part.
+#[derive(Debug, Clone, Copy)]
+enum WriteOp {
+    Upsert,
+    Add,
+}
+
+impl WriteOp {
+    fn name(self) -> &'static str {
+        match self {
+            WriteOp::Upsert => "upsert",
+            WriteOp::Add => "add",
+        }
+    }
+}
+
 impl ProductionChromaStore {
     /// Build the pool and retry policy from `config`; no network I/O.
     pub fn new(config: &Config, metrics: Arc<MetricsCollector>) -> Result<Self, ChromaError> {
@@ -391,10 +407,33 @@ impl ProductionChromaStore {
         collection_id: &str,
         batch: &RecordBatch,
     ) -> Result<usize, ChromaError> {
+        self.write_split(WriteOp::Upsert, collection_id, batch)
+            .await
+    }
+
+    /// Add any number of records, split as [`Self::upsert`] splits them.
+    /// Ids already stored keep what they hold (first writer wins). For a
+    /// collection known to hold none of the ids, such as a restore's new
+    /// staging collection, where Chroma takes adds about 10 % faster than
+    /// upserts (measured with 1.5.9).
+    pub async fn add_all(
+        &self,
+        collection_id: &str,
+        batch: &RecordBatch,
+    ) -> Result<usize, ChromaError> {
+        self.write_split(WriteOp::Add, collection_id, batch).await
+    }
+
+    async fn write_split(
+        &self,
+        op: WriteOp,
+        collection_id: &str,
+        batch: &RecordBatch,
+    ) -> Result<usize, ChromaError> {
         batch
             .validate()
             .map_err(|detail| ChromaError::InvalidRequest {
-                operation: "upsert",
+                operation: op.name(),
                 detail,
             })?;
         let pf = self.pre_flight_checks().await?;
@@ -408,7 +447,11 @@ impl ProductionChromaStore {
         let mut sent = 0;
         while let Some(r) = stack.pop() {
             let part = batch.slice(r.clone());
-            match self.upsert_one(collection_id, &part).await {
+            let result = match op {
+                WriteOp::Upsert => self.upsert_one(collection_id, &part).await,
+                WriteOp::Add => self.add(collection_id, &part).await,
+            };
+            match result {
                 Ok(()) => sent += 1,
                 Err(e) if e.status() == Some(413) && r.len() > 1 => {
                     let mid = r.start + r.len() / 2;
