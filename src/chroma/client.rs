@@ -323,11 +323,35 @@ pub fn encode_embedding(v: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Embeddings as a request sends them: JSON arrays of numbers, or base64
+/// strings encoded one at a time as the body is written (a batch's
+/// strings are never all held at once).
+enum EmbeddingsOut<'a> {
+    Floats(&'a [Vec<f32>]),
+    Base64(&'a [Vec<f32>]),
+}
+
+impl Serialize for EmbeddingsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self {
+            EmbeddingsOut::Floats(es) => es.serialize(s),
+            EmbeddingsOut::Base64(es) => {
+                let mut seq = s.serialize_seq(Some(es.len()))?;
+                for e in *es {
+                    seq.serialize_element(&encode_embedding(e))?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct UpsertBody<'a> {
     ids: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
-    embeddings: Option<Value>,
+    embeddings: Option<EmbeddingsOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     documents: Option<&'a Vec<Option<String>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -713,15 +737,11 @@ impl ChromaClient {
                 operation: op,
                 detail,
             })?;
-        let embeddings = batch.embeddings.as_ref().map(|es| {
+        let embeddings = batch.embeddings.as_deref().map(|es| {
             if base64 {
-                Value::Array(
-                    es.iter()
-                        .map(|e| Value::String(encode_embedding(e)))
-                        .collect(),
-                )
+                EmbeddingsOut::Base64(es)
             } else {
-                serde_json::to_value(es).unwrap_or(Value::Null)
+                EmbeddingsOut::Floats(es)
             }
         });
         let body = UpsertBody {
@@ -806,6 +826,16 @@ mod tests {
     fn embeddings_encode_as_little_endian_f32_base64() {
         // Python: base64.b64encode(struct.pack("<3f", 1.0, 2.5, -3.25))
         assert_eq!(encode_embedding(&[1.0, 2.5, -3.25]), "AACAPwAAIEAAAFDA");
+        // In a request body, one string per embedding, or arrays of numbers.
+        let es = vec![vec![1.0, 2.5, -3.25], vec![0.5]];
+        assert_eq!(
+            serde_json::to_string(&EmbeddingsOut::Base64(&es)).expect("json"),
+            r#"["AACAPwAAIEAAAFDA","AAAAPw=="]"#
+        );
+        assert_eq!(
+            serde_json::to_string(&EmbeddingsOut::Floats(&es)).expect("json"),
+            "[[1.0,2.5,-3.25],[0.5]]"
+        );
     }
 
     #[test]
@@ -828,13 +858,7 @@ mod tests {
             let part = batch.slice(r);
             let body = serde_json::to_vec(&UpsertBody {
                 ids: &part.ids,
-                embeddings: part.embeddings.as_ref().map(|es| {
-                    Value::Array(
-                        es.iter()
-                            .map(|e| Value::String(encode_embedding(e)))
-                            .collect(),
-                    )
-                }),
+                embeddings: part.embeddings.as_deref().map(EmbeddingsOut::Base64),
                 documents: part.documents.as_ref(),
                 metadatas: None,
                 uris: None,

@@ -446,7 +446,12 @@ impl ProductionChromaStore {
         let mut stack: Vec<Range<usize>> = plan.into_iter().rev().collect();
         let mut sent = 0;
         while let Some(r) = stack.pop() {
-            let part = batch.slice(r.clone());
+            // The whole batch goes as it is; only a part is copied out.
+            let part = if r == (0..batch.len()) {
+                std::borrow::Cow::Borrowed(batch)
+            } else {
+                std::borrow::Cow::Owned(batch.slice(r.clone()))
+            };
             let result = match op {
                 WriteOp::Upsert => self.upsert_one(collection_id, &part).await,
                 WriteOp::Add => self.add(collection_id, &part).await,
