@@ -14,7 +14,7 @@
 //!    backup in a child process (this binary re-executed) and reads the
 //!    child's peak RSS (`VmHWM`), then an incremental (nothing changed, so it
 //!    reads every record and plans against the full) the same way, and a
-//!    restore of that snapshot into a new collection;
+//!    restore of that snapshot into a new collection on a second server;
 //! 2. stops the server, times `tar czf` of its persist directory and
 //!    `chops collection snapshot`, restarts it;
 //! 3. alternates a raw paged read (`get`, limit/offset 1,000, all fields,
@@ -244,7 +244,8 @@ fn best(v: &[f64]) -> f64 {
 /// `BACKUP_BENCH_CHILD_TYPE=incremental` an incremental into the same
 /// repository; `BACKUP_BENCH_CHILD_COLLECTION` limits it to one
 /// collection), or with `BACKUP_BENCH_CHILD_TYPE=restore` a restore of the
-/// repository's latest snapshot of [`COLLECTION`] as [`MEM_RESTORED`];
+/// repository's latest snapshot of [`COLLECTION`] as [`MEM_RESTORED`] (onto
+/// the server at `BACKUP_BENCH_URL`);
 /// prints `VmHWM_KB <n> MS <ms> BYTES <n>`.
 fn child() {
     let url = url::Url::parse(&std::env::var("BACKUP_BENCH_URL").expect("url")).expect("url");
@@ -385,6 +386,13 @@ fn main() {
         PathBuf::from,
     );
     let mut server = chroma_server::ChromaServer::start();
+    // The memory step's restores go to a second server, so the first one's
+    // persist directory (tarred below) holds only the seeded collection.
+    let restore_server = chroma_server::ChromaServer::start();
+    let restore_store = store_with(
+        &config(restore_server.url(), &PathBuf::from("unused"), None),
+        Arc::new(MetricsCollector::new()),
+    );
     let work = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -446,13 +454,13 @@ fn main() {
                 m.push((kb, ms));
             }
         }
-        // A restore of the last snapshot, with glibc's defaults (as the CLI
-        // runs on a fresh host, outside the unit).
+        // A restore of the last snapshot onto the second server, with
+        // glibc's defaults (as the CLI runs on a fresh host, outside the unit).
         let repo = work.path().join(format!("mem-{stop_at}-0"));
-        let (kb, ms) = peak_rss_of_child(&url, &repo, "restore", None);
+        let (kb, ms) = peak_rss_of_child(&restore_server.url(), &repo, "restore", None);
         eprintln!("child restore of {stop_at} (glibc defaults): VmHWM {kb} kB, {ms} ms");
         m.push((kb, ms));
-        rt.block_on(store.delete_collection(MEM_RESTORED))
+        rt.block_on(restore_store.delete_collection(MEM_RESTORED))
             .expect("drop the restored copy");
         mem.push((stop_at, m));
     }
