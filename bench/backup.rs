@@ -456,12 +456,18 @@ fn main() {
         }
         // A restore of the last snapshot onto the second server, with
         // glibc's defaults (as the CLI runs on a fresh host, outside the unit).
+        // And once with the unit's tunable (a restore run by the daemon).
         let repo = work.path().join(format!("mem-{stop_at}-0"));
-        let (kb, ms) = peak_rss_of_child(&restore_server.url(), &repo, "restore", None);
-        eprintln!("child restore of {stop_at} (glibc defaults): VmHWM {kb} kB, {ms} ms");
-        m.push((kb, ms));
-        rt.block_on(restore_store.delete_collection(MEM_RESTORED))
-            .expect("drop the restored copy");
+        for t in [None, Some(tunables.as_str())] {
+            let (kb, ms) = peak_rss_of_child(&restore_server.url(), &repo, "restore", t);
+            eprintln!(
+                "child restore of {stop_at} ({}): VmHWM {kb} kB, {ms} ms",
+                t.unwrap_or("glibc defaults")
+            );
+            m.push((kb, ms));
+            rt.block_on(restore_store.delete_collection(MEM_RESTORED))
+                .expect("drop the restored copy");
+        }
         mem.push((stop_at, m));
     }
     let seed_rate = n as f64 / seed_time.as_secs_f64();
@@ -480,12 +486,13 @@ fn main() {
                 "peak RSS (VmHWM, child process), {at} records: full backup; then an incremental with nothing changed; then a restore (`--as`) of that"
             ),
             chromaprod: format!(
-                "glibc defaults: full {}, incremental {}, restore {}; with the unit's `GLIBC_TUNABLES={tunables}`: full {}, incremental {}",
+                "glibc defaults: full {}, incremental {}, restore {}; with the unit's `GLIBC_TUNABLES={tunables}`: full {}, incremental {}, restore {}",
                 cell(m[0]),
                 cell(m[1]),
                 cell(m[4]),
                 cell(m[2]),
-                cell(m[3])
+                cell(m[3]),
+                cell(m[5])
             ),
             raw: "—".into(),
             ratio: "—".into(),
