@@ -813,8 +813,8 @@ impl BackupManager {
                 });
             }
             if !batch.is_empty() {
-                // The staging collection is new, so add: never slower than
-                // upsert here, and a retried add changes nothing.
+                // The staging collection is new, so add (a retried add
+                // changes nothing; see `add_all` for add against upsert).
                 self.store.add_all(collection_id, &batch).await?;
             }
             done += batch.len() as u64;
