@@ -362,35 +362,35 @@ pub fn to_batch(records: Vec<Record>) -> (RecordBatch, Vec<Record>) {
     (batch, without)
 }
 
-/// An upsert batch back as records (the inverse of [`to_batch`] for records
-/// with embeddings), moving the values rather than copying them.
-pub fn from_batch(batch: RecordBatch) -> Vec<Record> {
-    let n = batch.ids.len();
-    fn column<T>(c: Option<Vec<Option<T>>>) -> impl Iterator<Item = Option<T>> {
-        c.into_iter()
-            .flatten()
-            .chain(std::iter::repeat_with(|| None))
-    }
-    let mut embeddings = batch.embeddings.into_iter().flatten();
-    let mut documents = column(batch.documents);
-    let mut metadatas = column(batch.metadatas);
-    let mut uris = column(batch.uris);
-    let mut out = Vec::with_capacity(n);
-    for id in batch.ids {
-        out.push(Record {
-            id,
-            embedding: embeddings.next(),
-            document: documents.next().flatten(),
-            metadata: metadatas.next().flatten(),
-            uri: uris.next().flatten(),
-        });
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upsert batch back as records (the inverse of [`to_batch`] for records
+    /// with embeddings), moving the values rather than copying them.
+    fn from_batch(batch: RecordBatch) -> Vec<Record> {
+        let n = batch.ids.len();
+        fn column<T>(c: Option<Vec<Option<T>>>) -> impl Iterator<Item = Option<T>> {
+            c.into_iter()
+                .flatten()
+                .chain(std::iter::repeat_with(|| None))
+        }
+        let mut embeddings = batch.embeddings.into_iter().flatten();
+        let mut documents = column(batch.documents);
+        let mut metadatas = column(batch.metadatas);
+        let mut uris = column(batch.uris);
+        let mut out = Vec::with_capacity(n);
+        for id in batch.ids {
+            out.push(Record {
+                id,
+                embedding: embeddings.next(),
+                document: documents.next().flatten(),
+                metadata: metadatas.next().flatten(),
+                uri: uris.next().flatten(),
+            });
+        }
+        out
+    }
 
     fn listing(json: &str) -> Result<IdList, BackupError> {
         let mut f = tempfile::tempfile().expect("temp file");
