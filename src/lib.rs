@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod dist;
 pub mod doctor;
+pub mod mem;
 pub mod migrate;
 pub mod observe;
 pub mod schedule;

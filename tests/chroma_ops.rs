@@ -5,8 +5,8 @@ mod common;
 use std::sync::Arc;
 
 use chromaprod::chroma::{
-    ChromaError, CreateCollection, DenseRetriever, GetRequest, Include, ModifyCollection,
-    ProductionChromaStore, RecordBatch,
+    plan_batches, ChromaError, CreateCollection, DenseRetriever, GetRequest, Include,
+    ModifyCollection, ProductionChromaStore, RecordBatch, WRITE_REQUEST_BYTES,
 };
 use chromaprod::config::Config;
 use chromaprod::observe::MetricsCollector;
@@ -294,6 +294,40 @@ async fn large_upserts_are_split_into_batches() {
     let sent = s.upsert(&coll.id, &batch).await.expect("upsert big");
     assert!(sent >= 2, "split under 40 MiB: {sent}");
     assert_eq!(s.count(&coll.id).await.expect("count"), n as u64 + 6);
+
+    // 3,000 vectors of 384 dimensions (about 6 MiB of base64), far fewer
+    // than max_batch_size: split by bytes, at about WRITE_REQUEST_BYTES.
+    let wide = s
+        .create_collection(&CreateCollection {
+            name: "ops-wide".into(),
+            ..CreateCollection::default()
+        })
+        .await
+        .expect("create");
+    let batch = RecordBatch {
+        ids: (0..3000).map(|i| format!("wide{i}")).collect(),
+        embeddings: Some((0..3000).map(|i| vec![i as f32; 384]).collect()),
+        ..RecordBatch::default()
+    };
+    let planned = plan_batches(
+        &batch,
+        pf.max_batch_size,
+        WRITE_REQUEST_BYTES,
+        pf.supports_base64_encoding,
+    );
+    assert!(planned.len() >= 2, "{planned:?}");
+    let sent = s.add_all(&wide.id, &batch).await.expect("add wide");
+    assert_eq!(sent, planned.len());
+    assert_eq!(s.count(&wide.id).await.expect("count"), 3000);
+    let back = s
+        .get_records(
+            &wide.id,
+            &GetRequest::ids(vec!["wide2999".into()], &[Include::Embeddings]),
+        )
+        .await
+        .expect("get");
+    let e = back.embeddings.expect("embeddings");
+    assert_eq!(e[0].as_deref(), Some(&[2999.0f32; 384][..]));
 }
 
 /// Chroma 1.5 turns a cosine vector with huge values into NaN and returns

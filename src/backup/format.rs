@@ -434,11 +434,7 @@ fn compress_after(plaintext: &[u8], prefix: usize, extra: usize) -> std::io::Res
     c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
     let bound = zstd::zstd_safe::compress_bound(plaintext.len());
     let room = prefix + bound + extra;
-    let mut out = if room >= super::records::LARGE_BUFFER_FROM {
-        super::records::large_buffer(room)
-    } else {
-        Vec::with_capacity(room)
-    };
+    let mut out = crate::mem::buffer_for(room);
     c.compress_to_buffer(plaintext, &mut out)?;
     let n = out.len();
     out.resize(n + prefix, 0);
@@ -452,23 +448,34 @@ fn decompress(payload: &[u8], kind: ObjectKind, limit: usize) -> Result<Vec<u8>,
         kind,
         why: e.to_string(),
     };
-    let decoder = zstd::stream::read::Decoder::with_buffer(payload).map_err(err)?;
-    // The frame states its size: allocate it once (never beyond the limit;
-    // a frame that lies only costs a reallocation).
     let declared = zstd::zstd_safe::get_frame_content_size(payload)
         .ok()
         .flatten()
-        .and_then(|n| usize::try_from(n).ok())
-        .filter(|n| *n <= limit)
-        .unwrap_or(0);
-    let room = declared.saturating_add(1);
-    let mut out = if room >= super::records::LARGE_BUFFER_FROM {
-        super::records::large_buffer(room)
-    } else {
-        Vec::with_capacity(room)
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let out = match declared {
+        Some(n) if n > limit => return Err(FormatError::TooLarge { kind, limit }),
+        // The frame states its size (ours always do): decompress in one
+        // call into a buffer of that size. zstd writes into the spare room
+        // directly, so only the pages it writes become resident; a read
+        // loop would zero the room ahead of each read, and in a large
+        // buffer up to twice the content. A frame whose content is not the
+        // size it states fails zstd's own check.
+        Some(n) => {
+            let mut out = crate::mem::buffer_for(n.max(1));
+            zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(payload, &mut out))
+                .map_err(err)?;
+            out
+        }
+        // No stated size: read the stream, never past the limit.
+        None => {
+            let decoder = zstd::stream::read::Decoder::with_buffer(payload).map_err(err)?;
+            let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+            let mut out = Vec::new();
+            decoder.take(cap).read_to_end(&mut out).map_err(err)?;
+            out
+        }
     };
-    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    decoder.take(cap).read_to_end(&mut out).map_err(err)?;
     if out.len() > limit {
         return Err(FormatError::TooLarge { kind, limit });
     }
@@ -709,6 +716,37 @@ mod tests {
         )
         .expect_err("too large");
         assert!(matches!(err, FormatError::TooLarge { .. }));
+    }
+
+    #[test]
+    fn frames_without_a_stated_size_decompress_within_the_limit() {
+        let data = b"chunk ".repeat(50_000);
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("encoder");
+        enc.include_contentsize(false).expect("no size");
+        std::io::Write::write_all(&mut enc, &data).expect("write");
+        let frame = enc.finish().expect("finish");
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&frame).expect("frame"),
+            None,
+            "the frame states no size"
+        );
+        let out = decompress(&frame, ObjectKind::Chunk, data.len()).expect("within the limit");
+        assert_eq!(out, data);
+        let err = decompress(&frame, ObjectKind::Chunk, data.len() - 1).expect_err("over");
+        assert!(matches!(err, FormatError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_stated_size_fills_a_buffer_of_that_size() {
+        let data = b"record ".repeat(300_000);
+        let frame = zstd::bulk::compress(&data, 3).expect("compress");
+        let out = decompress(&frame, ObjectKind::Chunk, data.len()).expect("decompress");
+        assert_eq!(out, data);
+        assert!(
+            out.capacity() > 32 << 20,
+            "a large buffer: {}",
+            out.capacity()
+        );
     }
 
     #[test]

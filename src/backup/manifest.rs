@@ -175,11 +175,19 @@ impl ChunkRef {
 
     /// Reads this chunk's records for a restore: checks the stored bytes'
     /// checksum and size, decrypts, checks the content address and record
-    /// count, and leaves out the excluded records.
-    pub fn read_records(&self, stored: &[u8], codec: &Codec) -> Result<Vec<Record>, ManifestError> {
-        self.check_stored(stored, &self.checksum, self.stored_size)?;
-        let plain = format::decode(stored, ObjectKind::Chunk, codec, Some(&self.id))?;
+    /// count, and leaves out the excluded records. The stored bytes are
+    /// taken by value (an owned buffer or a reference), so an owned buffer
+    /// is freed once decoded, before the records are built.
+    pub fn read_records<B: AsRef<[u8]>>(
+        &self,
+        stored: B,
+        codec: &Codec,
+    ) -> Result<Vec<Record>, ManifestError> {
+        self.check_stored(stored.as_ref(), &self.checksum, self.stored_size)?;
+        let plain = format::decode(stored.as_ref(), ObjectKind::Chunk, codec, Some(&self.id))?;
+        drop(stored);
         let records = decode_chunk(&plain)?;
+        drop(plain);
         if records.len() as u64 != self.records {
             return Err(ManifestError::Inconsistent(format!(
                 "chunk {} holds {} records but is referenced with {}",

@@ -1,9 +1,11 @@
 //! Backups: the stored format (`format`, `records`, `manifest`), keys
 //! (`crypto`), the repository on a storage backend (`repository`, `lock`),
-//! reading from and writing to Chroma (`source`) and the engine that ties
-//! them together (`engine`: `BackupManager`). `docs/backup-format.md`
-//! describes the repository layout and the bytes.
+//! reading from and writing to Chroma (`source`), reading chunks back for a
+//! restore (`chunks`) and the engine that ties them together (`engine`:
+//! `BackupManager`). `docs/backup-format.md` describes the repository
+//! layout and the bytes.
 
+mod chunks;
 pub mod crypto;
 pub mod engine;
 pub mod format;

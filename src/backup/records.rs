@@ -23,6 +23,7 @@ use serde_json::{Map, Value};
 
 use super::crypto::{from_hex, to_hex};
 use super::format::FormatError;
+use crate::mem::{large_buffer, LARGE_BUFFER_FROM};
 
 /// Version of the chunk and index JSON layouts.
 pub const CHUNK_FORMAT: u64 = 1;
@@ -30,25 +31,6 @@ pub const CHUNK_FORMAT: u64 = 1;
 pub const DEFAULT_TARGET_BYTES: usize = 4 * 1024 * 1024;
 /// Default cap on records per chunk.
 pub const DEFAULT_MAX_RECORDS: usize = 10_000;
-
-/// Buffers this large or larger (chunk plaintext, compressed objects) are
-/// reserved with [`large_buffer`].
-pub const LARGE_BUFFER_FROM: usize = 1024 * 1024;
-
-/// An empty buffer with room for at least `bytes`, reserved beyond glibc's
-/// largest mmap threshold (32 MiB on 64-bit).
-///
-/// glibc's malloc raises its mmap threshold to the size of each mmapped
-/// block that is freed (up to 32 MiB); from then on, blocks below it come
-/// from per-thread arenas, which keep freed memory instead of returning it.
-/// A backup frees a chunk-sized buffer every few MiB, so its resident
-/// memory drifted up with the run although what was live stayed bounded.
-/// A reservation above 32 MiB is always mmapped and unmapped on free, and
-/// never moves the threshold; it costs address space only, since pages
-/// become resident when they are written. Other allocators are unaffected.
-pub fn large_buffer(bytes: usize) -> Vec<u8> {
-    Vec::with_capacity(bytes.max(33 * 1024 * 1024))
-}
 
 /// One Chroma record as read from the server.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -118,8 +100,9 @@ struct RecordOut<'a> {
 #[derive(Deserialize)]
 struct RecordIn {
     id: String,
-    #[serde(default)]
-    embedding: Option<String>,
+    /// Decoded from base64 as it is parsed: the text is never held.
+    #[serde(default, deserialize_with = "de_embedding")]
+    embedding: Option<Vec<f32>>,
     #[serde(default)]
     document: Option<String>,
     #[serde(default)]
@@ -162,6 +145,30 @@ fn embedding_from_b64(s: &str) -> Result<Vec<f32>, FormatError> {
         .collect())
 }
 
+/// A record's `embedding`: base64 of little-endian f32, or null.
+fn de_embedding<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::Error> {
+    struct Embedding;
+    impl<'de> serde::de::Visitor<'de> for Embedding {
+        type Value = Option<Vec<f32>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a base64 embedding or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            embedding_from_b64(s).map(Some).map_err(E::custom)
+        }
+    }
+    d.deserialize_option(Embedding)
+}
+
 /// One record's serialised JSON (an element of the chunk's `records`).
 fn record_json(r: &Record) -> Result<Vec<u8>, FormatError> {
     let out = RecordOut {
@@ -201,25 +208,23 @@ pub fn decode_chunk(bytes: &[u8]) -> Result<Vec<Record>, FormatError> {
         });
     }
     let mut seen = HashSet::with_capacity(chunk.records.len());
-    chunk
+    if let Some(r) = chunk.records.iter().find(|r| !seen.insert(r.id.as_str())) {
+        return Err(malformed(
+            "chunk",
+            format!("duplicate record id {:?}", r.id),
+        ));
+    }
+    Ok(chunk
         .records
         .into_iter()
-        .map(|r| {
-            if !seen.insert(r.id.clone()) {
-                return Err(malformed(
-                    "chunk",
-                    format!("duplicate record id {:?}", r.id),
-                ));
-            }
-            Ok(Record {
-                embedding: r.embedding.as_deref().map(embedding_from_b64).transpose()?,
-                id: r.id,
-                document: r.document,
-                metadata: r.metadata,
-                uri: r.uri,
-            })
+        .map(|r| Record {
+            id: r.id,
+            embedding: r.embedding,
+            document: r.document,
+            metadata: r.metadata,
+            uri: r.uri,
         })
-        .collect()
+        .collect())
 }
 
 /// A stable 128-bit digest of a record's canonical bytes (truncated

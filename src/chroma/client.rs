@@ -20,6 +20,35 @@ use super::error::{excerpt, ChromaError};
 /// Chroma's request-body limit (a larger body gets 413 or a reset).
 pub const MAX_REQUEST_BYTES: usize = 40 * 1024 * 1024;
 
+/// The body size a split write aims for: about 1,500 records of 384
+/// dimensions with documents. Chroma 1.5.9 indexed batches of 500 to
+/// 5,000 such records equally fast (`docs/benchmarks.md`), and a request
+/// this size keeps the client's buffers a few MiB whatever the batch.
+pub const WRITE_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The kinds of record writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Insert or replace whole records.
+    Upsert,
+    /// Insert; an id already stored keeps what it holds.
+    Add,
+    /// Replace the given fields of stored records; metadata keys merge,
+    /// and a `null` value deletes the key.
+    Update,
+}
+
+impl WriteOp {
+    /// The operation's name in Chroma's API, metrics and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteOp::Upsert => "upsert",
+            WriteOp::Add => "add",
+            WriteOp::Update => "update",
+        }
+    }
+}
+
 /// Metadata of one record or collection: a JSON object, kept verbatim.
 pub type Metadata = Map<String, Value>;
 
@@ -162,17 +191,6 @@ impl RecordBatch {
         self.ids.is_empty()
     }
 
-    /// The records in `range` as a new batch.
-    pub fn slice(&self, range: Range<usize>) -> RecordBatch {
-        RecordBatch {
-            ids: self.ids[range.clone()].to_vec(),
-            embeddings: self.embeddings.as_ref().map(|v| v[range.clone()].to_vec()),
-            documents: self.documents.as_ref().map(|v| v[range.clone()].to_vec()),
-            metadatas: self.metadatas.as_ref().map(|v| v[range.clone()].to_vec()),
-            uris: self.uris.as_ref().map(|v| v[range].to_vec()),
-        }
-    }
-
     /// Every optional array is as long as `ids`.
     pub fn validate(&self) -> Result<(), String> {
         let n = self.ids.len();
@@ -184,6 +202,26 @@ impl RecordBatch {
         check("documents", self.documents.as_ref().map(Vec::len))?;
         check("metadatas", self.metadatas.as_ref().map(Vec::len))?;
         check("uris", self.uris.as_ref().map(Vec::len))
+    }
+
+    /// A cheap lower bound of the request body of `range`: enough to
+    /// choose its buffer (see [`crate::mem::buffer_for`]).
+    fn body_floor(&self, range: Range<usize>, base64: bool) -> usize {
+        let per_float = if base64 { 4 } else { 8 };
+        range
+            .map(|i| {
+                let vector = self
+                    .embeddings
+                    .as_ref()
+                    .map_or(0, |e| e[i].len() * per_float);
+                let document = self
+                    .documents
+                    .as_ref()
+                    .and_then(|d| d[i].as_ref())
+                    .map_or(0, String::len);
+                self.ids[i].len() + vector + document + 16
+            })
+            .sum()
     }
 
     /// Estimated request-body bytes of record `i` (JSON with base64 embeddings).
@@ -347,17 +385,39 @@ impl Serialize for EmbeddingsOut<'_> {
     }
 }
 
+/// The body of an upsert, add or update: a range of a batch, borrowed.
 #[derive(Serialize)]
 struct UpsertBody<'a> {
     ids: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     embeddings: Option<EmbeddingsOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    documents: Option<&'a Vec<Option<String>>>,
+    documents: Option<&'a [Option<String>]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    metadatas: Option<&'a Vec<Option<Metadata>>>,
+    metadatas: Option<&'a [Option<Metadata>]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    uris: Option<&'a Vec<Option<String>>>,
+    uris: Option<&'a [Option<String>]>,
+}
+
+impl<'a> UpsertBody<'a> {
+    /// `batch[range]`; the caller has checked `range` against the batch.
+    fn of(batch: &'a RecordBatch, range: Range<usize>, base64: bool) -> Self {
+        let embeddings = batch.embeddings.as_deref().map(|es| {
+            let es = &es[range.clone()];
+            if base64 {
+                EmbeddingsOut::Base64(es)
+            } else {
+                EmbeddingsOut::Floats(es)
+            }
+        });
+        UpsertBody {
+            ids: &batch.ids[range.clone()],
+            embeddings,
+            documents: batch.documents.as_deref().map(|d| &d[range.clone()]),
+            metadatas: batch.metadatas.as_deref().map(|m| &m[range.clone()]),
+            uris: batch.uris.as_deref().map(|u| &u[range]),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -447,18 +507,21 @@ impl ChromaClient {
         })
     }
 
-    /// Sends a request; a successful response is returned unread, any
-    /// other status becomes the matching error.
+    /// Sends a request whose JSON body is about `body_bytes` long (a hint
+    /// for its buffer; 0 when small or unknown); a successful response is
+    /// returned unread, any other status becomes the matching error.
     async fn respond<B: Serialize + ?Sized>(
         &self,
         op: &'static str,
         method: Method,
         url: Url,
         body: Option<&B>,
+        body_bytes: usize,
     ) -> Result<reqwest::Response, ChromaError> {
         let mut req = self.http.request(method, url);
         if let Some(b) = body {
-            let bytes = serde_json::to_vec(b).map_err(|e| ChromaError::InvalidRequest {
+            let mut bytes = crate::mem::buffer_for(body_bytes.max(128));
+            serde_json::to_writer(&mut bytes, b).map_err(|e| ChromaError::InvalidRequest {
                 operation: op,
                 detail: e.to_string(),
             })?;
@@ -501,17 +564,34 @@ impl ChromaClient {
         })
     }
 
+    /// [`Self::respond`], then the response body read whole. A large body
+    /// (a page of records) goes into a buffer reserved for its stated
+    /// length (see [`crate::mem`]), not one grown piece by piece.
     async fn send<B: Serialize + ?Sized>(
         &self,
         op: &'static str,
         method: Method,
         url: Url,
         body: Option<&B>,
-    ) -> Result<impl AsRef<[u8]>, ChromaError> {
-        let resp = self.respond(op, method, url, body).await?;
-        resp.bytes()
+        body_bytes: usize,
+    ) -> Result<Vec<u8>, ChromaError> {
+        let mut resp = self.respond(op, method, url, body, body_bytes).await?;
+        // Trust a stated length only so far: the buffer grows past it if
+        // the body is longer.
+        let stated = resp
+            .content_length()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0)
+            .min(MAX_REQUEST_BYTES);
+        let mut out = crate::mem::buffer_for(stated);
+        while let Some(piece) = resp
+            .chunk()
             .await
-            .map_err(|e| ChromaError::from_reqwest(&e, op, self.endpoint(), self.request_timeout))
+            .map_err(|e| ChromaError::from_reqwest(&e, op, self.endpoint(), self.request_timeout))?
+        {
+            out.extend_from_slice(&piece);
+        }
+        Ok(out)
     }
 
     async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
@@ -521,8 +601,8 @@ impl ChromaClient {
         url: Url,
         body: Option<&B>,
     ) -> Result<T, ChromaError> {
-        let b = self.send(op, method, url, body).await?;
-        serde_json::from_slice(b.as_ref()).map_err(|e| ChromaError::Decode {
+        let b = self.send(op, method, url, body, 0).await?;
+        serde_json::from_slice(&b).map_err(|e| ChromaError::Decode {
             operation: op,
             endpoint: self.endpoint().to_string(),
             detail: e.to_string(),
@@ -532,7 +612,10 @@ impl ChromaClient {
     /// `GET /api/v2/healthcheck`; 503 (unhealthy) is an error.
     pub async fn healthcheck(&self) -> Result<(), ChromaError> {
         let url = self.url(&self.base, "api/v2/healthcheck", "healthcheck")?;
-        match self.send::<()>("healthcheck", Method::GET, url, None).await {
+        match self
+            .send::<()>("healthcheck", Method::GET, url, None, 0)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(ChromaError::Http {
                 status: 503,
@@ -566,7 +649,7 @@ impl ChromaClient {
         let path = self.db_base.path().trim_end_matches('/').to_string();
         let mut url = self.base.clone();
         url.set_path(&path);
-        self.send::<()>("check_database", Method::GET, url, None)
+        self.send::<()>("check_database", Method::GET, url, None, 0)
             .await
             .map(|_| ())
     }
@@ -624,7 +707,7 @@ impl ChromaClient {
             &format!("collections/{}", seg(collection_id)),
             "modify_collection",
         )?;
-        self.send("modify_collection", Method::PUT, url, Some(req))
+        self.send("modify_collection", Method::PUT, url, Some(req), 0)
             .await
             .map(|_| ())
     }
@@ -635,7 +718,7 @@ impl ChromaClient {
             &format!("collections/{}", seg(name)),
             "delete_collection",
         )?;
-        self.send::<()>("delete_collection", Method::DELETE, url, None)
+        self.send::<()>("delete_collection", Method::DELETE, url, None, 0)
             .await
             .map(|_| ())
     }
@@ -679,7 +762,7 @@ impl ChromaClient {
             &format!("collections/{}/get", seg(collection_id)),
             "get",
         )?;
-        let mut resp = self.respond("get", Method::POST, url, Some(req)).await?;
+        let mut resp = self.respond("get", Method::POST, url, Some(req), 0).await?;
         let io_err = |e: std::io::Error| ChromaError::Decode {
             operation: "get",
             endpoint: self.endpoint().to_string(),
@@ -699,64 +782,36 @@ impl ChromaClient {
         Ok(len)
     }
 
-    /// Upsert `batch` in one request; embeddings go base64 when `base64`.
-    pub async fn upsert(
+    /// One `op` request carrying the records of `batch` in `range`;
+    /// embeddings go base64 when `base64`.
+    pub async fn write(
         &self,
+        op: WriteOp,
         collection_id: &str,
         batch: &RecordBatch,
+        range: Range<usize>,
         base64: bool,
     ) -> Result<(), ChromaError> {
-        self.write("upsert", collection_id, batch, base64).await
-    }
-
-    /// `add` (`create = true`: an existing id is left as it is) or `update`
-    /// (fields given replace the stored ones; metadata keys merge, and a
-    /// `null` value deletes the key) of records in one request.
-    pub async fn write_records(
-        &self,
-        collection_id: &str,
-        batch: &RecordBatch,
-        create: bool,
-        base64: bool,
-    ) -> Result<(), ChromaError> {
-        let op = if create { "add" } else { "update" };
-        self.write(op, collection_id, batch, base64).await
-    }
-
-    /// One `upsert`, `add` or `update` request.
-    async fn write(
-        &self,
-        op: &'static str,
-        collection_id: &str,
-        batch: &RecordBatch,
-        base64: bool,
-    ) -> Result<(), ChromaError> {
-        batch
-            .validate()
-            .map_err(|detail| ChromaError::InvalidRequest {
-                operation: op,
-                detail,
-            })?;
-        let embeddings = batch.embeddings.as_deref().map(|es| {
-            if base64 {
-                EmbeddingsOut::Base64(es)
-            } else {
-                EmbeddingsOut::Floats(es)
-            }
-        });
-        let body = UpsertBody {
-            ids: &batch.ids,
-            embeddings,
-            documents: batch.documents.as_ref(),
-            metadatas: batch.metadatas.as_ref(),
-            uris: batch.uris.as_ref(),
+        let name = op.name();
+        let invalid = |detail| ChromaError::InvalidRequest {
+            operation: name,
+            detail,
         };
+        batch.validate().map_err(invalid)?;
+        if range.start > range.end || range.end > batch.len() {
+            return Err(invalid(format!(
+                "records {range:?} of a batch of {}",
+                batch.len()
+            )));
+        }
         let url = self.url(
             &self.db_base,
-            &format!("collections/{}/{op}", seg(collection_id)),
-            op,
+            &format!("collections/{}/{name}", seg(collection_id)),
+            name,
         )?;
-        self.send(op, Method::POST, url, Some(&body))
+        let floor = batch.body_floor(range.clone(), base64);
+        let body = UpsertBody::of(batch, range, base64);
+        self.send(name, Method::POST, url, Some(&body), floor)
             .await
             .map(|_| ())
     }
@@ -855,15 +910,8 @@ mod tests {
         // Each planned batch's real JSON body fits the byte limit.
         let limit = 256 + one * 3;
         for r in plan {
-            let part = batch.slice(r);
-            let body = serde_json::to_vec(&UpsertBody {
-                ids: &part.ids,
-                embeddings: part.embeddings.as_deref().map(EmbeddingsOut::Base64),
-                documents: part.documents.as_ref(),
-                metadatas: None,
-                uris: None,
-            })
-            .expect("should succeed");
+            let body =
+                serde_json::to_vec(&UpsertBody::of(&batch, r, true)).expect("should succeed");
             assert!(body.len() <= limit, "{} > {limit}", body.len());
         }
         // A single oversized record still gets its own batch.

@@ -13,7 +13,7 @@ pub use breaker::{BreakerState, CircuitBreaker};
 pub use client::{
     encode_embedding, plan_batches, ChromaClient, Collection, CreateCollection, GetRequest,
     GetResult, Include, Metadata, ModifyCollection, PreFlight, QueryRequest, QueryResult,
-    RecordBatch, ServerInfo, MAX_REQUEST_BYTES,
+    RecordBatch, ServerInfo, WriteOp, MAX_REQUEST_BYTES, WRITE_REQUEST_BYTES,
 };
 pub use error::{ChromaError, ConnectionPoolError, RetryExhaustedError};
 pub use pool::{ConnectionPool, EndpointStatus, Lease, PoolStatus};

@@ -13,8 +13,8 @@ use tracing::Instrument as _;
 
 use super::client::{
     plan_batches, ChromaClient, Collection, CreateCollection, GetRequest, GetResult,
-    ModifyCollection, PreFlight, QueryRequest, QueryResult, RecordBatch, ServerInfo,
-    MAX_REQUEST_BYTES,
+    ModifyCollection, PreFlight, QueryRequest, QueryResult, RecordBatch, ServerInfo, WriteOp,
+    WRITE_REQUEST_BYTES,
 };
 use super::error::{ChromaError, RetryExhaustedError};
 use super::pool::{ConnectionPool, PoolStatus};
@@ -53,22 +53,6 @@ fn outcome_of(e: &ChromaError) -> Outcome {
             Outcome::ClientError
         }
         _ => Outcome::Failure,
-    }
-}
-
-/// How [`ProductionChromaStore::write_split`] sends each part.
-#[derive(Debug, Clone, Copy)]
-enum WriteOp {
-    Upsert,
-    Add,
-}
-
-impl WriteOp {
-    fn name(self) -> &'static str {
-        match self {
-            WriteOp::Upsert => "upsert",
-            WriteOp::Add => "add",
-        }
     }
 }
 
@@ -387,21 +371,37 @@ impl ProductionChromaStore {
         .await
     }
 
+    /// One `op` request carrying `batch[range]`, retried as an idempotent
+    /// write (an upsert or update sent twice leaves the same records, and
+    /// a second add of an id changes nothing).
+    async fn write_one(
+        &self,
+        op: WriteOp,
+        collection_id: &str,
+        batch: &RecordBatch,
+        range: Range<usize>,
+    ) -> Result<(), ChromaError> {
+        let base64 = self.pre_flight_checks().await?.supports_base64_encoding;
+        self.call(op.name(), CallKind::IdempotentWrite, |c| {
+            let range = range.clone();
+            async move { c.write(op, collection_id, batch, range, base64).await }
+        })
+        .await
+    }
+
     /// Upsert in ONE request (no splitting); see [`Self::upsert`].
     pub async fn upsert_one(
         &self,
         collection_id: &str,
         batch: &RecordBatch,
     ) -> Result<(), ChromaError> {
-        let base64 = self.pre_flight_checks().await?.supports_base64_encoding;
-        self.call("upsert", CallKind::IdempotentWrite, |c| async move {
-            c.upsert(collection_id, batch, base64).await
-        })
-        .await
+        self.write_one(WriteOp::Upsert, collection_id, batch, 0..batch.len())
+            .await
     }
 
-    /// Upsert any number of records: split under `max_batch_size` and the
-    /// 40 MiB body limit, halving further on 413. Returns the batches sent.
+    /// Upsert any number of records: split into requests of at most
+    /// `max_batch_size` records and about [`WRITE_REQUEST_BYTES`], halving
+    /// further on 413. Returns the requests sent.
     pub async fn upsert(
         &self,
         collection_id: &str,
@@ -441,23 +441,14 @@ impl ProductionChromaStore {
         let plan = plan_batches(
             batch,
             pf.max_batch_size,
-            MAX_REQUEST_BYTES,
+            WRITE_REQUEST_BYTES,
             pf.supports_base64_encoding,
         );
+        // Each part is serialised from the batch in place; nothing is copied.
         let mut stack: Vec<Range<usize>> = plan.into_iter().rev().collect();
         let mut sent = 0;
         while let Some(r) = stack.pop() {
-            // The whole batch goes as it is; only a part is copied out.
-            let part = if r == (0..batch.len()) {
-                std::borrow::Cow::Borrowed(batch)
-            } else {
-                std::borrow::Cow::Owned(batch.slice(r.clone()))
-            };
-            let result = match op {
-                WriteOp::Upsert => self.upsert_one(collection_id, &part).await,
-                WriteOp::Add => self.add(collection_id, &part).await,
-            };
-            match result {
+            match self.write_one(op, collection_id, batch, r.clone()).await {
                 Ok(()) => sent += 1,
                 Err(e) if e.status() == Some(413) && r.len() > 1 => {
                     let mid = r.start + r.len() / 2;
@@ -474,28 +465,23 @@ impl ProductionChromaStore {
         Ok(sent)
     }
 
-    /// Update stored records in one request (see [`ChromaClient::write_records`]).
+    /// Update stored records in one request: the fields given replace the
+    /// stored ones, metadata keys merge and a `null` value deletes the key.
     /// Idempotent: the same update twice leaves the same records.
     pub async fn update(
         &self,
         collection_id: &str,
         batch: &RecordBatch,
     ) -> Result<(), ChromaError> {
-        let base64 = self.pre_flight_checks().await?.supports_base64_encoding;
-        self.call("update", CallKind::IdempotentWrite, |c| async move {
-            c.write_records(collection_id, batch, false, base64).await
-        })
-        .await
+        self.write_one(WriteOp::Update, collection_id, batch, 0..batch.len())
+            .await
     }
 
     /// Add records in one request; ids already stored keep what they hold
     /// (first writer wins), so a retried add is harmless.
     pub async fn add(&self, collection_id: &str, batch: &RecordBatch) -> Result<(), ChromaError> {
-        let base64 = self.pre_flight_checks().await?.supports_base64_encoding;
-        self.call("add", CallKind::IdempotentWrite, |c| async move {
-            c.write_records(collection_id, batch, true, base64).await
-        })
-        .await
+        self.write_one(WriteOp::Add, collection_id, batch, 0..batch.len())
+            .await
     }
 
     /// Delete records by ids and/or `where`; returns the number deleted.
