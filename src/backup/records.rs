@@ -838,6 +838,18 @@ pub(crate) mod tests {
         assert!(
             decode_chunk(br#"{"format":1,"records":[{"id":"a","embedding":"AAA="}]}"#).is_err()
         );
+        for bad in [r#""!!!!""#, "[1.0]", "7"] {
+            let chunk = format!(r#"{{"format":1,"records":[{{"id":"a","embedding":{bad}}}]}}"#);
+            let err = decode_chunk(chunk.as_bytes()).expect_err(bad);
+            assert!(matches!(err, FormatError::Malformed { .. }), "{bad}: {err}");
+        }
+        let none =
+            decode_chunk(br#"{"format":1,"records":[{"id":"a","embedding":null},{"id":"b"}]}"#)
+                .expect("a null or absent embedding is none");
+        assert!(none.iter().all(|r| r.embedding.is_none()));
+        let one = decode_chunk(br#"{"format":1,"records":[{"id":"a","embedding":"AACAPw=="}]}"#)
+            .expect("one float");
+        assert_eq!(one[0].embedding.as_deref(), Some(&[1.0f32][..]));
     }
 
     proptest! {
