@@ -24,7 +24,8 @@
 //! 4. updates 1 % of the records (every 100th) and takes an incremental;
 //! 5. rotates a restore (`--as`) of the full snapshot with raw upserts and
 //!    raw adds of the same records in the same batches (one per chunk, as
-//!    restore does; restore writes with `add`).
+//!    restore does, which the store sends in requests of about 4 MiB on
+//!    both sides; restore writes with `add`).
 //!
 //! With `BACKUP_BENCH_MEMORY_ONLY=1` it stops after step 1.
 //!
