@@ -737,7 +737,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stated_size_fills_a_buffer_of_that_size() {
+    fn a_frame_that_states_its_size_decompresses_into_a_large_buffer() {
         let data = b"record ".repeat(300_000);
         let frame = zstd::bulk::compress(&data, 3).expect("compress");
         let out = decompress(&frame, ObjectKind::Chunk, data.len()).expect("decompress");
