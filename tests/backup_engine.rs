@@ -487,3 +487,157 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+fn config_with_state(
+    chroma: &ChromaServer,
+    repo: &Path,
+    key: Option<&Path>,
+    state: &Path,
+) -> Arc<Config> {
+    std::fs::create_dir_all(state).expect("state dir");
+    let mut c = (*config_for(chroma, repo, key)).clone();
+    c.daemon.state_dir = state.to_path_buf();
+    Arc::new(c)
+}
+
+async fn open_err(config: &Arc<Config>, create: bool) -> BackupError {
+    let store =
+        ProductionChromaStore::new(config, Arc::new(MetricsCollector::new())).expect("store");
+    match BackupManager::open(store, config.clone(), create).await {
+        Ok(m) => panic!(
+            "the repository was opened (id {}), but it must be refused",
+            m.repo.config.repository_id
+        ),
+        Err(e) => e,
+    }
+}
+
+/// Deleting a repository's `config` object (a lifecycle rule, a bad `rm`, a
+/// half-synced copy) must never make the next backup create a second
+/// repository, with a new data key, over the first one's objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_missing_its_config_is_refused_not_recreated() {
+    let chroma = ChromaServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_path = dir.path().join("key");
+    MasterKey::generate()
+        .expect("key")
+        .write_new_key_file(&key_path)
+        .expect("write key");
+    let repo = dir.path().join("repo");
+    let config = config_with_state(&chroma, &repo, Some(&key_path), &dir.path().join("state"));
+    let m = manager(&config).await;
+    seed(m.store(), "docs", "l2", 120).await;
+    let first = full_backup(&m).await;
+
+    let saved = std::fs::read(repo.join("config")).expect("config object");
+    std::fs::remove_file(repo.join("config")).expect("delete config");
+    let before = walk(&repo);
+
+    for create in [true, false] {
+        let err = open_err(&config, create).await;
+        let msg = err.to_string();
+        assert_eq!(err.kind(), "corrupt", "{msg}");
+        assert!(msg.contains("no `config` object"), "{msg}");
+        assert!(msg.contains(&repo.display().to_string()), "{msg}");
+        assert!(msg.contains("empty location"), "says what to do: {msg}");
+    }
+    assert_eq!(walk(&repo), before, "nothing was written to the repository");
+
+    // Put back, the config makes the repository whole again.
+    std::fs::write(repo.join("config"), saved).expect("restore config");
+    let ids: Vec<String> = manager(&config)
+        .await
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.metadata.backup_id.to_string())
+        .collect();
+    assert_eq!(ids, vec![first.snapshot_id.to_string()]);
+}
+
+/// The repository a host backs up to is pinned in its state directory: one
+/// recreated or replaced at the same location is refused until the operator
+/// says the change is intended (by removing the pin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_replaced_at_its_location_is_refused_by_its_pin() {
+    let chroma = ChromaServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    let state = dir.path().join("state");
+    let config = config_with_state(&chroma, &repo, None, &state);
+    let m = manager(&config).await;
+    seed(m.store(), "docs", "l2", 50).await;
+    full_backup(&m).await;
+    let pinned = m.repo.config.repository_id.clone();
+
+    // The whole repository is gone: the next backup must not start a new one.
+    std::fs::rename(&repo, dir.path().join("repo.moved")).expect("move repository");
+    let err = open_err(&config, true).await;
+    let msg = err.to_string();
+    assert!(msg.contains(&pinned), "{msg}");
+    assert!(msg.contains("remove"), "says what to do: {msg}");
+    assert!(
+        walk(&repo).is_empty(),
+        "no repository was created in its place"
+    );
+
+    // Someone else's new repository at the same location: refused too.
+    let other = config_with_state(&chroma, &repo, None, &dir.path().join("other-state"));
+    let replacement = manager(&other).await.repo.config.repository_id.clone();
+    let err = open_err(&config, true).await;
+    let msg = err.to_string();
+    assert!(msg.contains(&pinned) && msg.contains(&replacement), "{msg}");
+    let pin_file = msg
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c| c == ';' || c == ',' || c == ':' || c == '.'))
+        .find(|w| w.starts_with(&state.display().to_string()))
+        .unwrap_or_else(|| panic!("the error names the pin file: {msg}"))
+        .to_string();
+
+    // Removing the pin accepts the new repository, and pins it.
+    std::fs::remove_file(&pin_file).expect("remove pin");
+    assert_eq!(
+        manager(&config).await.repo.config.repository_id,
+        replacement
+    );
+    assert!(std::path::Path::new(&pin_file).exists(), "pinned again");
+}
+
+/// Each kind of object has its own size limit, checked before its body is
+/// read or decompressed: a manifest that expands to 100 MiB, or a 20 MiB
+/// `config`, is refused instead of being taken into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_past_their_kinds_size_limit_are_refused_unread() {
+    use chromaprod::backup::format::{self, Codec, ObjectKind};
+    let chroma = ChromaServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    let config = config_with_state(&chroma, &repo, None, &dir.path().join("state"));
+    let m = manager(&config).await;
+    seed(m.store(), "docs", "l2", 20).await;
+    full_backup(&m).await;
+
+    // A small stored manifest that decompresses to 100 MiB.
+    let bomb = format::encode(ObjectKind::Manifest, &vec![b' '; 100 << 20], &Codec::Plain)
+        .expect("encode");
+    assert!(bomb.bytes.len() < 64 * 1024, "{} bytes", bomb.bytes.len());
+    std::fs::write(repo.join("snapshots/00000000000000aa"), &bomb.bytes).expect("plant");
+    let err = m
+        .show("00000000000000aa")
+        .await
+        .expect_err("a bomb is refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("manifest object is larger than the limit"),
+        "{msg}"
+    );
+
+    // A `config` far past a few KiB is refused before it is read.
+    std::fs::write(repo.join("config"), vec![0u8; 20 << 20]).expect("plant");
+    let err = open_err(&config, false).await;
+    let msg = err.to_string();
+    assert!(msg.contains("object config is damaged"), "{msg}");
+    assert!(msg.contains("it was not read"), "{msg}");
+}

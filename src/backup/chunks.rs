@@ -15,7 +15,7 @@ type Decoded = Result<Vec<Record>, BackupError>;
 
 /// A chunk's live records, read, checked and decoded off the async threads.
 pub(super) async fn read_chunk(repo: Repository, chunk: ChunkRef) -> Decoded {
-    let stored = repo.get(&chunk_key(&chunk.id)?).await?;
+    let stored = repo.get(&chunk_key(&chunk.id)?, chunk.stored_size).await?;
     let id = chunk.id.clone();
     tokio::task::spawn_blocking(move || chunk.read_records(stored, &repo.codec))
         .await

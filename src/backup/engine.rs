@@ -39,6 +39,7 @@ use super::manifest::{
     BackupMetadata, BackupType, ChunkDecision, ChunkRef, CollectionSnapshot, IncrementalPlanner,
     Manifest, SnapshotId, Trigger, DEFAULT_COMPACT_THRESHOLD, MANIFEST_FORMAT,
 };
+use super::pin;
 use super::records::{record_digest, ChunkIndex, ChunkPlanner, PlannedChunk, Record};
 use super::repository::{chunk_key, index_key, snapshot_key, Repository};
 use super::source::{to_batch, CollectionReader, FETCH_BATCH};
@@ -194,20 +195,50 @@ fn space_of(configuration: &Value) -> &str {
 }
 
 impl BackupManager {
-    /// Opens (creating if `create`) the configured repository.
+    /// Opens (creating if `create`) the configured repository, checked
+    /// against the repository id pinned in the state directory: once pinned,
+    /// a repository is never created again at that location, and one with
+    /// another id is refused (`pin.rs`).
     pub async fn open(
         store: ProductionChromaStore,
         config: Arc<Config>,
         create: bool,
     ) -> Result<Self, BackupError> {
         let key = load_key(&config)?;
-        let repo = Repository::open(
-            &config.backup.storage_path,
-            &StorageOptions::default(),
-            key.as_ref(),
-            create,
-        )
-        .await?;
+        let url = &config.backup.storage_path;
+        let backend = crate::storage::open(url, &StorageOptions::default())?;
+        let location = backend.describe();
+        let state_dir = &config.daemon.state_dir;
+        let pinned = pin::read(state_dir, &location);
+        let opened =
+            Repository::open_on(backend, url, key.as_ref(), create && pinned.is_none()).await;
+        let repo = match (opened, &pinned) {
+            (Err(BackupError::NoRepository { .. }), Some((pin, file))) => {
+                return Err(BackupError::RepositoryGone {
+                    location,
+                    pinned: pin.repository_id.clone(),
+                    pin_file: file.display().to_string(),
+                })
+            }
+            (opened, _) => opened?,
+        };
+        match pinned {
+            Some((pin, file)) if pin.repository_id != repo.config.repository_id => {
+                return Err(BackupError::RepositoryChanged {
+                    location,
+                    found: repo.config.repository_id.clone(),
+                    pinned: pin.repository_id,
+                    pin_file: file.display().to_string(),
+                });
+            }
+            Some(_) => {}
+            None => match pin::write(state_dir, &location, &repo.config.repository_id) {
+                Ok(file) => {
+                    tracing::info!(location = %location, repository = %repo.config.repository_id, file = %file.display(), "pinned the backup repository")
+                }
+                Err(e) => tracing::debug!(error = %e, "the backup repository was not pinned"),
+            },
+        }
         Ok(BackupManager {
             store,
             config,
@@ -497,7 +528,10 @@ impl BackupManager {
 
     /// A parent chunk's index, read and checked.
     async fn parent_index(&self, chunk: &ChunkRef) -> Result<ChunkIndex, BackupError> {
-        let bytes = self.repo.get(&index_key(&chunk.index_id)?).await?;
+        let bytes = self
+            .repo
+            .get(&index_key(&chunk.index_id)?, chunk.index_stored_size)
+            .await?;
         chunk
             .read_index(&bytes, &self.repo.codec)
             .map_err(|e| BackupError::BadObject {
@@ -568,7 +602,8 @@ impl BackupManager {
             for chunk in &c.chunks {
                 let (ck, ik) = (chunk_key(&chunk.id)?, index_key(&chunk.index_id)?);
                 if full {
-                    let (cb, ib) = (self.repo.get(&ck).await?, self.repo.get(&ik).await?);
+                    let cb = self.repo.get(&ck, chunk.stored_size).await?;
+                    let ib = self.repo.get(&ik, chunk.index_stored_size).await?;
                     report.bytes_read += (cb.len() + ib.len()) as u64;
                     let codec = self.repo.codec.clone();
                     let chunk2 = chunk.clone();
@@ -1113,7 +1148,7 @@ async fn store_object(
         }
     }
     // Already there: describe the stored bytes, after checking them.
-    let bytes = repo.get(&key).await?;
+    let bytes = repo.get(&key, kind.max_stored()).await?;
     format::verify_self(&bytes).map_err(|e| BackupError::BadObject {
         object: key.as_str().to_string(),
         why: format!(

@@ -34,8 +34,15 @@ pub const HEADER_LEN: usize = 8;
 pub const FLAG_COMPRESSED: u8 = 0b01;
 /// Flag bit: the body is encrypted.
 pub const FLAG_ENCRYPTED: u8 = 0b10;
-/// Default limit on an object's decompressed size (decompression-bomb guard).
+/// Largest decompressed chunk (decompression-bomb guard); every other kind
+/// has a smaller limit ([`ObjectKind::max_plaintext`]).
 pub const MAX_PLAINTEXT: usize = 256 * 1024 * 1024;
+/// Largest `config` object and key slot, stored or decompressed.
+const MAX_SMALL_OBJECT: usize = 4 * 1024;
+/// Largest manifest or chunk index, stored or decompressed. A manifest lists
+/// chunk references (about 300 bytes each) and the ids an incremental
+/// supersedes; an index holds a chunk's ids (at most 10,000) and digests.
+const MAX_LISTING: usize = 64 * 1024 * 1024;
 /// zstd level used for every object.
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -66,6 +73,25 @@ impl ObjectKind {
             5 => Self::Manifest,
             _ => return None,
         })
+    }
+
+    /// The most a stored object of this kind may take; it is refused before
+    /// its body is read. Chunks and indexes are read with the exact size
+    /// their manifest records, which is at most this.
+    pub fn max_stored(self) -> u64 {
+        // zstd's worst case on incompressible input is a few bytes per
+        // 128 KiB block; a nonce, a tag, the header and the check come on top.
+        let plain = self.max_plaintext() as u64;
+        plain + plain / 64 + (HEADER_LEN + CHECK_LEN + 64) as u64
+    }
+
+    /// The most an object of this kind may decompress to.
+    pub fn max_plaintext(self) -> usize {
+        match self {
+            Self::Config | Self::Key => MAX_SMALL_OBJECT,
+            Self::Index | Self::Manifest => MAX_LISTING,
+            Self::Chunk => MAX_PLAINTEXT,
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -330,8 +356,8 @@ fn decodes_to(bytes: &[u8], kind: ObjectKind, codec: &Codec, plaintext: &[u8]) -
     }
 }
 
-/// Decodes a stored `kind` object with the default size limit
-/// ([`MAX_PLAINTEXT`]). When `expected_id` is given, the plaintext's content
+/// Decodes a stored `kind` object with its kind's size limit
+/// ([`ObjectKind::max_plaintext`]). When `expected_id` is given, the plaintext's content
 /// address must equal it.
 pub fn decode(
     bytes: &[u8],
@@ -339,7 +365,7 @@ pub fn decode(
     codec: &Codec,
     expected_id: Option<&str>,
 ) -> Result<Vec<u8>, FormatError> {
-    decode_with_limit(bytes, kind, codec, expected_id, MAX_PLAINTEXT)
+    decode_with_limit(bytes, kind, codec, expected_id, kind.max_plaintext())
 }
 
 /// [`decode`] with an explicit limit on the decompressed size.

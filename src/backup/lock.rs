@@ -61,6 +61,8 @@ fn lock_id() -> String {
     format!("{n:016x}")
 }
 
+/// Largest lock object read; a lock is a few hundred bytes of JSON.
+const MAX_LOCK_OBJECT: u64 = 64 * 1024;
 /// This host's name, for lock holders and manifests.
 pub fn hostname() -> String {
     nix::unistd::gethostname()
@@ -221,7 +223,7 @@ async fn conflict(
         if name == own {
             continue;
         }
-        let other: LockInfo = match repo.get(&meta.key).await {
+        let other: LockInfo = match repo.get(&meta.key, MAX_LOCK_OBJECT).await {
             Ok(bytes) => match serde_json::from_slice(&bytes) {
                 Ok(info) => info,
                 Err(_) => {
@@ -252,7 +254,7 @@ async fn conflict(
 pub async fn list_locks(repo: &Repository) -> Result<Vec<LockInfo>, BackupError> {
     let mut out = Vec::new();
     for meta in repo.list("locks").await? {
-        if let Ok(bytes) = repo.get(&meta.key).await {
+        if let Ok(bytes) = repo.get(&meta.key, MAX_LOCK_OBJECT).await {
             if let Ok(info) = serde_json::from_slice(&bytes) {
                 out.push(info);
             }

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod format;
 pub mod lock;
 pub mod manifest;
+pub mod pin;
 pub mod records;
 pub mod repository;
 pub mod source;
@@ -26,6 +27,21 @@ use crate::storage::StorageError;
 pub enum BackupError {
     #[error("no backup repository at {location}; take a first backup to create it, or fix backup.storage_path")]
     NoRepository { location: String },
+    #[error("the repository at {location} has objects ({found}) but no `config` object, so chromaprod will not create a new repository over them (its snapshots would be written under a new key and the old ones become unreadable). The `config` object was deleted or not copied: put it back from a copy of the repository (it holds no secret), or point backup.storage_path at an empty location. If another chromaprod is creating this repository right now, retry in a moment")]
+    ConfigMissing { location: String, found: String },
+    #[error("the repository at {location} is not the one this host backs up to: its id is {found}, but {pinned} is pinned in {pin_file}. It was recreated or replaced, and the pinned repository's snapshots are not in it. Put the original repository back at this location, or, if the change is intended, remove {pin_file}")]
+    RepositoryChanged {
+        location: String,
+        found: String,
+        pinned: String,
+        pin_file: String,
+    },
+    #[error("the repository {pinned} that this host backs up to is gone from {location} (pinned in {pin_file}); chromaprod will not create a new one in its place. Put the repository back from its copy, or, to start a new repository there, remove {pin_file}")]
+    RepositoryGone {
+        location: String,
+        pinned: String,
+        pin_file: String,
+    },
     #[error("the repository at {location} is encrypted; configure its key (backup.encrypt = true and backup.key_file, or LoadCredential=backup-key:…)")]
     KeyRequired { location: String },
     #[error("the repository is not encrypted; keys apply only to encrypted repositories")]
@@ -82,6 +98,9 @@ impl BackupError {
             BackupError::KeyRequired { .. } | BackupError::Key(_) => "key",
             BackupError::NoSnapshot(_) | BackupError::NoCollection(_) => "not_found",
             BackupError::MissingObject(_)
+            | BackupError::ConfigMissing { .. }
+            | BackupError::RepositoryChanged { .. }
+            | BackupError::RepositoryGone { .. }
             | BackupError::BadObject { .. }
             | BackupError::Corrupt(_) => "corrupt",
             BackupError::Locked(_) | BackupError::Busy(_) => "busy",

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::crypto::{KeyId, KeyRing, MasterKey};
-use super::format::{self, Codec, Encoded, RepoConfig};
+use super::format::{self, Codec, Encoded, ObjectKind, RepoConfig};
 use super::manifest::{Manifest, SnapshotId};
 use super::BackupError;
 use crate::storage::{self, Backend, ObjectKey, StorageOptions, Written};
@@ -62,6 +62,55 @@ pub fn snapshot_key(id: &SnapshotId) -> Result<ObjectKey, BackupError> {
     key(&format!("snapshots/{id}"))
 }
 
+/// The repository's `config` object, or `None` where there is none.
+async fn read_config(backend: &dyn Backend) -> Result<Option<RepoConfig>, BackupError> {
+    match read_bounded(backend, &key("config")?, ObjectKind::Config.max_stored()).await {
+        Ok(bytes) => Ok(Some(RepoConfig::decode(&bytes)?)),
+        Err(BackupError::Storage(e)) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Fails with [`BackupError::ConfigMissing`] if anything is stored at the
+/// repository's location: only an empty prefix may become a repository.
+async fn refuse_if_occupied(backend: &dyn Backend, location: &str) -> Result<(), BackupError> {
+    let objects = backend.list(None).await?;
+    if objects.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = objects.iter().map(|m| m.key.as_str()).collect();
+    names.sort_unstable();
+    let shown = names.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+    let found = match names.len() {
+        1 => shown,
+        n => format!("{n} objects, e.g. {shown}"),
+    };
+    Err(BackupError::ConfigMissing {
+        location: location.to_string(),
+        found,
+    })
+}
+
+/// The object at `key` if it is at most `max` bytes, read with one ranged
+/// request so a larger one is refused before its body is read. A missing
+/// object is the backend's `NotFound`.
+async fn read_bounded(
+    backend: &dyn Backend,
+    key: &ObjectKey,
+    max: u64,
+) -> Result<Bytes, BackupError> {
+    let bytes = backend.read_range(key, 0..max.saturating_add(1)).await?;
+    if bytes.len() as u64 > max {
+        return Err(BackupError::BadObject {
+            object: key.as_str().to_string(),
+            why: format!(
+                "it is larger than {max} bytes, the most such an object may be; it was not read"
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
 impl Repository {
     /// Opens the repository at `url`, creating it if it is empty. `master`
     /// must be given exactly when the repository is (or is to be) encrypted:
@@ -84,18 +133,20 @@ impl Repository {
         create: bool,
     ) -> Result<Repository, BackupError> {
         let location = backend.describe();
-        let config_key = key("config")?;
-        let config = match backend.read(&config_key).await {
-            Ok(bytes) => RepoConfig::decode(&bytes)?,
-            Err(e) if e.is_not_found() && create => {
-                return Self::init(backend, master, location).await;
-            }
-            Err(e) if e.is_not_found() => {
+        let config = match read_config(&*backend).await? {
+            Some(config) => config,
+            None => {
+                // A repository is created only where its prefix is empty:
+                // objects without a `config` are a damaged repository, and a
+                // new one over them would fork it.
+                refuse_if_occupied(&*backend, &location).await?;
+                if create {
+                    return Self::init(backend, master, location).await;
+                }
                 return Err(BackupError::NoRepository {
                     location: url.to_string(),
-                })
+                });
             }
-            Err(e) => return Err(e.into()),
         };
         config.check(master.is_some())?;
         let codec = if config.encrypted {
@@ -123,14 +174,11 @@ impl Repository {
     ) -> Result<Repository, BackupError> {
         let backend = storage::open(url, options)?;
         let location = backend.describe();
-        let config = match backend.read(&key("config")?).await {
-            Ok(bytes) => RepoConfig::decode(&bytes)?,
-            Err(e) if e.is_not_found() => {
-                return Err(BackupError::NoRepository {
-                    location: url.to_string(),
-                })
-            }
-            Err(e) => return Err(e.into()),
+        let Some(config) = read_config(&*backend).await? else {
+            refuse_if_occupied(&*backend, &location).await?;
+            return Err(BackupError::NoRepository {
+                location: url.to_string(),
+            });
         };
         Ok(Repository {
             backend,
@@ -145,9 +193,14 @@ impl Repository {
     /// Returns the number of objects checked, or the first damaged one.
     pub async fn check_objects(&self) -> Result<u64, BackupError> {
         let mut n = 0;
-        for prefix in ["keys", "snapshots", "index", "chunks"] {
+        for (prefix, kind) in [
+            ("keys", ObjectKind::Key),
+            ("snapshots", ObjectKind::Manifest),
+            ("index", ObjectKind::Index),
+            ("chunks", ObjectKind::Chunk),
+        ] {
             for meta in self.list(prefix).await? {
-                let bytes = self.get(&meta.key).await?;
+                let bytes = self.get(&meta.key, kind.max_stored()).await?;
                 format::verify_self(&bytes).map_err(|e| BackupError::BadObject {
                     object: meta.key.as_str().to_string(),
                     why: e.to_string(),
@@ -169,12 +222,19 @@ impl Repository {
                 let (ring, data_key) = KeyRing::create(m)?;
                 for slot in &ring.slots {
                     let enc = format::encode_key_slot(slot)?;
-                    backend
+                    let written = backend
                         .write_if_absent(
                             &key(&format!("keys/{}", slot.key_id))?,
                             Bytes::from(enc.bytes),
                         )
                         .await?;
+                    // A slot already there wraps someone else's data key:
+                    // going on would encrypt under a key stored nowhere.
+                    if written == Written::AlreadyExists {
+                        return Err(BackupError::Busy(format!(
+                            "another process is creating the repository at {location}; retry in a moment"
+                        )));
+                    }
                 }
                 Codec::Encrypted(data_key)
             }
@@ -206,7 +266,7 @@ impl Repository {
         for meta in backend.list(Some(&key("keys")?)).await? {
             let name = meta.key.as_str().trim_start_matches("keys/");
             let id = KeyId::parse(name)?;
-            let bytes = backend.read(&meta.key).await?;
+            let bytes = read_bounded(backend, &meta.key, ObjectKind::Key.max_stored()).await?;
             ring.slots.push(format::decode_key_slot(&bytes, &id)?);
         }
         Ok(ring)
@@ -262,14 +322,18 @@ impl Repository {
         Ok(self.backend.head(key).await?.is_some())
     }
 
-    pub async fn get(&self, key: &ObjectKey) -> Result<Bytes, BackupError> {
-        self.backend.read(key).await.map_err(|e| {
-            if e.is_not_found() {
-                BackupError::MissingObject(key.as_str().to_string())
-            } else {
-                e.into()
-            }
-        })
+    /// The object at `key`, refused unread if it is larger than `max`
+    /// bytes (a kind's [`ObjectKind::max_stored`], or the size a manifest
+    /// records).
+    pub async fn get(&self, key: &ObjectKey, max: u64) -> Result<Bytes, BackupError> {
+        read_bounded(&*self.backend, key, max)
+            .await
+            .map_err(|e| match e {
+                BackupError::Storage(e) if e.is_not_found() => {
+                    BackupError::MissingObject(key.as_str().to_string())
+                }
+                e => e,
+            })
     }
 
     /// Snapshot ids, oldest id order (callers sort by time from manifests).
@@ -290,10 +354,13 @@ impl Repository {
     }
 
     pub async fn manifest(&self, id: &SnapshotId) -> Result<Manifest, BackupError> {
-        let bytes = self.get(&snapshot_key(id)?).await.map_err(|e| match e {
-            BackupError::MissingObject(_) => BackupError::NoSnapshot(id.to_string()),
-            e => e,
-        })?;
+        let bytes = self
+            .get(&snapshot_key(id)?, ObjectKind::Manifest.max_stored())
+            .await
+            .map_err(|e| match e {
+                BackupError::MissingObject(_) => BackupError::NoSnapshot(id.to_string()),
+                e => e,
+            })?;
         Manifest::decode(&bytes, &self.codec, Some(id)).map_err(|e| BackupError::BadObject {
             object: format!("snapshots/{id}"),
             why: e.to_string(),
