@@ -43,7 +43,6 @@ sed -e "s#^endpoints = .*#endpoints = [\"$CHROMA_URL\"]#" \
     -e "s#^\# listen = .*#listen = \"127.0.0.1:$METRICS_PORT\"#" \
     -e "s#^format = \"auto\"#format = \"text\"#" \
     -e "s#^watch_poll_interval = .*#watch_poll_interval = \"1s\"#" \
-    -e "s#^encrypt = false#encrypt = true#" \
     -e "s#^\# key_file = .*#key_file = \"$WORK/backup-key\"#" \
     -e "s#^path = \"/etc/chromaprod/migrations\"#path = \"$WORK/migrations\"#" \
     etc/chromaprod.toml >"$CONFIG"

@@ -360,12 +360,16 @@ fn run_daemon(path: &Path) -> i32 {
 fn validate(path: &Path, json: bool) -> i32 {
     match config::load(path) {
         Ok(loaded) => {
+            let warnings = config::warnings(&loaded.config);
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "ok": true, "path": path, "env_overrides": loaded.source.env_overrides })
+                    serde_json::json!({ "ok": true, "path": path, "env_overrides": loaded.source.env_overrides, "warnings": warnings })
                 );
             } else {
+                for w in &warnings {
+                    eprintln!("chromaprod: warning: {w}");
+                }
                 println!("{}: configuration is valid", path.display());
             }
             0

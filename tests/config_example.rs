@@ -6,10 +6,90 @@ use chromaprod::config::{self, Config};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/chromaprod.toml");
 
+/// Every key but one: the shipped file turns encryption on, while a file
+/// that leaves `backup.encrypt` out gets the compiled-in `false` (and a
+/// warning from `validate`).
 #[test]
-fn example_parses_and_equals_the_compiled_in_defaults() {
+fn example_parses_and_equals_the_compiled_in_defaults_but_encryption() {
     let loaded = config::load(std::path::Path::new(EXAMPLE)).expect("example config is valid");
-    assert_eq!(loaded.config, Config::default());
+    assert!(loaded.config.backup.encrypt, "the shipped config encrypts");
+    let mut expected = Config::default();
+    assert!(!expected.backup.encrypt);
+    expected.backup.encrypt = true;
+    assert_eq!(loaded.config, expected);
+}
+
+fn validate(config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_chromaprod"))
+        .args(["validate", "--config"])
+        .arg(config)
+        .output()
+        .expect("run chromaprod")
+}
+
+/// A plaintext repository has no authenticity: `validate` says so (and how
+/// to move to an encrypted one) without failing; the shipped file is quiet.
+#[test]
+fn validate_warns_about_a_plaintext_repository() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(&plain, "[backup]\nencrypt = false\n").expect("write");
+    let out = validate(&plain);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("warning: backup.encrypt"), "{stderr}");
+    assert!(stderr.contains("chromaprod key generate"), "{stderr}");
+
+    // The shipped file is valid before its key exists; validate names the
+    // command that makes it, and is quiet once the key is handed over.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chromaprod"))
+        .args(["validate", "--config", EXAMPLE])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("run chromaprod");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("backup.encrypt"), "{stderr}");
+    assert!(
+        stderr.contains("warning: backup.key_file")
+            && stderr.contains("`chromaprod key generate /etc/chromaprod/credentials/backup-key`"),
+        "{stderr}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chromaprod"))
+        .args(["validate", "--config", EXAMPLE])
+        .env("CREDENTIALS_DIRECTORY", dir.path())
+        .output()
+        .expect("run chromaprod");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+/// Encryption on and no key: the error is the exact command that creates
+/// one, for a key file and for the systemd credential.
+#[test]
+fn a_missing_key_names_the_command_that_creates_it() {
+    use chromaprod::backup::engine::load_key;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Config::default();
+    c.backup.encrypt = true;
+    let file = dir.path().join("backup-key");
+    c.backup.key_file = Some(file.clone());
+    let err = load_key(&c).expect_err("no key").to_string();
+    assert!(
+        err.contains(&format!("`chromaprod key generate {}`", file.display())),
+        "{err}"
+    );
+
+    let key =
+        chromaprod::backup::crypto::MasterKey::from_credential_in(Some(dir.path()), "backup-key")
+            .expect_err("no credential")
+            .to_string();
+    assert!(
+        key.contains("`chromaprod key generate /etc/chromaprod/credentials/backup-key`")
+            && key.contains("LoadCredential=backup-key:/etc/chromaprod/credentials/backup-key"),
+        "{key}"
+    );
 }
 
 #[test]

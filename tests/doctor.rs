@@ -389,8 +389,9 @@ fn azure_on_azurite_and_gcs_on_fake_gcs_server_pass_with_their_own_clocks() {
         );
         let run = doctor(&config, &env);
         assert_eq!(run.code, Some(0), "{url}:\n{run}");
-        // No repository yet, no daemon: warnings; the rest passes.
-        run.others_ok(&["repository", "locks", "socket"]);
+        // No repository yet, no daemon, no encryption: warnings; the rest passes.
+        run.others_ok(&["key", "repository", "locks", "socket"]);
+        assert_eq!(run.status("key"), "warn", "{run}");
         assert_eq!(run.status("repository"), "warn", "{run}");
         assert!(
             run.check("repository_write").1.contains(url),
@@ -463,6 +464,42 @@ fn a_missing_wrong_or_exposed_key_is_reported() {
     assert_eq!(status, "warn", "{run}");
     assert!(fix.contains("chmod 600"), "{run}");
     assert_eq!(run.status("repository"), "ok", "{run}");
+}
+
+/// A plaintext repository works, but has no authenticity: the key and
+/// repository checks warn, with the way to an encrypted one.
+#[test]
+fn a_plaintext_repository_warns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chroma = ChromaServer::start();
+    let repo = dir.path().join("repo");
+    let config = Host::config_in(
+        dir.path(),
+        &[chroma.base()],
+        &format!(
+            "[backup]\nstorage_path = \"{}\"\nencrypt = false\n",
+            repo.display()
+        ),
+    );
+    let url = repo.display().to_string();
+    rt().block_on(async {
+        Repository::open(&url, &options(), None, true)
+            .await
+            .expect("create a plaintext repository");
+    });
+    let run = doctor(&config, &[]);
+    assert_eq!(run.code, Some(0), "a warning is not a failure:\n{run}");
+    let (status, summary, fix) = run.check("key");
+    assert_eq!(status, "warn", "{run}");
+    assert!(summary.contains("without authenticity"), "{run}");
+    assert!(fix.contains("chromaprod key generate"), "{run}");
+    let (status, summary, _) = run.check("repository");
+    assert_eq!(status, "warn", "{run}");
+    assert!(
+        summary.contains("not encrypted") && summary.contains("undetected"),
+        "{run}"
+    );
+    run.others_ok(&["key", "repository", "socket"]);
 }
 
 #[test]

@@ -45,10 +45,12 @@ const SLOT_AAD_PREFIX: &[u8] = b"chromaprod key slot v1:";
 pub enum CryptoError {
     #[error("the key does not open this repository (tried {tried} key slot(s)); check that the configured key file or credential is one that was added with `chromaprod key add`")]
     WrongKey { tried: usize },
-    #[error("key file {path} does not exist; create one with `chromaprod key generate` or point the configuration at the right file")]
+    #[error("key file {path} does not exist; for a new repository create it with `chromaprod key generate {path}`, otherwise point backup.key_file at the repository's key (a new key cannot open an existing repository)")]
     NoKey { path: PathBuf },
-    #[error("systemd credential `{name}` is not available: $CREDENTIALS_DIRECTORY is not set; add `LoadCredential={name}:/path/to/key` to the unit, or configure a key file")]
+    #[error("systemd credential `{name}` is not available: $CREDENTIALS_DIRECTORY is not set. Create the key with `chromaprod key generate /etc/chromaprod/credentials/{name}` (a new repository only), hand it to the service with `LoadCredential={name}:/etc/chromaprod/credentials/{name}` in a drop-in (runbook: \"The key's life cycle\"), or set backup.key_file")]
     NoCredentialsDirectory { name: String },
+    #[error("systemd credential `{name}` is not in {dir}; create the key with `chromaprod key generate /etc/chromaprod/credentials/{name}` (a new repository only) and hand it to the service with `LoadCredential={name}:/etc/chromaprod/credentials/{name}` in a drop-in (runbook: \"The key's life cycle\")")]
+    NoCredential { name: String, dir: PathBuf },
     #[error("invalid credential name `{name}`: it must be a plain file name")]
     BadCredentialName { name: String },
     #[error("key file {path} is not usable: {why}")]
@@ -350,7 +352,13 @@ impl MasterKey {
         let dir = dir.ok_or_else(|| CryptoError::NoCredentialsDirectory {
             name: name.to_string(),
         })?;
-        Self::from_file(&dir.join(name))
+        Self::from_file(&dir.join(name)).map_err(|e| match e {
+            CryptoError::NoKey { .. } => CryptoError::NoCredential {
+                name: name.to_string(),
+                dir: dir.to_path_buf(),
+            },
+            e => e,
+        })
     }
 
     /// Writes this key as 64 hex characters and a newline to a new file

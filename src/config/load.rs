@@ -689,15 +689,6 @@ fn validate(c: &Config) -> Vec<ConfigIssue> {
     if let Err(why) = parse_utc_offset(&c.backup.timezone) {
         bad("backup.timezone", why);
     }
-    if c.backup.encrypt
-        && c.backup.key_file.is_none()
-        && std::env::var_os("CREDENTIALS_DIRECTORY").is_none()
-    {
-        bad(
-            "backup.key_file",
-            "required when backup.encrypt = true (or run under systemd with LoadCredential=backup-key:…)".into(),
-        );
-    }
     if c.backup.lock_ttl < Duration::from_secs(5) {
         bad("backup.lock_ttl", "must be at least 5s".into());
     }

@@ -23,6 +23,33 @@ pub use load::{
     ConfigSource, Loaded,
 };
 
+/// What `validate` and `doctor` say of `backup.encrypt = false`.
+pub const PLAINTEXT_WARNING: &str = "backup.encrypt = false: snapshots are stored in plaintext and without authenticity: anyone who can read the repository reads every record, and anyone who can write to it can change what a restore brings back, undetected";
+/// How to move to an encrypted repository.
+pub const PLAINTEXT_FIX: &str = "create a key (`chromaprod key generate /etc/chromaprod/credentials/backup-key`), hand it to the service (LoadCredential=backup-key:/etc/chromaprod/credentials/backup-key), set backup.encrypt = true and point backup.storage_path at a new, empty location (a repository keeps the encryption it was created with)";
+
+/// Settings that are valid but deserve a warning (`chromaprod validate`
+/// prints them; none stops the daemon).
+pub fn warnings(config: &Config) -> Vec<ConfigIssue> {
+    let mut out = Vec::new();
+    if !config.backup.encrypt {
+        out.push(ConfigIssue {
+            key: "backup.encrypt".into(),
+            problem: format!("{PLAINTEXT_WARNING}; {PLAINTEXT_FIX}"),
+        });
+    } else if config.backup.key_file.is_none()
+        && std::env::var_os("CREDENTIALS_DIRECTORY").is_none()
+    {
+        // Not an error: the daemon runs (health, status, migrations), and
+        // each backup fails with the command that makes the key.
+        out.push(ConfigIssue {
+            key: "backup.key_file".into(),
+            problem: "unset, and no systemd credentials are handed over here ($CREDENTIALS_DIRECTORY), so backups and restores will stop until there is a key: create one with `chromaprod key generate /etc/chromaprod/credentials/backup-key` and hand it to the service with `LoadCredential=backup-key:/etc/chromaprod/credentials/backup-key` in a drop-in (runbook: \"The key's life cycle\"), or set backup.key_file".into(),
+        });
+    }
+    out
+}
+
 /// Default location of the configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/chromaprod/chromaprod.toml";
 /// Environment variable naming the configuration file (overridden by `--config`).

@@ -137,9 +137,10 @@ fn check_key(cfg: &Config) -> (Check, Option<MasterKey>) {
     const NAME: &str = "key";
     if !cfg.backup.encrypt {
         return (
-            Check::ok(
+            Check::warn(
                 NAME,
-                "backup.encrypt = false: snapshots are stored unencrypted, no key is needed",
+                crate::config::PLAINTEXT_WARNING,
+                crate::config::PLAINTEXT_FIX,
             ),
             None,
         );
@@ -742,7 +743,11 @@ async fn repository_state(
         _ => {}
     }
     if !repo.config.encrypted {
-        return Check::ok(NAME, format!("{what} is reachable"));
+        return Check::warn(
+            NAME,
+            format!("{what} is reachable, but its snapshots can be read and changed undetected by anyone who can write to it"),
+            crate::config::PLAINTEXT_FIX,
+        );
     }
     let Some(key) = key else {
         return Check::ok(
