@@ -80,7 +80,11 @@ fn token_never_appears_in_logs_status_or_errors() {
 }
 
 /// Runs the CLI with a config file and a socket path; (exit code, stdout, stderr).
-fn run_cli(config: &std::path::Path, socket: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+fn run_cli(
+    config: &std::path::Path,
+    socket: &std::path::Path,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(common::daemon::bin())
         .arg("--config")
         .arg(config)
@@ -121,7 +125,7 @@ fn restore_target_gets_no_configured_token() {
     let target_file = target_token_file.display().to_string();
     let config = write_config(
         dir.path(),
-        &[endpoint_url.clone()],
+        std::slice::from_ref(&endpoint_url),
         &format!(
             "[backup]\nstorage_path = {:?}\nlock_ttl = \"10s\"\n",
             dir.path().join("repo").display().to_string()
@@ -148,13 +152,28 @@ fn restore_target_gets_no_configured_token() {
     // Through the daemon, no token given for the target: none is sent.
     let (code, out, err) = cli(
         &daemon.socket,
-        &["restore", "latest", "-c", "docs", "--as", "docs_a", "--target", &target_url],
+        &[
+            "restore",
+            "latest",
+            "-c",
+            "docs",
+            "--as",
+            "docs_a",
+            "--target",
+            &target_url,
+        ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(target.forwarded() > 0, "the restore did not reach the target");
+    assert!(
+        target.forwarded() > 0,
+        "the restore did not reach the target"
+    );
     let heads = target.request_heads();
     for h in &heads {
-        assert!(!h.contains(TOKEN), "the configured token was sent to the target:\n{h}");
+        assert!(
+            !h.contains(TOKEN),
+            "the configured token was sent to the target:\n{h}"
+        );
         assert!(!h.to_ascii_lowercase().contains("authorization"), "{h}");
     }
 
@@ -163,15 +182,26 @@ fn restore_target_gets_no_configured_token() {
     let (code, out, err) = cli(
         &daemon.socket,
         &[
-            "restore", "latest", "-c", "docs", "--as", "docs_b", "--target", &target_url,
-            "--target-token-file", &target_file,
+            "restore",
+            "latest",
+            "-c",
+            "docs",
+            "--as",
+            "docs_b",
+            "--target",
+            &target_url,
+            "--target-token-file",
+            &target_file,
         ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
     let heads = target.request_heads();
     assert!(heads.len() > seen);
     for h in &heads[seen..] {
-        assert!(!h.contains(TOKEN), "the configured token was sent to the target:\n{h}");
+        assert!(
+            !h.contains(TOKEN),
+            "the configured token was sent to the target:\n{h}"
+        );
         assert!(
             h.contains(&format!("Bearer {TARGET_TOKEN}")),
             "the target's token was not sent:\n{h}"
@@ -179,9 +209,18 @@ fn restore_target_gets_no_configured_token() {
     }
     assert!(!out.contains(TARGET_TOKEN) && !err.contains(TARGET_TOKEN));
     let audit = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).expect("audit log");
-    assert!(audit.contains("docs_b"), "the restore is not in the audit log:\n{audit}");
-    assert!(!audit.contains(TARGET_TOKEN), "target token in the audit log:\n{audit}");
-    assert!(!daemon.log().contains(TARGET_TOKEN), "target token in the daemon log");
+    assert!(
+        audit.contains("docs_b"),
+        "the restore is not in the audit log:\n{audit}"
+    );
+    assert!(
+        !audit.contains(TARGET_TOKEN),
+        "target token in the audit log:\n{audit}"
+    );
+    assert!(
+        !daemon.log().contains(TARGET_TOKEN),
+        "target token in the daemon log"
+    );
     drop(daemon);
 
     // Offline (no daemon answers): the same.
@@ -190,13 +229,28 @@ fn restore_target_gets_no_configured_token() {
     let (code, out, err) = run_cli(
         &config,
         &nosock,
-        &["restore", "latest", "-c", "docs", "--as", "docs_c", "--target", &target_url],
+        &[
+            "restore",
+            "latest",
+            "-c",
+            "docs",
+            "--as",
+            "docs_c",
+            "--target",
+            &target_url,
+        ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
     let heads = target.request_heads();
-    assert!(heads.len() > seen, "the offline restore did not reach the target");
+    assert!(
+        heads.len() > seen,
+        "the offline restore did not reach the target"
+    );
     for h in &heads[seen..] {
-        assert!(!h.contains(TOKEN), "the configured token was sent to the target:\n{h}");
+        assert!(
+            !h.contains(TOKEN),
+            "the configured token was sent to the target:\n{h}"
+        );
     }
     for name in ["docs_a", "docs_b", "docs_c"] {
         let c = rt.block_on(store.get_collection(name)).expect("restored");
@@ -208,7 +262,16 @@ fn restore_target_gets_no_configured_token() {
     let (code, out, err) = run_cli(
         &config,
         &nosock,
-        &["restore", "latest", "-c", "docs", "--as", "docs_d", "--target", &endpoint_url],
+        &[
+            "restore",
+            "latest",
+            "-c",
+            "docs",
+            "--as",
+            "docs_d",
+            "--target",
+            &endpoint_url,
+        ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
     let heads = endpoint.request_heads();
@@ -221,15 +284,30 @@ fn restore_target_gets_no_configured_token() {
     let (code, out, err) = run_cli(
         &config,
         &nosock,
-        &["restore", "latest", "--target", "http://10.255.255.1:8000", "--target-token-file", &target_file],
+        &[
+            "restore",
+            "latest",
+            "--target",
+            "http://10.255.255.1:8000",
+            "--target-token-file",
+            &target_file,
+        ],
     );
     assert_ne!(code, Some(0), "{out}{err}");
     assert!(err.contains("--allow-plain-http"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "it tried to connect");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it tried to connect"
+    );
     let (code, out, err) = run_cli(
         &config,
         &nosock,
-        &["restore", "latest", "--target", "http://admin:pw-77aa@127.0.0.1:9"],
+        &[
+            "restore",
+            "latest",
+            "--target",
+            "http://admin:pw-77aa@127.0.0.1:9",
+        ],
     );
     assert_ne!(code, Some(0), "{out}{err}");
     assert!(err.contains("user info"), "{err}");
@@ -254,10 +332,12 @@ fn validate_refuses_credentials_in_urls_and_plain_http_with_a_token() {
             .expect("validate");
         (
             out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     };
-    let (code, out) = validate("[chroma]\nendpoints = [\"http://admin:pw-5ec2e7@127.0.0.1:8000\"]\n");
+    let (code, out) =
+        validate("[chroma]\nendpoints = [\"http://admin:pw-5ec2e7@127.0.0.1:8000\"]\n");
     assert_eq!(code, Some(78), "{out}");
     assert!(out.contains("chroma.endpoints[0]"), "{out}");
     assert!(!out.contains("pw-5ec2e7"), "the password was echoed: {out}");

@@ -464,7 +464,10 @@ mod tests {
         assert!(!format!("{c:?}").contains("tok-wire"));
         let recorded = serde_json::to_string(&c.redacted()).unwrap_or_default();
         assert!(!recorded.contains("tok-wire"), "{recorded}");
-        assert!(recorded.contains("\"target_token\":\"[redacted]\""), "{recorded}");
+        assert!(
+            recorded.contains("\"target_token\":\"[redacted]\""),
+            "{recorded}"
+        );
     }
 
     fn command() -> impl Strategy<Value = Command> {

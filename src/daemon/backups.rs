@@ -173,9 +173,10 @@ async fn execute_inner(
             let m = open(false).await?;
             let m = match target_cfg {
                 Some(cfg) => {
-                    // Its own metrics: the target is no configured endpoint,
-                    // and must not replace their series in /metrics.
-                    let store = ProductionChromaStore::new(&cfg, Arc::new(MetricsCollector::new()))?;
+                    // Its own metrics: the target's series must not replace
+                    // the configured endpoints' in /metrics.
+                    let store =
+                        ProductionChromaStore::new(&cfg, Arc::new(MetricsCollector::new()))?;
                     BackupManager::with_repository(store, Arc::new(cfg), m.repo.clone())
                 }
                 None => m,
@@ -232,11 +233,7 @@ pub fn target_config(
             shown.as_str()
         )));
     }
-    let configured = config
-        .chroma
-        .endpoints
-        .iter()
-        .any(|e| same_origin(e, &url));
+    let configured = config.chroma.endpoints.iter().any(|e| same_origin(e, &url));
     let token = match token {
         Some(t) => {
             if !allow_plain_http {
