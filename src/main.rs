@@ -12,6 +12,7 @@ use chromaprod::config::{self, CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH};
 use chromaprod::control::{self, Command};
 use chromaprod::daemon;
 use chromaprod::observe::{audit, logging};
+use chromaprod::secret::Secret;
 use chromaprod::EXIT_CONFIG;
 
 #[derive(Parser, Debug)]
@@ -161,9 +162,17 @@ struct RestoreArgs {
     /// Restore under a new name (one collection).
     #[arg(long = "as")]
     as_name: Option<String>,
-    /// Another Chroma server to restore onto.
+    /// Another Chroma server to restore onto. It gets no configured token
+    /// unless it is a configured endpoint.
     #[arg(long)]
     target: Option<String>,
+    /// File holding the target's token, read here with your own rights and
+    /// sent only to the target (in chroma.auth_header's header).
+    #[arg(long, requires = "target")]
+    target_token_file: Option<PathBuf>,
+    /// Allow the target's token over plain http to a host that is not loopback.
+    #[arg(long, requires = "target_token_file")]
+    allow_plain_http: bool,
     /// What to do when the target collection exists.
     #[arg(long, value_enum, default_value = "fail-if-exists")]
     mode: ModeArg,
@@ -277,22 +286,30 @@ fn main() -> ExitCode {
         Verb::Prune { dry_run } => backup_command(&cli, Command::Prune { dry_run }),
         Verb::Jobs => remote(&cli, Command::Jobs, print_json),
         Verb::Job(JobVerb::Cancel { id }) => remote(&cli, Command::JobCancel { id }, print_json),
-        Verb::Restore(ref r) => backup_command(
-            &cli,
-            Command::Restore {
-                id: r.id.clone(),
-                collections: r.collection.clone(),
-                as_name: r.as_name.clone(),
-                target: r.target.clone(),
-                mode: match r.mode {
-                    ModeArg::FailIfExists => RestoreMode::FailIfExists,
-                    ModeArg::Replace => RestoreMode::Replace,
+        Verb::Restore(ref r) => match r.target_token_file.as_deref().map(read_token_file) {
+            Some(Err(e)) => {
+                eprintln!("chromaprod: {e}");
+                1
+            }
+            target_token => backup_command(
+                &cli,
+                Command::Restore {
+                    id: r.id.clone(),
+                    collections: r.collection.clone(),
+                    as_name: r.as_name.clone(),
+                    target: r.target.clone(),
+                    target_token: target_token.and_then(Result::ok),
+                    allow_plain_http: r.allow_plain_http,
+                    mode: match r.mode {
+                        ModeArg::FailIfExists => RestoreMode::FailIfExists,
+                        ModeArg::Replace => RestoreMode::Replace,
+                    },
+                    dry_run: r.dry_run,
+                    keep_previous: r.keep_previous,
+                    wait: true,
                 },
-                dry_run: r.dry_run,
-                keep_previous: r.keep_previous,
-                wait: true,
-            },
-        ),
+            ),
+        },
         Verb::Key(ref k) => key_command(&cli, k),
         Verb::Migrate(MigrateVerb::New { ref name, ref dir }) => {
             migrate_new(&cli, name, dir.as_deref())
@@ -423,6 +440,23 @@ fn audit_verify(cli: &Cli, file: Option<&Path>) -> i32 {
             }
             1
         }
+    }
+}
+
+/// A token file named on the command line, read with the caller's own rights
+/// (so the daemon never opens a path a client names); trimmed, never shown.
+fn read_token_file(path: &Path) -> Result<Secret<String>, String> {
+    match fs_err::read_to_string(path) {
+        Ok(t) if t.trim().is_empty() => Err(format!(
+            "--target-token-file {} is empty; put the target's token in it",
+            path.display()
+        )),
+        Ok(t) => Ok(Secret::new(t.trim().to_string())),
+        Err(e) => Err(format!(
+            "cannot read --target-token-file {}: {}",
+            path.display(),
+            e.kind()
+        )),
     }
 }
 

@@ -30,6 +30,28 @@ impl<T> fmt::Display for Secret<T> {
     }
 }
 
+/// Serde for an optional secret that must cross a trusted local channel (the
+/// control socket). Opt in per field with `#[serde(with = "crate::secret::wire")]`:
+/// `Secret` itself has no `Serialize`, so nothing else can write one by accident.
+pub mod wire {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Secret;
+
+    pub fn serialize<S: Serializer>(v: &Option<Secret<String>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(secret) => s.serialize_some(secret.expose()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Secret<String>>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,3 +78,283 @@ fn token_never_appears_in_logs_status_or_errors() {
         assert!(!o.contains(TOKEN), "token in CLI output: {o}");
     }
 }
+
+/// Runs the CLI with a config file and a socket path; (exit code, stdout, stderr).
+fn run_cli(
+    config: &std::path::Path,
+    socket: &std::path::Path,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(common::daemon::bin())
+        .arg("--config")
+        .arg(config)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run chromaprod");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `restore --target` onto a server that is not a configured endpoint sends
+/// it no configured token — through the daemon and offline — and a token
+/// given for the target with `--target-token-file` goes to the target only,
+/// never into the audit log or the daemon's log.
+#[test]
+fn restore_target_gets_no_configured_token() {
+    const TARGET_TOKEN: &str = "tgt-91be5c07-target-only-token";
+    let chroma = ChromaServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = common::records::store_for(&chroma.base());
+    rt.block_on(common::records::seed(&store, "docs", 50, 8));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("chroma-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
+    let target_token_file = dir.path().join("target-token");
+    std::fs::write(&target_token_file, format!("{TARGET_TOKEN}\n")).expect("write token");
+    // The configured endpoint and the target: two addresses (recording
+    // proxies) in front of the same server.
+    let endpoint = rt.block_on(common::proxy::FaultProxy::start(chroma.addr()));
+    let endpoint_url = format!("http://{}", endpoint.addr());
+    let target = rt.block_on(common::proxy::FaultProxy::start(chroma.addr()));
+    let target_url = format!("http://{}", target.addr());
+    let target_file = target_token_file.display().to_string();
+    let config = write_config(
+        dir.path(),
+        std::slice::from_ref(&endpoint_url),
+        &format!(
+            "[backup]\nstorage_path = {:?}\nlock_ttl = \"10s\"\n",
+            dir.path().join("repo").display().to_string()
+        ),
+    );
+    let text = std::fs::read_to_string(&config).expect("read").replace(
+        "startup_wait = \"20s\"",
+        &format!(
+            "startup_wait = \"20s\"\nauth_token_file = {:?}",
+            token_file.display().to_string()
+        ),
+    );
+    std::fs::write(&config, text).expect("write");
+
+    let daemon = DaemonProcess::spawn(&config, &[]);
+    daemon.wait_ready(Duration::from_secs(20));
+    let (code, out, err) = cli(&daemon.socket, &["backup", "--full", "--wait"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        endpoint.request_heads().iter().any(|h| h.contains(TOKEN)),
+        "the configured endpoint should get the configured token"
+    );
+
+    // Through the daemon, no token given for the target: none is sent.
+    let (code, out, err) = cli(
+        &daemon.socket,
+        &[
+            "restore",
+            "latest",
+            "-c",
+            "docs",
+            "--as",
+            "docs_a",
+            "--target",
+            &target_url,
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        target.forwarded() > 0,
+        "the restore did not reach the target"
+    );
+    let heads = target.request_heads();
+    for h in &heads {
+        assert!(
+            !h.contains(TOKEN),
+            "the configured token was sent to the target:\n{h}"
+        );
+        assert!(!h.to_ascii_lowercase().contains("authorization"), "{h}");
+    }
+
+    // Through the daemon, with the target's own token: that one, and only to the target.
+    let seen = heads.len();
+    let (code, out, err) = cli(
+        &daemon.socket,
+        &[
+            "restore",
+            "latest",
+            "-c",
+            "docs",
+            "--as",
+            "docs_b",
+            "--target",
+            &target_url,
+            "--target-token-file",
+            &target_file,
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let heads = target.request_heads();
+    assert!(heads.len() > seen);
+    for h in &heads[seen..] {
+        assert!(
+            !h.contains(TOKEN),
+            "the configured token was sent to the target:\n{h}"
+        );
+        assert!(
+            h.contains(&format!("Bearer {TARGET_TOKEN}")),
+            "the target's token was not sent:\n{h}"
+        );
+    }
+    assert!(!out.contains(TARGET_TOKEN) && !err.contains(TARGET_TOKEN));
+    let audit = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).expect("audit log");
+    assert!(
+        audit.contains("docs_b"),
+        "the restore is not in the audit log:\n{audit}"
+    );
+    assert!(
+        !audit.contains(TARGET_TOKEN),
+        "target token in the audit log:\n{audit}"
+    );
+    assert!(
+        !daemon.log().contains(TARGET_TOKEN),
+        "target token in the daemon log"
+    );
+    drop(daemon);
+
+    // Offline (no daemon answers): the same.
+    let nosock = dir.path().join("no-daemon.sock");
+    let seen = target.request_heads().len();
+    let (code, out, err) = run_cli(
+        &config,
+        &nosock,
+        &[
+            "restore",
+            "latest",
+            "-c",
+            "docs",
+            "--as",
+            "docs_c",
+            "--target",
+            &target_url,
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let heads = target.request_heads();
+    assert!(
+        heads.len() > seen,
+        "the offline restore did not reach the target"
+    );
+    for h in &heads[seen..] {
+        assert!(
+            !h.contains(TOKEN),
+            "the configured token was sent to the target:\n{h}"
+        );
+    }
+    for name in ["docs_a", "docs_b", "docs_c"] {
+        let c = rt.block_on(store.get_collection(name)).expect("restored");
+        assert_eq!(rt.block_on(store.count(&c.id)).expect("count"), 50);
+    }
+
+    // A configured endpoint given as the target keeps its configured token.
+    let seen = endpoint.request_heads().len();
+    let (code, out, err) = run_cli(
+        &config,
+        &nosock,
+        &[
+            "restore",
+            "latest",
+            "-c",
+            "docs",
+            "--as",
+            "docs_d",
+            "--target",
+            &endpoint_url,
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let heads = endpoint.request_heads();
+    assert!(heads.len() > seen);
+    assert!(heads[seen..].iter().all(|h| h.contains(TOKEN)), "{heads:?}");
+
+    // A token to a plain-http target that is not loopback: refused without
+    // connecting, unless allowed; a target URL with user info: refused.
+    let started = std::time::Instant::now();
+    let (code, out, err) = run_cli(
+        &config,
+        &nosock,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            "http://10.255.255.1:8000",
+            "--target-token-file",
+            &target_file,
+        ],
+    );
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(err.contains("--allow-plain-http"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it tried to connect"
+    );
+    let (code, out, err) = run_cli(
+        &config,
+        &nosock,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            "http://admin:pw-77aa@127.0.0.1:9",
+        ],
+    );
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(err.contains("user info"), "{err}");
+    assert!(!err.contains("pw-77aa"), "{err}");
+}
+
+/// Credentials in an endpoint URL are refused by `validate`, naming the key
+/// and not echoing them; plain http to a host that is not loopback with a
+/// token configured is refused unless `chroma.allow_plain_http = true`.
+#[test]
+fn validate_refuses_credentials_in_urls_and_plain_http_with_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("chroma-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
+    let validate = |text: &str| {
+        let path = dir.path().join("chromaprod.toml");
+        std::fs::write(&path, text).expect("write config");
+        let out = std::process::Command::new(common::daemon::bin())
+            .args(["validate", "--config"])
+            .arg(&path)
+            .output()
+            .expect("validate");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) =
+        validate("[chroma]\nendpoints = [\"http://admin:pw-5ec2e7@127.0.0.1:8000\"]\n");
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("chroma.endpoints[0]"), "{out}");
+    assert!(!out.contains("pw-5ec2e7"), "the password was echoed: {out}");
+
+    let token = format!("auth_token_file = {:?}\n", token_file.display().to_string());
+    let (code, out) = validate(&format!(
+        "[chroma]\nendpoints = [\"http://10.255.255.1:8000\"]\n{token}"
+    ));
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("chroma.endpoints[0]"), "{out}");
+    assert!(out.contains("chroma.allow_plain_http"), "{out}");
+    let (code, out) = validate(&format!(
+        "[chroma]\nendpoints = [\"http://10.255.255.1:8000\"]\n{token}allow_plain_http = true\n"
+    ));
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = validate(&format!(
+        "[chroma]\nendpoints = [\"https://10.255.255.1:8000\", \"http://127.0.0.1:8000\"]\n{token}"
+    ));
+    assert_eq!(code, Some(0), "{out}");
+}

@@ -302,7 +302,20 @@ impl Reader<'_> {
             d.chroma.endpoints,
             "an http(s) URL",
             |s| {
-                let url = Url::parse(s).map_err(|e| format!("{s:?}: {e}"))?;
+                let url = Url::parse(s).map_err(|e| {
+                    // Do not echo what may hold a password.
+                    if s.contains('@') {
+                        format!("not a URL: {e}")
+                    } else {
+                        format!("{s:?}: {e}")
+                    }
+                })?;
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(format!(
+                        "{:?} carries user info (user:password@), which would show in status, metrics and logs; remove it and put the token in a file named by chroma.auth_token_file",
+                        without_user_info(&url).as_str()
+                    ));
+                }
                 match url.scheme() {
                     "http" | "https" => Ok(url),
                     other => Err(format!("{s:?}: scheme {other:?} is not http or https")),
@@ -323,6 +336,11 @@ impl Reader<'_> {
             },
         );
         c.chroma.tls_ca_file = self.opt_string("chroma.tls_ca_file").map(PathBuf::from);
+        c.chroma.allow_plain_http = self.get(
+            "chroma.allow_plain_http",
+            d.chroma.allow_plain_http,
+            "true or false",
+        );
         c.chroma.startup_wait = self.duration("chroma.startup_wait", d.chroma.startup_wait);
 
         c.pool.min_connections = self.get(
@@ -615,6 +633,16 @@ fn validate(c: &Config) -> Vec<ConfigIssue> {
             "at least one endpoint is required".into(),
         );
     }
+    if c.chroma.auth_token_file.is_some() && !c.chroma.allow_plain_http {
+        for (i, url) in c.chroma.endpoints.iter().enumerate() {
+            if let Some(why) = plain_http_problem(url) {
+                bad(
+                    &format!("chroma.endpoints[{i}]"),
+                    format!("{why}, with chroma.auth_token_file set; use https://, or set chroma.allow_plain_http = true if that network is trusted"),
+                );
+            }
+        }
+    }
     if c.chroma.tenant.is_empty() {
         bad("chroma.tenant", "must not be empty".into());
     }
@@ -725,6 +753,40 @@ fn validate(c: &Config) -> Vec<ConfigIssue> {
         bad("daemon.state_dir", "must be an absolute path".into());
     }
     out
+}
+
+/// `url` without `user:password@` (safe to show).
+pub fn without_user_info(url: &Url) -> Url {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown
+}
+
+/// Why sending a token to `url` would put it on the network in clear text:
+/// plain `http://` to a host that is not loopback (`localhost`, 127.0.0.0/8,
+/// `::1`). Decided from the URL alone, without resolving or connecting.
+pub fn plain_http_problem(url: &Url) -> Option<String> {
+    if url.scheme() != "http" {
+        return None;
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
+    };
+    (!loopback).then(|| {
+        format!(
+            "{:?} is plain http to a host that is not loopback: the token would cross the network in clear text",
+            without_user_info(url).as_str()
+        )
+    })
 }
 
 fn check_storage_path(s: &str) -> Result<(), String> {
@@ -839,6 +901,59 @@ mod tests {
         );
         assert!(!format!("{c:?}").contains("sekrit"));
         assert!(!serde_json::to_string(&c).expect("json").contains("sekrit"));
+    }
+
+    #[test]
+    fn endpoint_user_info_is_refused_without_echoing_the_password() {
+        let err = load_from_str(
+            "[chroma]\nendpoints = [\"http://127.0.0.1:8000\", \"http://admin:pw-s3cr3t@chroma.internal:8000\"]\n",
+        )
+        .expect_err("user info refused");
+        let issues = err.issues();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].key, "chroma.endpoints[1]");
+        assert!(issues[0].problem.contains("user info"), "{issues:?}");
+        assert!(!err.to_string().contains("pw-s3cr3t"), "{err}");
+        assert!(!err.to_string().contains("admin"), "{err}");
+        // A user name alone is refused too.
+        let err = load_from_str("[chroma]\nendpoints = [\"https://bob@chroma.internal\"]\n")
+            .expect_err("user name refused");
+        assert_eq!(err.issues()[0].key, "chroma.endpoints[0]");
+    }
+
+    #[test]
+    fn plain_http_with_a_token_needs_allow_plain_http() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok\n").expect("write");
+        let with = |endpoints: &str, extra: &str| {
+            load_from_str(&format!(
+                "[chroma]\nendpoints = [{endpoints}]\nauth_token_file = {:?}\n{extra}",
+                token.display().to_string()
+            ))
+        };
+        let err = with(
+            "\"https://chroma.internal\", \"http://10.255.255.1:8000\"",
+            "",
+        )
+        .expect_err("plain http refused");
+        let issues = err.issues();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].key, "chroma.endpoints[1]");
+        assert!(
+            issues[0].problem.contains("chroma.allow_plain_http"),
+            "{issues:?}"
+        );
+        let c = with("\"http://10.255.255.1:8000\"", "allow_plain_http = true\n")
+            .expect("allowed explicitly");
+        assert!(c.chroma.allow_plain_http);
+        // Loopback and https need nothing; nor does plain http without a token.
+        with(
+            "\"http://127.0.0.1:8000\", \"http://localhost:8000\", \"http://[::1]:8000\", \"https://10.0.0.7\"",
+            "",
+        )
+        .expect("loopback and https");
+        load_from_str("[chroma]\nendpoints = [\"http://10.255.255.1:8000\"]\n").expect("no token");
     }
 
     #[test]

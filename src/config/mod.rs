@@ -19,8 +19,8 @@ use crate::secret::Secret;
 
 pub use diff::{diff, ConfigDiff};
 pub use load::{
-    load, load_from_str, parse_utc_offset, socket_path_hint, ConfigError, ConfigIssue,
-    ConfigSource, Loaded,
+    load, load_from_str, parse_utc_offset, plain_http_problem, socket_path_hint, without_user_info,
+    ConfigError, ConfigIssue, ConfigSource, Loaded,
 };
 
 /// What `validate` and `doctor` say of `backup.encrypt = false`.
@@ -86,6 +86,9 @@ pub struct ChromaConfig {
     pub auth_header: AuthHeader,
     /// PEM file of an extra CA to trust for `https://` endpoints.
     pub tls_ca_file: Option<PathBuf>,
+    /// Allow the token over plain `http://` to an endpoint that is not loopback
+    /// (validation refuses that otherwise).
+    pub allow_plain_http: bool,
     /// How long start-up waits for Chroma to become reachable before giving up.
     #[serde(with = "humantime_serde")]
     pub startup_wait: Duration,
@@ -327,6 +330,7 @@ impl Default for Config {
                 auth_token_file: None,
                 auth_header: AuthHeader::Authorization,
                 tls_ca_file: None,
+                allow_plain_http: false,
                 startup_wait: Duration::from_secs(120),
                 auth_token: None,
             },

@@ -36,6 +36,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::secret::Secret;
+
 /// The protocol version this build speaks (the `v` field of every line).
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -118,8 +120,21 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         as_name: Option<String>,
         /// Another Chroma server to restore onto (default: the configured one).
+        /// The configured token goes only to a configured endpoint, never here.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target: Option<String>,
+        /// The token for `target`, read by the CLI from `--target-token-file`
+        /// with the caller's own rights (the daemon never opens a path a client
+        /// names). Sent only to `target`; redacted in the audit log.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::secret::wire"
+        )]
+        target_token: Option<Secret<String>>,
+        /// Allow `target_token` over plain http to a target that is not loopback.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_plain_http: bool,
         mode: crate::backup::RestoreMode,
         #[serde(default)]
         dry_run: bool,
@@ -202,6 +217,20 @@ impl Command {
 
     /// Whether the command changes the daemon's state or data. Mutating
     /// commands are refused to peers outside the socket's group.
+    /// This command as it may be recorded (audit log): any token replaced by
+    /// `[redacted]`.
+    pub fn redacted(&self) -> Command {
+        let mut c = self.clone();
+        if let Command::Restore {
+            target_token: Some(token),
+            ..
+        } = &mut c
+        {
+            *token = Secret::new("[redacted]".to_string());
+        }
+        c
+    }
+
     pub fn is_mutating(&self) -> bool {
         match self {
             Command::Reload
@@ -413,6 +442,32 @@ mod tests {
         assert!(Command::MigrateStamp { version: 1 }.is_mutating());
         assert!(!Command::MigrateStatus.is_mutating());
         assert!(!Command::MigrateValidate.is_mutating());
+    }
+
+    #[test]
+    fn a_target_token_crosses_the_wire_but_not_into_records() {
+        let c = Command::Restore {
+            id: "latest".into(),
+            collections: vec![],
+            as_name: None,
+            target: Some("http://127.0.0.1:9000".into()),
+            target_token: Some(Secret::new("tok-wire-1234".into())),
+            allow_plain_http: false,
+            mode: crate::backup::RestoreMode::FailIfExists,
+            dry_run: false,
+            keep_previous: false,
+            wait: true,
+        };
+        let text = serde_json::to_string(&Request::new(c.clone())).unwrap_or_default();
+        let back: Request = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.command, c);
+        assert!(!format!("{c:?}").contains("tok-wire"));
+        let recorded = serde_json::to_string(&c.redacted()).unwrap_or_default();
+        assert!(!recorded.contains("tok-wire"), "{recorded}");
+        assert!(
+            recorded.contains("\"target_token\":\"[redacted]\""),
+            "{recorded}"
+        );
     }
 
     fn command() -> impl Strategy<Value = Command> {

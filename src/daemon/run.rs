@@ -884,7 +884,7 @@ impl Handler for ControlHandler {
                         .audit(
                             Actor::from(&peer),
                             command.name(),
-                            json!({ "command": command, "ok": result.is_ok() }),
+                            json!({ "command": command.redacted(), "ok": result.is_ok() }),
                         )
                         .await;
                 }
@@ -902,7 +902,7 @@ impl Handler for ControlHandler {
                     .audit(
                         Actor::from(&peer),
                         command.name(),
-                        json!({ "job": job, "command": command }),
+                        json!({ "job": job, "command": command.redacted() }),
                     )
                     .await;
                 if !wait {
@@ -939,7 +939,7 @@ impl Handler for ControlHandler {
                         .audit(
                             Actor::from(&peer),
                             other.name(),
-                            json!({ "command": other, "ok": result.is_ok() }),
+                            json!({ "command": other.redacted(), "ok": result.is_ok() }),
                         )
                         .await;
                 }

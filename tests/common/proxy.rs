@@ -65,6 +65,8 @@ struct Shared {
     connections: AtomicUsize,
     requests: AtomicUsize,
     forwarded: AtomicUsize,
+    /// The head (request line and headers) of every request read.
+    heads: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -180,6 +182,12 @@ impl FaultProxy {
         self.shared.forwarded.load(Ordering::SeqCst)
     }
 
+    /// The head (request line and headers) of every request read so far,
+    /// whatever was done with it: what a server at this address would see.
+    pub fn request_heads(&self) -> Vec<String> {
+        self.shared.heads.lock().expect("proxy state lock").clone()
+    }
+
     pub fn reset_counters(&self) {
         self.shared.connections.store(0, Ordering::SeqCst);
         self.shared.requests.store(0, Ordering::SeqCst);
@@ -279,6 +287,10 @@ async fn serve(client: TcpStream, upstream: SocketAddr, s: Arc<Shared>) {
             _ => return,
         };
         s.requests.fetch_add(1, Ordering::SeqCst);
+        s.heads
+            .lock()
+            .expect("proxy state lock")
+            .push(String::from_utf8_lossy(&req.head).to_string());
         let fault = s.next_fault();
         match fault {
             Fault::Reset | Fault::Refuse => {
