@@ -72,6 +72,13 @@ pub enum MigrationError {
     },
     #[error("another runner holds the migration lock: {holder}; waited {}. If that runner died, the lock frees itself when its lease ends; raise migrations.lock_wait to wait longer", humantime::format_duration(*waited))]
     LockTimeout { holder: String, waited: Duration },
+    #[error("the migration lock is damaged: record {record:?} in collection {collection:?} (id {collection_id}): {why}. While no migration runs, delete that record (docs/runbook.md, \"A damaged migration lock\", gives the request) and run again")]
+    LockDamaged {
+        collection: String,
+        collection_id: String,
+        record: String,
+        why: String,
+    },
     #[error("the migration lock (token {token}) was lost: the lease could not be renewed in time, or another runner took over; this runner stopped. Run `chromaprod migrate status`")]
     LockLost { token: u64 },
     #[error("collection {0:?} does not exist in Chroma")]
@@ -113,6 +120,7 @@ impl MigrationError {
             MigrationError::Failed { .. } => "migration_failed",
             MigrationError::LockTimeout { .. } => "locked",
             MigrationError::LockLost { .. } => "lock_lost",
+            MigrationError::LockDamaged { .. } => "lock_damaged",
             MigrationError::NoCollection(_) => "not_found",
             MigrationError::Conflict(_) => "conflict",
             MigrationError::Verify { .. } | MigrationError::SourceChanging { .. } => {
