@@ -338,7 +338,11 @@ async fn a_rebuild_run_again_after_down_keeps_the_writes_in_the_kept_collection(
         "{r}"
     );
     assert_eq!(
-        env.store.get_collection("docs.pre-v1").await.expect("kept").id,
+        env.store
+            .get_collection("docs.pre-v1")
+            .await
+            .expect("kept")
+            .id,
         original,
         "the kept collection is now the one this run replaced"
     );
@@ -362,4 +366,34 @@ async fn a_rebuild_run_again_after_down_keeps_the_writes_in_the_kept_collection(
         20,
         "the writes made after the first up are in the restore point"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_onto_a_kept_collection_is_refused_with_the_command_that_keeps_it() {
+    let env = Env::new(false, Duration::from_secs(5)).await;
+    env.file(
+        "0001_notes.toml",
+        "version = 1\nname = \"notes\"\n[[up]]\nop = \"create_collection\"\nname = \"notes\"\n",
+    );
+    let down = async || {
+        let (p, _rx) = Progress::detached();
+        env.manager().down(0, &p, &CancellationToken::new()).await
+    };
+    env.up().await.expect("create");
+    let notes = env.store.get_collection("notes").await.expect("notes");
+    env.store
+        .upsert(&notes.id, &records("n", 0..5, 4))
+        .await
+        .expect("write");
+    // `down` drops it aside, kept with its records; up creates it anew.
+    down().await.expect("down");
+    env.up().await.expect("create again");
+    assert_eq!(env.names().await, vec!["notes", "notes.dropped-v1"]);
+    let err = down().await.expect_err("the kept collection is in the way");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("chromaprod backup --collection notes.dropped-v1 --wait"),
+        "{msg}"
+    );
+    assert_eq!(env.count("notes.dropped-v1").await, 5, "kept as it was");
 }

@@ -95,6 +95,12 @@ pub enum MigrationError {
     },
     #[error("embeddings endpoint {url}: {why}")]
     Embedding { url: String, why: String },
+    #[error("migration {version} would delete {kept:?}, kept by an earlier run of it (after `migrate down`, or a run that was undone, it holds the rebuilt {collection:?} and every write made to it since), and no restore point covers it (migrations.restore_point is off, or this is `migrate down`, which takes none), so nothing would keep its data. Keep it with `chromaprod backup --collection {kept} --wait` and then delete or rename it in Chroma, or, for `migrate up`, turn migrations.restore_point on (the restore point then covers it); then run the command again")]
+    KeptCollection {
+        version: u32,
+        collection: String,
+        kept: String,
+    },
     #[error("cannot take the restore point: {0}; fix the backup configuration, or set migrations.restore_point = false")]
     RestorePoint(#[source] BackupError),
     #[error("{path}: {why}")]
@@ -127,6 +133,7 @@ impl MigrationError {
                 "verify_failed"
             }
             MigrationError::RestorePoint(_) => "restore_point_failed",
+            MigrationError::KeptCollection { .. } => "kept_collection",
             MigrationError::Embedding { .. } => "embedding_failed",
             MigrationError::Io { .. } => "io",
             MigrationError::Cancelled => "cancelled",
