@@ -15,7 +15,9 @@
 //!    in both collections; the mean overlap is reported and must reach
 //!    `min_overlap`.
 //! 4. **Swap**: the old collection becomes `NAME.pre-vVERSION` (kept for
-//!    `down`), the copy becomes `NAME`.
+//!    `down`), the copy becomes `NAME`. A `NAME.pre-vVERSION` left by an
+//!    earlier run is deleted first, and only when this run's restore point
+//!    covers it.
 //! 5. **Settle**: writes that still reach the old collection after the swap
 //!    (clients that hold its id, not its name) are copied over for
 //!    `settle_ms`, using the digests of the last catch-up pass to tell them
