@@ -226,6 +226,19 @@ impl Operation {
         }
     }
 
+    /// The collection an earlier run of this operation kept and that this
+    /// one deletes if it is still there: a rebuild's `NAME.pre-vVERSION`
+    /// (after `down`, or a run that was undone, it holds the rebuilt
+    /// collection and every write made to it since).
+    pub fn replaces_kept(&self, version: u32) -> Option<(&str, String)> {
+        match self {
+            Operation::Rebuild { collection, .. } | Operation::Reembed { collection, .. } => {
+                Some((collection, previous_name(collection, version)))
+            }
+            _ => None,
+        }
+    }
+
     /// The inverse, where it is obvious; `None` where a `down` must be written.
     pub fn inverse(&self, version: u32) -> Option<Operation> {
         match self {

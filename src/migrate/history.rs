@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::MigrationError;
 use crate::chroma::{
     ChromaError, CreateCollection, GetRequest, Include, ProductionChromaStore, RecordBatch,
 };
@@ -210,6 +211,17 @@ impl HistoryStore {
         let mut v: Vec<LockRecord> = self.documents("lock").await?;
         v.sort_by_key(|l| std::cmp::Reverse(l.token));
         Ok(v)
+    }
+
+    /// The error for a lock record that is damaged: `why`, and which
+    /// record to delete.
+    pub fn damaged(&self, token: u64, why: String) -> MigrationError {
+        MigrationError::LockDamaged {
+            collection: self.collection.clone(),
+            collection_id: self.collection_id.clone(),
+            record: lock_id(token),
+            why,
+        }
     }
 
     /// Claims `rec.token` if nobody has: `add` keeps the first writer's record.

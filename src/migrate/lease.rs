@@ -67,6 +67,8 @@ impl MigrationLease {
     ) -> Result<Self, MigrationError> {
         let started = Instant::now();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        // The last token claimed and lost, and how many claims were lost.
+        let mut lost: Option<(u64, u32)> = None;
         loop {
             let top = history.locks().await?.into_iter().next();
             let live = top
@@ -90,9 +92,32 @@ impl MigrationLease {
                 .await;
                 continue;
             }
+            if let Some((token, tries)) = lost.filter(|_| started.elapsed() >= wait) {
+                // Claims keep losing, yet no live lease shows: the record
+                // under that token is not a lease.
+                return Err(history.damaged(
+                    token,
+                    format!(
+                        "every claim of it was lost for {} ({tries} tries), yet it is not a readable lease",
+                        humantime::format_duration(wait)
+                    ),
+                ));
+            }
+            let token = match &top {
+                None => 1,
+                Some(l) => l.token.checked_add(1).ok_or_else(|| {
+                    history.damaged(
+                        l.token,
+                        format!(
+                            "it has token {}, the largest there is (tokens count up by one per run), so no lease can follow it",
+                            l.token
+                        ),
+                    )
+                })?,
+            };
             let now = now_ms();
             let record = LockRecord {
-                token: top.as_ref().map_or(1, |l| l.token + 1),
+                token,
                 holder: holder.to_string(),
                 acquired_ms: now,
                 expires_ms: now.saturating_add(ttl_ms),
@@ -109,7 +134,11 @@ impl MigrationLease {
                 lease.spawn_renewal(ttl);
                 return Ok(lease);
             }
-            // Another runner won this token; look again.
+            // Another runner won this token: pause (jittered, so racing
+            // runners spread out), then look again, within `wait`.
+            lost = Some((token, lost.map_or(1, |(_, n)| n + 1)));
+            let pause = Duration::from_millis(100 + rand::random::<u64>() % 200);
+            tokio::time::sleep(pause.min(wait.saturating_sub(started.elapsed()))).await;
         }
     }
 

@@ -16,7 +16,7 @@ use super::file::{load_dir, Migration, Operation};
 use super::history::{HistoryEntry, HistoryStore, Outcome};
 use super::lease::{runner_id, MigrationLease};
 use super::ops::{apply, Tracker};
-use super::plan::{plan_down, plan_up, problems, Direction, Step};
+use super::plan::{kept_in_the_way, plan_down, plan_up, problems, Direction, KeptInTheWay, Step};
 use super::MigrationError;
 use crate::backup::{BackupError, BackupManager, BackupRequest, BackupType, Trigger};
 use crate::chroma::ProductionChromaStore;
@@ -235,7 +235,9 @@ impl MigrationManager {
             // Another runner applied them while this one waited.
             return Ok(json!({"applied": [], "version": highest_applied(&recorded)}));
         }
-        let restore_point = self.restore_point(files, &steps, progress, cancel).await?;
+        let restore_point = self
+            .restore_point(files, &steps, &recorded, progress, cancel)
+            .await?;
         let mut applied = Vec::new();
         for step in &steps {
             let m = files
@@ -262,17 +264,17 @@ impl MigrationManager {
     }
 
     /// A backup of the existing collections the steps touch, through the
-    /// backup manager (`migrations.restore_point`).
+    /// backup manager (`migrations.restore_point`), including the kept
+    /// collections of earlier runs that the steps would delete; with
+    /// restore points off, such a deletion is refused before anything runs.
     async fn restore_point(
         &self,
         files: &[Migration],
         steps: &[Step],
+        recorded: &[HistoryEntry],
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<Option<String>, MigrationError> {
-        if !self.config.migrations.restore_point {
-            return Ok(None);
-        }
         let existing: std::collections::HashSet<String> = self
             .store
             .list_collections()
@@ -280,11 +282,33 @@ impl MigrationManager {
             .into_iter()
             .map(|c| c.name)
             .collect();
-        let mut touched: Vec<String> = steps
+        let migrations: Vec<&Migration> = steps
             .iter()
             .filter_map(|s| files.iter().find(|m| m.version == s.version))
-            .flat_map(Migration::collections)
+            .collect();
+        let kept: Vec<KeptInTheWay> = migrations
+            .iter()
+            .flat_map(|m| kept_in_the_way(m, recorded.iter().find(|h| h.version == m.version)))
+            .filter(|k| existing.contains(&k.kept))
+            .collect();
+        if !self.config.migrations.restore_point {
+            if let Some(k) = kept.into_iter().next() {
+                return Err(MigrationError::KeptCollection {
+                    version: k.version,
+                    collection: k.collection,
+                    kept: k.kept,
+                });
+            }
+            return Ok(None);
+        }
+        for k in &kept {
+            tracing::warn!(migration = k.version, kept = %k.kept, "a collection kept by an earlier run will be deleted; the restore point covers it");
+        }
+        let mut touched: Vec<String> = migrations
+            .iter()
+            .flat_map(|m| m.collections())
             .filter(|c| existing.contains(c))
+            .chain(kept.into_iter().map(|k| k.kept))
             .collect();
         touched.sort();
         touched.dedup();

@@ -72,6 +72,13 @@ pub enum MigrationError {
     },
     #[error("another runner holds the migration lock: {holder}; waited {}. If that runner died, the lock frees itself when its lease ends; raise migrations.lock_wait to wait longer", humantime::format_duration(*waited))]
     LockTimeout { holder: String, waited: Duration },
+    #[error("the migration lock is damaged: record {record:?} in collection {collection:?} (id {collection_id}): {why}. While no migration runs, delete that record (docs/runbook.md, \"A damaged migration lock\", gives the request) and run again")]
+    LockDamaged {
+        collection: String,
+        collection_id: String,
+        record: String,
+        why: String,
+    },
     #[error("the migration lock (token {token}) was lost: the lease could not be renewed in time, or another runner took over; this runner stopped. Run `chromaprod migrate status`")]
     LockLost { token: u64 },
     #[error("collection {0:?} does not exist in Chroma")]
@@ -88,6 +95,12 @@ pub enum MigrationError {
     },
     #[error("embeddings endpoint {url}: {why}")]
     Embedding { url: String, why: String },
+    #[error("migration {version} would delete {kept:?}, kept by an earlier run of it (after `migrate down`, or a run that was undone, it holds the rebuilt {collection:?} and every write made to it since), and no restore point covers it (migrations.restore_point is off, or this is `migrate down`, which takes none), so nothing would keep its data. Keep it with `chromaprod backup --collection {kept} --wait` and then delete or rename it in Chroma, or, for `migrate up`, turn migrations.restore_point on (the restore point then covers it); then run the command again")]
+    KeptCollection {
+        version: u32,
+        collection: String,
+        kept: String,
+    },
     #[error("cannot take the restore point: {0}; fix the backup configuration, or set migrations.restore_point = false")]
     RestorePoint(#[source] BackupError),
     #[error("{path}: {why}")]
@@ -113,12 +126,14 @@ impl MigrationError {
             MigrationError::Failed { .. } => "migration_failed",
             MigrationError::LockTimeout { .. } => "locked",
             MigrationError::LockLost { .. } => "lock_lost",
+            MigrationError::LockDamaged { .. } => "lock_damaged",
             MigrationError::NoCollection(_) => "not_found",
             MigrationError::Conflict(_) => "conflict",
             MigrationError::Verify { .. } | MigrationError::SourceChanging { .. } => {
                 "verify_failed"
             }
             MigrationError::RestorePoint(_) => "restore_point_failed",
+            MigrationError::KeptCollection { .. } => "kept_collection",
             MigrationError::Embedding { .. } => "embedding_failed",
             MigrationError::Io { .. } => "io",
             MigrationError::Cancelled => "cancelled",

@@ -153,7 +153,7 @@ pub async fn apply(op: &Operation, t: &Tracker<'_>) -> Result<Value, MigrationEr
                 let aside = dropped_name(name, t.version);
                 if !resuming && find(store, &aside).await?.is_some() {
                     return Err(MigrationError::Conflict(format!(
-                        "cannot drop {name:?}: {aside:?}, kept by an earlier drop, is in the way; delete or rename it first (it may hold data from an earlier run)"
+                        "cannot drop {name:?}: {aside:?}, kept by an earlier drop, is in the way and may hold data from an earlier run; keep it with `chromaprod backup --collection {aside} --wait`, then delete or rename it in Chroma, and run again"
                     )));
                 }
                 rename_collection(t, name, &aside, resuming).await?;

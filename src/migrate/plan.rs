@@ -183,6 +183,45 @@ pub fn plan_down(
     Ok(steps)
 }
 
+/// A collection kept by an earlier run that running a migration would delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptInTheWay {
+    pub version: u32,
+    /// The collection the operation works on.
+    pub collection: String,
+    /// The kept collection, e.g. `docs.pre-v3`.
+    pub kept: String,
+}
+
+/// The kept collections that running `m` up would delete if they exist
+/// (see [`crate::migrate::Operation::replaces_kept`]): those of the
+/// operations still to run, given `earlier` (its recorded entry, if any).
+/// A run resumed at its swap made its kept collection itself; that one is
+/// not in the way.
+pub fn kept_in_the_way(m: &Migration, earlier: Option<&HistoryEntry>) -> Vec<KeptInTheWay> {
+    // As the runner resumes: an interrupted or failed run of the same file.
+    let resume = earlier.filter(|h| {
+        matches!(h.outcome, Outcome::Running | Outcome::Failed) && h.checksum == m.checksum
+    });
+    let from = resume.map_or(0, |h| h.op_index.min(m.up.len()));
+    let swapping = resume
+        .and_then(|h| h.checkpoint.as_ref())
+        .and_then(|c| c.get("phase"))
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|p| p == "swap" || p == "swapped");
+    m.up.iter()
+        .enumerate()
+        .skip(from)
+        .filter(|(i, _)| !(*i == from && swapping))
+        .filter_map(|(_, op)| op.replaces_kept(m.version))
+        .map(|(collection, kept)| KeptInTheWay {
+            version: m.version,
+            collection: collection.to_string(),
+            kept,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +293,46 @@ mod tests {
             versions(&plan_up(&files, &[applied(1), failed], None).expect("plan")),
             vec![2]
         );
+    }
+
+    #[test]
+    fn a_rebuild_still_to_run_has_its_kept_collection_in_the_way() {
+        let rebuild = |c: &str| Operation::Rebuild {
+            collection: c.into(),
+            configuration: serde_json::json!({"hnsw": {"space": "cosine"}}),
+            sample: 1,
+            k: 1,
+            min_overlap: 0.9,
+            max_passes: 1,
+            max_lag: 0,
+            settle_ms: 0,
+        };
+        let mut mig = m(3, &[]);
+        mig.up = vec![rebuild("docs"), mig.up[0].clone(), rebuild("news")];
+        let kept = |e: Option<&HistoryEntry>| -> Vec<String> {
+            kept_in_the_way(&mig, e)
+                .into_iter()
+                .map(|k| k.kept)
+                .collect()
+        };
+        assert_eq!(kept(None), vec!["docs.pre-v3", "news.pre-v3"]);
+        // A run that got past the first rebuild: only the second is to run.
+        let mut running = applied(3);
+        running.outcome = Outcome::Running;
+        running.op_index = 1;
+        assert_eq!(kept(Some(&running)), vec!["news.pre-v3"]);
+        // Resumed mid-copy, the rebuild will delete; resumed at its swap, the
+        // kept collection is the one this run made.
+        running.op_index = 2;
+        running.checkpoint = Some(serde_json::json!({"phase": "copy", "last_id": "x"}));
+        assert_eq!(kept(Some(&running)), vec!["news.pre-v3"]);
+        running.checkpoint = Some(serde_json::json!({"phase": "swapped"}));
+        assert!(kept(Some(&running)).is_empty());
+        // An entry of another file (edited since) is not resumed.
+        running.checksum = "other".into();
+        assert_eq!(kept(Some(&running)).len(), 2);
+        let ours = &kept_in_the_way(&mig, None)[0];
+        assert_eq!((ours.version, ours.collection.as_str()), (3, "docs"));
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //!    in both collections; the mean overlap is reported and must reach
 //!    `min_overlap`.
 //! 4. **Swap**: the old collection becomes `NAME.pre-vVERSION` (kept for
-//!    `down`), the copy becomes `NAME`.
+//!    `down`), the copy becomes `NAME`. A `NAME.pre-vVERSION` left by an
+//!    earlier run is deleted first, and only when this run's restore point
+//!    covers it.
 //! 5. **Settle**: writes that still reach the old collection after the swap
 //!    (clients that hold its id, not its name) are copied over for
 //!    `settle_ms`, using the digests of the last catch-up pass to tell them
@@ -27,6 +29,7 @@ use serde_json::{json, Value};
 
 use super::embed::Embedder;
 use super::file::{previous_name, staging_name, Operation};
+use super::history::Outcome;
 use super::ops::{find, list_ids, rename, resume_position, Tracker};
 use super::MigrationError;
 use crate::backup::engine::{creatable_configuration, records_match};
@@ -392,10 +395,32 @@ async fn fill_verify_swap(
     // 4. Swap.
     t.save(json!({"phase": "swap", "source_id": source.id, "staging_id": target.id}))
         .await?;
-    if let Some(old) = find(store, previous).await? {
-        // Left by an earlier up that was rolled back: the copy of that run.
-        store.delete_collection(&old.name).await?;
-    }
+    let deleted_kept = match find(store, previous).await? {
+        // Kept by an earlier run (after `down`, or a run that was undone,
+        // the rebuilt collection with the writes made to it since): only
+        // deleted when the restore point of this run covers it.
+        Some(old) => {
+            // Only an `up` run (outcome running) took its restore point
+            // before it started; `down` takes none.
+            let covered = {
+                let e = t.entry.lock().await;
+                e.restore_point
+                    .clone()
+                    .filter(|_| e.outcome == Outcome::Running)
+            };
+            let Some(snapshot) = covered else {
+                return Err(MigrationError::KeptCollection {
+                    version: t.version,
+                    collection: collection.to_string(),
+                    kept: old.name,
+                });
+            };
+            store.delete_collection(&old.name).await?;
+            tracing::warn!(kept = %old.name, restore_point = %snapshot, "deleted a collection kept by an earlier run; it is in the restore point");
+            json!({"collection": old.name, "restore_point": snapshot})
+        }
+        None => Value::Null,
+    };
     finish_swap(store, collection, previous, &source.id, &target.id).await?;
     t.save(json!({"phase": "swapped"})).await?;
 
@@ -426,6 +451,7 @@ async fn fill_verify_swap(
         "overlap": overlap,
         "copied_after_swap": after_swap,
         "previous": previous,
+        "deleted_kept": deleted_kept,
     }))
 }
 
