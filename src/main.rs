@@ -939,4 +939,7 @@ fn print_query(v: &Value) {
             doc
         );
     }
+    if v["documents_withheld"] == Value::Bool(true) {
+        println!("(documents withheld: run as root, as the daemon's user, or as a member of the daemon's group or of control.admin_group to see them)");
+    }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chromaprod::config::ControlConfig;
 use chromaprod::control::{
-    self, bind, call, call_with, kind, serve, CallOptions, ClientError, Command, ControlError,
-    EventSink, Handler, HandlerError, Limits, Line, Peer,
+    self, bind, call, call_with, kind, serve, Access, CallOptions, ClientError, Command,
+    ControlError, EventSink, Handler, HandlerError, Limits, Line, Peer,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -51,7 +51,8 @@ impl Handler for TestHandler {
                 }
                 Ok(json!({"collection": collection, "k": k}))
             }
-            other => Err(HandlerError::new("unknown_command", other.name())),
+            // Every other command just says it ran, so tests see who got through.
+            other => Ok(json!({"ran": other.name(), "peer_uid": peer.uid})),
         }
     }
 }
@@ -88,6 +89,7 @@ fn config(path: &Path, mode: u32, group: Option<&str>) -> ControlConfig {
         socket_path: path.to_path_buf(),
         socket_mode: mode,
         socket_group: group.map(str::to_string),
+        admin_group: None,
     }
 }
 
@@ -99,13 +101,20 @@ fn open_tempdir() -> tempfile::TempDir {
 }
 
 async fn start_with(mode: u32, group: Option<&str>, limits: Limits) -> Server {
+    start_with_config(|path| config(path, mode, group), limits).await
+}
+
+async fn start_with_config(cfg: impl FnOnce(&Path) -> ControlConfig, limits: Limits) -> Server {
     let dir = open_tempdir();
     let path = dir.path().join("control.sock");
-    let listener = bind(&config(&path, mode, group)).expect("bind");
+    let cfg = cfg(&path);
+    let listener = bind(&cfg).expect("bind");
+    let access = Access::new(&cfg).expect("access policy");
     let cancel = CancellationToken::new();
     let task = tokio::spawn(serve(
         listener,
         Arc::new(TestHandler),
+        Arc::new(access),
         limits,
         cancel.clone(),
     ));
@@ -463,13 +472,29 @@ async fn a_silent_daemon_times_out() {
 /// Run this test binary's `child_client` as uid/gid 65534 against `socket`;
 /// returns what the child's `call` produced.
 fn run_child_as_nobody(socket: &Path, cmd: &str) -> Value {
+    let command = match cmd {
+        "reload" => Command::Reload,
+        _ => Command::Status,
+    };
+    run_child_as(65534, 65534, socket, &command)
+}
+
+/// Run this test binary's `child_client` as `uid` with primary group `gid`
+/// and no supplementary groups, sending `command` to `socket`; returns what
+/// the child's `call` produced.
+fn run_child_as(uid: u32, gid: u32, socket: &Path, command: &Command) -> Value {
     let exe = std::env::current_exe().expect("test binary");
     let out = Process::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args(["--clear-groups", "--"])
         .arg(exe)
         .args(["child_client", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_SOCKET_ENV, socket)
-        .env("CHROMAPROD_TEST_CHILD_CMD", cmd)
+        .env(
+            "CHROMAPROD_TEST_CHILD_CMD",
+            serde_json::to_string(command).expect("encode command"),
+        )
         .output()
         .expect("run setpriv");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -492,10 +517,10 @@ async fn child_client() {
     let Some(socket) = std::env::var_os(CHILD_SOCKET_ENV) else {
         return;
     };
-    let command = match std::env::var("CHROMAPROD_TEST_CHILD_CMD").as_deref() {
-        Ok("reload") => Command::Reload,
-        _ => Command::Status,
-    };
+    let command: Command = std::env::var("CHROMAPROD_TEST_CHILD_CMD")
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Command::Status);
     let report = match call(Path::new(&socket), command, |_| {}).await {
         Ok(v) => json!({"ok": v}),
         Err(ClientError::PermissionDenied { path, group }) => json!({
@@ -566,6 +591,217 @@ async fn the_server_refuses_mutating_commands_from_outside_the_group() {
         .await
         .expect("root reload");
     assert_eq!(r["reloaded"], true);
+    server.stop().await;
+}
+
+/// `n` distinct groups other than root's and nogroup, from /etc/group.
+fn groups_besides_root(n: usize) -> Vec<(String, u32)> {
+    let text = std::fs::read_to_string("/etc/group").expect("/etc/group");
+    let groups: Vec<(String, u32)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let gid = f.nth(1)?.parse::<u32>().ok()?;
+            Some((name.to_string(), gid))
+        })
+        .filter(|(_, gid)| *gid != 0 && *gid != 65534)
+        .take(n)
+        .collect();
+    assert_eq!(groups.len(), n, "need {n} non-root groups in /etc/group");
+    groups
+}
+
+/// Commands an operator (a member of the socket's group) may run.
+fn operational_commands() -> Vec<Command> {
+    vec![
+        Command::Reload,
+        Command::Backup {
+            backup_type: chromaprod::backup::BackupType::Full,
+            collections: vec![],
+            wait: false,
+        },
+        Command::JobCancel { id: 1 },
+        Command::Restore {
+            id: "latest".into(),
+            collections: vec!["docs".into()],
+            as_name: Some("docs-restored".into()),
+            target: None,
+            target_token: None,
+            allow_plain_http: false,
+            mode: chromaprod::backup::RestoreMode::FailIfExists,
+            dry_run: false,
+            keep_previous: false,
+            wait: false,
+        },
+        Command::Restore {
+            id: "latest".into(),
+            collections: vec![],
+            as_name: None,
+            target: None,
+            target_token: None,
+            allow_plain_http: false,
+            mode: chromaprod::backup::RestoreMode::Replace,
+            dry_run: true,
+            keep_previous: false,
+            wait: false,
+        },
+        Command::MigrateUp {
+            to: None,
+            wait: false,
+        },
+        Command::Prune { dry_run: true },
+    ]
+}
+
+/// Commands that destroy data or history: the admin level only.
+fn destructive_commands() -> Vec<Command> {
+    vec![
+        Command::BackupDelete {
+            id: "latest".into(),
+        },
+        Command::Prune { dry_run: false },
+        Command::Restore {
+            id: "latest".into(),
+            collections: vec![],
+            as_name: None,
+            target: None,
+            target_token: None,
+            allow_plain_http: false,
+            mode: chromaprod::backup::RestoreMode::Replace,
+            dry_run: false,
+            keep_previous: true,
+            wait: false,
+        },
+        Command::MigrateDown { to: 0, wait: false },
+        Command::MigrateRepair,
+        Command::MigrateStamp { version: 3 },
+    ]
+}
+
+#[tokio::test]
+async fn destructive_commands_need_the_admin_level() {
+    let groups = groups_besides_root(2);
+    let (operators, op_gid) = groups[0].clone();
+    // 0666 lets anyone connect; the peer-credential check decides.
+    let server = start_with(0o666, Some(&operators), test_limits()).await;
+    let path = server.path.clone();
+    let (allowed, refused) = tokio::task::spawn_blocking(move || {
+        let run = |c: Vec<Command>| -> Vec<(Command, Value)> {
+            c.into_iter()
+                .map(|c| {
+                    let r = run_child_as(65534, op_gid, &path, &c);
+                    (c, r)
+                })
+                .collect()
+        };
+        (run(operational_commands()), run(destructive_commands()))
+    })
+    .await
+    .expect("children");
+    for (c, r) in &allowed {
+        assert!(r["ok"].is_object(), "operator may run {c:?}: {r}");
+    }
+    for (c, r) in &refused {
+        assert_eq!(r["remote"], "admin_required", "operator ran {c:?}: {r}");
+        let message = r["message"].as_str().unwrap_or_default();
+        assert!(message.contains(c.name()), "{message}");
+        assert!(message.contains("control.admin_group"), "{message}");
+        assert!(message.contains("root"), "{message}");
+    }
+
+    // Root holds the admin level.
+    for c in destructive_commands() {
+        let r = call(&server.path, c.clone(), |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("root runs {c:?}: {e}"));
+        assert_eq!(r["ran"], c.name());
+    }
+    server.stop().await;
+
+    // Members of control.admin_group hold it too (and, with it, the operate level).
+    let (admins, admin_gid) = groups[1].clone();
+    let server = start_with_config(
+        |path| ControlConfig {
+            admin_group: Some(admins),
+            ..config(path, 0o666, Some(&operators))
+        },
+        test_limits(),
+    )
+    .await;
+    let path = server.path.clone();
+    let (admin, operator) = tokio::task::spawn_blocking(move || {
+        let all: Vec<Command> = destructive_commands()
+            .into_iter()
+            .chain(operational_commands())
+            .collect();
+        let admin: Vec<(Command, Value)> = all
+            .iter()
+            .map(|c| (c.clone(), run_child_as(65534, admin_gid, &path, c)))
+            .collect();
+        let operator = run_child_as(65534, op_gid, &path, &Command::MigrateRepair);
+        (admin, operator)
+    })
+    .await
+    .expect("children");
+    for (c, r) in &admin {
+        assert!(r["ok"].is_object(), "admin group member may run {c:?}: {r}");
+    }
+    assert_eq!(operator["remote"], "admin_required", "{operator}");
+    let message = operator["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("control.admin_group `{}`", groups[1].0)),
+        "{message}"
+    );
+    server.stop().await;
+
+    // An admin group that does not exist is refused with the key's name.
+    let dir = open_tempdir();
+    let cfg = ControlConfig {
+        admin_group: Some("no-such-admins-here".into()),
+        ..config(&dir.path().join("control.sock"), 0o660, None)
+    };
+    let err = Access::new(&cfg).expect_err("unknown admin group");
+    assert!(
+        err.to_string()
+            .contains("control.admin_group `no-such-admins-here`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn one_users_idle_connections_do_not_lock_out_another_user() {
+    let server = start_with(
+        0o666,
+        None,
+        Limits {
+            read_timeout: Duration::from_secs(30),
+            ..test_limits()
+        },
+    )
+    .await;
+    // Root opens as many idle connections as the server takes in all.
+    let mut idle = Vec::new();
+    for _ in 0..Limits::default().max_connections {
+        idle.push(UnixStream::connect(&server.path).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Root itself is told busy, by its own limit...
+    let err = call(&server.path, Command::Status, |_| {})
+        .await
+        .expect_err("busy");
+    assert!(
+        matches!(&err, ClientError::Remote { kind, message } if kind == "busy" && message.contains("uid 0 already has 8")),
+        "{err}"
+    );
+    // ...but another user is still served.
+    let path = server.path.clone();
+    let status = tokio::task::spawn_blocking(move || run_child_as_nobody(&path, "status"))
+        .await
+        .expect("child");
+    assert_eq!(status["ok"]["peer_uid"], 65534, "{status}");
+    drop(idle);
     server.stop().await;
 }
 

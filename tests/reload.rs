@@ -228,3 +228,92 @@ fn invalid_change_is_rejected_and_the_daemon_keeps_serving() {
         pool_max(s) == 5 && s["config"]["last_reload"]["ok"] == true
     });
 }
+
+#[test]
+fn reload_applies_socket_mode_and_group_to_the_live_socket() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let chroma = ChromaServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (daemon, _notify) = start(&chroma, dir.path(), false);
+    let meta = std::fs::metadata(&daemon.socket).expect("stat socket");
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    let (group, gid) = {
+        let text = std::fs::read_to_string("/etc/group").expect("/etc/group");
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?.to_string();
+                let gid = f.nth(1)?.parse::<u32>().ok()?;
+                Some((name, gid))
+            })
+            .find(|(_, gid)| *gid != 0 && *gid != 65534 && *gid != meta.gid())
+            .expect("another group in /etc/group")
+    };
+
+    let moved = dir.path().join("elsewhere.sock");
+    let text = with_pool(dir.path(), &[chroma.base()], 4, false).replace(
+        "[control]\n",
+        &format!("[control]\nsocket_mode = \"0670\"\nsocket_group = \"{group}\"\n"),
+    );
+    std::fs::write(&daemon.config, &text).expect("edit");
+    let (code, out, err) = cli(&daemon.socket, &["reload", "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: Value = serde_json::from_str(out.trim()).expect("reload JSON");
+    let changed = report["changed_keys"].to_string();
+    assert!(changed.contains("control.socket_mode"), "{report}");
+    assert!(changed.contains("control.socket_group"), "{report}");
+    assert_eq!(report["needs_restart"], serde_json::json!([]), "{report}");
+
+    // What the report calls applied is applied to the socket file.
+    let meta = std::fs::metadata(&daemon.socket).expect("stat socket");
+    assert_eq!(meta.mode() & 0o777, 0o670, "socket_mode not applied");
+    assert_eq!(meta.gid(), gid, "socket_group not applied");
+    // And the daemon's access check follows: a member of the new group may reload.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--",
+        ])
+        .arg(common::daemon::bin())
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["reload", "--json"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A group that does not exist rejects the reload and changes nothing.
+    let bad = text.replace(&format!("\"{group}\""), "\"no-such-group-here\"");
+    std::fs::write(&daemon.config, &bad).expect("edit");
+    let (code, out, _) = cli(&daemon.socket, &["reload", "--json"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no-such-group-here"), "{out}");
+    let meta = std::fs::metadata(&daemon.socket).expect("stat socket");
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o670, gid));
+
+    // A new socket path is reported as needing a restart, and the socket stays where it is.
+    let text = text.replace(
+        &format!("socket_path = \"{}\"", daemon.socket.display()),
+        &format!("socket_path = \"{}\"", moved.display()),
+    );
+    std::fs::write(&daemon.config, &text).expect("edit");
+    let (code, out, err) = cli(&daemon.socket, &["reload", "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: Value = serde_json::from_str(out.trim()).expect("reload JSON");
+    assert_eq!(
+        report["needs_restart"],
+        serde_json::json!(["control.socket_path"]),
+        "{report}"
+    );
+    assert!(!moved.exists());
+    assert_eq!(daemon.status()["config"]["last_reload"]["ok"], true);
+}

@@ -19,6 +19,9 @@ pub struct ConfigDiff {
     pub reschedule: bool,
     /// Metrics listener changed: rebind it.
     pub rebind_metrics: bool,
+    /// Control socket mode, group or admin group changed: apply them to the
+    /// live socket and its access policy.
+    pub reconfigure_control: bool,
     /// Keys that take effect only after a restart (the new value is not applied).
     pub needs_restart: Vec<String>,
 }
@@ -29,8 +32,31 @@ impl ConfigDiff {
     }
 }
 
-/// Keys that cannot change under a running daemon.
-const RESTART_ONLY: &[&str] = &["control.socket_path", "daemon.state_dir", "log.format"];
+/// Puts the running value of one key (from the second config) into the first.
+type KeepRunning = fn(&mut Config, &Config);
+
+/// Keys that cannot change under a running daemon, each with how the running
+/// value is kept in the configuration a reload puts in force. The one list:
+/// [`diff`] reports these as `needs_restart`, [`effective`] keeps them.
+const RESTART_ONLY: &[(&str, KeepRunning)] = &[
+    ("control.socket_path", |new, old| {
+        new.control.socket_path.clone_from(&old.control.socket_path);
+    }),
+    ("daemon.state_dir", |new, old| {
+        new.daemon.state_dir.clone_from(&old.daemon.state_dir);
+    }),
+    ("log.format", |new, old| new.log.format = old.log.format),
+];
+
+/// The configuration a reload from `old` to `new` puts in force: `new`, with
+/// the running value of every restart-only key.
+pub fn effective(old: &Config, new: &Config) -> Config {
+    let mut effective = new.clone();
+    for (_, keep) in RESTART_ONLY {
+        keep(&mut effective, old);
+    }
+    effective
+}
 
 pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let mut changed = Vec::new();
@@ -45,7 +71,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let section = |k: &str| k.split('.').next().unwrap_or("").to_string();
     let mut d = ConfigDiff::default();
     for key in &changed {
-        if RESTART_ONLY.contains(&key.as_str()) {
+        if RESTART_ONLY.iter().any(|(k, _)| k == key) {
             d.needs_restart.push(key.clone());
             continue;
         }
@@ -54,6 +80,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             "log" => d.relog = true,
             "backup" | "migrations" => d.reschedule = true,
             "metrics" => d.rebind_metrics = true,
+            "control" => d.reconfigure_control = true,
             _ => {}
         }
     }
@@ -119,6 +146,45 @@ mod tests {
         );
         assert!(d.rebuild_store && d.relog && d.reschedule && d.rebind_metrics);
         assert_eq!(d.needs_restart, vec!["control.socket_path"]);
+    }
+
+    #[test]
+    fn socket_mode_group_and_admin_group_apply_live() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.control.socket_mode = 0o640;
+        new.control.socket_group = Some("ops".into());
+        new.control.admin_group = Some("admins".into());
+        let d = diff(&old, &new);
+        assert!(d.reconfigure_control);
+        assert!(d.needs_restart.is_empty(), "{:?}", d.needs_restart);
+        assert_eq!(effective(&old, &new).control, new.control);
+    }
+
+    #[test]
+    fn every_restart_only_key_keeps_its_running_value() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.control.socket_path = "/tmp/other.sock".into();
+        new.daemon.state_dir = "/tmp/other-state".into();
+        new.log.format = super::super::LogFormat::Json;
+        new.pool.max_connections = 99;
+        let d = diff(&old, &new);
+        let restart_only: Vec<&str> = RESTART_ONLY.iter().map(|(k, _)| *k).collect();
+        assert_eq!(d.needs_restart, restart_only);
+        assert!(!d.reconfigure_control);
+        // In force: everything new except the restart-only keys.
+        let e = effective(&old, &new);
+        assert!(diff(&old, &e)
+            .changed_keys
+            .iter()
+            .all(|k| !restart_only.contains(&k.as_str())));
+        assert_eq!(e.pool.max_connections, 99);
+        assert_eq!(
+            diff(&e, &new).changed_keys,
+            restart_only,
+            "exactly the restart-only keys differ from the file"
+        );
     }
 
     #[test]

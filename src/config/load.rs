@@ -490,6 +490,7 @@ impl Reader<'_> {
             },
         );
         c.control.socket_group = self.opt_string("control.socket_group");
+        c.control.admin_group = self.opt_string("control.admin_group");
 
         c.metrics.listen = self.opt_string("metrics.listen");
 

@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::secret::Secret;
 
-pub use diff::{diff, ConfigDiff};
+pub use diff::{diff, effective, ConfigDiff};
 pub use load::{
     load, load_from_str, parse_utc_offset, plain_http_problem, socket_path_hint, without_user_info,
     ConfigError, ConfigIssue, ConfigSource, Loaded,
@@ -275,8 +275,13 @@ pub struct ControlConfig {
     /// Permission bits of the socket file (octal).
     #[serde(serialize_with = "serialize_mode")]
     pub socket_mode: u32,
-    /// Group owning the socket; members may run control commands. Empty = the daemon's group.
+    /// Group owning the socket; members hold the operate level (reload,
+    /// backups, restores into a new name). Empty = the daemon's group.
     pub socket_group: Option<String>,
+    /// Group whose members hold the admin level (commands that destroy data
+    /// or history, and document text in `query`) besides root and the
+    /// daemon's user. Empty = nobody else.
+    pub admin_group: Option<String>,
 }
 
 fn serialize_mode<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
@@ -390,6 +395,7 @@ impl Default for Config {
                 socket_path: "/run/chromaprod/control.sock".into(),
                 socket_mode: 0o660,
                 socket_group: None,
+                admin_group: None,
             },
             metrics: MetricsConfig { listen: None },
             log: LogConfig {

@@ -215,8 +215,6 @@ impl Command {
         }
     }
 
-    /// Whether the command changes the daemon's state or data. Mutating
-    /// commands are refused to peers outside the socket's group.
     /// This command as it may be recorded (audit log): any token replaced by
     /// `[redacted]`.
     pub fn redacted(&self) -> Command {
@@ -231,18 +229,9 @@ impl Command {
         c
     }
 
-    pub fn is_mutating(&self) -> bool {
+    /// The access level a peer needs to run the command (see [`Level`]).
+    pub fn level(&self) -> Level {
         match self {
-            Command::Reload
-            | Command::Backup { .. }
-            | Command::BackupDelete { .. }
-            | Command::JobCancel { .. }
-            | Command::Restore { .. }
-            | Command::MigrateUp { .. }
-            | Command::MigrateDown { .. }
-            | Command::MigrateRepair
-            | Command::MigrateStamp { .. } => true,
-            Command::Prune { dry_run } => !dry_run,
             Command::Status
             | Command::Query { .. }
             | Command::BackupsList
@@ -251,7 +240,58 @@ impl Command {
             | Command::BackupsCheck
             | Command::Jobs
             | Command::MigrateStatus
-            | Command::MigrateValidate => false,
+            | Command::MigrateValidate
+            | Command::Prune { dry_run: true } => Level::Read,
+            Command::Reload
+            | Command::Backup { .. }
+            | Command::JobCancel { .. }
+            | Command::MigrateUp { .. } => Level::Operate,
+            Command::Restore { mode, dry_run, .. } => {
+                if *mode == crate::backup::RestoreMode::Replace && !dry_run {
+                    Level::Admin
+                } else {
+                    Level::Operate
+                }
+            }
+            Command::BackupDelete { .. }
+            | Command::Prune { dry_run: false }
+            | Command::MigrateDown { .. }
+            | Command::MigrateRepair
+            | Command::MigrateStamp { .. } => Level::Admin,
+        }
+    }
+
+    /// Whether the command changes the daemon's state or data (it needs more
+    /// than [`Level::Read`]); such commands are recorded in the audit log.
+    pub fn is_mutating(&self) -> bool {
+        self.level() > Level::Read
+    }
+}
+
+/// Access levels on the control socket, lowest first; each includes the ones
+/// below it. Who holds which level is decided from the peer's credentials
+/// (see `docs/control-protocol.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// Anyone who can connect: state, listings, checks, dry runs, queries
+    /// (document text only for the admin level or the daemon's own group).
+    Read,
+    /// Members of the socket's group: reload, backups, restores into a new
+    /// or absent collection, `migrate_up`, cancelling jobs.
+    Operate,
+    /// Root, the daemon's user and members of `control.admin_group`: what
+    /// destroys data or history (deleting snapshots, prune, restore over an
+    /// existing collection, `migrate_down`, `migrate_repair`, `migrate_stamp`).
+    Admin,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Read => "read",
+            Level::Operate => "operate",
+            Level::Admin => "admin",
         }
     }
 }
@@ -337,9 +377,11 @@ pub mod kind {
     pub const UNSUPPORTED_VERSION: &str = "unsupported_version";
     /// The request's `cmd` is not one the server knows (an older daemon).
     pub const UNKNOWN_COMMAND: &str = "unknown_command";
-    /// The peer may not run this command.
+    /// The peer may not run this command (it needs the operate level).
     pub const PERMISSION_DENIED: &str = "permission_denied";
-    /// The server is at its connection limit; try again.
+    /// The command destroys data or history and needs the admin level.
+    pub const ADMIN_REQUIRED: &str = "admin_required";
+    /// The server is at its connection limit, in all or for the peer's uid; try again.
     pub const BUSY: &str = "busy";
     /// The daemon is stopping; the command was not completed.
     pub const SHUTTING_DOWN: &str = "shutting_down";
@@ -468,6 +510,52 @@ mod tests {
             recorded.contains("\"target_token\":\"[redacted]\""),
             "{recorded}"
         );
+    }
+
+    #[test]
+    fn destructive_commands_need_the_admin_level() {
+        use crate::backup::RestoreMode;
+        let restore = |mode, dry_run| Command::Restore {
+            id: "latest".into(),
+            collections: vec![],
+            as_name: None,
+            target: None,
+            target_token: None,
+            allow_plain_http: false,
+            mode,
+            dry_run,
+            keep_previous: false,
+            wait: false,
+        };
+        assert_eq!(restore(RestoreMode::Replace, false).level(), Level::Admin);
+        assert_eq!(restore(RestoreMode::Replace, true).level(), Level::Operate);
+        assert_eq!(
+            restore(RestoreMode::FailIfExists, false).level(),
+            Level::Operate
+        );
+        assert_eq!(Command::Prune { dry_run: false }.level(), Level::Admin);
+        assert_eq!(Command::Prune { dry_run: true }.level(), Level::Read);
+        assert_eq!(
+            Command::BackupDelete { id: "x".into() }.level(),
+            Level::Admin
+        );
+        assert_eq!(
+            Command::MigrateDown { to: 0, wait: true }.level(),
+            Level::Admin
+        );
+        assert_eq!(Command::MigrateRepair.level(), Level::Admin);
+        assert_eq!(Command::MigrateStamp { version: 1 }.level(), Level::Admin);
+        assert_eq!(
+            Command::MigrateUp {
+                to: None,
+                wait: true
+            }
+            .level(),
+            Level::Operate
+        );
+        assert_eq!(Command::Reload.level(), Level::Operate);
+        assert_eq!(Command::Status.level(), Level::Read);
+        assert!(Level::Read < Level::Operate && Level::Operate < Level::Admin);
     }
 
     fn command() -> impl Strategy<Value = Command> {

@@ -1,15 +1,17 @@
 //! The control socket server: binding the socket safely and serving requests.
 //!
 //! [`bind`] creates the socket file with the configured mode and group;
-//! [`serve`] accepts connections until cancelled, reads one request per
-//! connection under a size and time limit, checks the peer's credentials,
-//! runs the [`Handler`] and streams its events and response back. No client
-//! can crash the server or stop it from serving others.
+//! [`serve`] accepts connections until cancelled (at most
+//! [`Limits::max_connections_per_uid`] from one uid), reads one request per
+//! connection under a size and time limit, checks the peer's access level
+//! ([`Access`]), runs the [`Handler`] and streams its events and response
+//! back. No client can crash the server or stop it from serving others.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -19,15 +21,19 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::access::{Access, Clearance};
 use super::protocol::{kind, Command, Line, Request, PROTOCOL_VERSION};
 use crate::config::ControlConfig;
 
-/// Who is on the other end of a connection, from the kernel (`SO_PEERCRED`).
+/// Who is on the other end of a connection, from the kernel (`SO_PEERCRED`),
+/// and what it may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
+    /// The peer's access level and whether it may see document text.
+    pub clearance: Clearance,
 }
 
 impl From<&Peer> for crate::observe::audit::Actor {
@@ -102,8 +108,9 @@ impl HandlerError {
 
 /// Runs control commands; the daemon implements it.
 ///
-/// The server has already checked the protocol version and, for mutating
-/// commands, the peer's credentials. A disconnecting client does not cancel
+/// The server has already checked the protocol version and that the peer's
+/// level suffices for the command; the handler withholds document text from
+/// a peer whose [`Clearance::documents`] is false. A disconnecting client does not cancel
 /// the command; a stopping server drops it after [`Limits::shutdown_grace`].
 pub trait Handler: Send + Sync + 'static {
     fn handle(
@@ -119,6 +126,9 @@ pub trait Handler: Send + Sync + 'static {
 pub struct Limits {
     /// Connections served at once; more are answered `busy` and closed.
     pub max_connections: usize,
+    /// Connections served at once from one uid, so one user's idle or slow
+    /// connections cannot take every slot; more are answered `busy`.
+    pub max_connections_per_uid: usize,
     /// Longest request line in bytes (without the `\n`).
     pub max_request_bytes: usize,
     /// Time a client has to send its whole request line.
@@ -133,6 +143,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 64,
+            max_connections_per_uid: 8,
             max_request_bytes: 1024 * 1024,
             read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
@@ -166,6 +177,8 @@ pub enum ControlError {
     },
     #[error("control.socket_group `{group}` does not exist (socket {path}); create it or fix the setting")]
     UnknownGroup { group: String, path: PathBuf },
+    #[error("control.admin_group `{group}` does not exist; create it (`groupadd {group}`) or fix the setting")]
+    UnknownAdminGroup { group: String },
     #[error("cannot give {path} to group `{group}`: {source} (the daemon's user must be a member of that group)")]
     SetGroup {
         path: PathBuf,
@@ -211,7 +224,21 @@ pub fn bind(cfg: &ControlConfig) -> Result<UnixListener, ControlError> {
         path: path.to_path_buf(),
         source,
     })?;
-    if let Some((name, gid)) = gid {
+    set_group_and_mode(path, gid, cfg.socket_mode)?;
+    Ok(listener)
+}
+
+/// Give the socket file at `path` to `group` (name for messages, gid), if
+/// any, then set its `mode`.
+pub(super) fn set_group_and_mode(
+    path: &Path,
+    group: Option<(&str, u32)>,
+    mode: u32,
+) -> Result<(), ControlError> {
+    if mode > 0o777 {
+        return Err(ControlError::InvalidMode { mode });
+    }
+    if let Some((name, gid)) = group {
         nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| {
             ControlError::SetGroup {
                 path: path.to_path_buf(),
@@ -220,14 +247,13 @@ pub fn bind(cfg: &ControlConfig) -> Result<UnixListener, ControlError> {
             }
         })?;
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode)).map_err(
-        |source| ControlError::SetMode {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        ControlError::SetMode {
             path: path.to_path_buf(),
-            mode: cfg.socket_mode,
+            mode,
             source,
-        },
-    )?;
-    Ok(listener)
+        }
+    })
 }
 
 fn remove_stale(path: &Path) -> Result<(), ControlError> {
@@ -262,7 +288,7 @@ fn remove_stale(path: &Path) -> Result<(), ControlError> {
     }
 }
 
-fn resolve_group(group: &str, path: &Path) -> Result<u32, ControlError> {
+pub(super) fn resolve_group(group: &str, path: &Path) -> Result<u32, ControlError> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
@@ -275,41 +301,51 @@ fn resolve_group(group: &str, path: &Path) -> Result<u32, ControlError> {
     }
 }
 
-/// Who may run mutating commands: root, the daemon's own user, and members
-/// (primary or supplementary) of the socket file's group.
-#[derive(Debug, Clone, Copy)]
-struct Policy {
-    own_uid: u32,
-    socket_gid: u32,
+/// Connections open per uid; a [`UidSlot`] holds one until dropped.
+#[derive(Debug, Default)]
+struct PerUid {
+    open: Mutex<HashMap<u32, usize>>,
 }
 
-impl Policy {
-    fn allows_fast(&self, peer: &Peer) -> bool {
-        peer.uid == 0 || peer.uid == self.own_uid || peer.gid == self.socket_gid
-    }
+/// One connection counted against its uid.
+struct UidSlot {
+    counts: Arc<PerUid>,
+    uid: u32,
+}
 
-    /// Full check; the supplementary-group lookup goes through NSS, so it runs
-    /// off the async threads and only when the cheap checks fail.
-    async fn allows(&self, peer: &Peer) -> bool {
-        if self.allows_fast(peer) {
-            return true;
+impl PerUid {
+    fn try_take(self: &Arc<Self>, uid: u32, max: usize) -> Option<UidSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(uid).or_insert(0);
+        if *n >= max.max(1) {
+            return None;
         }
-        let (uid, gid) = (peer.uid, self.socket_gid);
-        tokio::task::spawn_blocking(move || user_in_group(uid, gid))
-            .await
-            .unwrap_or(false)
+        *n += 1;
+        Some(UidSlot {
+            counts: self.clone(),
+            uid,
+        })
     }
 }
 
-fn user_in_group(uid: u32, gid: u32) -> bool {
-    use nix::unistd::{Gid, Group, Uid, User};
-    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
-        return false;
-    };
-    if user.gid.as_raw() == gid {
-        return true;
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.uid);
+            }
+        }
     }
-    matches!(Group::from_gid(Gid::from_raw(gid)), Ok(Some(g)) if g.mem.contains(&user.name))
+}
+
+/// Peer credentials as the kernel gives them, before the level is known.
+#[derive(Debug, Clone, Copy)]
+struct Creds {
+    uid: u32,
+    gid: u32,
+    pid: Option<i32>,
 }
 
 /// Identity of the socket file we serve, so we remove only our own on exit.
@@ -333,10 +369,12 @@ impl SocketFile {
 
 /// Serve control requests on `listener` until `cancel` fires, then stop
 /// accepting, give running commands [`Limits::shutdown_grace`], and remove
-/// the socket file (if it is still the one we bound).
+/// the socket file (if it is still the one we bound). `access` decides each
+/// peer's level (see [`Access`]).
 pub async fn serve<H: Handler>(
     listener: UnixListener,
     handler: Arc<H>,
+    access: Arc<Access>,
     limits: Limits,
     cancel: CancellationToken,
 ) {
@@ -352,15 +390,9 @@ pub async fn serve<H: Handler>(
                 ino: m.ino(),
             })
         });
-    let policy = Policy {
-        own_uid: nix::unistd::geteuid().as_raw(),
-        socket_gid: socket_file
-            .as_ref()
-            .and_then(|s| std::fs::metadata(&s.path).ok())
-            .map_or_else(|| nix::unistd::getegid().as_raw(), |m| m.gid()),
-    };
     let limits = Arc::new(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_uid = Arc::new(PerUid::default());
     let tracker = TaskTracker::new();
 
     loop {
@@ -379,18 +411,49 @@ pub async fn serve<H: Handler>(
                 }
             }
         };
+        let creds = match stream.peer_cred() {
+            Ok(c) => Creds {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read control peer credentials; closing");
+                continue;
+            }
+        };
+        // Non-blocking answers: a short line fits the socket buffer; if not,
+        // the client just sees the connection close.
+        let Some(slot) = per_uid.try_take(creds.uid, limits.max_connections_per_uid) else {
+            tracing::debug!(uid = creds.uid, pid = ?creds.pid, "control connection refused: per-uid limit");
+            let _ = stream.try_write(
+                &Line::error(
+                    kind::BUSY,
+                    format!(
+                        "uid {} already has {} control connections open (the most one user may hold); close some and try again",
+                        creds.uid, limits.max_connections_per_uid
+                    ),
+                )
+                .to_json_line(),
+            );
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Non-blocking: a short line fits the socket buffer; if not, the
-            // client just sees the connection close.
             let _ = stream.try_write(
                 &Line::error(kind::BUSY, "too many control connections; try again").to_json_line(),
             );
             continue;
         };
-        let (handler, limits, cancel) = (handler.clone(), limits.clone(), cancel.clone());
+        let (handler, access, limits, cancel) = (
+            handler.clone(),
+            access.clone(),
+            limits.clone(),
+            cancel.clone(),
+        );
         tracker.spawn(async move {
-            connection(stream, &*handler, &limits, policy, &cancel).await;
+            connection(stream, creds, &*handler, &access, &limits, &cancel).await;
             drop(permit);
+            drop(slot);
         });
     }
     drop(listener);
@@ -503,22 +566,12 @@ async fn write_line(
 
 async fn connection<H: Handler>(
     mut stream: UnixStream,
+    creds: Creds,
     handler: &H,
+    access: &Access,
     limits: &Limits,
-    policy: Policy,
     cancel: &CancellationToken,
 ) {
-    let peer = match stream.peer_cred() {
-        Ok(c) => Peer {
-            uid: c.uid(),
-            gid: c.gid(),
-            pid: c.pid(),
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read control peer credentials; closing");
-            return;
-        }
-    };
     let (read_half, mut writer) = stream.split();
     let mut reader = BufReader::new(read_half);
 
@@ -543,25 +596,23 @@ async fn connection<H: Handler>(
         Ok(c) => c,
         Err(line) => {
             if let Line::Response { error: Some(e), .. } = &line {
-                tracing::debug!(uid = peer.uid, pid = ?peer.pid, kind = %e.kind, "rejected control request");
+                tracing::debug!(uid = creds.uid, pid = ?creds.pid, kind = %e.kind, "rejected control request");
             }
             finish(writer, &line, limits).await;
             return;
         }
     };
 
-    if command.is_mutating() && !policy.allows(&peer).await {
-        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, cmd = command.name(), "refused mutating control command");
-        let line = Line::error(
-            kind::PERMISSION_DENIED,
-            format!(
-                "`{}` changes the daemon; uid {} is not root, not the daemon's user and not in the control socket's group (gid {})",
-                command.name(),
-                peer.uid,
-                policy.socket_gid
-            ),
-        );
-        finish(writer, &line, limits).await;
+    let peer = Peer {
+        uid: creds.uid,
+        gid: creds.gid,
+        pid: creds.pid,
+        clearance: access.clearance(creds.uid, creds.gid).await,
+    };
+    if peer.clearance.level < command.level() {
+        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, cmd = command.name(), needs = command.level().as_str(), holds = peer.clearance.level.as_str(), "refused control command");
+        let e = access.refusal(&command, peer.uid);
+        finish(writer, &Line::error(e.kind, e.message), limits).await;
         return;
     }
 
@@ -661,22 +712,5 @@ mod tests {
             parse_request(br#"{"v":1,"cmd":"status"}"#).ok(),
             Some(Command::Status)
         );
-    }
-
-    #[test]
-    fn policy_fast_path() {
-        let p = Policy {
-            own_uid: 999,
-            socket_gid: 998,
-        };
-        let peer = |uid, gid| Peer {
-            uid,
-            gid,
-            pid: None,
-        };
-        assert!(p.allows_fast(&peer(0, 5)));
-        assert!(p.allows_fast(&peer(999, 5)));
-        assert!(p.allows_fast(&peer(1000, 998)));
-        assert!(!p.allows_fast(&peer(1000, 1000)));
     }
 }

@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     reload_tx: mpsc::Sender<ReloadRequest>,
     jobs: JobManager,
     scheduler: Mutex<Option<Scheduler>>,
+    /// Who may do what on the control socket; a reload updates it.
+    control_access: Arc<control::Access>,
 }
 
 impl Shared {
@@ -199,6 +201,13 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
         }
     }
 
+    notifier.status("opening control socket");
+    let listener =
+        control::bind(&config.control).map_err(|e| DaemonError::Control(e.to_string()))?;
+    let control_access = Arc::new(
+        control::Access::new(&config.control).map_err(|e| DaemonError::Control(e.to_string()))?,
+    );
+
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let shared = Arc::new(Shared {
         running: RwLock::new(Running {
@@ -215,20 +224,25 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
         reload_tx: reload_tx.clone(),
         jobs: JobManager::new(tracker.clone(), cancel.clone()),
         scheduler: Mutex::new(None),
+        control_access: control_access.clone(),
     });
 
     start_scheduler(&shared, &config, &cancel);
 
-    notifier.status("opening control socket");
-    let listener =
-        control::bind(&config.control).map_err(|e| DaemonError::Control(e.to_string()))?;
     {
         let handler = Arc::new(ControlHandler {
             shared: shared.clone(),
         });
         let c = cancel.clone();
         tracker.spawn(async move {
-            control::serve(listener, handler, control::Limits::default(), c).await
+            control::serve(
+                listener,
+                handler,
+                control_access,
+                control::Limits::default(),
+                c,
+            )
+            .await
         });
     }
 
@@ -546,10 +560,7 @@ async fn reload_once(
     let old = shared.config();
     let diff: ConfigDiff = config::diff(&old, &new);
     // Keys that need a restart keep their running values.
-    let mut effective = new.clone();
-    effective.control = old.control.clone();
-    effective.daemon.state_dir = old.daemon.state_dir.clone();
-    effective.log.format = old.log.format;
+    let effective = config::effective(&old, &new);
 
     // Build everything new first; swap only when all of it succeeded.
     let new_store = if diff.rebuild_store {
@@ -573,6 +584,15 @@ async fn reload_once(
     } else {
         None
     };
+    if diff.reconfigure_control {
+        // Applied last before the swap: a failure here leaves nothing new running.
+        if let Err(e) = shared.control_access.reconfigure(&effective.control) {
+            if let Some(Some((c, _))) = &new_metrics {
+                c.cancel();
+            }
+            return fail(e.to_string());
+        }
+    }
     if diff.relog {
         if let Err(e) = log.set_level(&effective.log.level) {
             return fail(format!("log.level: {e}"));
@@ -839,8 +859,14 @@ impl Handler for ControlHandler {
                         ));
                     }
                 };
-                hits.map(|h| json!({ "collection": collection, "results": h }))
-                    .map_err(chroma_to_handler)
+                let mut hits = hits.map_err(chroma_to_handler)?;
+                if peer.clearance.documents {
+                    return Ok(json!({ "collection": collection, "results": hits }));
+                }
+                for hit in &mut hits {
+                    hit.document = None;
+                }
+                Ok(json!({ "collection": collection, "results": hits, "documents_withheld": true }))
             }
             Command::Jobs => {
                 let schedules = self

@@ -1019,7 +1019,7 @@ async fn check_socket(path: &Path, cfg: Option<&Config>, o: &Options) -> Vec<Che
         return vec![Check::fail(
             NAME,
             format!("{shown} has mode {mode:04o}: every local user can control the daemon (backups, restores, deletes, reloads)"),
-            "set control.socket_mode = \"0660\" (and control.socket_group) in the configuration, then `systemctl restart chromaprod`",
+            "set control.socket_mode = \"0660\" (and control.socket_group) in the configuration, then `chromaprod reload`",
         )];
     }
     let options = control::CallOptions {
@@ -1071,7 +1071,7 @@ async fn check_socket(path: &Path, cfg: Option<&Config>, o: &Options) -> Vec<Che
             return vec![Check::warn(
                 NAME,
                 format!("{answer}; but control.socket_mode is {want_mode:04o}"),
-                "`systemctl restart chromaprod` applies control.socket_mode (or correct the setting)",
+                "`chromaprod reload` (or `systemctl reload chromaprod`) applies control.socket_mode to the running socket (or correct the setting)",
             )];
         }
         if let Some(want) = cfg
@@ -1084,7 +1084,7 @@ async fn check_socket(path: &Path, cfg: Option<&Config>, o: &Options) -> Vec<Che
                 return vec![Check::warn(
                     NAME,
                     format!("{answer}; but control.socket_group is {want}"),
-                    "`systemctl restart chromaprod` applies control.socket_group (or correct the setting)",
+                    "`chromaprod reload` (or `systemctl reload chromaprod`) applies control.socket_group to the running socket (or correct the setting)",
                 )];
             }
         }

@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.1 endpoint serving `GET /metrics` (Prometheus text).
-//! Deliberately tiny: one route, bounded request size, bounded read time.
+//! Deliberately tiny: one route, bounded request size, bounded read and
+//! write time (a scraper that stops reading cannot hold a slot for ever).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use super::MetricsCollector;
 
 const MAX_REQUEST: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to take the whole response; then the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serve metrics on `listener` until `cancel` fires.
 pub async fn serve_metrics(
@@ -73,9 +76,18 @@ async fn answer(mut stream: TcpStream, metrics: &MetricsCollector) -> std::io::R
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the client did not take the response within {WRITE_TIMEOUT:?}"),
+        )),
+    }
 }
 
 fn route(request: &[u8], metrics: &MetricsCollector) -> (&'static str, String, &'static str) {
