@@ -246,8 +246,15 @@ impl Command {
             | Command::Backup { .. }
             | Command::JobCancel { .. }
             | Command::MigrateUp { .. } => Level::Operate,
-            Command::Restore { mode, dry_run, .. } => {
-                if *mode == crate::backup::RestoreMode::Replace && !dry_run {
+            // Replacing a live collection destroys data; restoring onto
+            // another server hands it a decrypted snapshot.
+            Command::Restore {
+                mode,
+                dry_run,
+                target,
+                ..
+            } => {
+                if target.is_some() || (*mode == crate::backup::RestoreMode::Replace && !dry_run) {
                     Level::Admin
                 } else {
                     Level::Operate
@@ -533,6 +540,11 @@ mod tests {
             restore(RestoreMode::FailIfExists, false).level(),
             Level::Operate
         );
+        let mut elsewhere = restore(RestoreMode::FailIfExists, false);
+        if let Command::Restore { target, .. } = &mut elsewhere {
+            *target = Some("http://10.0.0.9:8000".into());
+        }
+        assert_eq!(elsewhere.level(), Level::Admin, "a decrypted snapshot leaves");
         assert_eq!(Command::Prune { dry_run: false }.level(), Level::Admin);
         assert_eq!(Command::Prune { dry_run: true }.level(), Level::Read);
         assert_eq!(
