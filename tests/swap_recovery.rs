@@ -217,7 +217,7 @@ fn an_offline_restore_killed_between_the_renames_is_finished_by_the_next_offline
     .spawn()
     .expect("restore");
     let previous = format!("docs-pre-restore-{id}");
-    wait_for(&rt, &store, &previous, || String::new());
+    wait_for(&rt, &store, &previous, String::new);
     let staged = rt
         .block_on(store.get_collection(&format!("docs-restore-{id}")))
         .expect("staging")

@@ -664,7 +664,7 @@ impl BackupManager {
             swap::recover(&self.store).await?
         };
         for r in &recovered {
-            tracing::warn!(target = %r.entry.target, resolution = ?r.resolution, "{r}");
+            tracing::warn!(collection = %r.entry.target, resolution = ?r.resolution, "{r}");
         }
         let existing: HashSet<String> = self
             .store

@@ -246,7 +246,7 @@ pub enum SwapError {
     Failed {
         target: String,
         #[source]
-        source: ChromaError,
+        source: Box<ChromaError>,
         state: String,
     },
     #[error(transparent)]
@@ -410,7 +410,7 @@ pub async fn swap(store: &ProductionChromaStore, entry: &SwapEntry) -> Result<()
                 });
             }
             remove_entry(store, entry).await?;
-            tracing::info!(target = %entry.target, operation = %entry.operation, actions = %actions.join(", "), "swapped");
+            tracing::info!(collection = %entry.target, operation = %entry.operation, actions = %actions.join(", "), "swapped");
             Ok(())
         }
         Ok(Err(why)) => Err(stuck(why)),
@@ -438,7 +438,7 @@ pub async fn swap(store: &ProductionChromaStore, entry: &SwapEntry) -> Result<()
             };
             Err(SwapError::Failed {
                 target: entry.target.clone(),
-                source: e,
+                source: Box::new(e),
                 state,
             })
         }

@@ -138,9 +138,9 @@ async fn recover_swaps(store: &ProductionChromaStore, audit: &Arc<AuditLog>) {
             for r in recovered {
                 let stuck = matches!(r.resolution, crate::chroma::swap::Resolution::Stuck { .. });
                 if stuck {
-                    tracing::error!(target = %r.entry.target, "{r}");
+                    tracing::error!(collection = %r.entry.target, "{r}");
                 } else {
-                    tracing::warn!(target = %r.entry.target, "{r}");
+                    tracing::warn!(collection = %r.entry.target, "{r}");
                 }
                 let (log, details) = (
                     audit.clone(),
