@@ -650,9 +650,12 @@ impl BackupManager {
                 "--as needs exactly one collection (use --collection)".into(),
             ));
         }
-        if opts.as_name.as_deref() == Some(JOURNAL_COLLECTION) {
+        if selected
+            .iter()
+            .any(|c| opts.as_name.as_deref().unwrap_or(&c.name) == JOURNAL_COLLECTION)
+        {
             return Err(BackupError::Invalid(format!(
-                "{JOURNAL_COLLECTION:?} is chromaprod's swap journal; restore under another name"
+                "{JOURNAL_COLLECTION:?} is chromaprod's swap journal; restore it under another name with --as"
             )));
         }
         // A swap on this Chroma interrupted by a crash is finished first, so

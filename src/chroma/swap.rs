@@ -387,6 +387,7 @@ async fn drive(
 /// once it is); a swap that can neither finish nor be undone keeps its
 /// entry for [`recover`].
 pub async fn swap(store: &ProductionChromaStore, entry: &SwapEntry) -> Result<(), SwapError> {
+    let _running = InFlight::enter(entry);
     write_entry(store, entry).await?;
     let mut actions = Vec::new();
     let stuck = |why: String| SwapError::Stuck {
@@ -504,9 +505,48 @@ fn process_identity(pid: u32) -> Option<String> {
     Some(format!("{}/{}", boot.trim(), fields.get(19)?))
 }
 
-/// Whether the process that wrote `entry` still runs (on this host; a
-/// runner on another host is taken as gone).
+/// Record ids of the swaps this process is running now.
+static IN_FLIGHT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks a swap of this process as running until dropped.
+struct InFlight(String);
+
+impl InFlight {
+    fn enter(entry: &SwapEntry) -> Self {
+        let id = entry.record_id();
+        IN_FLIGHT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(id.clone());
+        InFlight(id)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut v = IN_FLIGHT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = v.iter().position(|x| *x == self.0) {
+            v.swap_remove(i);
+        }
+    }
+}
+
+/// Whether the swap of `entry` is still running: in this process, a swap
+/// not yet returned; elsewhere, a live process that wrote it (on this
+/// host; a runner on another host is taken as gone).
 fn runner_alive(entry: &SwapEntry) -> bool {
+    let me = std::process::id();
+    if entry.host == hostname() && entry.pid == me {
+        let mine = process_identity(me).is_some_and(|p| p == entry.process);
+        if mine {
+            return IN_FLIGHT
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&entry.record_id());
+        }
+    }
     entry.host == hostname()
         && !entry.process.is_empty()
         && process_identity(entry.pid).as_deref() == Some(entry.process.as_str())
@@ -648,9 +688,24 @@ mod tests {
     }
 
     #[test]
-    fn this_process_is_alive_and_a_made_up_one_is_not() {
+    fn a_running_swap_of_this_process_is_alive_and_a_made_up_runner_is_not() {
         let mut e = SwapEntry::new("restore", "a", "b", "c", "1", "2", false);
-        assert!(runner_alive(&e), "{e:?}");
+        assert!(!e.process.is_empty(), "{e:?}");
+        // This process's own entry counts as running only while its swap runs.
+        assert!(!runner_alive(&e), "{e:?}");
+        {
+            let _running = InFlight::enter(&e);
+            assert!(runner_alive(&e), "{e:?}");
+        }
+        assert!(!runner_alive(&e));
+        // Another live process on this host (the parent, e.g. cargo).
+        let parent = std::os::unix::process::parent_id();
+        let other = SwapEntry {
+            pid: parent,
+            process: process_identity(parent).unwrap_or_default(),
+            ..e.clone()
+        };
+        assert!(runner_alive(&other), "{other:?}");
         e.process = format!("{}x", e.process);
         assert!(!runner_alive(&e));
         e.host = "elsewhere".into();
