@@ -737,6 +737,20 @@ async fn offline(cli: &Cli, command: Command) -> anyhow::Result<Value> {
         config: cfg,
         metrics,
     };
+    if touches_chroma(&command) {
+        // Finish name swaps a crash interrupted before anything else.
+        match chromaprod::chroma::swap::recover(&ctx.store).await {
+            Ok(recovered) => {
+                for r in recovered {
+                    eprintln!("chromaprod: {r}");
+                }
+            }
+            Err(e) => eprintln!(
+                "chromaprod: cannot read the swap journal ({}): {e}",
+                chromaprod::chroma::swap::JOURNAL_COLLECTION
+            ),
+        }
+    }
     let (progress, mut rx) = Progress::detached();
     let cancel = tokio_util::sync::CancellationToken::new();
     let c2 = cancel.clone();
@@ -769,6 +783,20 @@ async fn offline(cli: &Cli, command: Command) -> anyhow::Result<Value> {
     drop(progress);
     let _ = printer.await;
     r
+}
+
+/// Whether an offline command reads or writes Chroma (and so first
+/// finishes interrupted swaps); repository-only commands do not.
+fn touches_chroma(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Backup { .. }
+            | Command::Restore { dry_run: false, .. }
+            | Command::MigrateUp { .. }
+            | Command::MigrateDown { .. }
+            | Command::MigrateRepair
+            | Command::MigrateStamp { .. }
+    )
 }
 
 fn key_command(cli: &Cli, verb: &KeyVerb) -> i32 {

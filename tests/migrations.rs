@@ -89,7 +89,9 @@ impl Env {
             .expect("list")
             .into_iter()
             .map(|c| c.name)
-            .filter(|n| n != "chromaprod-migrations")
+            .filter(|n| {
+                n != "chromaprod-migrations" && n != chromaprod::chroma::swap::JOURNAL_COLLECTION
+            })
             .collect();
         v.sort();
         v

@@ -44,6 +44,7 @@ use super::records::{record_digest, ChunkIndex, ChunkPlanner, PlannedChunk, Reco
 use super::repository::{chunk_key, index_key, snapshot_key, Repository};
 use super::source::{to_batch, CollectionReader, FETCH_BATCH};
 use super::BackupError;
+use crate::chroma::swap::{self, SwapEntry, JOURNAL_COLLECTION};
 use crate::chroma::{
     Collection, CreateCollection, GetRequest, Include, ModifyCollection, ProductionChromaStore,
 };
@@ -181,8 +182,11 @@ fn glob(pattern: &str, name: &str) -> bool {
 }
 
 /// Whether a collection is in a full backup's scope.
+/// The swap journal (`chroma::swap`) never is: it describes this database's
+/// swaps in progress, not a restored one's.
 pub fn in_scope(config: &Config, name: &str) -> bool {
-    config.backup.include.iter().any(|p| glob(p, name))
+    name != JOURNAL_COLLECTION
+        && config.backup.include.iter().any(|p| glob(p, name))
         && !config.backup.exclude.iter().any(|p| glob(p, name))
 }
 
@@ -681,6 +685,25 @@ impl BackupManager {
                 "--as needs exactly one collection (use --collection)".into(),
             ));
         }
+        if selected
+            .iter()
+            .any(|c| opts.as_name.as_deref().unwrap_or(&c.name) == JOURNAL_COLLECTION)
+        {
+            return Err(BackupError::Invalid(format!(
+                "{JOURNAL_COLLECTION:?} is chromaprod's swap journal; restore it under another name with --as"
+            )));
+        }
+        // A swap on this Chroma interrupted by a crash is finished first, so
+        // the target names below are what they should be (a dry run changes
+        // nothing).
+        let recovered = if opts.dry_run {
+            Vec::new()
+        } else {
+            swap::recover(&self.store).await?
+        };
+        for r in &recovered {
+            tracing::warn!(collection = %r.entry.target, resolution = ?r.resolution, "{r}");
+        }
         let existing: HashSet<String> = self
             .store
             .list_collections()
@@ -724,7 +747,14 @@ impl BackupManager {
             }
         }
         lease.release().await;
-        Ok(json!({"snapshot": id, "restored": results}))
+        let mut out = json!({"snapshot": id, "restored": results});
+        if !recovered.is_empty() {
+            out["recovered_swaps"] = json!(recovered
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>());
+        }
+        Ok(out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -761,46 +791,23 @@ impl BackupManager {
             let _ = self.store.delete_collection(&staging).await;
             return Err(e);
         }
-        // Swap names: target → previous, staging → target; undo on failure.
+        // Swap names: target → previous, staging → target, journaled so a
+        // crash between the renames is finished at the next start.
         let previous = format!("{target}-pre-restore-{snapshot}");
         if target_exists {
             let old = self.store.get_collection(target).await?;
-            self.store
-                .modify_collection(
-                    &old.id,
-                    &ModifyCollection {
-                        new_name: Some(previous.clone()),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            if let Err(e) = self
-                .store
-                .modify_collection(
-                    &created.id,
-                    &ModifyCollection {
-                        new_name: Some(target.to_string()),
-                        ..Default::default()
-                    },
-                )
-                .await
-            {
-                let _ = self
-                    .store
-                    .modify_collection(
-                        &old.id,
-                        &ModifyCollection {
-                            new_name: Some(target.to_string()),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-                return Err(e.into());
-            }
-            if !keep_previous {
-                self.store.delete_collection(&previous).await?;
-            }
+            let entry = SwapEntry::new(
+                "restore",
+                target,
+                &previous,
+                &staging,
+                &old.id,
+                &created.id,
+                !keep_previous,
+            );
+            swap::swap(&self.store, &entry).await?;
         } else {
+            // One rename: the data is under `staging` or `target`, never elsewhere.
             self.store
                 .modify_collection(
                     &created.id,

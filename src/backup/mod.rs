@@ -88,6 +88,8 @@ pub enum BackupError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Chroma(#[from] ChromaError),
+    #[error(transparent)]
+    Swap(#[from] crate::chroma::swap::SwapError),
 }
 
 impl BackupError {

@@ -1,5 +1,6 @@
 //! Chroma: typed v2 client, connection pool, retry policy, circuit breaker,
-//! and `ProductionChromaStore` that ties them together.
+//! `ProductionChromaStore` that ties them together, and journaled name
+//! swaps (`swap`).
 
 pub mod breaker;
 pub mod client;
@@ -8,6 +9,7 @@ pub mod pool;
 pub mod retriever;
 pub mod retry;
 pub mod store;
+pub mod swap;
 
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use client::{

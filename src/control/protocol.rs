@@ -544,7 +544,11 @@ mod tests {
         if let Command::Restore { target, .. } = &mut elsewhere {
             *target = Some("http://10.0.0.9:8000".into());
         }
-        assert_eq!(elsewhere.level(), Level::Admin, "a decrypted snapshot leaves");
+        assert_eq!(
+            elsewhere.level(),
+            Level::Admin,
+            "a decrypted snapshot leaves"
+        );
         assert_eq!(Command::Prune { dry_run: false }.level(), Level::Admin);
         assert_eq!(Command::Prune { dry_run: true }.level(), Level::Read);
         assert_eq!(

@@ -130,6 +130,39 @@ impl Shared {
     }
 }
 
+/// Finishes (or undoes) name swaps a crash interrupted (`chroma::swap`),
+/// before migrations and before `READY=1`; logs and audits each. A swap
+/// that needs a person, or a journal that cannot be read, is logged as an
+/// error and the daemon starts anyway (the journal names where the data is).
+async fn recover_swaps(store: &ProductionChromaStore, audit: &Arc<AuditLog>) {
+    match crate::chroma::swap::recover(store).await {
+        Ok(recovered) => {
+            for r in recovered {
+                let stuck = matches!(r.resolution, crate::chroma::swap::Resolution::Stuck { .. });
+                if stuck {
+                    tracing::error!(collection = %r.entry.target, "{r}");
+                } else {
+                    tracing::warn!(collection = %r.entry.target, "{r}");
+                }
+                let (log, details) = (
+                    audit.clone(),
+                    serde_json::to_value(&r).unwrap_or(Value::Null),
+                );
+                let written = tokio::task::spawn_blocking(move || {
+                    log.append(&Actor::system("daemon"), "swap_recovered", details)
+                })
+                .await;
+                if !matches!(written, Ok(Ok(()))) {
+                    tracing::error!("cannot write the audit log");
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, journal = crate::chroma::swap::JOURNAL_COLLECTION, "cannot read the swap journal; a swap interrupted by a crash stays unfinished until the next start or offline command")
+        }
+    }
+}
+
 /// Run the daemon until SIGTERM/SIGINT. `loaded` is the already-validated config.
 pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
     let notifier = Notifier;
@@ -178,6 +211,7 @@ pub async fn run(loaded: Loaded, log: LogHandle) -> Result<(), DaemonError> {
         }
     };
     tracing::info!(chroma = %server, "Chroma is reachable");
+    recover_swaps(&store, &audit).await;
 
     if config.migrations.auto_migrate {
         let result = tokio::select! {

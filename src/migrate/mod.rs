@@ -109,6 +109,8 @@ pub enum MigrationError {
     Cancelled,
     #[error(transparent)]
     Chroma(#[from] ChromaError),
+    #[error(transparent)]
+    Swap(#[from] crate::chroma::swap::SwapError),
 }
 
 impl MigrationError {
@@ -138,6 +140,7 @@ impl MigrationError {
             MigrationError::Io { .. } => "io",
             MigrationError::Cancelled => "cancelled",
             MigrationError::Chroma(_) => "chroma_unavailable",
+            MigrationError::Swap(_) => "swap_failed",
         }
     }
 

@@ -30,11 +30,12 @@ use serde_json::{json, Value};
 use super::embed::Embedder;
 use super::file::{previous_name, staging_name, Operation};
 use super::history::Outcome;
-use super::ops::{find, list_ids, rename, resume_position, Tracker};
+use super::ops::{find, list_ids, resume_position, Tracker};
 use super::MigrationError;
 use crate::backup::engine::{creatable_configuration, records_match};
 use crate::backup::records::{record_digest, Record, RecordDigest};
 use crate::backup::source::{to_batch, to_records, FETCH_BATCH};
+use crate::chroma::swap::{self, SwapEntry};
 use crate::chroma::{
     Collection, CreateCollection, GetRequest, Include, ProductionChromaStore, QueryRequest,
 };
@@ -242,7 +243,10 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
         let cp = checkpoint.clone().unwrap_or_default();
         let source_id = cp["source_id"].as_str().unwrap_or_default();
         let staging_id = cp["staging_id"].as_str().unwrap_or_default();
-        finish_swap(store, collection, &previous, source_id, staging_id).await?;
+        finish_swap(
+            store, collection, &previous, &staging, source_id, staging_id,
+        )
+        .await?;
         t.save(json!({"phase": "swapped"})).await?;
         return Ok(json!({"collection": collection, "previous": previous, "resumed": true}));
     }
@@ -421,7 +425,15 @@ async fn fill_verify_swap(
         }
         None => Value::Null,
     };
-    finish_swap(store, collection, previous, &source.id, &target.id).await?;
+    finish_swap(
+        store,
+        collection,
+        previous,
+        &target.name,
+        &source.id,
+        &target.id,
+    )
+    .await?;
     t.save(json!({"phase": "swapped"})).await?;
 
     // 5. Settle: copy writes that reached the old collection by id.
@@ -455,31 +467,22 @@ async fn fill_verify_swap(
     }))
 }
 
-/// Renames `source_id` to `previous` and `staging_id` to `collection`,
-/// skipping what is already done; puts the source back if the second
-/// rename fails.
+/// Renames `source_id` to `previous` and `staging_id` to `collection`
+/// through the swap journal (`chroma::swap`), skipping what is already
+/// done; puts the source back if the second rename fails. The old
+/// collection is kept (for `down`).
 async fn finish_swap(
     store: &ProductionChromaStore,
     collection: &str,
     previous: &str,
+    staging: &str,
     source_id: &str,
     staging_id: &str,
 ) -> Result<(), MigrationError> {
-    let names: HashMap<String, String> = store
-        .list_collections()
-        .await?
-        .into_iter()
-        .map(|c| (c.id, c.name))
-        .collect();
-    if names.get(source_id).map(String::as_str) != Some(previous) {
-        rename(store, source_id, previous).await?;
-    }
-    if names.get(staging_id).map(String::as_str) != Some(collection) {
-        if let Err(e) = rename(store, staging_id, collection).await {
-            let _ = rename(store, source_id, collection).await;
-            return Err(e);
-        }
-    }
+    let entry = SwapEntry::new(
+        "rebuild", collection, previous, staging, source_id, staging_id, false,
+    );
+    swap::swap(store, &entry).await?;
     Ok(())
 }
 

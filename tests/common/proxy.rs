@@ -58,9 +58,14 @@ impl Fault {
     }
 }
 
+/// A change of the standing mode armed by [`FaultProxy::after`]: the
+/// request line it waits for, and the mode that follows.
+type Trigger = (fn(&str) -> bool, Fault);
+
 #[derive(Default)]
 struct Shared {
     mode: Mutex<Option<Fault>>,
+    trigger: Mutex<Option<Trigger>>,
     queue: Mutex<VecDeque<Fault>>,
     connections: AtomicUsize,
     requests: AtomicUsize,
@@ -160,6 +165,23 @@ impl FaultProxy {
         for _ in 0..n {
             q.push_back(fault.clone());
         }
+    }
+
+    /// Once a forwarded request whose request line (`PUT /api/… HTTP/1.1`)
+    /// satisfies `matches` has been answered by the upstream, the standing
+    /// mode becomes `fault` (before that answer is relayed): e.g. let one
+    /// write through, then blackhole what follows it.
+    pub fn after(&self, matches: fn(&str) -> bool, fault: Fault) {
+        *self.shared.trigger.lock().expect("proxy state lock") = Some((matches, fault));
+    }
+
+    /// Whether the request armed by [`FaultProxy::after`] went through.
+    pub fn triggered(&self) -> bool {
+        self.shared
+            .trigger
+            .lock()
+            .expect("proxy state lock")
+            .is_none()
     }
 
     /// Forward new connections to another upstream.
@@ -346,6 +368,16 @@ async fn serve(client: TcpStream, upstream: SocketAddr, s: Arc<Shared>) {
             Ok(Some(m)) => m,
             _ => return,
         };
+        {
+            let line = String::from_utf8_lossy(&req.head);
+            let line = line.lines().next().unwrap_or_default();
+            let mut trigger = s.trigger.lock().expect("proxy state lock");
+            if trigger.as_ref().is_some_and(|(m, _)| m(line)) {
+                if let Some((_, fault)) = trigger.take() {
+                    *s.mode.lock().expect("proxy state lock") = Some(fault);
+                }
+            }
+        }
         if cw.write_all(&resp.head).await.is_err() || cw.write_all(&resp.body).await.is_err() {
             return;
         }
