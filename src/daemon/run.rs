@@ -435,8 +435,20 @@ async fn wait_for_chroma(
         ));
         // A direct health check first: it brings endpoints back (and closes their
         // breakers) as soon as Chroma answers, not at the next background check.
-        store.pool().check_all().await;
-        match store.check_ready().await {
+        // The whole attempt is bounded by what is left of startup_wait: a black
+        // hole must not hold a request (and its retries) past the deadline.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt_result = tokio::time::timeout(left, async {
+            store.pool().check_all().await;
+            store.check_ready().await.map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer before chroma.startup_wait ran out (attempt {attempt} was still waiting)"
+            ))
+        });
+        match attempt_result {
             Ok(info) => {
                 return Ok(format!(
                     "{} (API {}, max batch {})",
@@ -449,7 +461,7 @@ async fn wait_for_chroma(
                     return Err(DaemonError::ChromaUnavailable {
                         endpoints: endpoints.join(", "),
                         waited: config.chroma.startup_wait,
-                        last_error: e.to_string(),
+                        last_error: e,
                     });
                 }
                 let msg = format!(
