@@ -358,7 +358,19 @@ fn run_daemon(path: &Path) -> i32 {
 }
 
 fn validate(path: &Path, json: bool) -> i32 {
-    match config::load(path) {
+    // Secret files readable by others make the configuration unusable too.
+    let loaded = config::load(path).and_then(|loaded| {
+        let issues = config::secret_file_issues(&loaded.config);
+        if issues.is_empty() {
+            Ok(loaded)
+        } else {
+            Err(config::ConfigError::Invalid {
+                source_name: path.display().to_string(),
+                issues,
+            })
+        }
+    });
+    match loaded {
         Ok(loaded) => {
             if json {
                 println!(

@@ -19,8 +19,8 @@ use crate::secret::Secret;
 
 pub use diff::{diff, ConfigDiff};
 pub use load::{
-    load, load_from_str, parse_utc_offset, socket_path_hint, ConfigError, ConfigIssue,
-    ConfigSource, Loaded,
+    load, load_from_str, parse_utc_offset, secret_file_issues, socket_path_hint, ConfigError,
+    ConfigIssue, ConfigSource, Loaded,
 };
 
 /// Default location of the configuration file.
