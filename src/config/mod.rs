@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::secret::Secret;
 
-pub use diff::{diff, ConfigDiff};
+pub use diff::{diff, redact_secrets, ConfigDiff, KeyChange};
 pub use load::{
     load, load_from_str, parse_utc_offset, secret_file_issues, socket_path_hint, ConfigError,
     ConfigIssue, ConfigSource, Loaded,

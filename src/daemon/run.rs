@@ -54,6 +54,10 @@ pub struct ReloadReport {
     pub needs_restart: Vec<String>,
     /// Why the new config was rejected (the old one keeps running).
     pub error: Option<String>,
+    /// Old and new values of the changed keys (credentials redacted): for
+    /// the audit log only, not for `status`.
+    #[serde(skip)]
+    pub changes: Vec<crate::config::KeyChange>,
 }
 
 struct ReloadRequest {
@@ -527,7 +531,9 @@ async fn apply_reload(
         ReloadCause::Signal => Actor::system("SIGHUP"),
         ReloadCause::FileChanged => Actor::system("file watcher"),
     };
-    shared.audit(actor, "config_reload", json!(report)).await;
+    let mut details = json!(report);
+    details["changes"] = json!(report.changes);
+    shared.audit(actor, "config_reload", details).await;
     *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
     notifier.ready(&status_line(shared));
     if let Some(reply) = req.reply {
@@ -550,6 +556,7 @@ async fn reload_once(
         changed_keys: Vec::new(),
         needs_restart: Vec::new(),
         error: Some(error),
+        changes: Vec::new(),
     };
     let new = match config::load(&shared.source.path) {
         Ok(Loaded { config, .. }) => config,
@@ -638,6 +645,7 @@ async fn reload_once(
         changed_keys: diff.changed_keys,
         needs_restart: diff.needs_restart,
         error: None,
+        changes: diff.changes,
     };
     // Recorded while the new config is swapped in, so `status` never shows
     // the new config with the previous reload's report.
