@@ -71,12 +71,16 @@ pub fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), Expose
     }
 }
 
-/// Whether `path` is a systemd credential (under `$CREDENTIALS_DIRECTORY`):
-/// systemd sets those files' owner and mode, so they are not judged here.
+/// Where systemd puts a service's credentials (`LoadCredential=`; the
+/// service sees the directory as `$CREDENTIALS_DIRECTORY`).
+pub const SYSTEMD_CREDENTIALS_ROOT: &str = "/run/credentials";
+
+/// Whether `path` is a credential systemd placed for a service: systemd
+/// sets those files' owner and mode, so they are not judged here. The
+/// source files under `/etc/chromaprod/credentials` are judged (an operator
+/// shell may point `$CREDENTIALS_DIRECTORY` at them).
 pub fn is_systemd_credential(path: &Path) -> bool {
-    std::env::var_os("CREDENTIALS_DIRECTORY")
-        .filter(|d| !d.is_empty())
-        .is_some_and(|dir| path.starts_with(Path::new(&dir)))
+    path.starts_with(SYSTEMD_CREDENTIALS_ROOT)
 }
 
 #[cfg(test)]
@@ -115,7 +119,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("token");
         std::fs::write(&f, "x").expect("write");
-        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false), (0o620, false)] {
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, false),
+            (0o604, false),
+            (0o620, false),
+        ] {
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).expect("chmod");
             let r = check_private(&f, &std::fs::metadata(&f).expect("stat"));
             assert_eq!(r.is_ok(), ok, "{mode:o}: {r:?}");

@@ -175,7 +175,12 @@ fn key_add_and_remove_are_audited_with_who_and_which_key() {
         .arg(&audit)
         .output()
         .expect("verify");
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }
 
 #[test]
@@ -220,9 +225,16 @@ fn reload_audit_line_has_old_and_new_values_and_no_credentials() {
             .clone()
     };
     let pool = change("pool.max_connections");
-    assert_eq!((&pool["old"], &pool["new"]), (&json!(4), &json!(7)), "{reload}");
+    assert_eq!(
+        (&pool["old"], &pool["new"]),
+        (&json!(4), &json!(7)),
+        "{reload}"
+    );
     let level = change("log.level");
-    assert_eq!((&level["old"], &level["new"]), (&json!("info"), &json!("debug")));
+    assert_eq!(
+        (&level["old"], &level["new"]),
+        (&json!("info"), &json!("debug"))
+    );
     let endpoints = change("chroma.endpoints");
     let base = format!("{}/", chroma.base().trim_end_matches('/'));
     assert_eq!(endpoints["old"], json!([base]), "{reload}");

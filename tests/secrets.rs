@@ -138,7 +138,10 @@ fn key_and_token_files_others_can_read_are_refused() {
     assert_eq!(code, Some(78), "{out}{err}");
     assert!(err.contains("chroma.auth_token_file"), "{err}");
     assert!(err.contains("0644"), "{err}");
-    assert!(err.contains(&format!("chmod 600 {}", token.display())), "{err}");
+    assert!(
+        err.contains(&format!("chmod 600 {}", token.display())),
+        "{err}"
+    );
     assert!(!err.contains(TOKEN), "{err}");
     // The key file is judged even when the token is the only problem load sees.
     chmod(&token, 0o600);
@@ -146,7 +149,10 @@ fn key_and_token_files_others_can_read_are_refused() {
     assert_eq!(code, Some(78), "{out}{err}");
     assert!(err.contains("backup.key_file"), "{err}");
     assert!(err.contains("0640"), "{err}");
-    assert!(err.contains(&format!("chmod 600 {}", key.display())), "{err}");
+    assert!(
+        err.contains(&format!("chmod 600 {}", key.display())),
+        "{err}"
+    );
 
     // An offline backup refuses the exposed key the same way, before writing anything.
     let (code, out, err) = {
@@ -166,7 +172,10 @@ fn key_and_token_files_others_can_read_are_refused() {
         )
     };
     assert_ne!(code, Some(0), "{out}{err}");
-    assert!(err.contains(&format!("chmod 600 {}", key.display())), "{err}");
+    assert!(
+        err.contains(&format!("chmod 600 {}", key.display())),
+        "{err}"
+    );
     assert!(!dir.path().join("repo").exists(), "nothing written: {err}");
 
     chmod(&key, 0o600);

@@ -332,12 +332,9 @@ impl MasterKey {
 
     /// Loads a key file. A file whose mode lets group or other users read
     /// or change it is refused ([`CryptoError::Exposed`], with the `chmod`
-    /// that fixes it), as ssh refuses such private keys.
+    /// that fixes it), as ssh refuses such private keys — unless systemd
+    /// placed it (under `/run/credentials`), which sets its mode itself.
     pub fn from_file(path: &Path) -> Result<Self, CryptoError> {
-        Self::load(path, true)
-    }
-
-    fn load(path: &Path, check_mode: bool) -> Result<Self, CryptoError> {
         use std::io::Read as _;
         let io = |source| CryptoError::Io {
             path: path.to_path_buf(),
@@ -352,7 +349,7 @@ impl MasterKey {
             }
             Err(e) => return Err(io(e)),
         };
-        if check_mode {
+        if !crate::secret::is_systemd_credential(path) {
             // The mode of the file being read, not of whatever the path names later.
             crate::secret::check_private(path, &file.metadata().map_err(io)?)?;
         }
@@ -382,8 +379,7 @@ impl MasterKey {
         let dir = dir.ok_or_else(|| CryptoError::NoCredentialsDirectory {
             name: name.to_string(),
         })?;
-        // systemd sets a credential's owner and mode; they are not ours to judge.
-        Self::load(&dir.join(name), false)
+        Self::from_file(&dir.join(name))
     }
 
     /// Writes this key as 64 hex characters and a newline to a new file
@@ -768,10 +764,15 @@ mod tests {
                 k.key_id()
             );
         }
-        // A systemd credential: its mode is systemd's business.
+        // A credentials directory that is not systemd's (an operator shell's
+        // $CREDENTIALS_DIRECTORY) holds files that are judged the same way.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let loaded = MasterKey::from_credential_in(Some(dir.path()), "backup.key").expect("cred");
-        assert_eq!(loaded.key_id(), k.key_id());
+        let err =
+            MasterKey::from_credential_in(Some(dir.path()), "backup.key").expect_err("exposed");
+        assert!(matches!(err, CryptoError::Exposed(_)), "{err}");
+        assert!(crate::secret::is_systemd_credential(Path::new(
+            "/run/credentials/chromaprod.service/backup-key"
+        )));
     }
 
     #[test]

@@ -68,8 +68,16 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             let note = (key == "chroma.auth_token_file" && token_rotated)
                 .then(|| "the token changed (its value is never recorded)".to_string());
             KeyChange {
-                old: if secret { json!(REDACTED) } else { redact_secrets(&old) },
-                new: if secret { json!(REDACTED) } else { redact_secrets(&new) },
+                old: if secret {
+                    json!(REDACTED)
+                } else {
+                    redact_secrets(&old)
+                },
+                new: if secret {
+                    json!(REDACTED)
+                } else {
+                    redact_secrets(&new)
+                },
                 key,
                 note,
             }
@@ -132,12 +140,15 @@ fn redact_url(s: &str) -> String {
     }
     let Ok(mut url) = url::Url::parse(s) else {
         // Not parseable, but it might still hold `user:pass@`.
-        return if s.contains('@') { REDACTED.into() } else { s.to_string() };
+        return if s.contains('@') {
+            REDACTED.into()
+        } else {
+            s.to_string()
+        };
     };
-    if !url.username().is_empty() || url.password().is_some() {
-        if url.set_username("redacted").is_err() || url.set_password(None).is_err() {
-            return REDACTED.into();
-        }
+    let has_user_info = !url.username().is_empty() || url.password().is_some();
+    if has_user_info && (url.set_username("redacted").is_err() || url.set_password(None).is_err()) {
+        return REDACTED.into();
     }
     if url.query().is_some() {
         url.set_query(Some("redacted"));
@@ -216,9 +227,8 @@ mod tests {
         let mut new = old.clone();
         new.pool.max_connections = 99;
         new.log.level = "debug".into();
-        new.chroma.endpoints = vec![
-            url::Url::parse("https://admin:hunter2@chroma.example:8000/").expect("url"),
-        ];
+        new.chroma.endpoints =
+            vec![url::Url::parse("https://admin:hunter2@chroma.example:8000/").expect("url")];
         new.backup.storage_path = "az://backups/prod?sv=2024&sig=s3cr3t".into();
         let d = diff(&old, &new);
         let by_key = |k: &str| {
@@ -233,7 +243,10 @@ mod tests {
             d.changed_keys
         );
         let pool = by_key("pool.max_connections");
-        assert_eq!((pool.old, pool.new), (json!(old.pool.max_connections), json!(99)));
+        assert_eq!(
+            (pool.old, pool.new),
+            (json!(old.pool.max_connections), json!(99))
+        );
         let level = by_key("log.level");
         assert_eq!((level.old, level.new), (json!("info"), json!("debug")));
         let endpoints = by_key("chroma.endpoints");
@@ -245,13 +258,17 @@ mod tests {
         let storage = by_key("backup.storage_path");
         assert_eq!(storage.new, json!("az://backups/prod?redacted"));
         let text = serde_json::to_string(&d).expect("json");
-        assert!(!text.contains("hunter2") && !text.contains("s3cr3t"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cr3t"),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_rotated_token_is_named_but_never_shown() {
         let mut old = Config::default();
-        old.chroma.auth_token_file = Some("/run/credentials/chromaprod.service/chroma-token".into());
+        old.chroma.auth_token_file =
+            Some("/run/credentials/chromaprod.service/chroma-token".into());
         old.chroma.auth_token = Some(crate::secret::Secret::new("old-tok-123".into()));
         let mut new = old.clone();
         new.chroma.auth_token = Some(crate::secret::Secret::new("new-tok-456".into()));
@@ -259,7 +276,10 @@ mod tests {
         assert_eq!(d.changed_keys, vec!["chroma.auth_token_file"]);
         let c = &d.changes[0];
         assert_eq!(c.old, c.new, "same file");
-        assert!(c.note.as_deref().is_some_and(|n| n.contains("token changed")));
+        assert!(c
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("token changed")));
         let text = serde_json::to_string(&d).expect("json");
         assert!(!text.contains("tok-"), "{text}");
         assert!(is_secret_key("chroma.auth_token"));

@@ -531,23 +531,32 @@ fn read_token_file(path: &Path) -> Result<zeroize::Zeroizing<String>, String> {
 }
 
 /// Secret files the configuration names but [`load`] does not read, judged
-/// by their mode: `backup.key_file` (read at each backup, which refuses it
-/// too). A file that does not exist or cannot be examined is not reported
-/// here; using it says what is wrong. `chromaprod validate` and `doctor`
-/// report these.
+/// by their mode: the backup key (`backup.key_file`, else
+/// `$CREDENTIALS_DIRECTORY/backup-key`), which each backup reads and
+/// refuses the same way. A file that does not exist or cannot be examined
+/// is not reported here; using it says what is wrong. `chromaprod validate`
+/// reports these (`doctor` through its key check).
 pub fn secret_file_issues(c: &Config) -> Vec<ConfigIssue> {
     let mut out = Vec::new();
-    if let Some(path) = c.backup.key_file.as_deref().filter(|_| c.backup.encrypt) {
-        if crate::secret::is_systemd_credential(path) {
-            return out;
-        }
-        if let Ok(meta) = std::fs::metadata(path) {
-            if let Err(e) = crate::secret::check_private(path, &meta) {
-                out.push(ConfigIssue {
-                    key: "backup.key_file".into(),
-                    problem: e.to_string(),
-                });
-            }
+    if !c.backup.encrypt {
+        return out;
+    }
+    let path = match &c.backup.key_file {
+        Some(p) => p.clone(),
+        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => Path::new(&dir).join("backup-key"),
+            None => return out,
+        },
+    };
+    if crate::secret::is_systemd_credential(&path) {
+        return out;
+    }
+    if let Ok(meta) = std::fs::metadata(&path) {
+        if let Err(e) = crate::secret::check_private(&path, &meta) {
+            out.push(ConfigIssue {
+                key: "backup.key_file".into(),
+                problem: e.to_string(),
+            });
         }
     }
     out
@@ -909,7 +918,10 @@ mod tests {
             std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))
                 .expect("chmod");
             issues.extend(secret_file_issues(&load_from_str(&text).expect("valid")));
-            for (name, path) in [("chroma.auth_token_file", &token), ("backup.key_file", &key)] {
+            for (name, path) in [
+                ("chroma.auth_token_file", &token),
+                ("backup.key_file", &key),
+            ] {
                 let issue = issues
                     .iter()
                     .find(|i| i.key == name)

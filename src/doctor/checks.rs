@@ -145,12 +145,7 @@ fn check_key(cfg: &Config) -> (Check, Option<MasterKey>) {
         );
     }
     let (path, source) = key_path(cfg);
-    let loaded = if crate::secret::is_systemd_credential(&path) {
-        MasterKey::from_credential("backup-key")
-    } else {
-        MasterKey::from_file(&path)
-    };
-    match loaded {
+    match MasterKey::from_file(&path) {
         Ok(key) => {
             let mode = std::fs::metadata(&path)
                 .map(|m| m.permissions().mode() & 0o777)
