@@ -15,6 +15,7 @@ pub mod doctor;
 pub mod mem;
 pub mod migrate;
 pub mod observe;
+pub mod owner;
 pub mod schedule;
 pub mod secret;
 pub mod storage;

@@ -375,7 +375,19 @@ fn run_daemon(path: &Path) -> i32 {
 }
 
 fn validate(path: &Path, json: bool) -> i32 {
-    match config::load(path) {
+    // Secret files readable by others make the configuration unusable too.
+    let loaded = config::load(path).and_then(|loaded| {
+        let issues = config::secret_file_issues(&loaded.config);
+        if issues.is_empty() {
+            Ok(loaded)
+        } else {
+            Err(config::ConfigError::Invalid {
+                source_name: path.display().to_string(),
+                issues,
+            })
+        }
+    });
+    match loaded {
         Ok(loaded) => {
             let warnings = config::warnings(&loaded.config);
             if json {
@@ -818,22 +830,54 @@ fn key_command(cli: &Cli, verb: &KeyVerb) -> i32 {
     let result: anyhow::Result<Value> = rt.block_on(async {
         let cfg = config::load(&cli.config)?.config;
         let key = chromaprod::backup::engine::load_key(&cfg)?;
+        // A key change is always recorded: without a writable audit log, nothing changes.
+        let log = match verb {
+            KeyVerb::Add { .. } | KeyVerb::Remove { .. } => Some(
+                audit::AuditLog::open_creating(&cfg.daemon.state_dir).map_err(|e| {
+                    anyhow::anyhow!("{e}; key changes are recorded in the audit log, so nothing was changed: run this as the service user or as root")
+                })?,
+            ),
+            _ => None,
+        };
         let repo = Repository::open(&cfg.backup.storage_path, &Default::default(), key.as_ref(), false).await?;
-        Ok(match verb {
+        let (action, key_id, outcome): (&str, Option<String>, anyhow::Result<Value>) = match verb {
             KeyVerb::List => {
                 let ring = repo.keyring().await?;
-                serde_json::json!({ "keys": ring.slots.iter().map(|s| serde_json::json!({"id": s.key_id.as_str(), "created": s.created})).collect::<Vec<_>>() })
+                return Ok(serde_json::json!({ "keys": ring.slots.iter().map(|s| serde_json::json!({"id": s.key_id.as_str(), "created": s.created})).collect::<Vec<_>>() }));
             }
-            KeyVerb::Add { file } => {
-                let new = MasterKey::from_file(file)?;
-                serde_json::json!({ "added": repo.add_key(&new).await?.as_str() })
+            KeyVerb::Add { file } => match MasterKey::from_file(file) {
+                Ok(new) => {
+                    let id = new.key_id().to_string();
+                    let r = repo.add_key(&new).await;
+                    ("key_add", Some(id), r.map(|id| serde_json::json!({ "added": id.as_str() })).map_err(Into::into))
+                }
+                Err(e) => ("key_add", None, Err(e.into())),
+            },
+            KeyVerb::Remove { id } => match KeyId::parse(id) {
+                Ok(kid) => (
+                    "key_remove",
+                    Some(id.clone()),
+                    repo.remove_key(&kid).await.map(|()| serde_json::json!({ "removed": id })).map_err(Into::into),
+                ),
+                Err(e) => ("key_remove", Some(id.clone()), Err(e.into())),
+            },
+            KeyVerb::Generate { .. } => return Ok(Value::Null),
+        };
+        if let Some(log) = log {
+            let details = serde_json::json!({
+                "via": "cli",
+                "repository": config::redact_secrets(&Value::String(cfg.backup.storage_path.clone())),
+                "opened_with": key.as_ref().map(|k| k.key_id().to_string()),
+                "key_id": key_id,
+                "ok": outcome.is_ok(),
+                "error": outcome.as_ref().err().map(ToString::to_string),
+            });
+            if let Err(e) = log.append(&audit::Actor::this_process(), action, details) {
+                let done = if outcome.is_ok() { "the key change was made" } else { "the key change failed" };
+                anyhow::bail!("{done} but could not be recorded in the audit log: {e}");
             }
-            KeyVerb::Remove { id } => {
-                repo.remove_key(&KeyId::parse(id)?).await?;
-                serde_json::json!({ "removed": id })
-            }
-            KeyVerb::Generate { .. } => Value::Null,
-        })
+        }
+        outcome
     });
     match result {
         Ok(v) => {

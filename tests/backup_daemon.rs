@@ -496,3 +496,72 @@ fn job_cancel_stops_a_backup_and_leaves_no_snapshot() {
     assert_ne!(code, Some(0));
     assert!(err.contains("no running job 999"), "{err}");
 }
+
+/// Every path under `dir` (itself included) whose owner is not `uid`.
+fn not_owned_by(dir: &Path, uid: u32) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out = Vec::new();
+    let meta = std::fs::symlink_metadata(dir).expect("lstat");
+    if meta.uid() != uid {
+        out.push(format!("{} (uid {})", dir.display(), meta.uid()));
+    }
+    if meta.is_dir() {
+        for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            out.extend(not_owned_by(&e.path(), uid));
+        }
+    }
+    out
+}
+
+#[test]
+fn offline_commands_as_root_leave_the_repository_and_audit_log_to_their_owner() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test must run as root: it checks what an operator's `sudo chromaprod backup` leaves in the service user's repository (CI runs the suite as root)"
+    );
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("this test needs the user nobody");
+    let (uid, gid) = (nobody.uid, nobody.gid);
+    let chroma = ChromaServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(seed(&store_for(&chroma.base()), "docs", 200, 8));
+    let s = setup(&chroma.base(), "");
+    // The service user's repository and state directory, as the package makes them.
+    let state = s.dir.path().join("state");
+    for d in [&s.repo, &state] {
+        std::fs::create_dir(d).expect("mkdir");
+        nix::unistd::chown(d.as_path(), Some(uid), Some(gid)).expect("chown");
+    }
+
+    let (code, out, err) = offline(&s.config, &["backup", "--full"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(count_files(&s.repo) > 3, "the backup wrote objects");
+    let foreign = not_owned_by(&s.repo, uid.as_raw());
+    assert!(
+        foreign.is_empty(),
+        "root left entries nobody cannot prune:\n{}",
+        foreign.join("\n")
+    );
+
+    // `key add` as root appends to (here: creates) the service user's audit log.
+    let second = s.dir.path().join("second-key");
+    let out = std::process::Command::new(bin())
+        .args(["key", "generate"])
+        .arg(&second)
+        .output()
+        .expect("generate");
+    assert!(out.status.success());
+    let (code, out, err) = offline(&s.config, &["key", "add", &second.display().to_string()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let foreign = not_owned_by(&state, uid.as_raw());
+    assert!(
+        foreign.is_empty(),
+        "root left state the service cannot open:\n{}",
+        foreign.join("\n")
+    );
+    assert!(state.join("audit.jsonl").is_file());
+    let foreign = not_owned_by(&s.repo, uid.as_raw());
+    assert!(foreign.is_empty(), "{}", foreign.join("\n"));
+}

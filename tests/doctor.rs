@@ -459,11 +459,19 @@ fn a_missing_wrong_or_exposed_key_is_reported() {
     )
     .expect("chmod");
     let run = doctor(&host.config, &[]);
-    assert_eq!(run.code, Some(0), "a warning is not a failure:\n{run}");
-    let (status, _, fix) = run.check("key");
-    assert_eq!(status, "warn", "{run}");
-    assert!(fix.contains("chmod 600"), "{run}");
-    assert_eq!(run.status("repository"), "ok", "{run}");
+    assert_eq!(
+        run.code,
+        Some(1),
+        "chromaprod refuses such a key, so doctor fails:\n{run}"
+    );
+    let (status, summary, fix) = run.check("key");
+    assert_eq!(status, "fail", "{run}");
+    assert!(summary.contains("0644"), "{run}");
+    assert_eq!(
+        fix,
+        format!("chmod 600 {}", host.path("backup-key").display()),
+        "{run}"
+    );
 }
 
 /// A plaintext repository works, but has no authenticity: the key and

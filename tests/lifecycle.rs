@@ -193,3 +193,44 @@ fn chroma_never_reachable_exits_69_after_startup_wait() {
         daemon.log()
     );
 }
+
+/// Starts a daemon whose only endpoint is `url` with `startup_wait = "3s"`
+/// and returns how long it took to give up, its exit code and its log.
+fn give_up_time(url: &str) -> (Duration, Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &[url.to_string()], "");
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("startup_wait = \"20s\"", "startup_wait = \"3s\"");
+    std::fs::write(&config, text).expect("write");
+    let started = std::time::Instant::now();
+    let mut daemon = DaemonProcess::spawn(&config, &[]);
+    // Not exiting at all shows as no exit code after 30 s.
+    let code = daemon
+        .wait_timeout(Duration::from_secs(30))
+        .and_then(|s| s.code());
+    (started.elapsed(), code, daemon.log())
+}
+
+#[test]
+fn dead_and_black_hole_endpoints_give_up_within_startup_wait() {
+    // Dead: nothing listens, connections are refused at once.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    // Black hole: a listener that never accepts; the kernel completes the
+    // handshake (backlog) and no byte ever comes back.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hole_url = format!("http://{}", hole.local_addr().expect("addr"));
+    let runs = [dead, hole_url].map(|url| std::thread::spawn(move || (give_up_time(&url), url)));
+    for run in runs {
+        let ((elapsed, code, log), url) = run.join().expect("thread");
+        assert_eq!(code, Some(69), "{url}: log:\n{log}");
+        assert!(log.contains("did not become reachable"), "{url}: {log}");
+        // startup_wait is 3 s: waiting much less means it did not retry,
+        // much more means a call outlived the deadline.
+        assert!(
+            elapsed >= Duration::from_millis(2900) && elapsed <= Duration::from_secs(5),
+            "{url}: gave up after {elapsed:?}, expected 3-5 s with startup_wait = 3s; log:\n{log}"
+        );
+    }
+    drop(hole);
+}

@@ -84,7 +84,7 @@ impl Env {
             .expect("list")
             .into_iter()
             .map(|c| c.name)
-            .filter(|n| n != HISTORY)
+            .filter(|n| n != HISTORY && n != chromaprod::chroma::swap::JOURNAL_COLLECTION)
             .collect();
         v.sort();
         v

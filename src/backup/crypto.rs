@@ -12,7 +12,10 @@
 //! public key id.
 //!
 //! Key material lives only inside [`Secret`] (or ring key types); neither
-//! `Debug`, `Display` nor any error message shows it.
+//! `Debug`, `Display` nor any error message shows it. Secrets, derived keys
+//! and the buffers that held a key file or an unwrapped key are zeroized
+//! when dropped. ring's own key schedules (`LessSafeKey`, `hmac::Key`) are
+//! not: ring offers no way to wipe them.
 
 use std::fmt;
 use std::io::Write as _;
@@ -24,8 +27,9 @@ use ring::hkdf;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::secret::Secret;
+use crate::secret::{ExposedFile, Secret};
 
 /// Length of every key in this module (master, data, derived), in bytes.
 pub const KEY_LEN: usize = 32;
@@ -53,6 +57,8 @@ pub enum CryptoError {
     NoCredential { name: String, dir: PathBuf },
     #[error("invalid credential name `{name}`: it must be a plain file name")]
     BadCredentialName { name: String },
+    #[error("key file {0}")]
+    Exposed(#[from] ExposedFile),
     #[error("key file {path} is not usable: {why}")]
     BadKeyFile { path: PathBuf, why: String },
     #[error("key file {path} already exists; refusing to overwrite a key (move it away first if you really mean to replace it)")]
@@ -122,12 +128,12 @@ impl hkdf::KeyType for Len32 {
     }
 }
 
-fn hkdf32(ikm: &[u8], info: &[u8]) -> Result<[u8; KEY_LEN], CryptoError> {
+fn hkdf32(ikm: &[u8], info: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, HKDF_SALT).extract(ikm);
-    let mut out = [0u8; KEY_LEN];
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
     let infos = [info];
     prk.expand(&infos, Len32)
-        .and_then(|okm| okm.fill(&mut out))
+        .and_then(|okm| okm.fill(out.as_mut()))
         .map_err(|_| CryptoError::Malformed {
             what: "key derivation".into(),
             why: "HKDF expansion failed".into(),
@@ -261,6 +267,9 @@ pub struct MasterKey {
     id: KeyId,
 }
 
+// The key lives in a `Secret`, which wipes it on drop; the id is public.
+impl ZeroizeOnDrop for MasterKey {}
+
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "MasterKey {{ id: {}, key: [redacted] }}", self.id)
@@ -268,18 +277,18 @@ impl fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
-    fn from_raw(raw: [u8; KEY_LEN]) -> Self {
-        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &raw), KEY_ID_LABEL);
+    /// Takes the key out of `raw`, leaving zeros behind.
+    fn from_raw(raw: &mut [u8; KEY_LEN]) -> Self {
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, raw), KEY_ID_LABEL);
         let id = KeyId(to_hex(&tag.as_ref()[..8]));
-        Self {
-            key: Secret::new(raw),
-            id,
-        }
+        let key = Secret::new(*raw);
+        raw.zeroize();
+        Self { key, id }
     }
 
     /// A new random key.
     pub fn generate() -> Result<Self, CryptoError> {
-        Ok(Self::from_raw(random_bytes::<KEY_LEN>()?))
+        Ok(Self::from_raw(&mut random_bytes::<KEY_LEN>()?))
     }
 
     /// Parses key file contents (see the type's docs for the formats).
@@ -293,9 +302,9 @@ impl MasterKey {
         // such a file is a typed passphrase, not a key.
         if contents.len() == KEY_LEN && !contents.iter().all(|b| b.is_ascii_graphic() || *b == b' ')
         {
-            let mut raw = [0u8; KEY_LEN];
+            let mut raw = Zeroizing::new([0u8; KEY_LEN]);
             raw.copy_from_slice(contents);
-            return Ok(Self::from_raw(raw));
+            return Ok(Self::from_raw(&mut raw));
         }
         let text = std::str::from_utf8(contents)
             .map_err(|_| bad("expected 32 raw bytes, 64 hex characters or base64 of 32 bytes"))?
@@ -306,7 +315,7 @@ impl MasterKey {
         if contents.len() == KEY_LEN {
             return Err(bad("32 characters of text is a passphrase, not a key; generate a key with `chromaprod key generate` or `openssl rand -hex 32`"));
         }
-        let bytes = if text.len() == 2 * KEY_LEN {
+        let bytes = Zeroizing::new(if text.len() == 2 * KEY_LEN {
             from_hex(text).ok_or_else(|| bad("64 characters but not hex"))?
         } else {
             base64::engine::general_purpose::STANDARD
@@ -314,25 +323,45 @@ impl MasterKey {
                 .map_err(|_| {
                     bad("expected 32 raw bytes, 64 hex characters or base64 of 32 bytes")
                 })?
-        };
-        let raw: [u8; KEY_LEN] = bytes
-            .try_into()
-            .map_err(|_| bad("the key must be exactly 32 bytes (256 bits)"))?;
-        Ok(Self::from_raw(raw))
+        });
+        if bytes.len() != KEY_LEN {
+            return Err(bad("the key must be exactly 32 bytes (256 bits)"));
+        }
+        let mut raw = Zeroizing::new([0u8; KEY_LEN]);
+        raw.copy_from_slice(&bytes);
+        Ok(Self::from_raw(&mut raw))
     }
 
-    /// Loads a key file.
+    /// Loads a key file. A file whose mode lets group or other users read
+    /// or change it is refused ([`CryptoError::Exposed`], with the `chmod`
+    /// that fixes it), as ssh refuses such private keys — unless systemd
+    /// placed it (under `/run/credentials`), which sets its mode itself.
     pub fn from_file(path: &Path) -> Result<Self, CryptoError> {
-        match std::fs::read(path) {
-            Ok(contents) => Self::from_key_file_bytes(&contents, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CryptoError::NoKey {
-                path: path.to_path_buf(),
-            }),
-            Err(source) => Err(CryptoError::Io {
-                path: path.to_path_buf(),
-                source,
-            }),
+        use std::io::Read as _;
+        let io = |source| CryptoError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CryptoError::NoKey {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(io(e)),
+        };
+        if !crate::secret::is_systemd_credential(path) {
+            // The mode of the file being read, not of whatever the path names later.
+            crate::secret::check_private(path, &file.metadata().map_err(io)?)?;
         }
+        let mut contents = Zeroizing::new(Vec::with_capacity(128));
+        // Bounded: a key file is under 100 bytes; a huge file is not a key.
+        (&mut file)
+            .take(4096)
+            .read_to_end(&mut contents)
+            .map_err(io)?;
+        Self::from_key_file_bytes(&contents, path)
     }
 
     /// Loads the systemd credential `name` from `$CREDENTIALS_DIRECTORY`
@@ -383,7 +412,7 @@ impl MasterKey {
                     io(e)
                 }
             })?;
-        let mut text = to_hex(self.key.expose());
+        let mut text = Zeroizing::new(to_hex(self.key.expose()));
         text.push('\n');
         file.write_all(text.as_bytes()).map_err(io)?;
         file.sync_all().map_err(io)
@@ -394,7 +423,7 @@ impl MasterKey {
         &self.id
     }
 
-    fn kek(&self) -> Result<[u8; KEY_LEN], CryptoError> {
+    fn kek(&self) -> Result<Zeroizing<[u8; KEY_LEN]>, CryptoError> {
         hkdf32(self.key.expose(), INFO_KEK)
     }
 }
@@ -407,8 +436,12 @@ pub struct DataKey(std::sync::Arc<DataKeyInner>);
 struct DataKeyInner {
     raw: Secret<[u8; KEY_LEN]>,
     enc: Secret<[u8; KEY_LEN]>,
+    /// ring's HMAC key schedule: ring cannot wipe it (see the module docs).
     mac: hmac::Key,
 }
+
+// `raw` and `enc` are `Secret`s, wiped on drop; `mac` is ring's (module docs).
+impl ZeroizeOnDrop for DataKeyInner {}
 
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -424,19 +457,22 @@ impl PartialEq for DataKey {
 impl Eq for DataKey {}
 
 impl DataKey {
-    pub(crate) fn from_raw(raw: [u8; KEY_LEN]) -> Result<Self, CryptoError> {
-        let enc = hkdf32(&raw, INFO_ENC)?;
-        let mac = hkdf32(&raw, INFO_MAC)?;
-        Ok(Self(std::sync::Arc::new(DataKeyInner {
-            raw: Secret::new(raw),
-            enc: Secret::new(enc),
-            mac: hmac::Key::new(hmac::HMAC_SHA256, &mac),
-        })))
+    /// Takes the key out of `raw`, leaving zeros behind.
+    pub(crate) fn from_raw(raw: &mut [u8; KEY_LEN]) -> Result<Self, CryptoError> {
+        let enc = hkdf32(raw, INFO_ENC)?;
+        let mac = hkdf32(raw, INFO_MAC)?;
+        let inner = DataKeyInner {
+            raw: Secret::new(*raw),
+            enc: Secret::new(*enc),
+            mac: hmac::Key::new(hmac::HMAC_SHA256, mac.as_ref()),
+        };
+        raw.zeroize();
+        Ok(Self(std::sync::Arc::new(inner)))
     }
 
     /// A new random data key (once per repository).
     pub fn generate() -> Result<Self, CryptoError> {
-        Self::from_raw(random_bytes::<KEY_LEN>()?)
+        Self::from_raw(&mut random_bytes::<KEY_LEN>()?)
     }
 
     /// `nonce (12) || AES-256-GCM(enc_key, plaintext, aad) || tag (16)`.
@@ -490,7 +526,7 @@ fn slot_aad(key_id: &KeyId) -> Vec<u8> {
 /// Wraps `data_key` with `master` into a new key slot.
 pub fn wrap(data_key: &DataKey, master: &MasterKey) -> Result<KeySlot, CryptoError> {
     let sealed = seal(
-        &master.kek()?,
+        &*master.kek()?,
         &slot_aad(master.key_id()),
         data_key.0.raw.expose(),
     )?;
@@ -512,13 +548,17 @@ pub fn unwrap(slot: &KeySlot, master: &MasterKey) -> Result<DataKey, CryptoError
             what: what(),
             why: "`wrapped` is not base64".into(),
         })?;
-    match open(&master.kek()?, &slot_aad(&slot.key_id), &sealed)? {
-        Some(raw) => {
-            let raw: [u8; KEY_LEN] = raw.try_into().map_err(|_| CryptoError::Malformed {
-                what: what(),
-                why: "wrapped key has the wrong length".into(),
-            })?;
-            DataKey::from_raw(raw)
+    match open(&*master.kek()?, &slot_aad(&slot.key_id), &sealed)?.map(Zeroizing::new) {
+        Some(plain) => {
+            if plain.len() != KEY_LEN {
+                return Err(CryptoError::Malformed {
+                    what: what(),
+                    why: "wrapped key has the wrong length".into(),
+                });
+            }
+            let mut raw = Zeroizing::new([0u8; KEY_LEN]);
+            raw.copy_from_slice(&plain);
+            DataKey::from_raw(&mut raw)
         }
         None if &slot.key_id == master.key_id() => Err(CryptoError::Corrupt { what: what() }),
         None => Err(CryptoError::WrongKey { tried: 1 }),
@@ -653,6 +693,26 @@ mod tests {
         assert!(!dbg.contains(&to_hex(d.0.enc.expose())));
     }
 
+    /// Compile-time: key types wipe their key material when dropped. This
+    /// shows the wiring (the trait, backed by `Secret`'s wipe), not the
+    /// absence of every copy: ring's key schedules are not wiped.
+    #[test]
+    fn key_types_are_zeroized_on_drop() {
+        fn wipes_on_drop<T: ZeroizeOnDrop>() {}
+        wipes_on_drop::<MasterKey>();
+        wipes_on_drop::<DataKeyInner>();
+        wipes_on_drop::<Zeroizing<[u8; KEY_LEN]>>();
+        // `from_raw` leaves zeros where the key was handed in.
+        let mut raw = [7u8; KEY_LEN];
+        let k = MasterKey::from_raw(&mut raw);
+        assert_eq!(raw, [0u8; KEY_LEN]);
+        assert_eq!(k.key.expose(), &[7u8; KEY_LEN]);
+        let mut raw = [9u8; KEY_LEN];
+        let d = DataKey::from_raw(&mut raw).expect("dk");
+        assert_eq!(raw, [0u8; KEY_LEN]);
+        assert_eq!(d.0.raw.expose(), &[9u8; KEY_LEN]);
+    }
+
     #[test]
     fn key_id_is_stable_and_not_the_key() {
         let k = MasterKey::from_key_file_bytes(&[7u8; 32], Path::new("k")).expect("key");
@@ -683,6 +743,44 @@ mod tests {
             MasterKey::from_file(&path).expect("load").key_id(),
             k.key_id()
         );
+    }
+
+    #[test]
+    fn a_key_file_group_or_other_can_read_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("backup.key");
+        let k = MasterKey::generate().expect("rng");
+        k.write_new_key_file(&path).expect("write");
+        for mode in [0o640, 0o604, 0o644, 0o660, 0o606] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let err = MasterKey::from_file(&path).expect_err("refused");
+            let msg = err.to_string();
+            assert!(matches!(err, CryptoError::Exposed { .. }), "{msg}");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains(&format!("{mode:04o}")), "{msg}");
+            assert!(
+                msg.contains(&format!("chmod 600 {}", path.display())),
+                "{msg}"
+            );
+            assert!(!msg.contains(&key_text(&k)), "{msg}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            assert_eq!(
+                MasterKey::from_file(&path).expect("private").key_id(),
+                k.key_id()
+            );
+        }
+        // A credentials directory that is not systemd's (an operator shell's
+        // $CREDENTIALS_DIRECTORY) holds files that are judged the same way.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err =
+            MasterKey::from_credential_in(Some(dir.path()), "backup.key").expect_err("exposed");
+        assert!(matches!(err, CryptoError::Exposed(_)), "{err}");
+        assert!(crate::secret::is_systemd_credential(Path::new(
+            "/run/credentials/chromaprod.service/backup-key"
+        )));
     }
 
     #[test]
@@ -801,7 +899,7 @@ mod tests {
         #[test]
         fn any_flipped_bit_in_a_slot_fails(bit in 0usize..(8 * (NONCE_LEN + KEY_LEN + TAG_LEN))) {
             let master = MasterKey::from_key_file_bytes(&[3u8; 32], Path::new("k")).expect("key");
-            let data = DataKey::from_raw([9u8; 32]).expect("dk");
+            let data = DataKey::from_raw(&mut [9u8; 32]).expect("dk");
             let slot = wrap(&data, &master).expect("wrap");
             let mut raw = base64::engine::general_purpose::STANDARD.decode(&slot.wrapped).expect("b64");
             raw[bit / 8] ^= 1 << (bit % 8);

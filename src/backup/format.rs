@@ -827,7 +827,7 @@ mod tests {
         let out = decode(&plain, ObjectKind::Chunk, &Codec::Plain, Some(id)).expect("plain");
         assert_eq!(out, b"chromaprod fixture v1");
         let enc = crate::backup::crypto::from_hex(FIXTURE_ENCRYPTED).expect("hex");
-        let codec = Codec::Encrypted(DataKey::from_raw([0x42; 32]).expect("dk"));
+        let codec = Codec::Encrypted(DataKey::from_raw(&mut [0x42; 32]).expect("dk"));
         let id = "48d7e5c123424ca7ebcb52f8992cdaf4ea7ffaac71b9d5fb54ed532907cc8b6e";
         let h = verify_self(&enc).expect("self-check without the key");
         assert!(h.encrypted && h.compressed && h.kind == ObjectKind::Chunk);

@@ -2,15 +2,30 @@
 //! running daemon. Pure: values in, a plan out.
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::Config;
+
+/// One changed key with its old and new values (JSON; `null` when absent),
+/// for the audit log. Values that could carry a credential are redacted
+/// (see [`redact_secrets`]); secret contents never appear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyChange {
+    pub key: String,
+    pub old: Value,
+    pub new: Value,
+    /// What changed when the values alone do not show it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
 
 /// The parts of the running daemon a new configuration touches.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ConfigDiff {
     /// Every changed key, dotted (`pool.max_connections`).
     pub changed_keys: Vec<String>,
+    /// The same keys with their old and new values, in the same order.
+    pub changes: Vec<KeyChange>,
     /// Endpoints, auth, pool, retry or breaker changed: rebuild the Chroma store.
     pub rebuild_store: bool,
     /// Log level or format changed.
@@ -59,15 +74,42 @@ pub fn effective(old: &Config, new: &Config) -> Config {
 }
 
 pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
-    let mut changed = Vec::new();
+    let mut found = Vec::new();
     let (a, b) = (to_value(old), to_value(new));
-    collect("", &a, &b, &mut changed);
+    collect("", &a, &b, &mut found);
     // The token is not serialised; compare it explicitly so a rotated token rebuilds the store.
-    if old.chroma.auth_token != new.chroma.auth_token {
-        changed.push("chroma.auth_token_file".to_string());
+    if old.chroma.auth_token != new.chroma.auth_token
+        && !found.iter().any(|(k, _, _)| k == "chroma.auth_token_file")
+    {
+        let path = json!(new.chroma.auth_token_file);
+        found.push(("chroma.auth_token_file".to_string(), path.clone(), path));
     }
-    changed.sort();
-    changed.dedup();
+    found.sort_by(|x, y| x.0.cmp(&y.0));
+    found.dedup_by(|x, y| x.0 == y.0);
+    let token_rotated = old.chroma.auth_token != new.chroma.auth_token;
+    let changes: Vec<KeyChange> = found
+        .into_iter()
+        .map(|(key, old, new)| {
+            let secret = is_secret_key(&key);
+            let note = (key == "chroma.auth_token_file" && token_rotated)
+                .then(|| "the token changed (its value is never recorded)".to_string());
+            KeyChange {
+                old: if secret {
+                    json!(REDACTED)
+                } else {
+                    redact_secrets(&old)
+                },
+                new: if secret {
+                    json!(REDACTED)
+                } else {
+                    redact_secrets(&new)
+                },
+                key,
+                note,
+            }
+        })
+        .collect();
+    let changed: Vec<String> = changes.iter().map(|c| c.key.clone()).collect();
     let section = |k: &str| k.split('.').next().unwrap_or("").to_string();
     let mut d = ConfigDiff::default();
     for key in &changed {
@@ -85,14 +127,72 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         }
     }
     d.changed_keys = changed;
+    d.changes = changes;
     d
+}
+
+const REDACTED: &str = "[redacted]";
+
+/// Keys whose values are secrets themselves (none today: tokens and keys
+/// come from files, and file paths are not secret). Any key named like a
+/// secret is treated as one, so a future `…_token` or `…_password` key is
+/// redacted before anyone remembers to list it.
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    !last.ends_with("_file")
+        && ["token", "secret", "password", "passphrase", "credential"]
+            .iter()
+            .any(|w| last.contains(w))
+}
+
+/// `value` with every string that is a URL carrying credentials made
+/// harmless: user info (`user:pass@`) and the query (where SAS tokens and
+/// signatures live) become `redacted`. Other values are returned as they are.
+pub fn redact_secrets(value: &Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(redact_url(s)),
+        Value::Array(items) => Value::Array(items.iter().map(redact_secrets).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), redact_secrets(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn redact_url(s: &str) -> String {
+    if !s.contains("://") {
+        return s.to_string();
+    }
+    let Ok(mut url) = url::Url::parse(s) else {
+        // Not parseable, but it might still hold `user:pass@`.
+        return if s.contains('@') {
+            REDACTED.into()
+        } else {
+            s.to_string()
+        };
+    };
+    let has_user_info = !url.username().is_empty() || url.password().is_some();
+    if has_user_info && (url.set_username("redacted").is_err() || url.set_password(None).is_err()) {
+        return REDACTED.into();
+    }
+    if url.query().is_some() {
+        url.set_query(Some("redacted"));
+    }
+    if url.as_str() == s {
+        s.to_string()
+    } else {
+        url.to_string()
+    }
 }
 
 fn to_value(c: &Config) -> Value {
     serde_json::to_value(c).unwrap_or(Value::Null)
 }
 
-fn collect(prefix: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+/// Changed keys with their old and new values.
+fn collect(prefix: &str, a: &Value, b: &Value, out: &mut Vec<(String, Value, Value)>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             for (k, va) in x {
@@ -103,13 +203,13 @@ fn collect(prefix: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
                 };
                 match y.get(k) {
                     Some(vb) if prefix.is_empty() => collect(&path, va, vb, out),
-                    Some(vb) if va != vb => out.push(path),
+                    Some(vb) if va != vb => out.push((path, va.clone(), vb.clone())),
                     Some(_) => {}
-                    None => out.push(path),
+                    None => out.push((path, va.clone(), Value::Null)),
                 }
             }
         }
-        _ if a != b => out.push(prefix.to_string()),
+        _ if a != b => out.push((prefix.to_string(), a.clone(), b.clone())),
         _ => {}
     }
 }
@@ -198,5 +298,72 @@ mod tests {
         let d = diff(&old, &new);
         assert_eq!(d.changed_keys, vec!["chroma.endpoints", "retry.base_delay"]);
         assert!(d.rebuild_store && !d.relog);
+    }
+
+    #[test]
+    fn changes_carry_old_and_new_values_without_credentials() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.pool.max_connections = 99;
+        new.log.level = "debug".into();
+        new.chroma.endpoints =
+            vec![url::Url::parse("https://admin:hunter2@chroma.example:8000/").expect("url")];
+        new.backup.storage_path = "az://backups/prod?sv=2024&sig=s3cr3t".into();
+        let d = diff(&old, &new);
+        let by_key = |k: &str| {
+            d.changes
+                .iter()
+                .find(|c| c.key == k)
+                .unwrap_or_else(|| panic!("no change for {k}: {:?}", d.changes))
+                .clone()
+        };
+        assert_eq!(
+            d.changes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+            d.changed_keys
+        );
+        let pool = by_key("pool.max_connections");
+        assert_eq!(
+            (pool.old, pool.new),
+            (json!(old.pool.max_connections), json!(99))
+        );
+        let level = by_key("log.level");
+        assert_eq!((level.old, level.new), (json!("info"), json!("debug")));
+        let endpoints = by_key("chroma.endpoints");
+        assert_eq!(endpoints.old, json!(["http://127.0.0.1:8000/"]));
+        assert_eq!(
+            endpoints.new,
+            json!(["https://redacted@chroma.example:8000/"])
+        );
+        let storage = by_key("backup.storage_path");
+        assert_eq!(storage.new, json!("az://backups/prod?redacted"));
+        let text = serde_json::to_string(&d).expect("json");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_rotated_token_is_named_but_never_shown() {
+        let mut old = Config::default();
+        old.chroma.auth_token_file =
+            Some("/run/credentials/chromaprod.service/chroma-token".into());
+        old.chroma.auth_token = Some(crate::secret::Secret::new("old-tok-123".into()));
+        let mut new = old.clone();
+        new.chroma.auth_token = Some(crate::secret::Secret::new("new-tok-456".into()));
+        let d = diff(&old, &new);
+        assert_eq!(d.changed_keys, vec!["chroma.auth_token_file"]);
+        let c = &d.changes[0];
+        assert_eq!(c.old, c.new, "same file");
+        assert!(c
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("token changed")));
+        let text = serde_json::to_string(&d).expect("json");
+        assert!(!text.contains("tok-"), "{text}");
+        assert!(is_secret_key("chroma.auth_token"));
+        assert!(is_secret_key("storage.client_secret"));
+        assert!(!is_secret_key("chroma.auth_token_file"));
+        assert!(!is_secret_key("backup.key_file"));
     }
 }

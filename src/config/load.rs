@@ -519,7 +519,7 @@ impl Reader<'_> {
             self.duration("daemon.watch_poll_interval", d.daemon.watch_poll_interval);
 
         if let Some(path) = c.chroma.auth_token_file.clone() {
-            match fs_err::read_to_string(&path) {
+            match read_token_file(&path) {
                 Ok(token) if token.trim().is_empty() => {
                     self.issue(
                         "chroma.auth_token_file",
@@ -527,14 +527,58 @@ impl Reader<'_> {
                     );
                 }
                 Ok(token) => c.chroma.auth_token = Some(Secret::new(token.trim().to_string())),
-                Err(e) => self.issue(
-                    "chroma.auth_token_file",
-                    format!("cannot read {}: {}", path.display(), e.kind()),
-                ),
+                Err(problem) => self.issue("chroma.auth_token_file", problem),
             }
         }
         c
     }
+}
+
+/// Reads the token file, refusing one that group or other can access
+/// (unless it is a systemd credential). The buffer is wiped after use.
+fn read_token_file(path: &Path) -> Result<zeroize::Zeroizing<String>, String> {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {}", path.display(), e.kind());
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    if !crate::secret::is_systemd_credential(path) {
+        crate::secret::check_private(path, &file.metadata().map_err(cannot)?)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut token = zeroize::Zeroizing::new(String::new());
+    file.read_to_string(&mut token).map_err(cannot)?;
+    Ok(token)
+}
+
+/// Secret files the configuration names but [`load`] does not read, judged
+/// by their mode: the backup key (`backup.key_file`, else
+/// `$CREDENTIALS_DIRECTORY/backup-key`), which each backup reads and
+/// refuses the same way. A file that does not exist or cannot be examined
+/// is not reported here; using it says what is wrong. `chromaprod validate`
+/// reports these (`doctor` through its key check).
+pub fn secret_file_issues(c: &Config) -> Vec<ConfigIssue> {
+    let mut out = Vec::new();
+    if !c.backup.encrypt {
+        return out;
+    }
+    let path = match &c.backup.key_file {
+        Some(p) => p.clone(),
+        None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => Path::new(&dir).join("backup-key"),
+            None => return out,
+        },
+    };
+    if crate::secret::is_systemd_credential(&path) {
+        return out;
+    }
+    if let Ok(meta) = std::fs::metadata(&path) {
+        if let Err(e) = crate::secret::check_private(&path, &meta) {
+            out.push(ConfigIssue {
+                key: "backup.key_file".into(),
+                problem: e.to_string(),
+            });
+        }
+    }
+    out
 }
 
 fn pattern(s: &str) -> Result<String, String> {
@@ -817,6 +861,7 @@ fn check_storage_path(s: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn empty_file_gives_defaults() {
@@ -891,6 +936,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("token");
         std::fs::write(&file, "sekrit-token-123\n").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let text = format!(
             "[chroma]\nauth_token_file = {:?}\n",
             file.display().to_string()
@@ -965,5 +1011,53 @@ mod tests {
         assert!(check_storage_path("relative/dir").is_err());
         assert!(check_storage_path("ftp://x").is_err());
         assert!(check_storage_path("s3://").is_err());
+    }
+
+    #[test]
+    fn token_and_key_files_group_or_other_can_read_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "sekrit-token-123\n").expect("write");
+        let key = dir.path().join("backup-key");
+        std::fs::write(&key, format!("{}\n", "ab".repeat(32))).expect("write");
+        let text = format!(
+            "[chroma]\nauth_token_file = {:?}\n[backup]\nencrypt = true\nkey_file = {:?}\n",
+            token.display().to_string(),
+            key.display().to_string()
+        );
+        for mode in [0o644, 0o640, 0o604] {
+            for f in [&token, &key] {
+                std::fs::set_permissions(f, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            }
+            let err = load_from_str(&text).expect_err("exposed token");
+            assert!(!err.to_string().contains("sekrit"), "{err}");
+            let mut issues = err.issues();
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+            issues.extend(secret_file_issues(&load_from_str(&text).expect("valid")));
+            for (name, path) in [
+                ("chroma.auth_token_file", &token),
+                ("backup.key_file", &key),
+            ] {
+                let issue = issues
+                    .iter()
+                    .find(|i| i.key == name)
+                    .unwrap_or_else(|| panic!("no issue for {name}: {issues:?}"));
+                assert!(issue.problem.contains(&format!("{mode:04o}")), "{issue:?}");
+                assert!(
+                    issue
+                        .problem
+                        .contains(&format!("chmod 600 {}", path.display())),
+                    "{issue:?}"
+                );
+            }
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        let c = load_from_str(&text).expect("private files are fine");
+        assert_eq!(secret_file_issues(&c), vec![]);
+        // A key file that does not exist yet is not reported here (the
+        // backup says what to do).
+        std::fs::remove_file(&key).expect("rm");
+        assert_eq!(secret_file_issues(&c), vec![]);
     }
 }

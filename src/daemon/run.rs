@@ -54,6 +54,10 @@ pub struct ReloadReport {
     pub needs_restart: Vec<String>,
     /// Why the new config was rejected (the old one keeps running).
     pub error: Option<String>,
+    /// Old and new values of the changed keys (credentials redacted): for
+    /// the audit log only, not for `status`.
+    #[serde(skip)]
+    pub changes: Vec<crate::config::KeyChange>,
 }
 
 struct ReloadRequest {
@@ -483,8 +487,20 @@ async fn wait_for_chroma(
         ));
         // A direct health check first: it brings endpoints back (and closes their
         // breakers) as soon as Chroma answers, not at the next background check.
-        store.pool().check_all().await;
-        match store.check_ready().await {
+        // The whole attempt is bounded by what is left of startup_wait: a black
+        // hole must not hold a request (and its retries) past the deadline.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt_result = tokio::time::timeout(left, async {
+            store.pool().check_all().await;
+            store.check_ready().await.map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer before chroma.startup_wait ran out (attempt {attempt} was still waiting)"
+            ))
+        });
+        match attempt_result {
             Ok(info) => {
                 return Ok(format!(
                     "{} (API {}, max batch {})",
@@ -497,7 +513,7 @@ async fn wait_for_chroma(
                     return Err(DaemonError::ChromaUnavailable {
                         endpoints: endpoints.join(", "),
                         waited: config.chroma.startup_wait,
-                        last_error: e.to_string(),
+                        last_error: e,
                     });
                 }
                 let msg = format!(
@@ -563,7 +579,9 @@ async fn apply_reload(
         ReloadCause::Signal => Actor::system("SIGHUP"),
         ReloadCause::FileChanged => Actor::system("file watcher"),
     };
-    shared.audit(actor, "config_reload", json!(report)).await;
+    let mut details = json!(report);
+    details["changes"] = json!(report.changes);
+    shared.audit(actor, "config_reload", details).await;
     *shared.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
     notifier.ready(&status_line(shared));
     if let Some(reply) = req.reply {
@@ -586,6 +604,7 @@ async fn reload_once(
         changed_keys: Vec::new(),
         needs_restart: Vec::new(),
         error: Some(error),
+        changes: Vec::new(),
     };
     let new = match config::load(&shared.source.path) {
         Ok(Loaded { config, .. }) => config,
@@ -680,6 +699,7 @@ async fn reload_once(
         changed_keys: diff.changed_keys,
         needs_restart: diff.needs_restart,
         error: None,
+        changes: diff.changes,
     };
     // Recorded while the new config is swapped in, so `status` never shows
     // the new config with the previous reload's report.

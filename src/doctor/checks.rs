@@ -151,28 +151,25 @@ fn check_key(cfg: &Config) -> (Check, Option<MasterKey>) {
             let mode = std::fs::metadata(&path)
                 .map(|m| m.permissions().mode() & 0o777)
                 .unwrap_or(0);
-            let check = if mode & 0o077 != 0 {
-                Check::warn(
-                    NAME,
-                    format!(
-                        "key {} from {} ({source}) has mode {mode:04o}: other users can read it",
-                        key.key_id(),
-                        path.display()
-                    ),
-                    format!("chmod 600 {}", path.display()),
-                )
-            } else {
-                Check::ok(
-                    NAME,
-                    format!(
-                        "key {} readable from {} ({source}), mode {mode:04o}",
-                        key.key_id(),
-                        path.display()
-                    ),
-                )
-            };
+            let check = Check::ok(
+                NAME,
+                format!(
+                    "key {} readable from {} ({source}), mode {mode:04o}",
+                    key.key_id(),
+                    path.display()
+                ),
+            );
             (check, Some(key))
         }
+        // chromaprod refuses such a key: a failure, with the one command that fixes it.
+        Err(crate::backup::crypto::CryptoError::Exposed(e)) => (
+            Check::fail(
+                NAME,
+                format!("the key file ({source}) {e}"),
+                format!("chmod 600 {}", path.display()),
+            ),
+            None,
+        ),
         Err(crate::backup::crypto::CryptoError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::PermissionDenied
                 && !nix::unistd::geteuid().is_root() =>

@@ -59,6 +59,16 @@ impl Actor {
             system: component.into(),
         }
     }
+
+    /// This process's own user, group and pid: the actor of a CLI command
+    /// that changes something without going through the daemon.
+    pub fn this_process() -> Self {
+        Actor::Peer {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            pid: i32::try_from(std::process::id()).ok(),
+        }
+    }
 }
 
 /// The position of the newest record: its `seq` and the SHA-256 of its line.
@@ -120,8 +130,11 @@ struct Tail {
     prev: String,
 }
 
-/// An open audit log. `append` is safe to call from many tasks; it blocks
-/// on a write and an `fsync`, so async code calls it via `spawn_blocking`.
+/// An open audit log. `append` is safe to call from many tasks, and from
+/// several processes at once (the daemon, and offline CLI commands such as
+/// `key add`): each append holds an exclusive `flock` on the file and first
+/// catches up with records other writers added. It blocks on a write and an
+/// `fsync`, so async code calls it via `spawn_blocking`.
 pub struct AuditLog {
     path: PathBuf,
     tail: Mutex<Tail>,
@@ -182,12 +195,15 @@ fn check_line(line: &[u8]) -> Result<Parsed, String> {
 impl AuditLog {
     /// Open (or create) `<dir>/audit.jsonl`, continuing the chain from its
     /// last line. Only the last line is checked here; [`verify`] checks all.
+    /// A log this process creates as root in another user's directory is
+    /// given to that user, so the daemon can still open it.
     pub fn open(dir: &Path) -> Result<AuditLog, AuditError> {
         let path = dir.join(FILE_NAME);
         let io_err = |source| AuditError::Io {
             path: path.clone(),
             source,
         };
+        let adopt = crate::owner::Adopt::for_dir(&path);
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -197,6 +213,9 @@ impl AuditLog {
             .map_err(io_err)?;
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(io_err)?;
+        if let Some(adopt) = &adopt {
+            adopt.claim(&path).map_err(io_err)?;
+        }
         let mut len = file.seek(SeekFrom::End(0)).map_err(io_err)?;
         let torn_tail = cut_torn_tail(&path, &mut file, len).map_err(io_err)?;
         if let Some((_, bytes)) = &torn_tail {
@@ -227,6 +246,22 @@ impl AuditLog {
         })
     }
 
+    /// [`AuditLog::open`] for a command run outside the daemon: creates the
+    /// state directory if needed (handed to the owner of the directory above
+    /// it when run as root).
+    pub fn open_creating(dir: &Path) -> Result<AuditLog, AuditError> {
+        let io_err = |source| AuditError::Io {
+            path: dir.join(FILE_NAME),
+            source,
+        };
+        let adopt = crate::owner::Adopt::for_dir(dir);
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        if let Some(adopt) = &adopt {
+            adopt.claim(dir).map_err(io_err)?;
+        }
+        Self::open(dir)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -250,6 +285,19 @@ impl AuditLog {
             .tail
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let io_err = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        // Other processes append to the same file: hold the file lock (on a
+        // duplicate of our descriptor; released when `_locked` drops) and
+        // continue the chain from whatever line is last now.
+        let _locked = nix::fcntl::Flock::lock(
+            tail.file.try_clone().map_err(io_err)?,
+            nix::fcntl::FlockArg::LockExclusive,
+        )
+        .map_err(|(_, errno)| io_err(io::Error::from(errno)))?;
+        self.catch_up(&mut tail)?;
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let seq = tail.seq + 1;
         let content = Content {
@@ -286,6 +334,38 @@ impl AuditLog {
         tail.len += line.len() as u64;
         tail.seq = seq;
         tail.prev = line_hash;
+        Ok(())
+    }
+}
+
+impl AuditLog {
+    /// Re-reads the last record if the file grew (or shrank) since this
+    /// handle last wrote: another process appended to it.
+    fn catch_up(&self, tail: &mut Tail) -> Result<(), AuditError> {
+        let io_err = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let len = tail.file.metadata().map_err(io_err)?.len();
+        if len == tail.len {
+            return Ok(());
+        }
+        let (seq, prev) = match last_line(&mut tail.file, len).map_err(io_err)? {
+            None => (0, ZERO_HASH.to_string()),
+            Some((number, line)) => {
+                let parsed = check_line(&line).map_err(|reason| AuditError::Broken {
+                    path: self.path.clone(),
+                    line: number,
+                    reason: format!(
+                        "{reason} (written by another process); run `chromaprod audit verify`"
+                    ),
+                })?;
+                (parsed.seq, hex_sha256(&line))
+            }
+        };
+        tail.len = len;
+        tail.seq = seq;
+        tail.prev = prev;
         Ok(())
     }
 }
@@ -637,6 +717,27 @@ mod tests {
         let err = verify_against(&path, &head).expect_err("cut");
         assert_eq!(err.broken_line(), Some(4), "{err}");
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn two_writers_of_one_log_keep_the_chain() {
+        // The daemon and an offline CLI command (`key add`) each hold the log open.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemon = AuditLog::open(dir.path()).expect("open");
+        daemon
+            .append(&Actor::system("daemon"), "daemon_start", json!({}))
+            .expect("append");
+        let cli = AuditLog::open(dir.path()).expect("open again");
+        cli.append(&Actor::system("cli"), "key_add", json!({"key_id": "x"}))
+            .expect("append");
+        daemon
+            .append(&Actor::system("daemon"), "daemon_stop", json!({}))
+            .expect("append");
+        cli.append(&Actor::system("cli"), "key_remove", json!({}))
+            .expect("append");
+        assert_eq!(verify(daemon.path()).expect("one chain"), 4);
+        assert_eq!(daemon.head().seq, 3);
+        assert_eq!(cli.head().seq, 4);
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub(crate) struct ObjectStoreBackend {
     description: String,
     /// Configured secret values, scrubbed from every error text.
     secrets: Vec<String>,
+    /// Local disk only, when running as root in another user's directory:
+    /// what is created is handed to that user (see [`crate::owner`]).
+    adopt: Option<(std::path::PathBuf, crate::owner::Adopt)>,
 }
 
 impl fmt::Debug for ObjectStoreBackend {
@@ -44,9 +47,21 @@ pub(crate) fn open_local(
             path.display()
         )));
     }
+    // Root (an offline command) in the service user's directory: whatever it
+    // creates goes to that user, or the service could not prune it later.
+    let adopt = crate::owner::Adopt::for_dir(path);
     fs_err::create_dir_all(path).map_err(|e| {
         StorageError::config(format!("cannot create the local repository directory: {e}"))
     })?;
+    if let Some(a) = &adopt {
+        a.claim(path).map_err(|e| {
+            StorageError::config(format!(
+                "cannot give the new repository directory {} to its owner (uid {}): {e}",
+                path.display(),
+                a.uid()
+            ))
+        })?;
+    }
     let store = object_store::local::LocalFileSystem::new_with_prefix(path)
         .map_err(|e| StorageError::config(format!("local repository '{}': {e}", path.display())))?
         // Durable before `Created` is returned; empty directories are left
@@ -57,6 +72,7 @@ pub(crate) fn open_local(
         prefix: None,
         description: format!("file://{}", path.display()),
         secrets: Vec::new(),
+        adopt: adopt.map(|a| (path.to_path_buf(), a)),
     }))
 }
 
@@ -109,6 +125,7 @@ pub(crate) fn open_s3(
         description: describe("s3", bucket, prefix.as_ref()),
         prefix,
         secrets: options.env.secret_values(),
+        adopt: None,
     }))
 }
 
@@ -144,6 +161,7 @@ pub(crate) fn open_azure(
         description: describe("az", container, prefix.as_ref()),
         prefix,
         secrets: options.env.secret_values(),
+        adopt: None,
     }))
 }
 
@@ -313,7 +331,23 @@ impl Backend for ObjectStoreBackend {
                 .put_opts(&self.path(key), PutPayload::from(data), opts)
                 .await
             {
-                Ok(_) => Ok(Written::Created),
+                Ok(_) => {
+                    if let Some((root, adopt)) = &self.adopt {
+                        // The file and the directories object_store made for it.
+                        adopt.claim(&root.join(key.as_str())).map_err(|e| {
+                            StorageError::Other {
+                                backend: self.description.clone(),
+                                detail: format!(
+                                    "{key} was written but cannot be given to the repository's owner (uid {}): {e}; run `chown -R {}: {}`",
+                                    adopt.uid(),
+                                    adopt.uid(),
+                                    adopt.base().display()
+                                ),
+                            }
+                        })?;
+                    }
+                    Ok(Written::Created)
+                }
                 Err(
                     object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. },
