@@ -184,7 +184,7 @@ fn key_add_and_remove_are_audited_with_who_and_which_key() {
 }
 
 #[test]
-fn reload_audit_line_has_old_and_new_values_and_no_credentials() {
+fn reload_audit_line_has_old_and_new_values() {
     let chroma = ChromaServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
@@ -195,8 +195,9 @@ fn reload_audit_line_has_old_and_new_values_and_no_credentials() {
     let mut daemon = DaemonProcess::spawn(&config, &[]);
     daemon.wait_ready(Duration::from_secs(20));
 
-    // Two endpoints now: the running one and one with credentials in its URL.
-    let with_creds = "http://admin:hunter2@127.0.0.1:9/";
+    // Two endpoints now. (Credentials in a URL are refused by validation;
+    // the diff's redaction of them is unit-tested in config::diff.)
+    let with_creds = "http://127.0.0.1:9/";
     let text = common::daemon::config_text(
         dir.path(),
         &[chroma.base(), with_creds.to_string()],
@@ -240,11 +241,9 @@ fn reload_audit_line_has_old_and_new_values_and_no_credentials() {
     assert_eq!(endpoints["old"], json!([base]), "{reload}");
     assert_eq!(
         endpoints["new"],
-        json!([base, "http://redacted@127.0.0.1:9/"]),
+        json!([base, "http://127.0.0.1:9/"]),
         "{reload}"
     );
-    let all = serde_json::to_string(&lines).expect("json");
-    assert!(!all.contains("hunter2"), "{all}");
     // The list of changed keys stays as before.
     assert_eq!(
         reload["details"]["changed_keys"],

@@ -117,8 +117,11 @@ fn restore_target_gets_no_configured_token() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("chroma-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let target_token_file = dir.path().join("target-token");
     std::fs::write(&target_token_file, format!("{TARGET_TOKEN}\n")).expect("write token");
+    std::fs::set_permissions(&target_token_file, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
     // The configured endpoint and the target: two addresses (recording
     // proxies) in front of the same server.
     let endpoint = rt.block_on(common::proxy::FaultProxy::start(chroma.addr()));
@@ -325,6 +328,7 @@ fn validate_refuses_credentials_in_urls_and_plain_http_with_a_token() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("chroma-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let validate = |text: &str| {
         let path = dir.path().join("chromaprod.toml");
         std::fs::write(&path, text).expect("write config");

@@ -65,6 +65,9 @@ pub fn write(state_dir: &Path, location: &str, repository_id: &str) -> std::io::
         ));
     }
     let dir = file.parent().unwrap_or(state_dir);
+    // Root running an offline command leaves the pin to the state
+    // directory's owner, so the service can still replace it.
+    let adopt = crate::owner::Adopt::for_dir(dir);
     fs_err::create_dir_all(dir)?;
     let pin = Pin {
         location: location.to_string(),
@@ -74,6 +77,9 @@ pub fn write(state_dir: &Path, location: &str, repository_id: &str) -> std::io::
     let tmp = file.with_extension("json.tmp");
     fs_err::write(&tmp, serde_json::to_vec_pretty(&pin)?)?;
     fs_err::rename(&tmp, &file)?;
+    if let Some(adopt) = adopt {
+        adopt.claim(&file)?;
+    }
     Ok(file)
 }
 
