@@ -525,6 +525,10 @@ async fn a_repository_missing_its_config_is_refused_not_recreated() {
         .write_new_key_file(&key_path)
         .expect("write key");
     let repo = dir.path().join("repo");
+    // What is not chromaprod's at the location (a mount point's lost+found,
+    // a note) does not stop a repository being created there.
+    std::fs::create_dir_all(repo.join("lost+found")).expect("lost+found");
+    std::fs::write(repo.join("README.txt"), "backups of the docs cluster\n").expect("note");
     let config = config_with_state(&chroma, &repo, Some(&key_path), &dir.path().join("state"));
     let m = manager(&config).await;
     seed(m.store(), "docs", "l2", 120).await;

@@ -213,7 +213,7 @@ impl BackupManager {
         let backend = crate::storage::open(url, &StorageOptions::default())?;
         let location = backend.describe();
         let state_dir = &config.daemon.state_dir;
-        let pinned = pin::read(state_dir, &location);
+        let pinned = pin::read(state_dir, &location)?;
         let opened =
             Repository::open_on(backend, url, key.as_ref(), create && pinned.is_none()).await;
         let repo = match (opened, &pinned) {

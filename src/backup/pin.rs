@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::format::sha256_hex;
+use super::BackupError;
 
 /// What a pin file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,23 +33,24 @@ pub fn path(state_dir: &Path, location: &str) -> PathBuf {
         .join(format!("{}.json", &sha256_hex(location.as_bytes())[..24]))
 }
 
-/// The pin of `location`, if one is recorded and readable. An unreadable
-/// state directory (an offline command run as another user) is no pin,
-/// with a warning: the repository's own checks still hold.
-pub fn read(state_dir: &Path, location: &str) -> Option<(Pin, PathBuf)> {
+/// The pin of `location`, if one is recorded. A state directory this user
+/// cannot read (an offline command run as another user) is no pin, with a
+/// warning: the repository's own checks still hold. A pin file that does
+/// not parse is an error: ignoring it would turn the check off.
+pub fn read(state_dir: &Path, location: &str) -> Result<Option<(Pin, PathBuf)>, BackupError> {
     let file = path(state_dir, location);
     match fs_err::read(&file) {
         Ok(bytes) => match serde_json::from_slice::<Pin>(&bytes) {
-            Ok(pin) => Some((pin, file)),
-            Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "ignoring an unreadable repository pin; remove it to pin the repository again");
-                None
-            }
+            Ok(pin) => Ok(Some((pin, file))),
+            Err(e) => Err(BackupError::Invalid(format!(
+                "the repository pin {} is damaged ({e}); if the repository at {location} is the right one, remove the file and it is pinned again",
+                file.display()
+            ))),
         },
-        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the repository pin; the repository's id is not checked");
-            None
+            Ok(None)
         }
     }
 }
@@ -75,8 +77,14 @@ pub fn write(state_dir: &Path, location: &str, repository_id: &str) -> std::io::
         pinned_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     let tmp = file.with_extension("json.tmp");
-    fs_err::write(&tmp, serde_json::to_vec_pretty(&pin)?)?;
+    {
+        use std::io::Write as _;
+        let mut f = fs_err::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&pin)?)?;
+        f.sync_all()?;
+    }
     fs_err::rename(&tmp, &file)?;
+    fs_err::File::open(dir)?.sync_all()?;
     if let Some(adopt) = adopt {
         adopt.claim(&file)?;
     }
@@ -90,11 +98,18 @@ mod tests {
     #[test]
     fn a_pin_round_trips_and_is_per_location() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(read(dir.path(), "/srv/a").is_none());
+        assert!(read(dir.path(), "/srv/a").expect("read").is_none());
         let file = write(dir.path(), "/srv/a", "00ff").expect("write");
-        let (pin, at) = read(dir.path(), "/srv/a").expect("pinned");
-        assert_eq!((pin.repository_id.as_str(), at), ("00ff", file));
-        assert!(read(dir.path(), "/srv/b").is_none());
+        let (pin, at) = read(dir.path(), "/srv/a").expect("read").expect("pinned");
+        assert_eq!((pin.repository_id.as_str(), at), ("00ff", file.clone()));
+        assert!(read(dir.path(), "/srv/b").expect("read").is_none());
+        // A damaged pin is an error, never a reason to stop checking.
+        std::fs::write(&file, "{").expect("damage");
+        let err = read(dir.path(), "/srv/a").expect_err("damaged").to_string();
+        assert!(
+            err.contains("damaged") && err.contains(&file.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]

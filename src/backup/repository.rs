@@ -71,10 +71,15 @@ async fn read_config(backend: &dyn Backend) -> Result<Option<RepoConfig>, Backup
     }
 }
 
-/// Fails with [`BackupError::ConfigMissing`] if anything is stored at the
-/// repository's location: only an empty prefix may become a repository.
+/// Fails with [`BackupError::ConfigMissing`] if any repository object (a
+/// key slot, snapshot, index, chunk or lock) is stored at the location: only
+/// a location without them may become a repository. Other names (a
+/// `lost+found`, a README beside it) are not chromaprod's and do not count.
 async fn refuse_if_occupied(backend: &dyn Backend, location: &str) -> Result<(), BackupError> {
-    let objects = backend.list(None).await?;
+    let mut objects = Vec::new();
+    for prefix in ["keys", "snapshots", "index", "chunks", "locks"] {
+        objects.extend(backend.list(Some(&key(prefix)?)).await?);
+    }
     if objects.is_empty() {
         return Ok(());
     }
@@ -99,6 +104,9 @@ async fn read_bounded(
     key: &ObjectKey,
     max: u64,
 ) -> Result<Bytes, BackupError> {
+    // A size from a manifest is capped by the largest kind, so a manifest
+    // that claims a huge chunk cannot make a huge read.
+    let max = max.min(ObjectKind::Chunk.max_stored());
     let bytes = backend.read_range(key, 0..max.saturating_add(1)).await?;
     if bytes.len() as u64 > max {
         return Err(BackupError::BadObject {

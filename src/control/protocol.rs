@@ -217,14 +217,30 @@ impl Command {
 
     /// This command as it may be recorded (audit log): any token replaced by
     /// `[redacted]`.
+    /// A `target` URL loses its user info, query and fragment (a refused
+    /// request is recorded too, before it is checked).
     pub fn redacted(&self) -> Command {
         let mut c = self.clone();
         if let Command::Restore {
-            target_token: Some(token),
+            target_token,
+            target,
             ..
         } = &mut c
         {
-            *token = Secret::new("[redacted]".to_string());
+            if let Some(token) = target_token {
+                *token = Secret::new("[redacted]".to_string());
+            }
+            if let Some(t) = target {
+                *t = match url::Url::parse(t) {
+                    Ok(u) => {
+                        let mut shown = crate::config::without_user_info(&u);
+                        shown.set_query(None);
+                        shown.set_fragment(None);
+                        shown.to_string()
+                    }
+                    Err(_) => "[not a URL]".to_string(),
+                };
+            }
         }
         c
     }
@@ -513,6 +529,16 @@ mod tests {
         assert!(!format!("{c:?}").contains("tok-wire"));
         let recorded = serde_json::to_string(&c.redacted()).unwrap_or_default();
         assert!(!recorded.contains("tok-wire"), "{recorded}");
+        let mut with_password = c.clone();
+        if let Command::Restore { target, .. } = &mut with_password {
+            *target = Some("http://admin:hunter2@10.0.0.9:8000/?sig=s3cr3t#x".into());
+        }
+        let recorded = serde_json::to_string(&with_password.redacted()).unwrap_or_default();
+        assert!(
+            !recorded.contains("hunter2") && !recorded.contains("s3cr3t"),
+            "{recorded}"
+        );
+        assert!(recorded.contains("http://10.0.0.9:8000/"), "{recorded}");
         assert!(
             recorded.contains("\"target_token\":\"[redacted]\""),
             "{recorded}"
