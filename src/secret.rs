@@ -102,7 +102,11 @@ pub const SYSTEMD_CREDENTIALS_ROOT: &str = "/run/credentials";
 /// source files under `/etc/chromaprod/credentials` are judged (an operator
 /// shell may point `$CREDENTIALS_DIRECTORY` at them).
 pub fn is_systemd_credential(path: &Path) -> bool {
+    // `/run/credentials/../../tmp/key` names no credential.
     path.starts_with(SYSTEMD_CREDENTIALS_ROOT)
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
 }
 
 #[cfg(test)]

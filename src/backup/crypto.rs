@@ -781,6 +781,9 @@ mod tests {
         assert!(crate::secret::is_systemd_credential(Path::new(
             "/run/credentials/chromaprod.service/backup-key"
         )));
+        assert!(!crate::secret::is_systemd_credential(Path::new(
+            "/run/credentials/../../tmp/backup-key"
+        )));
     }
 
     #[test]

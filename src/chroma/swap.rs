@@ -446,10 +446,51 @@ pub async fn swap(store: &ProductionChromaStore, entry: &SwapEntry) -> Result<()
     }
 }
 
+/// Exchanges the names of two collections (`a` with id `a_id`, `b` with
+/// `b_id`) through `a.swap-tmp`, as two journaled swaps: `a` goes to the
+/// temporary name and `b` takes `a`; then `a`'s collection takes `b`. The
+/// second entry is written before the first swap starts, so at every point
+/// after a crash the journal names where both collections are.
+pub async fn exchange(
+    store: &ProductionChromaStore,
+    operation: &str,
+    (a, a_id): (&str, &str),
+    (b, b_id): (&str, &str),
+) -> Result<(), SwapError> {
+    let tmp = format!("{a}.swap-tmp");
+    let first = SwapEntry::new(operation, a, &tmp, b, a_id, b_id, false);
+    let second = SwapEntry::new(operation, b, a, &tmp, b_id, a_id, false);
+    let _second_running = InFlight::enter(&second);
+    write_entry(store, &second).await?;
+    swap(store, &first).await?;
+    swap(store, &second).await
+}
+
 /// Finishes (or, when that cannot be, undoes) every swap in the journal
 /// whose runner no longer runs; returns what it did, one per entry.
 /// Entries that need a person are kept and reported as `Stuck`.
 pub async fn recover(store: &ProductionChromaStore) -> Result<Vec<Recovered>, ChromaError> {
+    // The second entry of an `exchange` can only go on once the first has
+    // finished: an entry stuck in one pass is tried again after another
+    // entry moved.
+    let mut out = recover_pass(store).await?;
+    if out
+        .iter()
+        .any(|r| matches!(r.resolution, Resolution::Stuck { .. }))
+        && out.iter().any(|r| !r.actions.is_empty())
+    {
+        let again = recover_pass(store).await?;
+        out.retain(|r| !matches!(r.resolution, Resolution::Stuck { .. }));
+        out.extend(
+            again.into_iter().filter(|r| {
+                !matches!(r.resolution, Resolution::InProgress) || r.actions.is_empty()
+            }),
+        );
+    }
+    Ok(out)
+}
+
+async fn recover_pass(store: &ProductionChromaStore) -> Result<Vec<Recovered>, ChromaError> {
     let mut out = Vec::new();
     for entry in entries(store).await? {
         if runner_alive(&entry) {
@@ -533,10 +574,25 @@ impl Drop for InFlight {
     }
 }
 
+/// How long an entry written on another host is taken as still running. Its
+/// process cannot be asked; a swap is two renames, done in well under a
+/// second, so an entry older than this was left by a crash.
+const OTHER_HOST_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Whether the swap of `entry` is still running: in this process, a swap
-/// not yet returned; elsewhere, a live process that wrote it (on this
-/// host; a runner on another host is taken as gone).
+/// not yet returned; on this host, a live process that wrote it; on another
+/// host, an entry younger than [`OTHER_HOST_GRACE`] (or of unknown age).
 fn runner_alive(entry: &SwapEntry) -> bool {
+    if entry.host != hostname() {
+        let age = chrono::DateTime::parse_from_rfc3339(&entry.started_at)
+            .ok()
+            .and_then(|t| {
+                (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+                    .to_std()
+                    .ok()
+            });
+        return age.is_none_or(|a| a < OTHER_HOST_GRACE);
+    }
     let me = std::process::id();
     if entry.host == hostname() && entry.pid == me {
         let mine = process_identity(me).is_some_and(|p| p == entry.process);
@@ -687,6 +743,33 @@ mod tests {
         ));
     }
 
+    /// `exchange`'s two entries, driven forward in either order (as
+    /// `recover`'s passes do), end with the names exchanged from every state
+    /// a crash can leave; neither renames onto a name in use.
+    #[test]
+    fn an_exchange_recovers_from_every_state_between_its_renames() {
+        let first = SwapEntry::new("swap_collections", "a", "a.swap-tmp", "b", "A", "B", false);
+        let second = SwapEntry::new("swap_collections", "b", "a", "a.swap-tmp", "B", "A", false);
+        let states = [
+            [("A", "a"), ("B", "b")],
+            [("A", "a.swap-tmp"), ("B", "b")],
+            [("A", "a.swap-tmp"), ("B", "a")],
+            [("A", "b"), ("B", "a")],
+        ];
+        for order in [[&first, &second], [&second, &first]] {
+            for (i, state) in states.iter().enumerate() {
+                let mut now = names(state);
+                for e in [order[0], order[1], order[0], order[1]] {
+                    while let Step::Rename { id, to } = next_step(e, &now, Direction::Forward) {
+                        assert!(!now.values().any(|n| *n == to), "{to} is in use");
+                        now.insert(id, to);
+                    }
+                }
+                assert_eq!(now, names(&[("A", "b"), ("B", "a")]), "from state {i}");
+            }
+        }
+    }
+
     #[test]
     fn a_running_swap_of_this_process_is_alive_and_a_made_up_runner_is_not() {
         let mut e = SwapEntry::new("restore", "a", "b", "c", "1", "2", false);
@@ -708,7 +791,12 @@ mod tests {
         assert!(runner_alive(&other), "{other:?}");
         e.process = format!("{}x", e.process);
         assert!(!runner_alive(&e));
+        // Another host's runner cannot be asked: left alone while the entry
+        // is young, taken as crashed once it is older than the grace.
         e.host = "elsewhere".into();
+        assert!(runner_alive(&e), "{e:?}");
+        e.started_at = (chrono::Utc::now() - chrono::Duration::minutes(10))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         assert!(!runner_alive(&e));
     }
 }

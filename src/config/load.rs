@@ -316,6 +316,15 @@ impl Reader<'_> {
                         without_user_info(&url).as_str()
                     ));
                 }
+                if url.query().is_some() || url.fragment().is_some() {
+                    let mut shown = url.clone();
+                    shown.set_query(None);
+                    shown.set_fragment(None);
+                    return Err(format!(
+                        "{:?} has a query or fragment (`?…`, `#…`), which Chroma's API does not take and which would show in status, metrics and logs; remove it (a token goes in chroma.auth_token_file)",
+                        shown.as_str()
+                    ));
+                }
                 match url.scheme() {
                     "http" | "https" => Ok(url),
                     other => Err(format!("{s:?}: scheme {other:?} is not http or https")),
@@ -962,6 +971,12 @@ mod tests {
         assert!(issues[0].problem.contains("user info"), "{issues:?}");
         assert!(!err.to_string().contains("pw-s3cr3t"), "{err}");
         assert!(!err.to_string().contains("admin"), "{err}");
+        // A query string (a token by another name) is refused the same way.
+        let err =
+            load_from_str("[chroma]\nendpoints = [\"http://127.0.0.1:8000/?token=qs-s3cr3t\"]\n")
+                .expect_err("query refused");
+        assert_eq!(err.issues()[0].key, "chroma.endpoints[0]");
+        assert!(!err.to_string().contains("qs-s3cr3t"), "{err}");
         // A user name alone is refused too.
         let err = load_from_str("[chroma]\nendpoints = [\"https://bob@chroma.internal\"]\n")
             .expect_err("user name refused");

@@ -71,6 +71,13 @@ impl MigrationLease {
         let mut lost: Option<(u64, u32)> = None;
         loop {
             let top = history.locks().await?.into_iter().next();
+            // A claim lost to a lease that shows now (even released or
+            // expired since) was lost to a real runner: no sign of damage.
+            if let (Some(l), Some((token, _))) = (&top, lost) {
+                if l.token >= token {
+                    lost = None;
+                }
+            }
             let live = top
                 .as_ref()
                 .filter(|l| !l.released && l.expires_ms > now_ms());

@@ -2,8 +2,6 @@
 //! a checkpoint as it goes (through [`Tracker`]) and, started again with
 //! that checkpoint after a crash, continues where it was.
 
-use std::collections::HashMap;
-
 use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -332,34 +330,9 @@ async fn swap(t: &Tracker<'_>, a: &str, b: &str) -> Result<Value, MigrationError
             (ca.id, cb.id)
         }
     };
-    let tmp = format!("{a}.swap-tmp");
-    let names = || async {
-        Ok::<HashMap<String, String>, MigrationError>(
-            store
-                .list_collections()
-                .await?
-                .into_iter()
-                .map(|c| (c.id, c.name))
-                .collect(),
-        )
-    };
-    // a → tmp, b → a, tmp (a's id) → b; each step skipped if already done.
-    for (id, to) in [
-        (&a_id, &tmp),
-        (&b_id, &a.to_string()),
-        (&a_id, &b.to_string()),
-    ] {
-        let now = names().await?;
-        match now.get(id.as_str()) {
-            Some(n) if n == to => continue,
-            Some(_) => rename(store, id, to).await?,
-            None => {
-                return Err(MigrationError::Conflict(format!(
-                    "collection {id} went away during the swap of {a:?} and {b:?}"
-                )))
-            }
-        }
-    }
+    // a → a.swap-tmp, b → a, a's collection → b, journaled (the swap
+    // journal finishes it after a crash); steps already done are skipped.
+    crate::chroma::swap::exchange(store, "swap_collections", (a, &a_id), (b, &b_id)).await?;
     Ok(json!({"swapped": [a, b]}))
 }
 
