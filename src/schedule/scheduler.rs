@@ -29,7 +29,8 @@ use super::state::{self, JobRecord, Outcome, Records};
 /// The longest the driver sleeps before re-reading the clock.
 const MAX_NAP_MS: i64 = 60_000;
 
-/// Why a run started.
+/// Why a scheduled run started (logged); the command it runs sees
+/// [`crate::commands::Trigger::Schedule`] either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
@@ -45,6 +46,14 @@ impl Trigger {
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch_up",
         }
+    }
+}
+
+/// To the command it runs, a scheduled run is triggered by the schedule,
+/// whichever the reason it started.
+impl From<Trigger> for crate::commands::Trigger {
+    fn from(_: Trigger) -> Self {
+        crate::commands::Trigger::Schedule
     }
 }
 
