@@ -57,7 +57,9 @@ impl From<Trigger> for crate::commands::Trigger {
     }
 }
 
-/// What carries out a job (the backup manager in the daemon). A run returns
+/// What carries out a job. In the daemon: the job's command
+/// ([`crate::commands::Request::scheduled`]) run by
+/// [`crate::commands::execute`] as an entry of the job table. A run returns
 /// `Err(message)` on failure; the message is logged and shown by `status`.
 /// The scheduler does not cancel runs: a runner that should stop on shutdown
 /// watches the daemon's own cancellation token.
