@@ -2,11 +2,16 @@
 //!
 //! The modules follow the architecture in the design: `config` (load,
 //! validate, diff, watch), `chroma` (typed v2 client, pool, retry, breaker),
-//! `control` (Unix-socket protocol, server and client), `daemon` (lifecycle,
-//! systemd, reload), `observe` (logging, metrics, health, audit).
+//! `control` (Unix-socket protocol, server and client), `commands` (one
+//! typed request and outcome per verb — backup, restore, verify, prune,
+//! delete, list, show, check, query, migrate — and the one dispatch the
+//! daemon, its scheduler and the offline CLI share), `daemon` (start-up,
+//! reload, control handler, stop, jobs, systemd), `observe` (logging,
+//! metrics, health, audit). Nothing below `daemon` imports it.
 
 pub mod backup;
 pub mod chroma;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -215,6 +215,19 @@ impl Command {
         }
     }
 
+    /// For the commands that run as a job (`backup`, `restore`,
+    /// `migrate_up`, `migrate_down`): whether the caller waits for the
+    /// outcome. `None` for commands that answer when done.
+    pub fn wait(&self) -> Option<bool> {
+        match self {
+            Command::Backup { wait, .. }
+            | Command::Restore { wait, .. }
+            | Command::MigrateUp { wait, .. }
+            | Command::MigrateDown { wait, .. } => Some(*wait),
+            _ => None,
+        }
+    }
+
     /// This command as it may be recorded (audit log): any token replaced by
     /// `[redacted]`.
     /// A `target` URL loses its user info, query and fragment (a refused

@@ -13,6 +13,8 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::commands::{JobKind, Trigger};
+
 /// Finished jobs remembered for `chromaprod jobs`.
 const RECENT: usize = 20;
 
@@ -29,9 +31,9 @@ pub enum JobState {
 #[derive(Debug, Clone, Serialize)]
 pub struct JobInfo {
     pub id: u64,
-    pub kind: String,
+    pub kind: JobKind,
     /// `command` (with the caller) or `schedule`.
-    pub trigger: String,
+    pub trigger: Trigger,
     pub started_at: String,
     pub state: JobState,
     /// The latest progress event.
@@ -143,7 +145,7 @@ impl JobManager {
     }
 
     /// Starts `job` on the daemon's task tracker and returns a subscription.
-    pub fn start<F, Fut>(&self, kind: &str, trigger: &str, job: F) -> Watch
+    pub fn start<F, Fut>(&self, kind: JobKind, trigger: Trigger, job: F) -> Watch
     where
         F: FnOnce(Progress, CancellationToken) -> Fut,
         Fut: Future<Output = JobOutcome> + Send + 'static,
@@ -160,8 +162,8 @@ impl JobManager {
                 Running {
                     info: JobInfo {
                         id,
-                        kind: kind.to_string(),
-                        trigger: trigger.to_string(),
+                        kind,
+                        trigger,
                         started_at: humantime::format_rfc3339_seconds(SystemTime::now())
                             .to_string(),
                         state: JobState::Running,
@@ -183,7 +185,6 @@ impl JobManager {
         };
         let fut = job(progress, cancel.clone());
         let inner = self.inner.clone();
-        let kind_owned = kind.to_string();
         self.tracker.spawn(async move {
             let outcome = fut.await;
             let mut guard = lock(&inner);
@@ -197,7 +198,7 @@ impl JobManager {
                     Ok(v) => job.info.result = Some(v.clone()),
                     Err(e) => job.info.error = Some(e.clone()),
                 }
-                tracing::info!(job = id, kind = %kind_owned, state = ?job.info.state, "job finished");
+                tracing::info!(job = id, kind = %kind, state = ?job.info.state, "job finished");
                 guard.recent.push_front(job.info);
                 guard.recent.truncate(RECENT);
             }
@@ -223,7 +224,7 @@ impl JobManager {
     }
 
     /// Whether a job of `kind` is running now.
-    pub fn is_running(&self, kind: &str) -> bool {
+    pub fn is_running(&self, kind: JobKind) -> bool {
         lock(&self.inner)
             .running
             .values()
@@ -261,7 +262,7 @@ mod tests {
     async fn progress_reaches_the_waiter_and_the_listing() {
         let jobs = JobManager::new(TaskTracker::new(), CancellationToken::new());
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-        let watch = jobs.start("backup", "command", |p, _| async move {
+        let watch = jobs.start(JobKind::Full, Trigger::Command, |p, _| async move {
             p.report(json!({"done": 1}));
             let _ = go_rx.await;
             p.report(json!({"done": 2}));
@@ -282,7 +283,7 @@ mod tests {
     #[tokio::test]
     async fn cancel_stops_a_job_and_marks_it_cancelled() {
         let jobs = JobManager::new(TaskTracker::new(), CancellationToken::new());
-        let watch = jobs.start("backup", "command", |_, cancel| async move {
+        let watch = jobs.start(JobKind::Full, Trigger::Command, |_, cancel| async move {
             cancel.cancelled().await;
             Err("cancelled".to_string())
         });

@@ -1,13 +1,14 @@
-//! Migration commands, carried out the same way by the daemon (up and down
-//! as jobs) and by the CLI when no daemon runs.
+//! Compatibility for the offline CLI, which runs migration commands through
+//! here until it calls [`crate::commands::execute`] itself. Remove at the
+//! merge of the CLI split.
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::backups::BackupContext;
-use super::jobs::Progress;
+use crate::commands::{self, CommandError, Progress, Request};
 use crate::control::Command;
-use crate::migrate::{MigrationError, MigrationManager};
+use crate::migrate::MigrationError;
 
 /// Runs one migration command to completion.
 pub async fn execute(
@@ -16,34 +17,20 @@ pub async fn execute(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<Value, MigrationError> {
-    let m = MigrationManager::new(ctx.store.clone(), ctx.config.clone(), ctx.metrics.clone());
-    let result = match command {
-        Command::MigrateStatus => m.status().await,
-        Command::MigrateValidate => m.validate().await,
-        Command::MigrateUp { to, .. } => m.up(*to, progress, cancel).await,
-        Command::MigrateDown { to, .. } => m.down(*to, progress, cancel).await,
-        Command::MigrateRepair => m.repair(progress).await,
-        Command::MigrateStamp { version } => m.stamp(*version, progress).await,
-        other => Err(MigrationError::Conflict(format!(
-            "{} is not a migration command",
-            other.name()
-        ))),
+    let not_migration =
+        || MigrationError::Conflict(format!("{} is not a migration command", command.name()));
+    let request = match Request::try_from(command.clone()) {
+        Ok(r @ Request::Migrate(_)) => r,
+        _ => return Err(not_migration()),
     };
-    if let Err(e) = &result {
-        tracing::error!(command = command.name(), error = %e, "migration command failed");
+    match commands::execute(ctx, request, commands::Trigger::Command, progress, cancel).await {
+        Ok(outcome) => Ok(outcome.to_json()),
+        Err(CommandError::Migration(e)) => Err(e),
+        Err(_) => Err(not_migration()),
     }
-    result
 }
 
 /// Whether `command` is one of the migration commands.
 pub fn is_migration(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::MigrateStatus
-            | Command::MigrateValidate
-            | Command::MigrateUp { .. }
-            | Command::MigrateDown { .. }
-            | Command::MigrateRepair
-            | Command::MigrateStamp { .. }
-    )
+    matches!(Request::try_from(command.clone()), Ok(Request::Migrate(_)))
 }

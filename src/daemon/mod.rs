@@ -1,15 +1,23 @@
-//! Daemon lifecycle: start-up, systemd notification, reload, shutdown.
+//! Daemon lifecycle: start-up (`start`), reload (`reload`), the control
+//! handler (`control`, a thin layer over [`crate::commands`]) and the one
+//! stop path (`stop`), around the state they share (`shared`); the job
+//! table, systemd notification and the watchdog.
 
 pub mod backups;
+mod control;
 pub mod jobs;
 pub mod migrations;
-mod run;
+mod reload;
 pub mod sd;
+mod shared;
+mod start;
+mod stop;
 pub mod watchdog;
 
 use std::time::Duration;
 
-pub use run::{run, ReloadCause, ReloadReport};
+pub use reload::{ReloadCause, ReloadReport};
+pub use start::run;
 
 use crate::chroma::ChromaError;
 

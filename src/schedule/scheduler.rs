@@ -29,7 +29,8 @@ use super::state::{self, JobRecord, Outcome, Records};
 /// The longest the driver sleeps before re-reading the clock.
 const MAX_NAP_MS: i64 = 60_000;
 
-/// Why a run started.
+/// Why a scheduled run started (logged); the command it runs sees
+/// [`crate::commands::Trigger::Schedule`] either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
@@ -48,7 +49,17 @@ impl Trigger {
     }
 }
 
-/// What carries out a job (the backup manager in the daemon). A run returns
+/// To the command it runs, a scheduled run is triggered by the schedule,
+/// whichever the reason it started.
+impl From<Trigger> for crate::commands::Trigger {
+    fn from(_: Trigger) -> Self {
+        crate::commands::Trigger::Schedule
+    }
+}
+
+/// What carries out a job. In the daemon: the job's command
+/// ([`crate::commands::Request::scheduled`]) run by
+/// [`crate::commands::execute`] as an entry of the job table. A run returns
 /// `Err(message)` on failure; the message is logged and shown by `status`.
 /// The scheduler does not cancel runs: a runner that should stop on shutdown
 /// watches the daemon's own cancellation token.
