@@ -6,11 +6,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::chroma::ChromaServer;
-use common::daemon::{bin, config_text};
+use common::daemon::{bin, cli, config_text, DaemonProcess};
 use common::records::{seed, store_for};
 use serde_json::Value;
+
+const RENAME: &str = "version = 1\nname = \"writer\"\n[[up]]\nop = \"rename_metadata_key\"\ncollection = \"docs\"\nfrom = \"author\"\nto = \"writer\"\n";
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -34,11 +37,12 @@ fn setup(chroma_url: &str) -> Setup {
     );
     let migrations = dir.path().join("migrations");
     std::fs::create_dir(&migrations).expect("migrations dir");
+    std::fs::write(migrations.join("0001_writer.toml"), RENAME).expect("migration");
     let text = config_text(
         dir.path(),
         &[chroma_url.to_string()],
         &format!(
-            "[backup]\nstorage_path = {:?}\nencrypt = true\nkey_file = {:?}\n\n[migrations]\npath = {:?}\nrestore_point = false\n",
+            "[backup]\nenabled = true\nschedule = \"0 0 3 * * *\"\nstorage_path = {:?}\nencrypt = true\nkey_file = {:?}\n\n[migrations]\npath = {:?}\n",
             dir.path().join("repo").display().to_string(),
             key.display().to_string(),
             migrations.display().to_string(),
@@ -122,5 +126,339 @@ fn a_reader_that_stops_early_is_no_error() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(snapshot_count(&s.config), 4);
+    drop(s.dir);
+}
+
+/// Whether `out` shows JSON to a person: an object or array line, or a
+/// quoted key.
+fn looks_like_json(out: &str) -> bool {
+    out.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with('{') || l.starts_with('[') || l.contains("\":")
+    })
+}
+
+/// Runs a command for a person: exit 0, no JSON, and every word present.
+fn human(socket: &Path, args: &[&str], words: &[&str]) -> String {
+    let (code, out, err) = cli(socket, args);
+    assert_eq!(code, Some(0), "{args:?}: {out}{err}");
+    assert!(!looks_like_json(&out), "{args:?} printed JSON:\n{out}");
+    assert!(
+        !looks_like_json(&err),
+        "{args:?} printed JSON on stderr:\n{err}"
+    );
+    for w in words {
+        assert!(out.contains(w), "{args:?}: no {w:?} in\n{out}");
+    }
+    out
+}
+
+/// Runs a command with `--json`: every stdout line is JSON (progress events
+/// as `{"event": …}`, then the result); returns the result, which has every
+/// field named.
+fn json(socket: &Path, args: &[&str], fields: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = cli(socket, &all);
+    assert_eq!(code, Some(0), "{all:?}: {out}{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{all:?}: {e}: {l}")))
+        .collect();
+    let (result, events) = lines.split_last().expect("a result line");
+    assert!(events.iter().all(|e| e["event"].is_object()), "{out}");
+    for f in fields {
+        assert!(result.get(f).is_some(), "{all:?}: no {f:?} in {result}");
+    }
+    result.clone()
+}
+
+#[test]
+fn every_command_speaks_to_people_and_with_json_to_scripts() {
+    let chroma = ChromaServer::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(seed(&store_for(&chroma.base()), "docs", 300, 8));
+    let s = setup(&chroma.base());
+    let daemon = DaemonProcess::spawn(&s.config, &[]);
+    daemon.wait_ready(Duration::from_secs(20));
+    let sock = daemon.socket.as_path();
+
+    human(sock, &["status"], &["health:", "pool:", "endpoint:"]);
+    json(sock, &["status"], &["pool", "config", "version"]);
+
+    // backup: the new snapshot in a few lines and a table of collections.
+    human(
+        sock,
+        &["backup", "--full", "--wait"],
+        &[
+            "snapshot",
+            "type",
+            "full",
+            "300 records",
+            "KiB",
+            "COLLECTION",
+            "docs",
+        ],
+    );
+    let b = json(
+        sock,
+        &["backup", "--full", "--wait"],
+        &[
+            "snapshot",
+            "type",
+            "collections",
+            "bytes_written",
+            "bytes_referenced",
+            "duration_ms",
+        ],
+    );
+    let id = b["snapshot"].as_str().expect("snapshot id").to_string();
+    let started = human(sock, &["backup", "--incremental"], &["started as job"]);
+    let job = json(sock, &["backup", "--incremental"], &["job", "state"]);
+    assert!(job["job"].is_u64(), "{job}");
+    drop(started);
+
+    let list = human(
+        sock,
+        &["backups", "list"],
+        &[
+            "ID",
+            "CREATED",
+            "TYPE",
+            "COLLECTIONS",
+            "RECORDS",
+            "SIZE",
+            "DURATION",
+            &id,
+            "full",
+            "docs",
+            "snapshots, newest first",
+        ],
+    );
+    assert!(list.contains(" ms") || list.contains(" s"), "{list}");
+    let listed = json(sock, &["backups", "list"], &["snapshots"]);
+    let first = &listed["snapshots"][0];
+    for f in [
+        "backup_id",
+        "backup_type",
+        "created_at",
+        "collections",
+        "records",
+        "size_bytes",
+        "duration_ms",
+    ] {
+        assert!(first.get(f).is_some(), "{f} in {first}");
+    }
+
+    human(
+        sock,
+        &["backups", "show", &id],
+        &[
+            "snapshot",
+            &id,
+            "created",
+            "encrypted",
+            "COLLECTION",
+            "RECORDS",
+            "CHUNKS",
+            "docs",
+            "300",
+        ],
+    );
+    json(
+        sock,
+        &["backups", "show", &id],
+        &["snapshot_id", "collections", "metadata"],
+    );
+    human(
+        sock,
+        &["backups", "verify", &id, "--full"],
+        &["intact", "full check", "objects checked", "records"],
+    );
+    json(
+        sock,
+        &["backups", "verify", "latest"],
+        &["snapshot", "objects_checked", "records", "full"],
+    );
+    human(
+        sock,
+        &["backups", "check"],
+        &["objects checked", "without the key"],
+    );
+    json(
+        sock,
+        &["backups", "check"],
+        &["objects_checked", "key_used"],
+    );
+    human(
+        sock,
+        &["prune", "--dry-run"],
+        &["dry run", "kept", "would delete", &id],
+    );
+    json(
+        sock,
+        &["prune", "--dry-run"],
+        &[
+            "dry_run",
+            "snapshots_kept",
+            "snapshots_deleted",
+            "bytes_freed",
+        ],
+    );
+
+    human(
+        sock,
+        &["jobs"],
+        &[
+            "ID",
+            "KIND",
+            "STATE",
+            "succeeded",
+            "full",
+            "SCHEDULE",
+            "0 0 3 * * *",
+        ],
+    );
+    let jobs = json(sock, &["jobs"], &["jobs", "schedules"]);
+    assert!(jobs["jobs"][0]["state"].is_string(), "{jobs}");
+
+    human(
+        sock,
+        &[
+            "restore",
+            &id,
+            "-c",
+            "docs",
+            "--as",
+            "docs_copy",
+            "--dry-run",
+        ],
+        &[
+            "dry run",
+            "nothing was changed",
+            "COLLECTION",
+            "TARGET",
+            "docs_copy",
+            "300",
+        ],
+    );
+    json(
+        sock,
+        &[
+            "restore",
+            &id,
+            "-c",
+            "docs",
+            "--as",
+            "docs_copy",
+            "--dry-run",
+        ],
+        &["dry_run", "plan"],
+    );
+    human(
+        sock,
+        &["restore", &id, "-c", "docs", "--as", "docs_a"],
+        &["restored", "TARGET", "docs_a", "300"],
+    );
+    let r = json(
+        sock,
+        &["restore", &id, "-c", "docs", "--as", "docs_b"],
+        &["snapshot", "restored"],
+    );
+    assert_eq!(r["restored"][0]["target"], "docs_b", "{r}");
+
+    human(
+        sock,
+        &["query", "-c", "docs", "--id", "r000003", "-k", "2"],
+        &["RANK", "DISTANCE", "r000003"],
+    );
+    json(
+        sock,
+        &["query", "-c", "docs", "--id", "r000003", "-k", "2"],
+        &["results"],
+    );
+
+    human(
+        sock,
+        &["migrate", "status"],
+        &["VERSION", "STATE", "writer", "pending"],
+    );
+    json(
+        sock,
+        &["migrate", "status"],
+        &["version", "migrations", "pending", "problems"],
+    );
+    human(sock, &["migrate", "validate"], &["valid", "1 files"]);
+    json(sock, &["migrate", "validate"], &["valid"]);
+    human(
+        sock,
+        &["migrate", "up"],
+        &[
+            "applied 1 migration",
+            "version 1",
+            "restore point",
+            "writer",
+            "300 records changed",
+        ],
+    );
+    human(
+        sock,
+        &["migrate", "down", "--to", "0"],
+        &["undid 1 migration", "version 0", "writer"],
+    );
+    let up = json(
+        sock,
+        &["migrate", "up"],
+        &["applied", "version", "restore_point"],
+    );
+    assert_eq!(up["version"], 1, "{up}");
+    let down = json(
+        sock,
+        &["migrate", "down", "--to", "0"],
+        &["undone", "version"],
+    );
+    assert_eq!(down["version"], 0, "{down}");
+
+    human(
+        sock,
+        &["backups", "delete", &id],
+        &["deleted", &id, "prune"],
+    );
+    let other = listed["snapshots"][1]["backup_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    json(sock, &["backups", "delete", &other], &["deleted"]);
+
+    human(sock, &["reload"], &["reloaded"]);
+    json(sock, &["reload"], &["ok"]);
+
+    // Key commands run here, from the config file.
+    let cfg = s.config.display().to_string();
+    human(
+        sock,
+        &["--config", &cfg, "key", "list"],
+        &["KEY ID", "ADDED"],
+    );
+    json(sock, &["--config", &cfg, "key", "list"], &["keys"]);
+    drop(daemon);
+
+    // Offline, the same words and the same JSON.
+    let (code, out, err) = offline(&s.config, &["backups", "list"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        !looks_like_json(&out) && out.contains("newest first"),
+        "{out}"
+    );
+    let (code, out, err) = offline(&s.config, &["backup", "--full"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        !looks_like_json(&out) && !looks_like_json(&err),
+        "{out}{err}"
+    );
+    assert!(
+        out.contains("COLLECTION") && err.contains("backup docs: "),
+        "{out}{err}"
+    );
     drop(s.dir);
 }
