@@ -76,16 +76,14 @@ impl Reporter {
                     .filter(|b| *b > 0)
                     .map(|b| format!(", {} written{}", bytes(b), per_sec_bytes(b, elapsed)))
                     .unwrap_or_default();
+                let rate = rate_and_eta(done, total, unit, elapsed);
                 match &counter.bar {
                     Some(bar) => {
                         bar.set_length(total);
                         bar.set_position(done);
-                        bar.set_message(bytes_part);
+                        bar.set_message(format!("{bytes_part}{rate}"));
                     }
-                    None => errln!(
-                        "{label}: {done}/{total} {unit}{bytes_part}{}",
-                        rate_and_eta(done, total, unit, elapsed)
-                    ),
+                    None => errln!("{label}: {done}/{total} {unit}{bytes_part}{rate}"),
                 }
             }
         }
@@ -107,9 +105,7 @@ impl Reporter {
 
 fn new_bar(label: &str, total: u64, unit: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    let template = format!(
-        "{{prefix}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit}{{msg}}, {{per_sec}}, ETA {{eta}}"
-    );
+    let template = format!("{{prefix}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit}{{msg}}");
     if let Ok(style) = ProgressStyle::with_template(&template) {
         bar.set_style(style.progress_chars("=> "));
     }
