@@ -217,6 +217,15 @@ fn every_command_speaks_to_people_and_with_json_to_scripts() {
     let job = json(sock, &["backup", "--incremental"], &["job", "state"]);
     assert!(job["job"].is_u64(), "{job}");
     drop(started);
+    // Both incrementals finish before the listing, so it holds them all.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while json(sock, &["jobs"], &["jobs"])["jobs"]
+        .as_array()
+        .is_some_and(|j| j.iter().any(|x| x["state"] == "running"))
+    {
+        assert!(std::time::Instant::now() < deadline, "jobs never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let list = human(
         sock,
@@ -424,10 +433,13 @@ fn every_command_speaks_to_people_and_with_json_to_scripts() {
         &["backups", "delete", &id],
         &["deleted", &id, "prune"],
     );
-    let other = listed["snapshots"][1]["backup_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    // The oldest: the first full backup, not `id`.
+    let oldest = listed["snapshots"]
+        .as_array()
+        .and_then(|a| a.last())
+        .expect("snapshots");
+    assert_ne!(oldest["backup_id"], id.as_str());
+    let other = oldest["backup_id"].as_str().expect("id").to_string();
     json(sock, &["backups", "delete", &other], &["deleted"]);
 
     human(sock, &["reload"], &["reloaded"]);
