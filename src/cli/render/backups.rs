@@ -55,7 +55,12 @@ pub(super) fn created(v: &Value) {
         ("type", kind_and_parent(&v["type"], &v["parent"])),
         (
             "contents",
-            format!("{} collections, {} records", cols.len(), count(records)),
+            format!(
+                "{} collection{}, {} records",
+                cols.len(),
+                if cols.len() == 1 { "" } else { "s" },
+                count(records)
+            ),
         ),
         ("size", size(&v["bytes_referenced"], &v["bytes_written"])),
         ("took", opt(&v["duration_ms"], duration)),

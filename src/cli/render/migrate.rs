@@ -46,7 +46,6 @@ fn operation(op: &Value) -> String {
         ("records_changed", "records changed"),
         ("copied", "copied"),
         ("caught_up_records", "caught up"),
-        ("records", "records"),
     ];
     for (key, words) in counted {
         if let Some(n) = op[key]
@@ -66,19 +65,19 @@ fn operation(op: &Value) -> String {
 }
 
 fn versions(rows: &[Value], with_operations: bool) {
-    let mut t = Table::new(&[">VERSION", "NAME", ">TOOK", "WHAT"]);
+    let mut t = if with_operations {
+        Table::new(&[">VERSION", "NAME", ">TOOK", "WHAT"])
+    } else {
+        Table::new(&[">VERSION", "NAME", ">TOOK"])
+    };
     for m in rows {
-        let what = if with_operations {
-            m["operations"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(operation)
-                .collect::<Vec<_>>()
-                .join("; ")
-        } else {
-            String::new()
-        };
+        let what = m["operations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(operation)
+            .collect::<Vec<_>>()
+            .join("; ");
         t.row(vec![
             text(&m["version"]),
             text(&m["name"]),
@@ -136,11 +135,15 @@ pub(super) fn down(v: &Value) {
 /// `migrate validate`: the files agree with the history.
 pub(super) fn validate(v: &Value) {
     if v["valid"].as_bool() == Some(true) {
+        let pending = if v["pending"].as_array().is_none_or(Vec::is_empty) {
+            "nothing pending".to_string()
+        } else {
+            format!("pending: {}", list(&v["pending"]))
+        };
         outln!(
-            "migrations are valid: {} files, the database at version {}, pending: {}",
+            "migrations are valid: {} files, the database at version {}, {pending}",
             text(&v["files"]),
             text(&v["version"]),
-            list(&v["pending"])
         );
     } else {
         super::fields(v);

@@ -74,9 +74,14 @@ fn status(v: &Value) {
         "chromaprod {} (pid {}), up {}",
         text(&v["version"]),
         text(&v["pid"]),
-        v["uptime_seconds"]
-            .as_u64()
-            .map_or_else(|| "-".into(), |s| duration(s * 1000))
+        v["uptime_seconds"].as_u64().map_or_else(
+            || "-".into(),
+            |s| if s < 60 {
+                format!("{s} s")
+            } else {
+                duration(s * 1000)
+            }
+        )
     );
     outln!("health:   {}", text(&v["health"]));
     outln!("config:   {}", text(&v["config"]["path"]));
@@ -157,7 +162,11 @@ fn query(v: &Value) {
             text(&r["id"]),
             r["distance"]
                 .as_f64()
-                .map_or_else(|| "-".into(), |d| format!("{d:.6}")),
+                // Rounding can give -0.000000 for a record's own vector.
+                .map_or_else(
+                    || "-".into(),
+                    |d| format!("{:.6}", if d.abs() < 5e-7 { 0.0 } else { d }),
+                ),
             text(&r["document"]).chars().take(60).collect(),
         ]);
     }
