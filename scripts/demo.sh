@@ -92,10 +92,16 @@ print("updated doc-7 and doc-8")
 PY
 "$BIN" backup --incremental --wait
 
-step "chromaprod backups list / verify --full"
+step "chromaprod backups list / show / verify --full"
 "$BIN" backups list
+# Scripts read --json (the same data as the tables, as the daemon returns it).
 LATEST=$("$BIN" --json backups list | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["snapshots"][0]["backup_id"])')
+"$BIN" backups show "$LATEST"
 "$BIN" backups verify "$LATEST" --full
+
+step "chromaprod jobs / prune --dry-run"
+"$BIN" jobs
+"$BIN" prune --dry-run
 
 step "Restore the incremental snapshot into a new collection, then query it"
 "$BIN" restore "$LATEST" --collection articles --as articles_restored

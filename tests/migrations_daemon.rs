@@ -417,9 +417,10 @@ fn migrate_verbs_work_over_the_socket_and_offline() {
     assert_eq!(code, Some(0), "{err}");
     let (code, _, err) = cli(&daemon.socket, &["migrate", "down", "--to", "1"]);
     assert_eq!(code, Some(0), "{err}");
-    let (code, out, err) = cli(&daemon.socket, &["migrate", "validate"]);
+    let (code, out, err) = cli(&daemon.socket, &["--json", "migrate", "validate"]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("\"valid\": true"), "{out}");
+    let valid: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(valid["valid"], true, "{out}");
     let audit = std::fs::read_to_string(s.dir.path().join("state/audit.jsonl")).expect("audit");
     assert!(
         audit.contains("\"migrate_up\"") && audit.contains("\"migrate_down\""),
