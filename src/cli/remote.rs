@@ -116,13 +116,12 @@ fn finish(cli: &Cli, command: &Command, value: &Value) -> i32 {
 /// Runs `command` in this process, its progress shown by `reporter`. The one
 /// place the CLI calls the command layer directly.
 async fn offline(cli: &Cli, command: Command, reporter: &mut Reporter) -> anyhow::Result<Value> {
-    use chromaprod::daemon::backups::{execute, BackupContext};
-    use chromaprod::daemon::jobs::Progress;
+    use chromaprod::commands::{self, Context, Progress, Request};
     let loaded = config::load(&cli.config)?;
     let cfg = std::sync::Arc::new(loaded.config);
     let metrics = std::sync::Arc::new(chromaprod::observe::MetricsCollector::new());
     let store = chromaprod::chroma::ProductionChromaStore::new(&cfg, metrics.clone())?;
-    let ctx = BackupContext {
+    let ctx = Context {
         store,
         config: cfg,
         metrics,
@@ -150,20 +149,18 @@ async fn offline(cli: &Cli, command: Command, reporter: &mut Reporter) -> anyhow
         }
     });
     let run = async {
-        let r: anyhow::Result<Value> = if chromaprod::daemon::migrations::is_migration(&command) {
-            chromaprod::daemon::migrations::execute(&ctx, &command, &progress, &cancel)
-                .await
-                .map_err(Into::into)
-        } else {
-            execute(
+        let r: anyhow::Result<Value> = match Request::try_from(command) {
+            Ok(request) => commands::execute(
                 &ctx,
-                &command,
+                request,
                 chromaprod::backup::Trigger::Command,
                 &progress,
                 &cancel,
             )
             .await
-            .map_err(Into::into)
+            .map(|outcome| outcome.to_json())
+            .map_err(Into::into),
+            Err(e) => Err(e.into()),
         };
         drop(progress);
         r

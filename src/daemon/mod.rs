@@ -3,10 +3,8 @@
 //! stop path (`stop`), around the state they share (`shared`); the job
 //! table, systemd notification and the watchdog.
 
-pub mod backups;
 mod control;
 pub mod jobs;
-pub mod migrations;
 mod reload;
 pub mod sd;
 mod shared;

@@ -194,7 +194,7 @@ impl MetricsCollector {
         );
         // Counters an alert watches with increase() exist from the start at 0:
         // a series that appears only at its first failure would never show
-        // an increase (the job kinds are those of `daemon::backups::job_kind`).
+        // an increase (the job kinds are those of `commands::JobKind`).
         for kind in [
             "full",
             "incremental",
