@@ -25,7 +25,7 @@ use chromaprod::backup::{
 };
 use chromaprod::chroma::{Collection, CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
-use chromaprod::daemon::jobs::Progress;
+use chromaprod::progress::Progress;
 use chromaprod::observe::MetricsCollector;
 use chromaprod::storage::{Env, StorageOptions};
 use common::chroma::ChromaServer;

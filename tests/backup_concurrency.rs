@@ -21,7 +21,7 @@ use chromaprod::backup::{
 };
 use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
-use chromaprod::daemon::jobs::Progress;
+use chromaprod::progress::Progress;
 use chromaprod::observe::MetricsCollector;
 use common::chroma::ChromaServer;
 use serde_json::{json, Value};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chromaprod::backup::{BackupManager, RestoreOptions};
 use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
-use chromaprod::daemon::jobs::Progress;
+use chromaprod::progress::Progress;
 use chromaprod::migrate::history::{HistoryStore, LockRecord};
 use chromaprod::migrate::lease::MigrationLease;
 use chromaprod::migrate::{MigrationError, MigrationManager};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use chromaprod::backup::{BackupManager, RestoreMode, RestoreOptions, Trigger};
 use chromaprod::chroma::{Collection, CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
-use chromaprod::daemon::jobs::Progress;
+use chromaprod::progress::Progress;
 use chromaprod::migrate::{HistoryEntry, MigrationError, MigrationManager, Outcome};
 use chromaprod::observe::MetricsCollector;
 use common::chroma::ChromaServer;

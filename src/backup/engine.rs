@@ -49,7 +49,7 @@ use crate::chroma::{
     Collection, CreateCollection, GetRequest, Include, ModifyCollection, ProductionChromaStore,
 };
 use crate::config::Config;
-use crate::daemon::jobs::Progress;
+use crate::progress::{Event, Progress};
 use crate::schedule::{select, RetentionPolicy, SnapshotInfo};
 use crate::storage::StorageOptions;
 
@@ -390,7 +390,10 @@ impl BackupManager {
             return Err(BackupError::LockLost);
         }
         self.repo.put(&snapshot_key(&snapshot_id)?, encoded).await?;
-        progress.report(json!({"phase": "done", "snapshot": snapshot_id.as_str(), "bytes_written": manifest.bytes_written}));
+        progress.send(Event::Done {
+            snapshot: snapshot_id.to_string(),
+            bytes_written: manifest.bytes_written,
+        });
         Ok(manifest)
     }
 
@@ -474,11 +477,12 @@ impl BackupManager {
                     uploader.submit(chunk).await?;
                 }
             }
-            progress.report(json!({
-                "phase": "backup", "collection": name,
-                "records_done": done, "records_total": total,
-                "bytes_written": uploader.written,
-            }));
+            progress.send(Event::Backup {
+                collection: name.clone(),
+                records_done: done as u64,
+                records_total: total as u64,
+                bytes_written: uploader.written,
+            });
         }
         if nan_vectors > 0 {
             tracing::warn!(collection = %name, nan_vectors, "Chroma returned vectors containing NaN; they are stored as returned");
@@ -643,8 +647,10 @@ impl BackupManager {
                 }
                 report.objects_checked += 2;
                 done += 1;
-                progress
-                    .report(json!({"phase": "verify", "chunks_done": done, "chunks_total": total}));
+                progress.send(Event::Verify {
+                    chunks_done: done as u64,
+                    chunks_total: total as u64,
+                });
             }
         }
         Ok(report)
@@ -860,7 +866,11 @@ impl BackupManager {
                 self.store.add_all(collection_id, &batch).await?;
             }
             done += batch.len() as u64;
-            progress.report(json!({"phase": "restore", "collection": c.name, "records_done": done, "records_total": c.record_count}));
+            progress.send(Event::Restore {
+                collection: c.name.clone(),
+                records_done: done,
+                records_total: c.record_count,
+            });
         }
         let mut checked = 0u64;
         let mut chunks = ChunkStream::new(self.repo.clone(), &c.chunks);
@@ -879,7 +889,11 @@ impl BackupManager {
                 }
             }
             checked += expected.len() as u64;
-            progress.report(json!({"phase": "restore_verify", "collection": c.name, "records_done": checked, "records_total": c.record_count}));
+            progress.send(Event::RestoreVerify {
+                collection: c.name.clone(),
+                records_done: checked,
+                records_total: c.record_count,
+            });
         }
         let count = self.store.count(collection_id).await?;
         if count != c.record_count {

@@ -21,7 +21,7 @@ use super::MigrationError;
 use crate::backup::{BackupError, BackupManager, BackupRequest, BackupType, Trigger};
 use crate::chroma::ProductionChromaStore;
 use crate::config::Config;
-use crate::daemon::jobs::Progress;
+use crate::progress::{Event, MigrateDetail, MigrateStep, Progress};
 use crate::observe::MetricsCollector;
 
 /// Runs migrations against the configured Chroma.
@@ -193,7 +193,9 @@ impl MigrationManager {
                     tracing::info!(holder, "waiting for the migration lock");
                     told = true;
                 }
-                progress.report(json!({"phase": "waiting_for_lock", "holder": holder}));
+                progress.send(Event::WaitingForLock {
+                    holder: holder.to_string(),
+                });
             },
         )
         .await?;
@@ -315,7 +317,9 @@ impl MigrationManager {
         if touched.is_empty() {
             return Ok(None);
         }
-        progress.report(json!({"phase": "restore_point", "collections": touched}));
+        progress.send(Event::RestorePoint {
+            collections: touched.clone(),
+        });
         let manager = BackupManager::open(self.store.clone(), self.config.clone(), true)
             .await
             .map_err(MigrationError::RestorePoint)?;
@@ -391,7 +395,15 @@ impl MigrationManager {
         };
         let mut results = Vec::new();
         for (i, op) in m.up.iter().enumerate().skip(from) {
-            progress.report(json!({"phase": "migrate", "version": m.version, "name": m.name, "operation": op.name(), "op_index": i, "ops": m.up.len()}));
+            progress.send(Event::Migrate(MigrateStep {
+                version: m.version,
+                operation: op.name().to_string(),
+                detail: MigrateDetail::Started {
+                    name: m.name.clone(),
+                    op_index: i,
+                    ops: m.up.len(),
+                },
+            }));
             match apply(op, &tracker).await {
                 Ok(v) => {
                     results.push(v);
@@ -561,9 +573,10 @@ impl MigrationManager {
             };
             let mut result = Ok(());
             for op in m.down_ops()? {
-                progress.report(
-                    json!({"phase": "migrate_down", "version": m.version, "operation": op.name()}),
-                );
+                progress.send(Event::MigrateDown {
+                    version: m.version,
+                    operation: op.name().to_string(),
+                });
                 cell.lock().await.checkpoint = None;
                 if let Err(e) = apply(&op, &tracker).await {
                     result = Err((op.name(), e));

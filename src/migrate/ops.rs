@@ -17,7 +17,7 @@ use crate::chroma::{
     ChromaError, Collection, CreateCollection, GetRequest, Include, ModifyCollection,
     ProductionChromaStore, RecordBatch,
 };
-use crate::daemon::jobs::Progress;
+use crate::progress::{Event, MigrateDetail, MigrateStep, Progress};
 
 /// What a running operation needs: Chroma, where to save its checkpoint,
 /// progress and cancellation.
@@ -73,12 +73,13 @@ impl Tracker<'_> {
         Ok(())
     }
 
-    pub fn report(&self, op: &str, detail: Value) {
-        let mut v = json!({"phase": "migrate", "version": self.version, "operation": op});
-        if let (Some(o), Value::Object(d)) = (v.as_object_mut(), detail) {
-            o.extend(d);
-        }
-        self.progress.report(v);
+    /// Reports what operation `op` of this migration did so far.
+    pub fn report(&self, op: &str, detail: MigrateDetail) {
+        self.progress.send(Event::Migrate(MigrateStep {
+            version: self.version,
+            operation: op.to_string(),
+            detail,
+        }));
     }
 }
 
@@ -280,7 +281,11 @@ pub async fn apply(op: &Operation, t: &Tracker<'_>) -> Result<Value, MigrationEr
                 t.progress_save(json!({"records_done": done})).await?;
                 t.report(
                     op.name(),
-                    json!({"records_done": done, "records_total": total}),
+                    MigrateDetail::Records {
+                        collection: None,
+                        records_done: done as u64,
+                        records_total: total as u64,
+                    },
                 );
             }
             Ok(json!({"collection": collection, "records_deleted": done}))
@@ -438,7 +443,11 @@ async fn update_metadata(
         }
         t.report(
             op,
-            json!({"collection": collection, "records_done": done, "records_total": total}),
+            MigrateDetail::Records {
+                collection: Some(collection.to_string()),
+                records_done: done as u64,
+                records_total: total as u64,
+            },
         );
     }
     Ok(changed)

@@ -36,6 +36,7 @@ use crate::backup::engine::{creatable_configuration, records_match};
 use crate::backup::records::{record_digest, Record, RecordDigest};
 use crate::backup::source::{to_batch, to_records, FETCH_BATCH};
 use crate::chroma::swap::{self, SwapEntry};
+use crate::progress::{MigrateDetail, RebuildStep};
 use crate::chroma::{
     Collection, CreateCollection, GetRequest, Include, ProductionChromaStore, QueryRequest,
 };
@@ -343,7 +344,14 @@ async fn fill_verify_swap(
             t.progress_save(json!({"phase": "copy", "last_id": last}))
                 .await?;
         }
-        t.report("rebuild", json!({"step": "copy", "collection": collection, "records_done": copied, "records_total": total}));
+        t.report(
+            "rebuild",
+            MigrateDetail::Rebuild(RebuildStep::Copy {
+                collection: collection.to_string(),
+                records_done: copied as u64,
+                records_total: total as u64,
+            }),
+        );
     }
 
     // 2. Catch up until a pass finds nothing (then the counts must be
@@ -384,7 +392,10 @@ async fn fill_verify_swap(
     };
     t.report(
         "rebuild",
-        json!({"step": "verify", "collection": collection, "overlap": overlap}),
+        MigrateDetail::Rebuild(RebuildStep::Verify {
+            collection: collection.to_string(),
+            overlap,
+        }),
     );
     if let Some(o) = overlap.filter(|o| *o < min_overlap) {
         return Err(MigrationError::Verify {
@@ -530,7 +541,10 @@ async fn catch_up(
     fixed += gone.len() as u64;
     t.report(
         "rebuild",
-        json!({"step": "catch_up", "collection": spec.collection, "records_fixed": fixed}),
+        MigrateDetail::Rebuild(RebuildStep::CatchUp {
+            collection: spec.collection.to_string(),
+            records_fixed: fixed,
+        }),
     );
     Ok((fixed, digests))
 }
