@@ -526,7 +526,10 @@ mod tests {
         let (e, _) = &wire()[0];
         assert_eq!(e.to_string(), "backup docs: 10/20 records");
         let (e, _) = &wire()[10];
-        assert_eq!(e.to_string(), "migrate 3 rebuild catch-up docs: 7 records fixed");
+        assert_eq!(
+            e.to_string(),
+            "migrate 3 rebuild catch-up docs: 7 records fixed"
+        );
     }
 
     #[tokio::test]

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use chromaprod::backup::{BackupManager, RestoreMode, RestoreOptions, Trigger};
 use chromaprod::chroma::{Collection, CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
-use chromaprod::progress::Progress;
 use chromaprod::migrate::{HistoryEntry, MigrationError, MigrationManager, Outcome};
 use chromaprod::observe::MetricsCollector;
+use chromaprod::progress::Progress;
 use common::chroma::ChromaServer;
 use common::records::collection_records;
 use serde_json::{json, Value};
@@ -594,7 +594,7 @@ async fn rebuild_changes_the_metric_verified_and_down_switches_back() {
     assert_eq!(after.len(), before.len());
     for (a, b) in after.iter().zip(&before) {
         assert!(
-            chromaprod::backup::engine::records_match(b, a, true),
+            chromaprod::backup::compare::records_match(b, a, true),
             "{} differs",
             a.id
         );

@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::chunks::{read_chunk, ChunkStream};
+use super::compare::records_match;
 use super::crypto::MasterKey;
 use super::format::{self, ObjectKind};
 use super::lock::Lease;
@@ -44,6 +45,7 @@ use super::records::{record_digest, ChunkIndex, ChunkPlanner, PlannedChunk, Reco
 use super::repository::{chunk_key, index_key, snapshot_key, Repository};
 use super::source::{to_batch, CollectionReader, FETCH_BATCH};
 use super::BackupError;
+use crate::chroma::configuration::{creatable_configuration, space_of};
 use crate::chroma::swap::{self, SwapEntry, JOURNAL_COLLECTION};
 use crate::chroma::{
     Collection, CreateCollection, GetRequest, Include, ModifyCollection, ProductionChromaStore,
@@ -188,14 +190,6 @@ pub fn in_scope(config: &Config, name: &str) -> bool {
     name != JOURNAL_COLLECTION
         && config.backup.include.iter().any(|p| glob(p, name))
         && !config.backup.exclude.iter().any(|p| glob(p, name))
-}
-
-fn space_of(configuration: &Value) -> &str {
-    configuration
-        .pointer("/hnsw/space")
-        .or_else(|| configuration.pointer("/spann/space"))
-        .and_then(Value::as_str)
-        .unwrap_or("l2")
 }
 
 impl BackupManager {
@@ -372,7 +366,7 @@ impl BackupManager {
                 chroma_version: format!("api {}", info.api_version),
             },
             parent: parent.map(|p| p.snapshot_id.clone()),
-            host: super::lock::hostname(),
+            host: crate::host::hostname(),
             trigger: req.trigger,
             duration_ms: 0,
             encrypted: self.repo.codec.is_encrypted(),
@@ -983,7 +977,7 @@ impl BackupManager {
                     .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             })
             .collect();
-        let now = i64::try_from(super::lock::now_ms()).unwrap_or(i64::MAX);
+        let now = i64::try_from(crate::host::now_ms()).unwrap_or(i64::MAX);
         let offset = crate::config::parse_utc_offset(&self.config.backup.timezone).unwrap_or(0);
         let decisions = select(
             &infos,
@@ -1047,63 +1041,6 @@ impl BackupManager {
         }
         Ok(report)
     }
-}
-
-/// The parts of a stored `configuration_json` Chroma accepts on create.
-pub fn creatable_configuration(stored: &Value) -> Value {
-    let mut out = serde_json::Map::new();
-    if let Some(Value::Object(h)) = stored.get("hnsw") {
-        out.insert("hnsw".into(), Value::Object(h.clone()));
-    }
-    if let Some(Value::Object(s)) = stored.get("spann") {
-        out.insert("spann".into(), Value::Object(s.clone()));
-    }
-    if let Some(ef @ Value::Object(_)) = stored.get("embedding_function") {
-        if ef.get("type").and_then(Value::as_str) != Some("legacy") {
-            out.insert("embedding_function".into(), ef.clone());
-        }
-    }
-    Value::Object(out)
-}
-
-/// Equal as Chroma round-trips values: exact for l2/ip embeddings, integers
-/// and strings; within a few ulp for cosine embeddings and float metadata.
-pub fn records_match(want: &Record, got: &Record, cosine: bool) -> bool {
-    fn close(a: f64, b: f64, rel: f64) -> bool {
-        (a.is_nan() && b.is_nan())
-            || a == b
-            || (a - b).abs() <= rel * a.abs().max(b.abs()).max(f64::MIN_POSITIVE)
-    }
-    let emb = match (&want.embedding, &got.embedding) {
-        (Some(a), Some(b)) if a.len() == b.len() => a.iter().zip(b).all(|(x, y)| {
-            if cosine {
-                close(f64::from(*x), f64::from(*y), 1e-5) || (x.is_nan() || y.is_nan())
-            } else {
-                x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())
-            }
-        }),
-        (None, None) => true,
-        _ => false,
-    };
-    let meta = match (&want.metadata, &got.metadata) {
-        (Some(a), Some(b)) => {
-            a.len() == b.len()
-                && a.iter().all(|(k, v)| match (v, b.get(k)) {
-                    (Value::Number(x), Some(Value::Number(y))) if x.is_f64() || y.is_f64() => {
-                        close(
-                            x.as_f64().unwrap_or(f64::NAN),
-                            y.as_f64().unwrap_or(f64::NAN),
-                            1e-12,
-                        )
-                    }
-                    (x, Some(y)) => x == y,
-                    (_, None) => false,
-                })
-        }
-        (None, None) => true,
-        (Some(a), None) | (None, Some(a)) => a.is_empty(),
-    };
-    emb && meta && want.document == got.document && want.uri == got.uri
 }
 
 /// Aborts a background task when the owner goes away (cancel, error).
@@ -1337,30 +1274,5 @@ mod tests {
         assert!(!glob("docs_*", "other"));
         assert!(glob("a?c", "abc"));
         assert!(!glob("a?c", "abbc"));
-    }
-
-    #[test]
-    fn cosine_tolerance_only_for_cosine() {
-        let a = Record {
-            id: "x".into(),
-            embedding: Some(vec![1.0, 0.5]),
-            document: None,
-            metadata: None,
-            uri: None,
-        };
-        let mut b = a.clone();
-        b.embedding = Some(vec![f32::from_bits(1.0f32.to_bits() + 1), 0.5]);
-        assert!(records_match(&a, &b, true));
-        assert!(!records_match(&a, &b, false));
-        assert!(records_match(&a, &a, false));
-    }
-
-    #[test]
-    fn stored_configuration_is_trimmed_to_what_create_accepts() {
-        let stored = json!({"hnsw": {"space": "cosine", "ef_search": 50}, "spann": null, "embedding_function": {"type": "legacy"}});
-        assert_eq!(
-            creatable_configuration(&stored),
-            json!({"hnsw": {"space": "cosine", "ef_search": 50}})
-        );
     }
 }

@@ -6,6 +6,7 @@
 //! layout and the bytes.
 
 mod chunks;
+pub mod compare;
 pub mod crypto;
 pub mod engine;
 pub mod format;

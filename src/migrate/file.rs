@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{valid_collection_name, MigrationError};
+use super::MigrationError;
+use crate::chroma::names::valid_collection_name;
 
 /// The default sample size, `k` and overlap threshold of a rebuild's check.
 pub const DEFAULT_SAMPLE: usize = 50;

@@ -15,14 +15,15 @@ use tokio_util::sync::CancellationToken;
 use super::file::{load_dir, Migration, Operation};
 use super::history::{HistoryEntry, HistoryStore, Outcome};
 use super::lease::{runner_id, MigrationLease};
-use super::ops::{apply, Tracker};
+use super::ops::apply;
 use super::plan::{kept_in_the_way, plan_down, plan_up, problems, Direction, KeptInTheWay, Step};
+use super::tracker::Tracker;
 use super::MigrationError;
 use crate::backup::{BackupError, BackupManager, BackupRequest, BackupType, Trigger};
 use crate::chroma::ProductionChromaStore;
 use crate::config::Config;
-use crate::progress::{Event, MigrateDetail, MigrateStep, Progress};
 use crate::observe::MetricsCollector;
+use crate::progress::{Event, MigrateDetail, MigrateStep, Progress};
 
 /// Runs migrations against the configured Chroma.
 #[derive(Clone)]

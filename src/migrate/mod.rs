@@ -1,7 +1,8 @@
 //! Versioned migrations of a Chroma deployment, applied at start-up or from
 //! the CLI: files (`file`), the plan as a pure function of files and
 //! recorded history (`plan`), the history and lock kept in Chroma
-//! (`history`, `lease`), the operations (`ops`, `rebuild`) and the runner
+//! (`history`, `lease`), the operations (`ops`, `rebuild`, sharing
+//! `tracker`) and the runner
 //! that ties them together (`manager`: `MigrationManager`).
 
 pub mod embed;
@@ -12,6 +13,7 @@ pub mod manager;
 pub mod ops;
 pub mod plan;
 pub mod rebuild;
+pub mod tracker;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,17 +25,6 @@ pub use plan::{Direction, Step};
 
 use crate::backup::BackupError;
 use crate::chroma::ChromaError;
-
-/// Chroma's rule for collection names: 3-512 characters of
-/// `[a-zA-Z0-9._-]`, starting and ending with a letter or digit.
-pub fn valid_collection_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    (3..=512).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-}
 
 /// Why migrating failed or was refused. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -154,21 +145,5 @@ impl MigrationError {
                 | MigrationError::OutOfOrder { .. }
                 | MigrationError::Irreversible { .. }
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_collection_name;
-
-    #[test]
-    fn collection_names_follow_chroma() {
-        assert!(valid_collection_name("docs"));
-        assert!(valid_collection_name("docs.pre-v2"));
-        assert!(valid_collection_name("chromaprod-migrations"));
-        assert!(!valid_collection_name("ab"));
-        assert!(!valid_collection_name("_docs"));
-        assert!(!valid_collection_name("docs-"));
-        assert!(!valid_collection_name("do cs"));
     }
 }

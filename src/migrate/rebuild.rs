@@ -30,50 +30,17 @@ use serde_json::{json, Value};
 use super::embed::Embedder;
 use super::file::{previous_name, staging_name, Operation};
 use super::history::Outcome;
-use super::ops::{find, list_ids, resume_position, Tracker};
+use super::tracker::{find, list_ids, resume_position, Tracker};
 use super::MigrationError;
-use crate::backup::engine::{creatable_configuration, records_match};
+use crate::backup::compare::records_match;
 use crate::backup::records::{record_digest, Record, RecordDigest};
 use crate::backup::source::{to_batch, to_records, FETCH_BATCH};
+use crate::chroma::configuration::{creatable_configuration, merge_configuration, space_of};
 use crate::chroma::swap::{self, SwapEntry};
-use crate::progress::{MigrateDetail, RebuildStep};
 use crate::chroma::{
     Collection, CreateCollection, GetRequest, Include, ProductionChromaStore, QueryRequest,
 };
-
-fn space(configuration: &Value) -> &str {
-    configuration
-        .get("hnsw")
-        .and_then(|h| h.get("space"))
-        .or_else(|| configuration.get("spann").and_then(|h| h.get("space")))
-        .and_then(Value::as_str)
-        .unwrap_or("l2")
-}
-
-/// `base` with the tables of `change` merged in, one level deep.
-fn merge_configuration(base: &Value, change: &Value) -> Value {
-    let mut out = base.as_object().cloned().unwrap_or_default();
-    if let Some(ch) = change.as_object() {
-        for (k, v) in ch {
-            match (out.get_mut(k), v) {
-                (Some(Value::Object(dst)), Value::Object(src)) => {
-                    dst.extend(src.clone());
-                }
-                _ => {
-                    out.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
-    // hnsw and spann exclude each other: keep the one the change names.
-    if change.get("spann").is_some() && change.get("hnsw").is_none() {
-        out.remove("hnsw");
-    }
-    if change.get("hnsw").is_some() && change.get("spann").is_none() {
-        out.remove("spann");
-    }
-    Value::Object(out)
-}
+use crate::progress::{MigrateDetail, RebuildStep};
 
 async fn fetch(
     store: &ProductionChromaStore,
@@ -259,7 +226,8 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
         &creatable_configuration(&source.configuration_json),
         &spec.configuration,
     );
-    let tolerant = space(&source.configuration_json) == "cosine" || space(&target_cfg) == "cosine";
+    let tolerant =
+        space_of(&source.configuration_json) == "cosine" || space_of(&target_cfg) == "cosine";
 
     // The staging collection: continue into it when resuming a copy.
     let existing = find(store, &staging).await?;
@@ -653,7 +621,7 @@ async fn overlap(
     if ids.is_empty() {
         return Ok(1.0);
     }
-    let old_space = space(&a.configuration_json);
+    let old_space = space_of(&a.configuration_json);
     let step = (ids.len() / sample.max(1)).max(1);
     let picked: Vec<String> = ids.iter().step_by(step).take(sample).cloned().collect();
     let vectors: Vec<Vec<f32>> = fetch(store, &a.id, picked)
@@ -708,20 +676,6 @@ async fn overlap(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn configuration_changes_merge_into_the_source() {
-        let base = json!({"hnsw": {"space": "l2", "ef_construction": 100, "max_neighbors": 16}});
-        let merged = merge_configuration(&base, &json!({"hnsw": {"space": "cosine"}}));
-        assert_eq!(
-            merged,
-            json!({"hnsw": {"space": "cosine", "ef_construction": 100, "max_neighbors": 16}})
-        );
-        assert_eq!(space(&merged), "cosine");
-        let spann = merge_configuration(&base, &json!({"spann": {"space": "ip"}}));
-        assert_eq!(spann, json!({"spann": {"space": "ip"}}));
-        assert_eq!(space(&json!({})), "l2");
-    }
 
     #[test]
     fn overlap_counts_ties_and_misses() {
