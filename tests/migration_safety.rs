@@ -73,7 +73,8 @@ impl Env {
 
     async fn up(&self) -> Result<Value, MigrationError> {
         let (p, _rx) = Progress::detached();
-        self.manager().up(None, &p, &CancellationToken::new()).await
+        let r = self.manager().up(None, &p, &CancellationToken::new()).await;
+        r.map(|r| serde_json::to_value(r).expect("report"))
     }
 
     async fn names(&self) -> Vec<String> {

@@ -27,7 +27,7 @@ pub use create::{in_scope, BackupRequest};
 pub use manager::{load_key, BackupManager, SnapshotSummary};
 pub use manifest::{BackupMetadata, BackupType, Manifest, SnapshotId, Trigger};
 pub use prune::PruneReport;
-pub use restore::{RestoreMode, RestoreOptions};
+pub use restore::{RestoreMode, RestoreOptions, RestoreOutcome};
 pub use verify::VerifyReport;
 
 use crate::chroma::ChromaError;

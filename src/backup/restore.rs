@@ -4,8 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::chunks::ChunkStream;
@@ -55,6 +54,48 @@ impl RestoreOptions {
     }
 }
 
+/// What a restore did, or for a dry run would do (the `restore` command's result).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RestoreOutcome {
+    /// A dry run: nothing was changed.
+    Planned {
+        snapshot: String,
+        /// Always `true`.
+        dry_run: bool,
+        plan: Vec<PlannedRestore>,
+    },
+    Restored {
+        snapshot: String,
+        restored: Vec<RestoredCollection>,
+        /// Swaps a crash had interrupted, finished or undone before restoring.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        recovered_swaps: Vec<String>,
+    },
+}
+
+/// One collection a dry run would restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedRestore {
+    /// Its name in the snapshot.
+    pub collection: String,
+    pub target: String,
+    pub records: u64,
+    /// `target` exists and would be swapped out (`--mode replace`).
+    pub replaces_existing: bool,
+}
+
+/// One collection restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredCollection {
+    /// Its name in the snapshot.
+    pub collection: String,
+    pub target: String,
+    pub records: u64,
+    /// Where the collection it replaced was kept (`keep_previous`), if any.
+    pub previous: Option<String>,
+}
+
 impl BackupManager {
     /// Restores collections of a snapshot: into a staging collection first,
     /// verified, then swapped in by renaming. The target is untouched until
@@ -65,7 +106,7 @@ impl BackupManager {
         opts: &RestoreOptions,
         progress: &Progress,
         cancel: &CancellationToken,
-    ) -> Result<Value, BackupError> {
+    ) -> Result<RestoreOutcome, BackupError> {
         let manifest = self.show(id).await?;
         let selected: Vec<&CollectionSnapshot> = if opts.collections.is_empty() {
             manifest.collections.iter().collect()
@@ -124,10 +165,19 @@ impl BackupManager {
             if exists && opts.mode == RestoreMode::FailIfExists {
                 return Err(BackupError::TargetExists(target));
             }
-            plan.push(json!({"collection": c.name, "target": target, "records": c.record_count, "replaces_existing": exists}));
+            plan.push(PlannedRestore {
+                collection: c.name.clone(),
+                target,
+                records: c.record_count,
+                replaces_existing: exists,
+            });
         }
         if opts.dry_run {
-            return Ok(json!({"snapshot": id, "dry_run": true, "plan": plan}));
+            return Ok(RestoreOutcome::Planned {
+                snapshot: id.to_string(),
+                dry_run: true,
+                plan,
+            });
         }
         let lease = self.lock(false, "restore").await?;
         let mut results = Vec::new();
@@ -153,14 +203,11 @@ impl BackupManager {
             }
         }
         lease.release().await;
-        let mut out = json!({"snapshot": id, "restored": results});
-        if !recovered.is_empty() {
-            out["recovered_swaps"] = json!(recovered
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>());
-        }
-        Ok(out)
+        Ok(RestoreOutcome::Restored {
+            snapshot: id.to_string(),
+            restored: results,
+            recovered_swaps: recovered.iter().map(ToString::to_string).collect(),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -173,7 +220,7 @@ impl BackupManager {
         keep_previous: bool,
         progress: &Progress,
         cancel: &CancellationToken,
-    ) -> Result<Value, BackupError> {
+    ) -> Result<RestoredCollection, BackupError> {
         let staging = format!("{target}-restore-{snapshot}");
         // A staging collection left by an interrupted restore is ours to replace.
         match self.store.delete_collection(&staging).await {
@@ -224,10 +271,12 @@ impl BackupManager {
                 )
                 .await?;
         }
-        Ok(json!({
-            "collection": c.name, "target": target, "records": c.record_count,
-            "previous": (target_exists && keep_previous).then_some(previous),
-        }))
+        Ok(RestoredCollection {
+            collection: c.name.clone(),
+            target: target.to_string(),
+            records: c.record_count,
+            previous: (target_exists && keep_previous).then_some(previous),
+        })
     }
 
     /// Loads every chunk of `c` into `collection_id`, then reads the
@@ -349,6 +398,51 @@ impl BackupManager {
                 ),
             }),
             None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn outcomes_keep_the_wire_shape() {
+        let planned = RestoreOutcome::Planned {
+            snapshot: "ab12".into(),
+            dry_run: true,
+            plan: vec![PlannedRestore {
+                collection: "docs".into(),
+                target: "docs2".into(),
+                records: 3,
+                replaces_existing: false,
+            }],
+        };
+        let planned_json = json!({"snapshot": "ab12", "dry_run": true, "plan": [
+            {"collection": "docs", "target": "docs2", "records": 3, "replaces_existing": false}]});
+        let restored = |recovered_swaps: Vec<String>| RestoreOutcome::Restored {
+            snapshot: "ab12".into(),
+            restored: vec![RestoredCollection {
+                collection: "docs".into(),
+                target: "docs".into(),
+                records: 3,
+                previous: None,
+            }],
+            recovered_swaps,
+        };
+        let restored_json = json!({"snapshot": "ab12", "restored": [
+            {"collection": "docs", "target": "docs", "records": 3, "previous": null}]});
+        let mut recovered_json = restored_json.clone();
+        recovered_json["recovered_swaps"] = json!(["finished x"]);
+        for (outcome, wire) in [
+            (planned, planned_json),
+            (restored(Vec::new()), restored_json),
+            (restored(vec!["finished x".into()]), recovered_json),
+        ] {
+            assert_eq!(serde_json::to_value(&outcome).expect("json"), wire);
+            let back: RestoreOutcome = serde_json::from_value(wire).expect("reads back");
+            assert_eq!(back, outcome);
         }
     }
 }

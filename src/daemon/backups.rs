@@ -189,7 +189,8 @@ async fn execute_inner(
                 dry_run: *dry_run,
                 keep_previous: *keep_previous,
             };
-            m.restore(id, &opts, progress, cancel).await
+            let outcome = m.restore(id, &opts, progress, cancel).await?;
+            Ok(serde_json::to_value(outcome).unwrap_or(Value::Null))
         }
         other => Err(BackupError::Invalid(format!(
             "{} is not a backup command",

@@ -17,13 +17,16 @@ pub async fn execute(
     cancel: &CancellationToken,
 ) -> Result<Value, MigrationError> {
     let m = MigrationManager::new(ctx.store.clone(), ctx.config.clone(), ctx.metrics.clone());
+    fn json<T: serde::Serialize>(r: Result<T, MigrationError>) -> Result<Value, MigrationError> {
+        r.map(|v| serde_json::to_value(v).unwrap_or(Value::Null))
+    }
     let result = match command {
-        Command::MigrateStatus => m.status().await,
-        Command::MigrateValidate => m.validate().await,
-        Command::MigrateUp { to, .. } => m.up(*to, progress, cancel).await,
-        Command::MigrateDown { to, .. } => m.down(*to, progress, cancel).await,
-        Command::MigrateRepair => m.repair(progress).await,
-        Command::MigrateStamp { version } => m.stamp(*version, progress).await,
+        Command::MigrateStatus => json(m.status().await),
+        Command::MigrateValidate => json(m.validate().await),
+        Command::MigrateUp { to, .. } => json(m.up(*to, progress, cancel).await),
+        Command::MigrateDown { to, .. } => json(m.down(*to, progress, cancel).await),
+        Command::MigrateRepair => json(m.repair(progress).await),
+        Command::MigrateStamp { version } => json(m.stamp(*version, progress).await),
         other => Err(MigrationError::Conflict(format!(
             "{} is not a migration command",
             other.name()

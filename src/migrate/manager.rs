@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +16,10 @@ use super::history::{HistoryEntry, HistoryStore, Outcome};
 use super::lease::{runner_id, MigrationLease};
 use super::ops::apply;
 use super::plan::{kept_in_the_way, plan_down, plan_up, problems, Direction, KeptInTheWay, Step};
+use super::report::{
+    AppliedMigration, DownReport, MigrationReport, MigrationRow, MigrationState, MigrationStatus,
+    RepairReport, StampReport, UndoneMigration, Validation,
+};
 use super::tracker::Tracker;
 use super::MigrationError;
 use crate::backup::{BackupError, BackupManager, BackupRequest, BackupType, Trigger};
@@ -73,7 +76,7 @@ impl MigrationManager {
 
     /// Every version, file and record side by side, with what is pending
     /// and what is wrong.
-    pub async fn status(&self) -> Result<Value, MigrationError> {
+    pub async fn status(&self) -> Result<MigrationStatus, MigrationError> {
         let history = self.history().await?;
         let (files, file_problems) = match self.files() {
             Ok(f) => (f, Vec::new()),
@@ -87,7 +90,7 @@ impl MigrationManager {
             .collect();
         versions.sort_unstable();
         versions.dedup();
-        let rows: Vec<Value> = versions
+        let rows: Vec<MigrationRow> = versions
             .iter()
             .map(|v| {
                 let f = files.iter().find(|m| m.version == *v);
@@ -97,29 +100,31 @@ impl MigrationManager {
                         if f.is_some_and(|f| f.checksum != h.checksum)
                             && h.outcome == Outcome::Applied
                         {
-                            "applied, file changed"
+                            MigrationState::AppliedFileChanged
                         } else if f.is_none() && h.outcome == Outcome::Applied {
-                            "applied, file missing"
+                            MigrationState::AppliedFileMissing
                         } else if h.outcome == Outcome::Baselined {
-                            "stamped"
+                            MigrationState::Stamped
                         } else {
-                            "applied"
+                            MigrationState::Applied
                         }
                     }
-                    Some(h) if h.outcome == Outcome::Failed => "failed",
-                    Some(_) => "interrupted",
-                    None => "pending",
+                    Some(h) if h.outcome == Outcome::Failed => MigrationState::Failed,
+                    Some(_) => MigrationState::Interrupted,
+                    None => MigrationState::Pending,
                 };
-                json!({
-                    "version": v,
-                    "name": f.map(|f| f.name.clone()).or_else(|| h.map(|h| h.name.clone())),
-                    "state": state,
-                    "applied_at": h.map(|h| h.applied_at.clone()),
-                    "applied_by": h.map(|h| h.applied_by.clone()),
-                    "duration_ms": h.map(|h| h.duration_ms),
-                    "error": h.and_then(|h| h.error.clone()),
-                    "restore_point": h.and_then(|h| h.restore_point.clone()),
-                })
+                MigrationRow {
+                    version: *v,
+                    name: f
+                        .map(|f| f.name.clone())
+                        .or_else(|| h.map(|h| h.name.clone())),
+                    state,
+                    applied_at: h.map(|h| h.applied_at.clone()),
+                    applied_by: h.map(|h| h.applied_by.clone()),
+                    duration_ms: h.map(|h| h.duration_ms),
+                    error: h.and_then(|h| h.error.clone()),
+                    restore_point: h.and_then(|h| h.restore_point.clone()),
+                }
             })
             .collect();
         let mut all_problems = file_problems;
@@ -132,17 +137,17 @@ impl MigrationManager {
         } else {
             Vec::new()
         };
-        Ok(json!({
-            "version": highest_applied(&history),
-            "migrations": rows,
-            "pending": pending,
-            "problems": all_problems,
-            "path": self.config.migrations.path,
-        }))
+        Ok(MigrationStatus {
+            version: highest_applied(&history),
+            migrations: rows,
+            pending,
+            problems: all_problems,
+            path: self.config.migrations.path.clone(),
+        })
     }
 
     /// Files and history agree (Flyway's `validate`); all problems at once.
-    pub async fn validate(&self) -> Result<Value, MigrationError> {
+    pub async fn validate(&self) -> Result<Validation, MigrationError> {
         let files = self.files()?;
         let history = self.history().await?;
         let ps = problems(&files, &history);
@@ -156,12 +161,15 @@ impl MigrationManager {
                 problems: ps.iter().map(ToString::to_string).collect(),
             });
         }
-        Ok(json!({
-            "valid": true,
-            "files": files.len(),
-            "version": highest_applied(&history),
-            "pending": plan_up(&files, &history, None)?.iter().map(|s| s.version).collect::<Vec<_>>(),
-        }))
+        Ok(Validation {
+            valid: true,
+            files: files.len(),
+            version: highest_applied(&history),
+            pending: plan_up(&files, &history, None)?
+                .iter()
+                .map(|s| s.version)
+                .collect(),
+        })
     }
 
     /// What `up` would run now, without the lock.
@@ -212,11 +220,15 @@ impl MigrationManager {
         to: Option<u32>,
         progress: &Progress,
         cancel: &CancellationToken,
-    ) -> Result<Value, MigrationError> {
+    ) -> Result<MigrationReport, MigrationError> {
         let files = self.files()?;
         let recorded = self.history().await?;
         if plan_up(&files, &recorded, to)?.is_empty() {
-            return Ok(json!({"applied": [], "version": highest_applied(&recorded)}));
+            return Ok(MigrationReport {
+                applied: Vec::new(),
+                version: highest_applied(&recorded),
+                restore_point: None,
+            });
         }
         self.locked(progress, async |lease| {
             self.up_locked(&files, to, lease, progress, cancel).await
@@ -231,12 +243,16 @@ impl MigrationManager {
         lease: &MigrationLease,
         progress: &Progress,
         cancel: &CancellationToken,
-    ) -> Result<Value, MigrationError> {
+    ) -> Result<MigrationReport, MigrationError> {
         let recorded = lease.entries().await?;
         let steps = plan_up(files, &recorded, to)?;
         if steps.is_empty() {
             // Another runner applied them while this one waited.
-            return Ok(json!({"applied": [], "version": highest_applied(&recorded)}));
+            return Ok(MigrationReport {
+                applied: Vec::new(),
+                version: highest_applied(&recorded),
+                restore_point: None,
+            });
         }
         let restore_point = self
             .restore_point(files, &steps, &recorded, progress, cancel)
@@ -259,11 +275,11 @@ impl MigrationManager {
         }
         let now = lease.entries().await?;
         self.metrics.migration_version(highest_applied(&now));
-        Ok(json!({
-            "applied": applied,
-            "version": highest_applied(&now),
-            "restore_point": restore_point,
-        }))
+        Ok(MigrationReport {
+            applied,
+            version: highest_applied(&now),
+            restore_point: Some(restore_point),
+        })
     }
 
     /// A backup of the existing collections the steps touch, through the
@@ -352,7 +368,7 @@ impl MigrationManager {
         lease: &MigrationLease,
         progress: &Progress,
         cancel: &CancellationToken,
-    ) -> Result<Value, MigrationError> {
+    ) -> Result<AppliedMigration, MigrationError> {
         let started = Instant::now();
         // An interrupted or failed run of the same file resumes where it was.
         let resume = earlier.filter(|h| {
@@ -450,9 +466,12 @@ impl MigrationManager {
         e.checkpoint = None;
         lease.record(&e).await?;
         tracing::info!(migration = m.version, name = %m.name, elapsed_ms = e.duration_ms, "migration applied");
-        Ok(
-            json!({"version": m.version, "name": m.name, "duration_ms": e.duration_ms, "operations": results}),
-        )
+        Ok(AppliedMigration {
+            version: m.version,
+            name: m.name.clone(),
+            duration_ms: e.duration_ms,
+            operations: results,
+        })
     }
 
     /// After `up` failed at operation `i`: undo the operations before it
@@ -526,7 +545,7 @@ impl MigrationManager {
         to: u32,
         progress: &Progress,
         cancel: &CancellationToken,
-    ) -> Result<Value, MigrationError> {
+    ) -> Result<DownReport, MigrationError> {
         let files = self.files()?;
         // Refuse early: a down list that cannot be derived.
         for s in plan_down(&files, &self.history().await?, to)? {
@@ -547,7 +566,7 @@ impl MigrationManager {
         lease: &MigrationLease,
         progress: &Progress,
         cancel: &CancellationToken,
-    ) -> Result<Value, MigrationError> {
+    ) -> Result<DownReport, MigrationError> {
         let recorded = lease.entries().await?;
         let steps = plan_down(files, &recorded, to)?;
         let mut undone = Vec::new();
@@ -605,17 +624,24 @@ impl MigrationManager {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "migration undone"
             );
-            undone.push(json!({"version": m.version, "name": m.name, "duration_ms": started.elapsed().as_millis() as u64}));
+            undone.push(UndoneMigration {
+                version: m.version,
+                name: m.name.clone(),
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
         }
         let now = lease.entries().await?;
         self.metrics.migration_version(highest_applied(&now));
-        Ok(json!({"undone": undone, "version": highest_applied(&now)}))
+        Ok(DownReport {
+            undone,
+            version: highest_applied(&now),
+        })
     }
 
     /// Flyway's `repair`: accept edited files of applied migrations (record
     /// their new checksums), forget applied migrations whose files are gone,
     /// and clear failed runs so they start again from their first operation.
-    pub async fn repair(&self, progress: &Progress) -> Result<Value, MigrationError> {
+    pub async fn repair(&self, progress: &Progress) -> Result<RepairReport, MigrationError> {
         let files = self.files()?;
         self.locked(progress, async |lease| {
             let mut realigned = Vec::new();
@@ -642,8 +668,17 @@ impl MigrationManager {
                     _ => {}
                 }
             }
-            tracing::info!(?realigned, ?forgotten, ?cleared, "migration history repaired");
-            Ok(json!({"checksums_realigned": realigned, "forgotten": forgotten, "failures_cleared": cleared}))
+            tracing::info!(
+                ?realigned,
+                ?forgotten,
+                ?cleared,
+                "migration history repaired"
+            );
+            Ok(RepairReport {
+                checksums_realigned: realigned,
+                forgotten,
+                failures_cleared: cleared,
+            })
         })
         .await
     }
@@ -652,7 +687,11 @@ impl MigrationManager {
     /// versions up to it are marked applied (stamped), records above it are
     /// removed. Use it to adopt an existing database (Flyway's `baseline`)
     /// or after fixing things by hand.
-    pub async fn stamp(&self, version: u32, progress: &Progress) -> Result<Value, MigrationError> {
+    pub async fn stamp(
+        &self,
+        version: u32,
+        progress: &Progress,
+    ) -> Result<StampReport, MigrationError> {
         let files = self.files()?;
         if version != 0 && !files.iter().any(|m| m.version == version) {
             return Err(MigrationError::NoSuchVersion(version));
@@ -686,7 +725,11 @@ impl MigrationManager {
             }
             self.metrics.migration_version(version);
             tracing::info!(version, ?stamped, ?removed, "migration history stamped");
-            Ok(json!({"version": version, "stamped": stamped, "removed": removed}))
+            Ok(StampReport {
+                version,
+                stamped,
+                removed,
+            })
         })
         .await
     }

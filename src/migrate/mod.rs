@@ -13,6 +13,7 @@ pub mod manager;
 pub mod ops;
 pub mod plan;
 pub mod rebuild;
+pub mod report;
 pub mod tracker;
 
 use std::path::PathBuf;
@@ -22,6 +23,10 @@ pub use file::{Migration, Operation};
 pub use history::{HistoryEntry, Outcome};
 pub use manager::MigrationManager;
 pub use plan::{Direction, Step};
+pub use report::{
+    AppliedMigration, DownReport, MigrationReport, MigrationRow, MigrationState, MigrationStatus,
+    RepairReport, StampReport, UndoneMigration, Validation,
+};
 
 use crate::backup::BackupError;
 use crate::chroma::ChromaError;
