@@ -1,27 +1,34 @@
 //! Versioned migrations of a Chroma deployment, applied at start-up or from
-//! the CLI: files (`file`), the plan as a pure function of files and
-//! recorded history (`plan`), the history and lock kept in Chroma
-//! (`history`, `lease`), the operations (`ops`, `rebuild`, sharing
-//! `tracker`) and the runner
-//! that ties them together (`manager`: `MigrationManager`).
+//! the CLI: files (`file`) and the operations they list (`operation`), the
+//! plan as a pure function of files and recorded history (`plan`), the
+//! history and lock kept in Chroma (`history`, `lease`), carrying out the
+//! operations (`ops`, and `rebuild` with its neighbour check `overlap`,
+//! sharing `tracker`), the runner that ties them together (`manager`:
+//! `MigrationManager`, with `up` and `down` in their own files) and what
+//! its commands return (`report`).
 
+mod down;
 pub mod embed;
 pub mod file;
 pub mod history;
 pub mod lease;
 pub mod manager;
+pub mod operation;
 pub mod ops;
+pub mod overlap;
 pub mod plan;
 pub mod rebuild;
 pub mod report;
 pub mod tracker;
+mod up;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use file::{Migration, Operation};
+pub use file::Migration;
 pub use history::{HistoryEntry, Outcome};
 pub use manager::MigrationManager;
+pub use operation::Operation;
 pub use plan::{Direction, Step};
 pub use report::{
     AppliedMigration, DownReport, MigrationReport, MigrationRow, MigrationState, MigrationStatus,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use super::file::{dropped_name, Operation};
+use super::operation::{dropped_name, Operation};
 use super::tracker::{find, list_ids, need, rename, resume_position, Tracker};
 use super::MigrationError;
 use crate::backup::source::FETCH_BATCH;

@@ -8,7 +8,11 @@ use tokio_util::sync::CancellationToken;
 use super::history::HistoryEntry;
 use super::lease::MigrationLease;
 use super::MigrationError;
-use crate::chroma::{ChromaError, Collection, GetRequest, ModifyCollection, ProductionChromaStore};
+use crate::backup::records::Record;
+use crate::backup::source::to_records;
+use crate::chroma::{
+    ChromaError, Collection, GetRequest, Include, ModifyCollection, ProductionChromaStore,
+};
 use crate::progress::{Event, MigrateDetail, MigrateStep, Progress};
 
 /// What a running operation needs: Chroma, where to save its checkpoint,
@@ -122,6 +126,19 @@ pub async fn list_ids(
         ..GetRequest::default()
     };
     Ok(store.get_records(collection_id, &req).await?.ids)
+}
+
+/// The records `ids` of `collection_id`, with everything they hold.
+pub async fn fetch(
+    store: &ProductionChromaStore,
+    collection_id: &str,
+    ids: Vec<String>,
+) -> Result<Vec<Record>, MigrationError> {
+    Ok(to_records(
+        store
+            .get_records(collection_id, &GetRequest::ids(ids, &Include::RECORD))
+            .await?,
+    ))
 }
 
 /// Where to start in `ids` after a checkpoint naming the last id done.
