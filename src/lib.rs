@@ -4,6 +4,8 @@
 //! validate, diff, watch), `chroma` (typed v2 client, pool, retry, breaker),
 //! `control` (Unix-socket protocol, server and client), `daemon` (lifecycle,
 //! systemd, reload), `observe` (logging, metrics, health, audit).
+//! Leaves every layer may use: `progress` (typed progress events and their
+//! subscribers) and `host` (this host's name and clock).
 
 pub mod backup;
 pub mod chroma;
