@@ -49,8 +49,8 @@ use chromaprod::chroma::{
     CreateCollection, GetRequest, Include, ProductionChromaStore, RecordBatch,
 };
 use chromaprod::config::Config;
-use chromaprod::daemon::jobs::Progress;
 use chromaprod::observe::MetricsCollector;
+use chromaprod::progress::Progress;
 use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;

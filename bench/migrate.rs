@@ -30,9 +30,9 @@ use chromaprod::chroma::{
     CreateCollection, GetRequest, Include, ProductionChromaStore, RecordBatch,
 };
 use chromaprod::config::Config;
-use chromaprod::daemon::jobs::Progress;
 use chromaprod::migrate::MigrationManager;
 use chromaprod::observe::MetricsCollector;
+use chromaprod::progress::Progress;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -173,7 +173,8 @@ fn main() {
             let run_rebuild = async {
                 let (p, _rx) = Progress::detached();
                 let t = Instant::now();
-                let r: Value = manager.up(None, &p, &CancellationToken::new()).await.expect("rebuild");
+                let r = manager.up(None, &p, &CancellationToken::new()).await.expect("rebuild");
+                let r: Value = serde_json::to_value(r).expect("report");
                 let secs = t.elapsed().as_secs_f64();
                 let op = &r["applied"][0]["operations"][0];
                 assert_eq!(op["records"], n as u64, "{r}");

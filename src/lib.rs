@@ -8,6 +8,8 @@
 //! daemon, its scheduler and the offline CLI share), `daemon` (start-up,
 //! reload, control handler, stop, jobs, systemd), `observe` (logging,
 //! metrics, health, audit). Nothing below `daemon` imports it.
+//! Leaves every layer may use: `progress` (typed progress events and their
+//! subscribers) and `host` (this host's name and clock).
 
 pub mod backup;
 pub mod chroma;
@@ -17,10 +19,12 @@ pub mod control;
 pub mod daemon;
 pub mod dist;
 pub mod doctor;
+pub mod host;
 pub mod mem;
 pub mod migrate;
 pub mod observe;
 pub mod owner;
+pub mod progress;
 pub mod schedule;
 pub mod secret;
 pub mod storage;

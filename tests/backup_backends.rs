@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chromaprod::backup::compare::records_match;
 use chromaprod::backup::crypto::MasterKey;
-use chromaprod::backup::engine::records_match;
 use chromaprod::backup::records::Record;
 use chromaprod::backup::repository::Repository;
 use chromaprod::backup::{
@@ -25,8 +25,8 @@ use chromaprod::backup::{
 };
 use chromaprod::chroma::{Collection, CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
-use chromaprod::daemon::jobs::Progress;
 use chromaprod::observe::MetricsCollector;
+use chromaprod::progress::Progress;
 use chromaprod::storage::{Env, StorageOptions};
 use common::chroma::ChromaServer;
 use common::emulators::{self, AZURITE_ACCOUNT, AZURITE_KEY};

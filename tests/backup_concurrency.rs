@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chromaprod::backup::compare::records_match;
 use chromaprod::backup::crypto::MasterKey;
-use chromaprod::backup::engine::records_match;
 use chromaprod::backup::lock::{list_locks, now_ms, Lease, LockInfo};
 use chromaprod::backup::records::Record;
 use chromaprod::backup::repository::{key as object_key, Repository};
@@ -21,8 +21,8 @@ use chromaprod::backup::{
 };
 use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
-use chromaprod::daemon::jobs::Progress;
 use chromaprod::observe::MetricsCollector;
+use chromaprod::progress::Progress;
 use common::chroma::ChromaServer;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;

@@ -12,8 +12,8 @@ use chromaprod::backup::{
 };
 use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
-use chromaprod::daemon::jobs::Progress;
 use chromaprod::observe::MetricsCollector;
+use chromaprod::progress::Progress;
 use common::chroma::ChromaServer;
 use common::proxy::{Fault, FaultProxy};
 use serde_json::{json, Value};

@@ -69,7 +69,7 @@ fn validate_warns_about_a_plaintext_repository() {
 /// one, for a key file and for the systemd credential.
 #[test]
 fn a_missing_key_names_the_command_that_creates_it() {
-    use chromaprod::backup::engine::load_key;
+    use chromaprod::backup::load_key;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = Config::default();
     c.backup.encrypt = true;

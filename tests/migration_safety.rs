@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use chromaprod::backup::{BackupManager, RestoreOptions};
 use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
-use chromaprod::daemon::jobs::Progress;
 use chromaprod::migrate::history::{HistoryStore, LockRecord};
 use chromaprod::migrate::lease::MigrationLease;
 use chromaprod::migrate::{MigrationError, MigrationManager};
 use chromaprod::observe::MetricsCollector;
+use chromaprod::progress::Progress;
 use common::chroma::ChromaServer;
 use common::proxy::FaultProxy;
 use common::records::collection_records;
@@ -73,7 +73,8 @@ impl Env {
 
     async fn up(&self) -> Result<Value, MigrationError> {
         let (p, _rx) = Progress::detached();
-        self.manager().up(None, &p, &CancellationToken::new()).await
+        let r = self.manager().up(None, &p, &CancellationToken::new()).await;
+        r.map(|r| serde_json::to_value(r).expect("report"))
     }
 
     async fn names(&self) -> Vec<String> {

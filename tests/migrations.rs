@@ -12,9 +12,11 @@ use std::sync::{Arc, Mutex};
 use chromaprod::backup::{BackupManager, RestoreMode, RestoreOptions, Trigger};
 use chromaprod::chroma::{Collection, CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
-use chromaprod::daemon::jobs::Progress;
-use chromaprod::migrate::{HistoryEntry, MigrationError, MigrationManager, Outcome};
+use chromaprod::migrate::{
+    HistoryEntry, MigrationError, MigrationManager, MigrationState, Outcome,
+};
 use chromaprod::observe::MetricsCollector;
+use chromaprod::progress::Progress;
 use common::chroma::ChromaServer;
 use common::records::collection_records;
 use serde_json::{json, Value};
@@ -69,12 +71,14 @@ impl Env {
 
     async fn up(&self, to: Option<u32>) -> Result<Value, MigrationError> {
         let (p, _rx) = Progress::detached();
-        self.manager().up(to, &p, &CancellationToken::new()).await
+        let r = self.manager().up(to, &p, &CancellationToken::new()).await;
+        r.map(|r| serde_json::to_value(r).expect("report"))
     }
 
     async fn down(&self, to: u32) -> Result<Value, MigrationError> {
         let (p, _rx) = Progress::detached();
-        self.manager().down(to, &p, &CancellationToken::new()).await
+        let r = self.manager().down(to, &p, &CancellationToken::new()).await;
+        r.map(|r| serde_json::to_value(r).expect("report"))
     }
 
     async fn history(&self) -> Vec<HistoryEntry> {
@@ -438,7 +442,7 @@ value = 1
     assert!(matches!(err, MigrationError::Diverged { .. }), "{err}");
     let (p, _rx) = Progress::detached();
     let r = env.manager().repair(&p).await.expect("repair");
-    assert_eq!(r["failures_cleared"], json!([1]));
+    assert_eq!(r.failures_cleared, [1]);
     env.up(None).await.expect("up after repair");
     let (_, done) = collection_records(&env.store, "docs").await;
     assert!(done
@@ -500,13 +504,14 @@ async fn an_edited_applied_migration_is_refused_and_repair_and_stamp_recover() {
     assert!(matches!(err, MigrationError::Diverged { .. }), "{err}");
     let status = env.manager().status().await.expect("status");
     assert_eq!(
-        status["migrations"][0]["state"], "applied, file changed",
-        "{status}"
+        status.migrations[0].state,
+        MigrationState::AppliedFileChanged,
+        "{status:?}"
     );
 
     let (p, _rx) = Progress::detached();
     let r = env.manager().repair(&p).await.expect("repair");
-    assert_eq!(r["checksums_realigned"], json!([1]));
+    assert_eq!(r.checksums_realigned, [1]);
     env.manager().validate().await.expect("valid after repair");
 
     // A missing file is refused, and repair forgets it.
@@ -516,7 +521,7 @@ async fn an_edited_applied_migration_is_refused_and_repair_and_stamp_recover() {
         Err(MigrationError::MissingFile { version: 1, .. })
     ));
     let r = env.manager().repair(&p).await.expect("repair");
-    assert_eq!(r["forgotten"], json!([1]));
+    assert_eq!(r.forgotten, [1]);
     assert!(env.history().await.is_empty());
 
     // Stamp adopts a database as it is: nothing runs.
@@ -527,7 +532,7 @@ async fn an_edited_applied_migration_is_refused_and_repair_and_stamp_recover() {
     );
     let docs_before = env.get("docs").await;
     let r = env.manager().stamp(2, &p).await.expect("stamp");
-    assert_eq!(r["stamped"], json!([1, 2]));
+    assert_eq!(r.stamped, [1, 2]);
     assert_eq!(
         env.get("docs").await.metadata,
         docs_before.metadata,
@@ -535,14 +540,14 @@ async fn an_edited_applied_migration_is_refused_and_repair_and_stamp_recover() {
     );
     let h = env.history().await;
     assert!(h.iter().all(|e| e.outcome == Outcome::Baselined));
-    assert_eq!(env.manager().status().await.expect("s")["version"], 2);
+    assert_eq!(env.manager().status().await.expect("s").version, 2);
     assert!(env.up(None).await.expect("up")["applied"]
         .as_array()
         .expect("a")
         .is_empty());
     // Stamping lower forgets the versions above; up applies them for real.
     let r = env.manager().stamp(1, &p).await.expect("stamp 1");
-    assert_eq!(r["removed"], json!([2]));
+    assert_eq!(r.removed, [2]);
     env.up(None).await.expect("up");
     assert_eq!(env.get("docs").await.metadata.expect("m")["stage"], 2);
 
@@ -594,7 +599,7 @@ async fn rebuild_changes_the_metric_verified_and_down_switches_back() {
     assert_eq!(after.len(), before.len());
     for (a, b) in after.iter().zip(&before) {
         assert!(
-            chromaprod::backup::engine::records_match(b, a, true),
+            chromaprod::backup::compare::records_match(b, a, true),
             "{} differs",
             a.id
         );

@@ -11,7 +11,7 @@
 //! (`chromaprod doctor` checks the skew against the backend).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rand::Rng;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::repository::{key, Repository};
 use super::BackupError;
+pub use crate::host::{hostname, now_ms};
 use crate::storage::Written;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -49,13 +50,6 @@ impl LockInfo {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn lock_id() -> String {
     let n: u64 = rand::thread_rng().gen();
     format!("{n:016x}")
@@ -63,13 +57,6 @@ fn lock_id() -> String {
 
 /// Largest lock object read; a lock is a few hundred bytes of JSON.
 const MAX_LOCK_OBJECT: u64 = 64 * 1024;
-/// This host's name, for lock holders and manifests.
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown-host".into())
-}
 
 /// A held lock. Dropping it without [`Lease::release`] leaves the lease to expire.
 pub struct Lease {

@@ -1,23 +1,34 @@
 //! Backups: the stored format (`format`, `records`, `manifest`), keys
 //! (`crypto`), the repository on a storage backend (`repository`, `lock`),
 //! reading from and writing to Chroma (`source`), reading chunks back for a
-//! restore (`chunks`) and the engine that ties them together (`engine`:
-//! `BackupManager`). `docs/backup-format.md` describes the repository
-//! layout and the bytes.
+//! restore (`chunks`), comparing records read back (`compare`) and the
+//! operations on snapshots (`manager`: `BackupManager`, with one file per
+//! operation: `create` and its `upload`er, `verify`, `restore`, `prune`).
+//! `docs/backup-format.md` describes the repository layout and the bytes.
 
 mod chunks;
+pub mod compare;
+pub mod create;
 pub mod crypto;
-pub mod engine;
 pub mod format;
 pub mod lock;
+pub mod manager;
 pub mod manifest;
 pub mod pin;
+pub mod prune;
 pub mod records;
 pub mod repository;
+pub mod restore;
 pub mod source;
+mod upload;
+pub mod verify;
 
-pub use engine::{BackupManager, BackupRequest, RestoreMode, RestoreOptions};
+pub use create::{in_scope, BackupRequest};
+pub use manager::{load_key, BackupManager, SnapshotSummary};
 pub use manifest::{BackupMetadata, BackupType, Manifest, SnapshotId, Trigger};
+pub use prune::PruneReport;
+pub use restore::{RestoreMode, RestoreOptions, RestoreOutcome};
+pub use verify::VerifyReport;
 
 use crate::chroma::ChromaError;
 use crate::storage::StorageError;

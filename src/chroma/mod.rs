@@ -4,7 +4,9 @@
 
 pub mod breaker;
 pub mod client;
+pub mod configuration;
 pub mod error;
+pub mod names;
 pub mod pool;
 pub mod retriever;
 pub mod retry;

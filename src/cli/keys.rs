@@ -37,7 +37,7 @@ pub fn run(cli: &Cli, verb: &KeyVerb) -> i32 {
     let Some(rt) = runtime() else { return 1 };
     let result: anyhow::Result<Value> = rt.block_on(async {
         let cfg = config::load(&cli.config)?.config;
-        let key = chromaprod::backup::engine::load_key(&cfg)?;
+        let key = chromaprod::backup::load_key(&cfg)?;
         // A key change is always recorded: without a writable audit log, nothing changes.
         let log = match verb {
             KeyVerb::Add { .. } | KeyVerb::Remove { .. } => Some(

@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use super::Context;
-use crate::backup::engine::SnapshotSummary;
 use crate::backup::BackupError;
+use crate::backup::SnapshotSummary;
 
 /// List the snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

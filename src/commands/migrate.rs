@@ -1,11 +1,10 @@
 //! The `migrate` verbs: status, validate, up, down, repair, stamp.
 
 use serde::Serialize;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, Progress};
-use crate::migrate::{MigrationError, MigrationManager};
+use crate::migrate::{self, MigrationError, MigrationManager};
 
 /// One migration command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,22 +43,26 @@ impl Migrate {
         cancel: &CancellationToken,
     ) -> Result<MigrationReport, MigrationError> {
         let m = MigrationManager::new(ctx.store.clone(), ctx.config.clone(), ctx.metrics.clone());
-        let report = match self {
-            Migrate::Status => m.status().await,
-            Migrate::Validate => m.validate().await,
-            Migrate::Up { to } => m.up(to, progress, cancel).await,
-            Migrate::Down { to } => m.down(to, progress, cancel).await,
-            Migrate::Repair => m.repair(progress).await,
-            Migrate::Stamp { version } => m.stamp(version, progress).await,
-        }?;
-        Ok(MigrationReport(report))
+        Ok(match self {
+            Migrate::Status => MigrationReport::Status(m.status().await?),
+            Migrate::Validate => MigrationReport::Validation(m.validate().await?),
+            Migrate::Up { to } => MigrationReport::Up(m.up(to, progress, cancel).await?),
+            Migrate::Down { to } => MigrationReport::Down(m.down(to, progress, cancel).await?),
+            Migrate::Repair => MigrationReport::Repair(m.repair(progress).await?),
+            Migrate::Stamp { version } => MigrationReport::Stamp(m.stamp(version, progress).await?),
+        })
     }
 }
 
-/// What a migration command reports, as `MigrationManager` returns it (see
-/// `docs/control-protocol.md`).
-// The manager returns JSON today; when it returns its typed reports, this
-// wrapper becomes those types and `run` above is the only place to change.
+/// What a migration command reports: the manager's typed report of that
+/// verb, serialized as it is (see `docs/control-protocol.md`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(transparent)]
-pub struct MigrationReport(pub Value);
+#[serde(untagged)]
+pub enum MigrationReport {
+    Status(migrate::MigrationStatus),
+    Validation(migrate::Validation),
+    Up(migrate::MigrationReport),
+    Down(migrate::DownReport),
+    Repair(migrate::RepairReport),
+    Stamp(migrate::StampReport),
+}

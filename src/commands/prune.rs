@@ -3,7 +3,7 @@
 use super::Context;
 use crate::backup::BackupError;
 
-pub use crate::backup::engine::PruneReport;
+pub use crate::backup::PruneReport;
 
 /// Prune the repository; with `dry_run`, only say what would go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

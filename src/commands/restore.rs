@@ -4,8 +4,6 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{resolve_id, Context, Progress};
@@ -72,20 +70,13 @@ impl Restore {
             dry_run: self.dry_run,
             keep_previous: self.keep_previous,
         };
-        Ok(RestoreOutcome(
-            m.restore(&id, &opts, progress, cancel).await?,
-        ))
+        m.restore(&id, &opts, progress, cancel).await
     }
 }
 
-/// What a restore did (or, with `dry_run`, would do), as the backup engine
-/// reports it: `{"snapshot", "restored": [...]}` or `{"snapshot", "dry_run",
-/// "plan": [...]}`.
-// The engine returns JSON today; when it returns its typed report, this
-// wrapper becomes that type and `run` above is the only place to change.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(transparent)]
-pub struct RestoreOutcome(pub Value);
+/// What a restore did (or, with `dry_run`, would do): `{"snapshot",
+/// "restored": [...]}` or `{"snapshot", "dry_run", "plan": [...]}`.
+pub use crate::backup::RestoreOutcome;
 
 /// The configuration a restore onto `target` runs with: the target as the
 /// only endpoint, and as its token `token` (given for the target) if any, else

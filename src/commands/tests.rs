@@ -75,14 +75,21 @@ fn short_outcomes_have_the_documented_shapes() {
         .to_json(),
         json!({"dry_run": true, "snapshots_kept": ["a"], "snapshots_deleted": [], "objects_deleted": 0, "bytes_freed": 0})
     );
-    let restored = json!({"snapshot": "0123456789abcdef", "restored": [{"collection": "docs"}]});
+    let restored = json!({"snapshot": "0123456789abcdef", "restored": [{"collection": "docs", "target": "docs", "records": 3, "previous": null}]});
+    let outcome: RestoreOutcome = serde_json::from_value(restored.clone()).expect("restore");
     assert_eq!(
-        Outcome::Restore(RestoreOutcome(restored.clone())).to_json(),
-        restored
+        Outcome::Restore(outcome.clone()).to_json(),
+        serde_json::to_value(&outcome).expect("json")
     );
-    let applied = json!({"applied": [1, 2], "version": 2});
     assert_eq!(
-        Outcome::Migration(MigrationReport(applied.clone())).to_json(),
+        Outcome::Restore(outcome).to_json()["restored"][0]["records"],
+        3
+    );
+    let applied = json!({"applied": [], "version": 2});
+    let report: crate::migrate::MigrationReport =
+        serde_json::from_value(applied.clone()).expect("report");
+    assert_eq!(
+        Outcome::Migration(MigrationReport::Up(report)).to_json(),
         applied
     );
 }

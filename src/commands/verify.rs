@@ -4,7 +4,7 @@
 use super::{resolve_id, Context, Progress};
 use crate::backup::BackupError;
 
-pub use crate::backup::engine::VerifyReport;
+pub use crate::backup::VerifyReport;
 
 /// Verify snapshot `id` (or `latest`).
 #[derive(Debug, Clone, PartialEq, Eq)]

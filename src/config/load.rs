@@ -777,7 +777,7 @@ fn validate(c: &Config) -> Vec<ConfigIssue> {
     if c.migrations.lock_ttl < Duration::from_secs(5) {
         bad("migrations.lock_ttl", "must be at least 5s".into());
     }
-    if !crate::migrate::valid_collection_name(&c.migrations.history_collection) {
+    if !crate::chroma::names::valid_collection_name(&c.migrations.history_collection) {
         bad(
             "migrations.history_collection",
             "must be a Chroma collection name: 3-512 characters of [a-zA-Z0-9._-], starting and ending with a letter or digit".into(),

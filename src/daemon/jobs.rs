@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -45,34 +45,28 @@ pub struct JobInfo {
 /// How a job ended.
 pub type JobOutcome = Result<Value, String>;
 
-/// Handed to a job to report progress; cheap to clone.
-#[derive(Clone)]
-pub struct Progress {
+pub use crate::progress::Progress;
+use crate::progress::{Event, Journal, Subscriber};
+
+/// How often the journal gets a line about a job's progress within one phase.
+const JOURNAL_EVERY: Duration = Duration::from_secs(10);
+
+/// A job's subscription to its progress: the latest event is kept in the
+/// table for `chromaprod jobs`, and each event is sent to the job's waiters
+/// in the control socket's JSON.
+struct JobTable {
     id: u64,
     events: broadcast::Sender<Value>,
     jobs: Arc<Mutex<Inner>>,
 }
 
-impl Progress {
-    /// Report progress: remembered as the job's latest state and sent to waiters.
-    pub fn report(&self, event: Value) {
+impl Subscriber for JobTable {
+    fn event(&self, event: &Event) {
+        let event = event.to_json();
         if let Some(job) = lock(&self.jobs).running.get_mut(&self.id) {
             job.info.progress = event.clone();
         }
         let _ = self.events.send(event);
-    }
-
-    /// A progress reporter attached to no job (offline CLI runs, tests).
-    pub fn detached() -> (Progress, broadcast::Receiver<Value>) {
-        let (tx, rx) = broadcast::channel(64);
-        (
-            Progress {
-                id: 0,
-                events: tx,
-                jobs: Arc::new(Mutex::new(Inner::default())),
-            },
-            rx,
-        )
     }
 }
 
@@ -178,11 +172,14 @@ impl JobManager {
             );
             id
         };
-        let progress = Progress {
-            id,
-            events,
-            jobs: self.inner.clone(),
-        };
+        let progress = Progress::to(vec![
+            Arc::new(JobTable {
+                id,
+                events,
+                jobs: self.inner.clone(),
+            }),
+            Arc::new(Journal::new(id, kind.as_str(), JOURNAL_EVERY)),
+        ]);
         let fut = job(progress, cancel.clone());
         let inner = self.inner.clone();
         self.tracker.spawn(async move {
@@ -255,28 +252,38 @@ impl JobManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::progress::Event;
     use serde_json::json;
-    use std::time::Duration;
+
+    fn verified(chunks_done: u64) -> Event {
+        Event::Verify {
+            chunks_done,
+            chunks_total: 2,
+        }
+    }
 
     #[tokio::test]
     async fn progress_reaches_the_waiter_and_the_listing() {
         let jobs = JobManager::new(TaskTracker::new(), CancellationToken::new());
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
         let watch = jobs.start(JobKind::Full, Trigger::Command, |p, _| async move {
-            p.report(json!({"done": 1}));
+            p.send(verified(1));
             let _ = go_rx.await;
-            p.report(json!({"done": 2}));
+            p.send(verified(2));
             Ok(json!({"snapshot": "abc"}))
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let listed = jobs.list();
         assert_eq!(listed[0].state, JobState::Running);
-        assert_eq!(listed[0].progress, json!({"done": 1}));
+        assert_eq!(
+            listed[0].progress,
+            json!({"phase": "verify", "chunks_done": 1, "chunks_total": 2})
+        );
         let _ = go_tx.send(());
         let mut seen = Vec::new();
         let out = watch.wait(|e| seen.push(e)).await;
         assert_eq!(out, Ok(json!({"snapshot": "abc"})));
-        assert!(seen.contains(&json!({"done": 2})), "{seen:?}");
+        assert!(seen.contains(&verified(2).to_json()), "{seen:?}");
         assert_eq!(jobs.list()[0].state, JobState::Succeeded);
     }
 

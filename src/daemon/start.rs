@@ -303,10 +303,9 @@ async fn migrate_at_start(
     let _ = tokio::task::spawn_blocking(move || log.append(&actor, "migrate_up", details)).await;
     match result {
         Ok(v) => {
-            let n = v["applied"].as_array().map_or(0, Vec::len);
             tracing::info!(
-                applied = n,
-                version = v["version"].as_u64().unwrap_or(0),
+                applied = v.applied.len(),
+                version = v.version,
                 "migrations up to date"
             );
             Ok(())

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::history::{HistoryEntry, HistoryStore, LockRecord};
 use super::MigrationError;
-use crate::backup::lock::{hostname, now_ms};
+use crate::host::{hostname, now_ms};
 
 /// A held lease; renewed in the background until released or dropped.
 pub struct MigrationLease {

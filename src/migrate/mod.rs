@@ -1,39 +1,42 @@
 //! Versioned migrations of a Chroma deployment, applied at start-up or from
-//! the CLI: files (`file`), the plan as a pure function of files and
-//! recorded history (`plan`), the history and lock kept in Chroma
-//! (`history`, `lease`), the operations (`ops`, `rebuild`) and the runner
-//! that ties them together (`manager`: `MigrationManager`).
+//! the CLI: files (`file`) and the operations they list (`operation`), the
+//! plan as a pure function of files and recorded history (`plan`), the
+//! history and lock kept in Chroma (`history`, `lease`), carrying out the
+//! operations (`ops`, and `rebuild` with its neighbour check `overlap`,
+//! sharing `tracker`), the runner that ties them together (`manager`:
+//! `MigrationManager`, with `up` and `down` in their own files) and what
+//! its commands return (`report`).
 
+mod down;
 pub mod embed;
 pub mod file;
 pub mod history;
 pub mod lease;
 pub mod manager;
+pub mod operation;
 pub mod ops;
+pub mod overlap;
 pub mod plan;
 pub mod rebuild;
+pub mod report;
+pub mod tracker;
+mod up;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use file::{Migration, Operation};
+pub use file::Migration;
 pub use history::{HistoryEntry, Outcome};
 pub use manager::MigrationManager;
+pub use operation::Operation;
 pub use plan::{Direction, Step};
+pub use report::{
+    AppliedMigration, DownReport, MigrationReport, MigrationRow, MigrationState, MigrationStatus,
+    RepairReport, StampReport, UndoneMigration, Validation,
+};
 
 use crate::backup::BackupError;
 use crate::chroma::ChromaError;
-
-/// Chroma's rule for collection names: 3-512 characters of
-/// `[a-zA-Z0-9._-]`, starting and ending with a letter or digit.
-pub fn valid_collection_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    (3..=512).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-}
 
 /// Why migrating failed or was refused. Each message says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -154,21 +157,5 @@ impl MigrationError {
                 | MigrationError::OutOfOrder { .. }
                 | MigrationError::Irreversible { .. }
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_collection_name;
-
-    #[test]
-    fn collection_names_follow_chroma() {
-        assert!(valid_collection_name("docs"));
-        assert!(valid_collection_name("docs.pre-v2"));
-        assert!(valid_collection_name("chromaprod-migrations"));
-        assert!(!valid_collection_name("ab"));
-        assert!(!valid_collection_name("_docs"));
-        assert!(!valid_collection_name("docs-"));
-        assert!(!valid_collection_name("do cs"));
     }
 }

@@ -3,117 +3,15 @@
 //! that checkpoint after a crash, continues where it was.
 
 use serde_json::{json, Map, Value};
-use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
 
-use super::file::{dropped_name, Operation};
-use super::history::HistoryEntry;
-use super::lease::MigrationLease;
+use super::operation::{dropped_name, Operation};
+use super::tracker::{find, list_ids, need, rename, resume_position, Tracker};
 use super::MigrationError;
 use crate::backup::source::FETCH_BATCH;
 use crate::chroma::{
-    ChromaError, Collection, CreateCollection, GetRequest, Include, ModifyCollection,
-    ProductionChromaStore, RecordBatch,
+    ChromaError, CreateCollection, GetRequest, Include, ModifyCollection, RecordBatch,
 };
-use crate::daemon::jobs::Progress;
-
-/// What a running operation needs: Chroma, where to save its checkpoint,
-/// progress and cancellation.
-pub struct Tracker<'a> {
-    pub store: &'a ProductionChromaStore,
-    pub lease: &'a MigrationLease,
-    /// The history entry of the running migration (its checkpoint inside).
-    pub entry: &'a Mutex<HistoryEntry>,
-    pub version: u32,
-    pub progress: &'a Progress,
-    pub cancel: &'a CancellationToken,
-    /// When a checkpoint was last saved (progress checkpoints are spaced out).
-    pub last_save: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-/// Progress checkpoints are saved at most this often: a crash repeats at
-/// most this much work, and a fast copy is not slowed by history writes.
-pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-
-impl Tracker<'_> {
-    /// The checkpoint saved by an earlier, interrupted run of this operation.
-    pub async fn resumed(&self) -> Option<Value> {
-        self.entry.lock().await.checkpoint.clone()
-    }
-
-    /// Saves a progress checkpoint unless one was saved within
-    /// [`CHECKPOINT_EVERY`] (the work since is idempotent to repeat).
-    pub async fn progress_save(&self, checkpoint: Value) -> Result<(), MigrationError> {
-        let due = self
-            .last_save
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
-        if due {
-            self.save(checkpoint).await?;
-        }
-        Ok(())
-    }
-
-    /// Saves where the operation got to; fails if the lock was lost.
-    pub async fn save(&self, checkpoint: Value) -> Result<(), MigrationError> {
-        *self.last_save.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
-        let mut e = self.entry.lock().await;
-        e.checkpoint = Some(checkpoint);
-        self.lease.record(&e).await?;
-        Ok(())
-    }
-
-    pub fn check_cancel(&self) -> Result<(), MigrationError> {
-        if self.cancel.is_cancelled() {
-            return Err(MigrationError::Cancelled);
-        }
-        Ok(())
-    }
-
-    pub fn report(&self, op: &str, detail: Value) {
-        let mut v = json!({"phase": "migrate", "version": self.version, "operation": op});
-        if let (Some(o), Value::Object(d)) = (v.as_object_mut(), detail) {
-            o.extend(d);
-        }
-        self.progress.report(v);
-    }
-}
-
-/// The collection named `name`, or `None`.
-pub async fn find(
-    store: &ProductionChromaStore,
-    name: &str,
-) -> Result<Option<Collection>, MigrationError> {
-    match store.get_collection(name).await {
-        Ok(c) => Ok(Some(c)),
-        Err(ChromaError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn need(store: &ProductionChromaStore, name: &str) -> Result<Collection, MigrationError> {
-    find(store, name)
-        .await?
-        .ok_or_else(|| MigrationError::NoCollection(name.to_string()))
-}
-
-pub async fn rename(
-    store: &ProductionChromaStore,
-    id: &str,
-    to: &str,
-) -> Result<(), MigrationError> {
-    store
-        .modify_collection(
-            id,
-            &ModifyCollection {
-                new_name: Some(to.to_string()),
-                ..ModifyCollection::default()
-            },
-        )
-        .await?;
-    Ok(())
-}
+use crate::progress::MigrateDetail;
 
 /// Carries out one operation; returns what it did.
 pub async fn apply(op: &Operation, t: &Tracker<'_>) -> Result<Value, MigrationError> {
@@ -278,7 +176,11 @@ pub async fn apply(op: &Operation, t: &Tracker<'_>) -> Result<Value, MigrationEr
                 t.progress_save(json!({"records_done": done})).await?;
                 t.report(
                     op.name(),
-                    json!({"records_done": done, "records_total": total}),
+                    MigrateDetail::Records {
+                        collection: None,
+                        records_done: done as u64,
+                        records_total: total as u64,
+                    },
                 );
             }
             Ok(json!({"collection": collection, "records_deleted": done}))
@@ -336,29 +238,6 @@ async fn swap(t: &Tracker<'_>, a: &str, b: &str) -> Result<Value, MigrationError
     Ok(json!({"swapped": [a, b]}))
 }
 
-/// Ids of `collection_id` (matching `where_`), in insertion order.
-pub async fn list_ids(
-    store: &ProductionChromaStore,
-    collection_id: &str,
-    where_: Option<&Value>,
-) -> Result<Vec<String>, MigrationError> {
-    let req = GetRequest {
-        where_: where_.cloned(),
-        include: Vec::new(),
-        ..GetRequest::default()
-    };
-    Ok(store.get_records(collection_id, &req).await?.ids)
-}
-
-/// Where to start in `ids` after a checkpoint naming the last id done.
-pub fn resume_position(ids: &[String], checkpoint: Option<&Value>) -> usize {
-    checkpoint
-        .and_then(|c| c.get("last_id"))
-        .and_then(Value::as_str)
-        .and_then(|last| ids.iter().position(|i| i == last))
-        .map_or(0, |p| p + 1)
-}
-
 /// Applies `change` to the metadata of every record (matching `where_`):
 /// it returns the keys to set (a `null` deletes a key) or `None` to leave
 /// the record. Records go by id in batches; the checkpoint names the last
@@ -411,23 +290,12 @@ async fn update_metadata(
         }
         t.report(
             op,
-            json!({"collection": collection, "records_done": done, "records_total": total}),
+            MigrateDetail::Records {
+                collection: Some(collection.to_string()),
+                records_done: done as u64,
+                records_total: total as u64,
+            },
         );
     }
     Ok(changed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resume_starts_after_the_last_id_done() {
-        let ids: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(resume_position(&ids, None), 0);
-        assert_eq!(resume_position(&ids, Some(&json!({"last_id": "b"}))), 2);
-        // The last id is gone (deleted meanwhile): start again; changes are idempotent.
-        assert_eq!(resume_position(&ids, Some(&json!({"last_id": "z"}))), 0);
-        assert_eq!(resume_position(&ids, Some(&json!({"started": true}))), 0);
-    }
 }

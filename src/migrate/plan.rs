@@ -225,7 +225,8 @@ pub fn kept_in_the_way(m: &Migration, earlier: Option<&HistoryEntry>) -> Vec<Kep
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migrate::file::{check_set, parse, Operation};
+    use crate::migrate::file::{check_set, parse};
+    use crate::migrate::operation::Operation;
     use std::path::Path;
 
     fn m(version: u32, deps: &[u32]) -> Migration {

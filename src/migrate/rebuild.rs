@@ -28,63 +28,18 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{json, Value};
 
 use super::embed::Embedder;
-use super::file::{previous_name, staging_name, Operation};
 use super::history::Outcome;
-use super::ops::{find, list_ids, resume_position, Tracker};
+use super::operation::{previous_name, staging_name, Operation};
+use super::overlap::overlap;
+use super::tracker::{fetch, find, list_ids, resume_position, Tracker};
 use super::MigrationError;
-use crate::backup::engine::{creatable_configuration, records_match};
+use crate::backup::compare::records_match;
 use crate::backup::records::{record_digest, Record, RecordDigest};
-use crate::backup::source::{to_batch, to_records, FETCH_BATCH};
+use crate::backup::source::{to_batch, FETCH_BATCH};
+use crate::chroma::configuration::{creatable_configuration, merge_configuration, space_of};
 use crate::chroma::swap::{self, SwapEntry};
-use crate::chroma::{
-    Collection, CreateCollection, GetRequest, Include, ProductionChromaStore, QueryRequest,
-};
-
-fn space(configuration: &Value) -> &str {
-    configuration
-        .get("hnsw")
-        .and_then(|h| h.get("space"))
-        .or_else(|| configuration.get("spann").and_then(|h| h.get("space")))
-        .and_then(Value::as_str)
-        .unwrap_or("l2")
-}
-
-/// `base` with the tables of `change` merged in, one level deep.
-fn merge_configuration(base: &Value, change: &Value) -> Value {
-    let mut out = base.as_object().cloned().unwrap_or_default();
-    if let Some(ch) = change.as_object() {
-        for (k, v) in ch {
-            match (out.get_mut(k), v) {
-                (Some(Value::Object(dst)), Value::Object(src)) => {
-                    dst.extend(src.clone());
-                }
-                _ => {
-                    out.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
-    // hnsw and spann exclude each other: keep the one the change names.
-    if change.get("spann").is_some() && change.get("hnsw").is_none() {
-        out.remove("hnsw");
-    }
-    if change.get("hnsw").is_some() && change.get("spann").is_none() {
-        out.remove("spann");
-    }
-    Value::Object(out)
-}
-
-async fn fetch(
-    store: &ProductionChromaStore,
-    collection_id: &str,
-    ids: Vec<String>,
-) -> Result<Vec<Record>, MigrationError> {
-    Ok(to_records(
-        store
-            .get_records(collection_id, &GetRequest::ids(ids, &Include::RECORD))
-            .await?,
-    ))
-}
+use crate::chroma::{Collection, CreateCollection, ProductionChromaStore};
+use crate::progress::{MigrateDetail, RebuildStep};
 
 async fn write(
     store: &ProductionChromaStore,
@@ -258,7 +213,8 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
         &creatable_configuration(&source.configuration_json),
         &spec.configuration,
     );
-    let tolerant = space(&source.configuration_json) == "cosine" || space(&target_cfg) == "cosine";
+    let tolerant =
+        space_of(&source.configuration_json) == "cosine" || space_of(&target_cfg) == "cosine";
 
     // The staging collection: continue into it when resuming a copy.
     let existing = find(store, &staging).await?;
@@ -343,7 +299,14 @@ async fn fill_verify_swap(
             t.progress_save(json!({"phase": "copy", "last_id": last}))
                 .await?;
         }
-        t.report("rebuild", json!({"step": "copy", "collection": collection, "records_done": copied, "records_total": total}));
+        t.report(
+            "rebuild",
+            MigrateDetail::Rebuild(RebuildStep::Copy {
+                collection: collection.to_string(),
+                records_done: copied as u64,
+                records_total: total as u64,
+            }),
+        );
     }
 
     // 2. Catch up until a pass finds nothing (then the counts must be
@@ -384,7 +347,10 @@ async fn fill_verify_swap(
     };
     t.report(
         "rebuild",
-        json!({"step": "verify", "collection": collection, "overlap": overlap}),
+        MigrateDetail::Rebuild(RebuildStep::Verify {
+            collection: collection.to_string(),
+            overlap,
+        }),
     );
     if let Some(o) = overlap.filter(|o| *o < min_overlap) {
         return Err(MigrationError::Verify {
@@ -530,7 +496,10 @@ async fn catch_up(
     fixed += gone.len() as u64;
     t.report(
         "rebuild",
-        json!({"step": "catch_up", "collection": spec.collection, "records_fixed": fixed}),
+        MigrateDetail::Rebuild(RebuildStep::CatchUp {
+            collection: spec.collection.to_string(),
+            records_fixed: fixed,
+        }),
     );
     Ok((fixed, digests))
 }
@@ -574,156 +543,4 @@ async fn copy_changed(
         seen.remove(id);
     }
     Ok((copied, deleted))
-}
-
-/// Distance as Chroma defines it for `space`: squared L2, or 1 − the
-/// inner product, or 1 − the cosine similarity.
-pub fn distance(space: &str, a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    match space {
-        "ip" => 1.0 - dot,
-        "cosine" => {
-            let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-            let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-            1.0 - dot / (na * nb).max(f64::MIN_POSITIVE)
-        }
-        _ => a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
-            .sum(),
-    }
-}
-
-/// How well `new` neighbours reproduce `old` neighbours for one query,
-/// judged in the old collection's metric: a neighbour counts when it is in
-/// the old top-k or at least as near as the old k-th neighbour (so ties
-/// and duplicate vectors are not misses).
-pub fn neighbour_overlap(
-    space: &str,
-    query: &[f32],
-    old: &[(&str, &[f32])],
-    new: &[(&str, &[f32])],
-    k: usize,
-) -> f64 {
-    if k == 0 || old.is_empty() {
-        return 1.0;
-    }
-    let old_ids: HashSet<&str> = old.iter().map(|(id, _)| *id).collect();
-    let radius = old
-        .iter()
-        .map(|(_, v)| distance(space, query, v))
-        .fold(f64::MIN, f64::max);
-    let slack = radius.abs() * 1e-5 + 1e-9;
-    let hits = new
-        .iter()
-        .filter(|(id, v)| old_ids.contains(id) || distance(space, query, v) <= radius + slack)
-        .count();
-    hits.min(k) as f64 / k.min(old.len()) as f64
-}
-
-/// Mean neighbour overlap (see [`neighbour_overlap`]) of `sample` stored
-/// vectors, spread over the collection, between `a` and `b`.
-async fn overlap(
-    store: &ProductionChromaStore,
-    a: &Collection,
-    b: &Collection,
-    ids: &[String],
-    sample: usize,
-    k: usize,
-) -> Result<f64, MigrationError> {
-    if ids.is_empty() {
-        return Ok(1.0);
-    }
-    let old_space = space(&a.configuration_json);
-    let step = (ids.len() / sample.max(1)).max(1);
-    let picked: Vec<String> = ids.iter().step_by(step).take(sample).cloned().collect();
-    let vectors: Vec<Vec<f32>> = fetch(store, &a.id, picked)
-        .await?
-        .into_iter()
-        .filter_map(|r| r.embedding)
-        .filter(|e| e.iter().all(|x| x.is_finite()))
-        .collect();
-    if vectors.is_empty() {
-        return Ok(1.0);
-    }
-    let k = k.min(ids.len());
-    let mut total = 0.0;
-    for chunk in vectors.chunks(25) {
-        let req = QueryRequest {
-            query_embeddings: chunk.to_vec(),
-            n_results: k,
-            where_: None,
-            include: vec![Include::Embeddings],
-        };
-        let (ra, rb) = tokio::try_join!(store.query(&a.id, &req), store.query(&b.id, &req))?;
-        let (ea, eb) = (
-            ra.embeddings.unwrap_or_default(),
-            rb.embeddings.unwrap_or_default(),
-        );
-        for (qi, q) in chunk.iter().enumerate() {
-            let pairs = |ids: &Vec<Vec<String>>,
-                         es: &Vec<Vec<Option<Vec<f32>>>>|
-             -> Vec<(String, Vec<f32>)> {
-                ids.get(qi)
-                    .into_iter()
-                    .flatten()
-                    .zip(es.get(qi).into_iter().flatten())
-                    .filter_map(|(id, e)| e.clone().map(|e| (id.clone(), e)))
-                    .collect()
-            };
-            let (old, new) = (pairs(&ra.ids, &ea), pairs(&rb.ids, &eb));
-            let old: Vec<(&str, &[f32])> = old
-                .iter()
-                .map(|(i, e)| (i.as_str(), e.as_slice()))
-                .collect();
-            let new: Vec<(&str, &[f32])> = new
-                .iter()
-                .map(|(i, e)| (i.as_str(), e.as_slice()))
-                .collect();
-            total += neighbour_overlap(old_space, q, &old, &new, k);
-        }
-    }
-    Ok(total / vectors.len() as f64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn configuration_changes_merge_into_the_source() {
-        let base = json!({"hnsw": {"space": "l2", "ef_construction": 100, "max_neighbors": 16}});
-        let merged = merge_configuration(&base, &json!({"hnsw": {"space": "cosine"}}));
-        assert_eq!(
-            merged,
-            json!({"hnsw": {"space": "cosine", "ef_construction": 100, "max_neighbors": 16}})
-        );
-        assert_eq!(space(&merged), "cosine");
-        let spann = merge_configuration(&base, &json!({"spann": {"space": "ip"}}));
-        assert_eq!(spann, json!({"spann": {"space": "ip"}}));
-        assert_eq!(space(&json!({})), "l2");
-    }
-
-    #[test]
-    fn overlap_counts_ties_and_misses() {
-        let q = [0.0f32, 0.0];
-        let (a, b, c, d) = ([1.0f32, 0.0], [0.0f32, 1.0], [2.0f32, 0.0], [0.0f32, -1.0]);
-        // Same neighbours: full overlap.
-        let old = [("a", &a[..]), ("b", &b[..])];
-        assert_eq!(neighbour_overlap("l2", &q, &old, &old, 2), 1.0);
-        // `d` ties with `b` (same distance): not a miss.
-        let tie = [("a", &a[..]), ("d", &d[..])];
-        assert_eq!(neighbour_overlap("l2", &q, &old, &tie, 2), 1.0);
-        // `c` is farther than the old k-th neighbour: a miss.
-        let worse = [("a", &a[..]), ("c", &c[..])];
-        assert_eq!(neighbour_overlap("l2", &q, &old, &worse, 2), 0.5);
-        assert!((distance("cosine", &a, &c)).abs() < 1e-12);
-        assert!((distance("ip", &a, &b) - 1.0).abs() < 1e-12);
-        assert!((distance("l2", &a, &c) - 1.0).abs() < 1e-12);
-    }
 }

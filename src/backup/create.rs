@@ -1,0 +1,386 @@
+//! `BackupManager`: create, list, show, verify, restore, delete and prune
+//! snapshots of Chroma collections in a repository.
+//!
+//! Streaming and bounded: records are read in batches by id, grouped into
+//! chunks of a few MiB, encoded (zstd, AES-256-GCM) off the async threads
+//! and uploaded a few at a time while the next batches are read. The
+//! manifest is written last, so a backup that is cancelled, killed or fails
+//! leaves no snapshot behind; its chunks are reused by the next one.
+//!
+//! What a backup holds in memory, whatever the collection's size:
+//! - the id listing: nothing (it is in a temporary file, `source::IdList`);
+//! - fetched batches: `READ_AHEAD` waiting, one being fetched, one being
+//!   chunked, each about `source::FETCH_BATCH_BYTES` of records;
+//! - the chunk being built: at most 4 × its 4 MiB target (plus the record
+//!   that crosses it);
+//! - chunks being encoded and uploaded: `UPLOAD_BYTES_IN_FLIGHT` of
+//!   plaintext (one larger chunk goes alone), each with a buffer of about
+//!   its compressed size;
+//! - for an incremental, 16 bytes and a bit per live record of the parent
+//!   (`manifest::IncrementalPlanner`), and the parent's manifest.
+//!
+//! Verify works one chunk at a time; restore holds at most two chunks'
+//! records (the one being written or checked, and the next, read ahead).
+
+use std::time::{Instant, SystemTime};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::chunks::read_chunk;
+use super::lock::Lease;
+use super::manifest::{
+    BackupMetadata, BackupType, ChunkDecision, ChunkRef, CollectionSnapshot, IncrementalPlanner,
+    Manifest, SnapshotId, Trigger, DEFAULT_COMPACT_THRESHOLD, MANIFEST_FORMAT,
+};
+use super::records::{record_digest, ChunkIndex, ChunkPlanner, Record};
+use super::repository::{index_key, snapshot_key};
+use super::source::CollectionReader;
+use super::upload::Uploader;
+use super::{BackupError, BackupManager};
+use crate::chroma::swap::JOURNAL_COLLECTION;
+use crate::chroma::Collection;
+use crate::config::Config;
+use crate::progress::{Event, Progress};
+
+/// Batches fetched ahead of the one being processed.
+const READ_AHEAD: usize = 2;
+
+/// What to back up.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    pub backup_type: BackupType,
+    /// For `Collection` (required) and `Incremental` (optional scope).
+    pub collections: Vec<String>,
+    pub trigger: Trigger,
+}
+
+/// A snapshot's creation time, to the millisecond: snapshots taken within
+/// one second must still order by time (the newest is the incremental's
+/// parent and what `keep_last` keeps), and their ids are random.
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn glob(pattern: &str, name: &str) -> bool {
+    fn m(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => m(&p[1..], n) || (!n.is_empty() && m(p, &n[1..])),
+            (Some(b'?'), Some(_)) => m(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => m(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    m(pattern.as_bytes(), name.as_bytes())
+}
+
+/// Whether a collection is in a full backup's scope.
+/// The swap journal (`chroma::swap`) never is: it describes this database's
+/// swaps in progress, not a restored one's.
+pub fn in_scope(config: &Config, name: &str) -> bool {
+    name != JOURNAL_COLLECTION
+        && config.backup.include.iter().any(|p| glob(p, name))
+        && !config.backup.exclude.iter().any(|p| glob(p, name))
+}
+
+impl BackupManager {
+    /// The collections a request covers, as Chroma describes them now.
+    async fn scope(&self, req: &BackupRequest) -> Result<Vec<Collection>, BackupError> {
+        let all = self.store.list_collections().await?;
+        if req.collections.is_empty() {
+            if req.backup_type == BackupType::Collection {
+                return Err(BackupError::Invalid(
+                    "a collection backup needs --collection NAME".into(),
+                ));
+            }
+            return Ok(all
+                .into_iter()
+                .filter(|c| in_scope(&self.config, &c.name))
+                .collect());
+        }
+        let mut out = Vec::new();
+        for name in &req.collections {
+            match all.iter().find(|c| &c.name == name) {
+                Some(c) => out.push(c.clone()),
+                None => return Err(BackupError::NoCollection(name.clone())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes a snapshot. Nothing is recorded unless it completes.
+    pub async fn create(
+        &self,
+        req: BackupRequest,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<Manifest, BackupError> {
+        let started = Instant::now();
+        let lease = self
+            .lock(
+                false,
+                &format!("{:?} backup", req.backup_type).to_lowercase(),
+            )
+            .await?;
+        let result = self
+            .create_locked(&req, progress, cancel, &lease, started)
+            .await;
+        lease.release().await;
+        result
+    }
+
+    async fn create_locked(
+        &self,
+        req: &BackupRequest,
+        progress: &Progress,
+        cancel: &CancellationToken,
+        lease: &Lease,
+        started: Instant,
+    ) -> Result<Manifest, BackupError> {
+        let collections = self.scope(req).await?;
+        // Newest first. Each collection is planned against the newest
+        // snapshot that holds it (the newest overall may be a collection
+        // backup of another one); `parent` names the newest overall.
+        let earlier = if req.backup_type == BackupType::Incremental {
+            self.repo.manifests().await?
+        } else {
+            Vec::new()
+        };
+        let parent = earlier.first();
+        let info = self.store.check_ready().await?;
+        let snapshot_id = SnapshotId::generate()?;
+        let mut written = 0u64;
+        let mut snaps = Vec::new();
+        for collection in collections {
+            let parent_col = earlier.iter().find_map(|p| {
+                p.collections
+                    .iter()
+                    .find(|c| c.name == collection.name && c.id == collection.id)
+            });
+            let (snap, bytes) = self
+                .snapshot_collection(collection, parent_col, progress, cancel, lease)
+                .await?;
+            written += bytes;
+            snaps.push(snap);
+        }
+        if cancel.is_cancelled() {
+            return Err(BackupError::Cancelled);
+        }
+        let mut manifest = Manifest {
+            format_version: MANIFEST_FORMAT,
+            snapshot_id: snapshot_id.clone(),
+            metadata: BackupMetadata {
+                backup_id: snapshot_id.clone(),
+                created_at: now_rfc3339(),
+                backup_type: req.backup_type,
+                collections: Vec::new(),
+                size_bytes: 0,
+                checksum: String::new(),
+                chroma_version: format!("api {}", info.api_version),
+            },
+            parent: parent.map(|p| p.snapshot_id.clone()),
+            host: crate::host::hostname(),
+            trigger: req.trigger,
+            duration_ms: 0,
+            encrypted: self.repo.codec.is_encrypted(),
+            bytes_written: 0,
+            bytes_referenced: 0,
+            collections: snaps,
+        };
+        manifest.finalize();
+        manifest.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let encoded = manifest.encode(&self.repo.codec)?;
+        manifest.bytes_written = written + encoded.bytes.len() as u64;
+        // bytes_written is part of the manifest itself: encode once more with it.
+        let encoded = manifest.encode(&self.repo.codec)?;
+        if lease.lost.is_cancelled() {
+            return Err(BackupError::LockLost);
+        }
+        self.repo.put(&snapshot_key(&snapshot_id)?, encoded).await?;
+        progress.send(Event::Done {
+            snapshot: snapshot_id.to_string(),
+            bytes_written: manifest.bytes_written,
+        });
+        Ok(manifest)
+    }
+
+    /// One collection: every record (full) or only what changed since the
+    /// parent's copy of it (incremental). Returns the bytes written.
+    async fn snapshot_collection(
+        &self,
+        collection: Collection,
+        parent: Option<&CollectionSnapshot>,
+        progress: &Progress,
+        cancel: &CancellationToken,
+        lease: &Lease,
+    ) -> Result<(CollectionSnapshot, u64), BackupError> {
+        let name = collection.name.clone();
+        let span = tracing::info_span!("backup_collection", collection = %name);
+        let _enter = span.enter();
+        drop(_enter);
+        // The parent's live records, as digests (16 bytes each, whatever the ids).
+        let mut planner =
+            parent.map(|p| IncrementalPlanner::new(p.record_count, DEFAULT_COMPACT_THRESHOLD));
+        if let (Some(p), Some(planner)) = (parent, planner.as_mut()) {
+            for chunk in &p.chunks {
+                planner.add_parent(chunk, &self.parent_index(chunk).await?);
+            }
+        }
+
+        let mut reader = CollectionReader::open(self.store.clone(), collection.clone()).await?;
+        let total = reader.listed();
+        // Read ahead: the next batches are fetched while this one is digested,
+        // chunked and encoded, so Chroma and chromaprod work at the same time.
+        // Batches are sized by bytes (`FETCH_BATCH_BYTES`), so this holds at
+        // most READ_AHEAD + 2 batches' worth.
+        let (batches_tx, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let read_ahead = tokio::spawn(async move {
+            loop {
+                let next = reader.next_batch().await.transpose();
+                let Some(batch) = next else { break };
+                if batches_tx.send(batch).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let _stop_reading = AbortOnDrop(read_ahead);
+        let mut uploader = Uploader::new(self.repo.clone());
+        let mut chunker = ChunkPlanner::default();
+        let mut nan_vectors = 0u64;
+        let mut done = 0usize;
+        let stop = |uploader: &mut Uploader| {
+            let why = if cancel.is_cancelled() {
+                Some(BackupError::Cancelled)
+            } else if lease.lost.is_cancelled() {
+                Some(BackupError::LockLost)
+            } else {
+                None
+            };
+            if why.is_some() {
+                uploader.abort();
+            }
+            why
+        };
+        while let Some(batch) = batches.recv().await {
+            let batch = batch?;
+            if let Some(e) = stop(&mut uploader) {
+                return Err(e);
+            }
+            done += batch.len();
+            for record in batch {
+                if record
+                    .embedding
+                    .as_ref()
+                    .is_some_and(|e| e.iter().any(|x| x.is_nan()))
+                {
+                    nan_vectors += 1;
+                }
+                if let Some(planner) = planner.as_mut() {
+                    if planner.unchanged(&record_digest(&record)) {
+                        continue; // stays in its parent chunk
+                    }
+                }
+                if let Some(chunk) = chunker.push(&record)? {
+                    uploader.submit(chunk).await?;
+                }
+            }
+            progress.send(Event::Backup {
+                collection: name.clone(),
+                records_done: done as u64,
+                records_total: total as u64,
+                bytes_written: uploader.written,
+            });
+        }
+        if nan_vectors > 0 {
+            tracing::warn!(collection = %name, nan_vectors, "Chroma returned vectors containing NaN; they are stored as returned");
+        }
+
+        // The parent's chunks: kept with new exclusions, dropped, or
+        // compacted (their still-current records written again).
+        let mut chunks: Vec<ChunkRef> = Vec::new();
+        if let (Some(p), Some(planner)) = (parent, planner.as_mut()) {
+            for chunk in &p.chunks {
+                if let Some(e) = stop(&mut uploader) {
+                    return Err(e);
+                }
+                match planner.decide(chunk, &self.parent_index(chunk).await?) {
+                    ChunkDecision::Keep(k) => chunks.push(k.chunk),
+                    ChunkDecision::Drop { .. } => {}
+                    ChunkDecision::Compact { rewrite, .. } => {
+                        for r in self.chunk_records(chunk).await? {
+                            if rewrite.contains(&record_digest(&r)) {
+                                if let Some(c) = chunker.push(&r)? {
+                                    uploader.submit(c).await?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        drop(planner);
+        if let Some(c) = chunker.finish() {
+            uploader.submit(c).await?;
+        }
+        let (new_refs, bytes) = uploader.finish().await?;
+        chunks.extend(new_refs);
+        let record_count = chunks.iter().map(ChunkRef::live_records).sum();
+        Ok((
+            CollectionSnapshot {
+                name: collection.name,
+                id: collection.id,
+                tenant: self.config.chroma.tenant.clone(),
+                database: self.config.chroma.database.clone(),
+                metadata: collection.metadata.map(Value::Object),
+                configuration_json: collection.configuration_json,
+                schema: collection.schema,
+                record_count,
+                chunks,
+            },
+            bytes,
+        ))
+    }
+
+    /// A parent chunk's index, read and checked.
+    async fn parent_index(&self, chunk: &ChunkRef) -> Result<ChunkIndex, BackupError> {
+        let bytes = self
+            .repo
+            .get(&index_key(&chunk.index_id)?, chunk.index_stored_size)
+            .await?;
+        chunk
+            .read_index(&bytes, &self.repo.codec)
+            .map_err(|e| BackupError::BadObject {
+                object: format!("index/{}", chunk.index_id),
+                why: e.to_string(),
+            })
+    }
+
+    /// A chunk's live records, read, checked and decoded off the async threads.
+    async fn chunk_records(&self, chunk: &ChunkRef) -> Result<Vec<Record>, BackupError> {
+        read_chunk(self.repo.clone(), chunk.clone()).await
+    }
+}
+
+/// Aborts a background task when the owner goes away (cancel, error).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", "anything"));
+        assert!(glob("docs_*", "docs_2024"));
+        assert!(!glob("docs_*", "other"));
+        assert!(glob("a?c", "abc"));
+        assert!(!glob("a?c", "abbc"));
+    }
+}
