@@ -1,7 +1,7 @@
 //! Mutating commands land in the hash-chained audit log with the caller's
 //! credentials; `chromaprod audit verify` names the first tampered line.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

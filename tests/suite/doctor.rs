@@ -4,7 +4,7 @@
 //! that can fail, and two healthy hosts (a local repository with a running
 //! daemon, and an S3 repository).
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

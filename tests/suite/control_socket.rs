@@ -484,12 +484,21 @@ fn run_child_as_nobody(socket: &Path, cmd: &str) -> Value {
 /// the child's `call` produced.
 fn run_child_as(uid: u32, gid: u32, socket: &Path, command: &Command) -> Value {
     let exe = std::env::current_exe().expect("test binary");
+    // The test's name in the suite binary: its module path without the crate.
+    let child_test = format!(
+        "{}::child_client",
+        module_path!()
+            .split_once("::")
+            .expect("a module of the suite")
+            .1
+    );
     let out = Process::new("setpriv")
         .arg(format!("--reuid={uid}"))
         .arg(format!("--regid={gid}"))
         .args(["--clear-groups", "--"])
         .arg(exe)
-        .args(["child_client", "--exact", "--nocapture", "--test-threads=1"])
+        .arg(child_test)
+        .args(["--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_SOCKET_ENV, socket)
         .env(
             "CHROMAPROD_TEST_CHILD_CMD",

@@ -1,7 +1,7 @@
 //! The daemon under a real `NOTIFY_SOCKET`: readiness, status, watchdog,
 //! graceful stop, configuration errors.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! (`PUT …/collections/{id}`) through and blackholes everything after it,
 //! so the process stalls right after the first rename and is killed there.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,6 +1,6 @@
 //! No secret reaches logs, `Debug` output, status or error messages.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;

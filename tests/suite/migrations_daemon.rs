@@ -2,7 +2,7 @@
 //! READY=1, resumed after a kill, one runner at a time across daemons, a
 //! killed lock holder, a failing start-up, and the `migrate` verbs.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -18,7 +18,7 @@
 //!   file and parse as Prometheus rule groups; every journal field the
 //!   runbook filters on is a field of the daemon's own log lines.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

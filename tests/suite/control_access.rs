@@ -2,7 +2,7 @@
 //! other users are the `chromaprod` CLI run through `setpriv`, so the daemon
 //! sees their real peer credentials.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

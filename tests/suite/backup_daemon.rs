@@ -1,7 +1,7 @@
 //! Backups through the real daemon and CLI: progress, schedules, restore
 //! with no daemon at all, and what SIGKILL and SIGTERM leave behind.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
