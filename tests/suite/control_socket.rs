@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::common::host::some_group;
+
 /// Environment variable that turns `child_client` into a client run by the
 /// parent test under another uid.
 const CHILD_SOCKET_ENV: &str = "CHROMAPROD_TEST_CHILD_SOCKET";
@@ -173,20 +175,6 @@ async fn assert_still_serving(path: &Path) {
         .await
         .expect("status after a bad client");
     assert_eq!(r["state"], "ready");
-}
-
-/// A group other than root's, from /etc/group.
-fn some_group() -> (String, u32) {
-    let text = std::fs::read_to_string("/etc/group").expect("/etc/group");
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let gid = f.nth(1)?.parse::<u32>().ok()?;
-            Some((name.to_string(), gid))
-        })
-        .find(|(_, gid)| *gid != 0 && *gid != 65534)
-        .expect("a non-root group in /etc/group")
 }
 
 #[tokio::test]

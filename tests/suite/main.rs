@@ -15,13 +15,19 @@
 //!
 //! Put a new group of tests in a module of this directory, not in a new
 //! `tests/NAME.rs` (each of those would be another crate to compile and link
-//! against the whole library):
+//! against the whole library; `make lint` refuses them):
 //!
 //! 1. `git mv tests/NAME.rs tests/suite/NAME.rs` (or create it there) and add
 //!    `mod NAME;` below, in alphabetical order.
 //! 2. In the file, replace `mod common;` with `use crate::common;` — the
 //!    `common::…` paths then work unchanged.
-//! 3. A test that re-runs this binary as a child (`std::env::current_exe()`)
+//! 3. Use the shared helpers before writing one: `common::daemon` (the daemon
+//!    process, `cli`, `offline`, `write_config`), `common::records`
+//!    (`store_for`, `seed`, `collection_records`), `common::host` (`tool`,
+//!    `rt`, `repo`, `some_group`), `common::chroma` (`ChromaServer`,
+//!    `free_port`), `common::proxy`, `common::notify`, `common::emulators`.
+//!    A helper two modules need goes into `tests/common/`.
+//! 4. A test that re-runs this binary as a child (`std::env::current_exe()`)
 //!    must name itself with its module path (see `control_socket::child_client`).
 
 #[path = "../common/mod.rs"]
