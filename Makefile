@@ -62,26 +62,56 @@ package-tools:
 package: release package-tools
 	packaging/build-deb.sh
 
-# The whole suite against real servers (the package test inspects, lints and
-# installs the .deb built here), then the unit-file checks, clippy and rustfmt.
+# The whole check. The suite spends most of its time waiting on servers,
+# processes and timers (on 2 cores it keeps them about a quarter busy), so
+# the CPU-bound work that does not feed it runs beside it at the lowest
+# priority: the release build and the .deb, then the doc tests, clippy and
+# rustfmt (their output in $(SIDE_LOG), printed once they end). The package
+# tests run once the .deb exists. Every check runs even when an earlier one
+# fails; the target fails if any did, naming them. (The recipe names no
+# $$(MAKE), so `make -n test` stays a dry run.)
+SIDE_LOG := target/make-test-side.log
+DEB_RC   := target/.make-test-package-rc
+
+# $(call suite,NEXTEST-FILTERSET,CARGO-TEST-ARGS): part of the suite, under
+# nextest (each test in its own process) when installed, else cargo test.
+suite = { if command -v cargo-nextest >/dev/null 2>&1; then $(CARGO) nextest run --no-fail-fast -E '$(1)'; else $(CARGO) test --no-fail-fast $(2); fi; }
+
+# The integration tests stay one crate (tests/suite/main.rs): a new
+# tests/NAME.rs would be another binary to compile and link.
+ONE_TEST_CRATE = { test -z "$$(ls tests/*.rs 2>/dev/null)" || { echo "$$(ls tests/*.rs): integration tests are modules of tests/suite (see tests/suite/main.rs)" >&2; false; }; }
+CLIPPY    = $(CARGO) clippy --all-targets -- -D warnings
+UNIT_CHECK = MAX_EXPOSURE=1.5 scripts/check-unit.sh target/debug/chromaprod
+
 test: test-tools
 	$(CARGO) build --all-targets
-	$(MAKE) package
-	@if command -v cargo-nextest >/dev/null 2>&1; then \
-		$(CARGO) nextest run --no-fail-fast; \
+	@mkdir -p target; rm -f $(DEB_RC); \
+	nice -n 19 setsid sh -xc '$(CARGO) build --release && packaging/build-deb.sh; echo $$? > $(DEB_RC); \
+		rc=0; $(CARGO) test --doc || rc=1; $(ONE_TEST_CRATE) || rc=1; \
+		$(CLIPPY) || rc=1; $(CARGO) fmt --check || rc=1; exit $$rc' > $(SIDE_LOG) 2>&1 & side=$$!; \
+	trap 'kill -TERM -$$side 2>/dev/null; exit 130' INT TERM HUP; \
+	echo "make test: the .deb, doc tests and lints build beside the suite (log: $(SIDE_LOG))"; \
+	failed=""; \
+	$(call suite,not test(/^package::/),-- --skip package::) || failed="$$failed suite"; \
+	while [ ! -s $(DEB_RC) ] && kill -0 $$side 2>/dev/null; do sleep 2; done; \
+	if [ "$$(cat $(DEB_RC) 2>/dev/null)" = 0 ]; then \
+		$(call suite,test(/^package::/),--test suite -- package::) || failed="$$failed package-tests"; \
 	else \
-		$(CARGO) test --no-fail-fast; \
-	fi
-	$(CARGO) test --doc
-	$(MAKE) unit-check
-	$(MAKE) lint
+		failed="$$failed package"; \
+	fi; \
+	wait $$side || failed="$$failed doc-tests/lint"; \
+	echo "--- $(SIDE_LOG)"; cat $(SIDE_LOG); echo "---"; \
+	$(UNIT_CHECK) || failed="$$failed unit-check"; \
+	if [ -n "$$failed" ]; then echo "make test failed:$$failed (see above)" >&2; exit 1; fi; \
+	echo "make test: all checks passed"
 
 # systemd-analyze verify, and the exposure score held at 1.5 or lower.
 unit-check: build
-	MAX_EXPOSURE=1.5 scripts/check-unit.sh target/debug/chromaprod
+	$(UNIT_CHECK)
 
 lint:
-	$(CARGO) clippy --all-targets -- -D warnings
+	@$(ONE_TEST_CRATE)
+	$(CLIPPY)
 	$(CARGO) fmt --check
 
 demo: tools build

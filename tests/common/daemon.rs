@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -160,9 +160,34 @@ pub fn cli(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
         .env_remove("CHROMAPROD_CONFIG")
         .output()
         .expect("run chromaprod");
+    outcome(out)
+}
+
+/// `chromaprod --config CONFIG --socket DIR/no-daemon.sock ARGS`: the CLI
+/// with no daemon (a socket nobody listens on, next to the config), so
+/// commands run in-process; no systemd credentials directory is inherited.
+pub fn offline_cmd(config: &Path, args: &[&str]) -> Command {
+    let socket = config.parent().expect("config dir").join("no-daemon.sock");
+    let mut c = Command::new(bin());
+    c.arg("--config")
+        .arg(config)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("CREDENTIALS_DIRECTORY");
+    c
+}
+
+/// Runs [`offline_cmd`]; returns (exit code, stdout, stderr).
+pub fn offline(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    outcome(offline_cmd(config, args).output().expect("run chromaprod"))
+}
+
+/// A finished process as (exit code, stdout, stderr).
+pub fn outcome(out: Output) -> (Option<i32>, String, String) {
     (
         out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }

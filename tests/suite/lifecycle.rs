@@ -1,22 +1,14 @@
 //! The daemon under a real `NOTIFY_SOCKET`: readiness, status, watchdog,
 //! graceful stop, configuration errors.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::chroma::ChromaServer;
+use common::chroma::{free_port, ChromaServer};
 use common::daemon::{write_config, DaemonProcess};
 use common::notify::NotifyListener;
 use nix::sys::signal::Signal;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 #[test]
 fn ready_only_after_chroma_is_reachable_with_status_lines() {

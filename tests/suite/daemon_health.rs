@@ -1,7 +1,7 @@
 //! The daemon's view of Chroma going down and coming back: `status`, the
 //! metrics endpoint and the systemd status line all show it.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};

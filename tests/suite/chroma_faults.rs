@@ -2,7 +2,7 @@
 //! resets, a dead and restarted server, a black hole, 429/503 with and
 //! without `Retry-After`, failover, pool exhaustion, the circuit breaker.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

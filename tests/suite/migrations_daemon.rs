@@ -2,7 +2,7 @@
 //! READY=1, resumed after a kill, one runner at a time across daemons, a
 //! killed lock holder, a failing start-up, and the `migrate` verbs.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use chromaprod::chroma::ProductionChromaStore;
 use chromaprod::migrate::history::HistoryStore;
 use chromaprod::migrate::{HistoryEntry, Outcome};
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, config_text, DaemonProcess};
+use common::daemon::{cli, config_text, offline, DaemonProcess};
 use common::notify::NotifyListener;
 use common::proxy::{Fault, FaultProxy};
 use common::records::{seed, store_for};
@@ -50,23 +50,6 @@ fn migrations_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
         std::fs::write(d.path().join(name), text).expect("write");
     }
     d
-}
-
-fn offline(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let socket = config.parent().expect("dir").join("no-daemon.sock");
-    let out = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(config)
-        .arg("--socket")
-        .arg(&socket)
-        .args(args)
-        .output()
-        .expect("run");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
 }
 
 async fn history(store: &ProductionChromaStore) -> Vec<HistoryEntry> {

@@ -1,12 +1,12 @@
 //! Mutating commands land in the hash-chained audit log with the caller's
 //! credentials; `chromaprod audit verify` names the first tampered line.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, write_config, DaemonProcess};
+use common::daemon::{bin, cli, offline, write_config, DaemonProcess};
 use serde_json::json;
 
 #[test]
@@ -66,24 +66,6 @@ fn reload_is_audited_with_peer_credentials_and_tampering_is_named() {
     assert_eq!(bad.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&bad.stderr);
     assert!(msg.contains("line 2"), "{msg}");
-}
-
-/// Runs `chromaprod --config CONFIG ARGS` with no daemon; (code, stdout, stderr).
-fn offline(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(config)
-        .arg("--socket")
-        .arg(config.with_file_name("no-daemon.sock"))
-        .args(args)
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .expect("run chromaprod");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {

@@ -20,11 +20,9 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+use crate::common::host::{repo, tool};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn arch() -> String {
     run(Command::new(tool("dpkg")).arg("--print-architecture"))
@@ -44,20 +42,6 @@ fn deb() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// The path of a tool; a missing tool fails the test.
-fn tool(name: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .expect("sh");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success() && !path.is_empty(),
-        "{name} is not installed: `make test` installs it (make package-tools)"
-    );
-    PathBuf::from(path)
 }
 
 /// Runs a command that must succeed; returns its stdout.

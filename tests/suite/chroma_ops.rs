@@ -1,6 +1,6 @@
 //! Every typed Chroma operation round-trips against a real server.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

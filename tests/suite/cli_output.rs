@@ -2,7 +2,7 @@
 //! with `--json`, and a reader that stops early (`chromaprod … | head`) is
 //! no error — against a real Chroma and a real daemon.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

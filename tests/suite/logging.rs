@@ -1,6 +1,6 @@
 //! Structured logs: the fields an operator filters on are fields, not text.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! that can fail, and two healthy hosts (a local repository with a running
 //! daemon, and an S3 repository).
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use chromaprod::storage::{Env, StorageOptions};
 use common::chroma::ChromaServer;
 use common::daemon::{bin, cli, write_config, DaemonProcess};
 use common::emulators;
+use common::host::{rt, tool};
 use serde_json::Value;
 
 /// A secret that must never show up in doctor's output.
@@ -93,7 +94,7 @@ fn doctor_with(
 ) -> Run {
     let mut cmd = match faketime {
         Some(offset) => {
-            let ft = which("faketime");
+            let ft = tool("faketime");
             let mut c = Command::new(ft);
             // Only the wall clock: tokio's timers keep the real monotonic clock.
             c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
@@ -131,28 +132,6 @@ fn doctor_with(
 
 fn doctor(config: &Path, env: &[(&str, String)]) -> Run {
     doctor_with(config, &["--json"], env, None)
-}
-
-/// The path of a tool the test needs; a missing tool fails the test.
-fn which(tool: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .expect("sh");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success() && !path.is_empty(),
-        "{tool} is not installed: `make test` installs it (apt-get install {tool})"
-    );
-    PathBuf::from(path)
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 /// A host: a Chroma server, a config in a temp dir with an encrypted local
@@ -543,7 +522,7 @@ fn not_chroma() -> NotChroma {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("index.html"), "<p>not chroma</p>").expect("write");
     let port = common::chroma::free_port();
-    let child = Command::new(which("python3"))
+    let child = Command::new(tool("python3"))
         .args(["-m", "http.server", "--bind", "127.0.0.1"])
         .arg(port.to_string())
         .current_dir(dir.path())

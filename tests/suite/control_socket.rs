@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::common::host::some_group;
+
 /// Environment variable that turns `child_client` into a client run by the
 /// parent test under another uid.
 const CHILD_SOCKET_ENV: &str = "CHROMAPROD_TEST_CHILD_SOCKET";
@@ -173,20 +175,6 @@ async fn assert_still_serving(path: &Path) {
         .await
         .expect("status after a bad client");
     assert_eq!(r["state"], "ready");
-}
-
-/// A group other than root's, from /etc/group.
-fn some_group() -> (String, u32) {
-    let text = std::fs::read_to_string("/etc/group").expect("/etc/group");
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let gid = f.nth(1)?.parse::<u32>().ok()?;
-            Some((name.to_string(), gid))
-        })
-        .find(|(_, gid)| *gid != 0 && *gid != 65534)
-        .expect("a non-root group in /etc/group")
 }
 
 #[tokio::test]
@@ -484,12 +472,21 @@ fn run_child_as_nobody(socket: &Path, cmd: &str) -> Value {
 /// the child's `call` produced.
 fn run_child_as(uid: u32, gid: u32, socket: &Path, command: &Command) -> Value {
     let exe = std::env::current_exe().expect("test binary");
+    // The test's name in the suite binary: its module path without the crate.
+    let child_test = format!(
+        "{}::child_client",
+        module_path!()
+            .split_once("::")
+            .expect("a module of the suite")
+            .1
+    );
     let out = Process::new("setpriv")
         .arg(format!("--reuid={uid}"))
         .arg(format!("--regid={gid}"))
         .args(["--clear-groups", "--"])
         .arg(exe)
-        .args(["child_client", "--exact", "--nocapture", "--test-threads=1"])
+        .arg(child_test)
+        .args(["--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_SOCKET_ENV, socket)
         .env(
             "CHROMAPROD_TEST_CHILD_CMD",

@@ -2,7 +2,7 @@
 //! SIGHUP and `chromaprod reload`. Valid changes apply; invalid ones are
 //! rejected while the daemon keeps serving.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -3,10 +3,10 @@
 //! its emulator, runs the same checks, then proves that configured secrets
 //! never appear in `Debug`/`Display` of the backend or of its errors.
 //!
-//! `cargo test --test storage_conformance -- --nocapture` prints the 64 MiB
+//! `cargo test --test suite storage_conformance:: -- --nocapture` prints the 64 MiB
 //! round-trip timings.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

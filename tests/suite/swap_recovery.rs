@@ -7,7 +7,7 @@
 //! (`PUT …/collections/{id}`) through and blackholes everything after it,
 //! so the process stalls right after the first rename and is killed there.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,7 +18,7 @@ use chromaprod::chroma::ProductionChromaStore;
 use chromaprod::migrate::history::HistoryStore;
 use chromaprod::migrate::Outcome;
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, config_text, DaemonProcess};
+use common::daemon::{bin, cli, config_text, offline, offline_cmd, DaemonProcess};
 use common::proxy::{Fault, FaultProxy};
 use common::records::{seed, store_for};
 use nix::sys::signal::Signal;
@@ -61,27 +61,6 @@ fn setup(chroma_url: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
     let config = dir.path().join("chromaprod.toml");
     std::fs::write(&config, text).expect("config");
     (dir, config)
-}
-
-/// The CLI with no daemon (a socket nobody listens on).
-fn offline_cmd(config: &Path, args: &[&str]) -> Command {
-    let socket = config.parent().expect("dir").join("no-daemon.sock");
-    let mut c = Command::new(bin());
-    c.arg("--config")
-        .arg(config)
-        .arg("--socket")
-        .arg(socket)
-        .args(args);
-    c
-}
-
-fn offline(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = offline_cmd(config, args).output().expect("run");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
 }
 
 /// A full backup (through the CLI, offline); returns its snapshot id.

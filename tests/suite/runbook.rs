@@ -18,28 +18,23 @@
 //!   file and parse as Prometheus rule groups; every journal field the
 //!   runbook filters on is a field of the daemon's own log lines.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chromaprod::backup::crypto::MasterKey;
-use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
-use chromaprod::config::Config;
-use chromaprod::observe::MetricsCollector;
+use chromaprod::chroma::{CreateCollection, RecordBatch};
 use common::chroma::{free_port, ChromaServer};
 use common::daemon::bin;
 use common::emulators;
+use common::host::{repo, rt, tool};
+use common::records::store_for;
 use serde_json::{json, Value};
 
 const AWS_SECRET: &str = "runbook-test-secret-2c81";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
@@ -213,20 +208,6 @@ fn every_chromaprod_command_in_the_docs_parses() {
         .output()
         .expect("parse");
     assert!(!out.status.success(), "a missing argument must not parse");
-}
-
-/// The path of a tool the test needs; a missing tool fails the test.
-fn tool(name: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .expect("sh");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success() && !path.is_empty(),
-        "{name} is not installed (`make test` installs the test tools)"
-    );
-    PathBuf::from(path)
 }
 
 #[test]
@@ -551,20 +532,6 @@ const SUDO: &str = r#"#!/bin/sh
 if [ "$1" = "-i" ]; then exit 0; fi
 exec env "$@"
 "#;
-
-fn store_for(url: &str) -> ProductionChromaStore {
-    let mut c = Config::default();
-    c.chroma.endpoints = vec![url::Url::parse(url).expect("url")];
-    ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new())).expect("store")
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// A `docs` collection of 40 records.
 async fn seed(url: &str) {

@@ -1,7 +1,7 @@
 //! The backup engine against a real Chroma server and a local repository:
 //! round trips of every field, incrementals, integrity, encryption.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

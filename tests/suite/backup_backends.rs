@@ -10,7 +10,7 @@
 //! cosine embeddings and float metadata — together with each collection's
 //! configuration and metadata; and `verify --full` passes for every snapshot.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,13 +1,13 @@
 //! Backups through the real daemon and CLI: progress, schedules, restore
 //! with no daemon at all, and what SIGKILL and SIGTERM leave behind.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, config_text, DaemonProcess};
+use common::daemon::{bin, cli, config_text, offline, DaemonProcess};
 use common::proxy::{Fault, FaultProxy};
 use common::records::{seed, store_for};
 use nix::sys::signal::Signal;
@@ -45,23 +45,6 @@ fn setup(chroma_url: &str, extra: &str) -> Setup {
     let config = dir.path().join("chromaprod.toml");
     std::fs::write(&config, text).expect("config");
     Setup { dir, config, repo }
-}
-
-fn offline(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let socket = config.parent().expect("dir").join("no-daemon.sock");
-    let out = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(config)
-        .arg("--socket")
-        .arg(&socket)
-        .args(args)
-        .output()
-        .expect("run");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
 }
 
 fn snapshots(socket: &Path) -> Vec<Value> {

@@ -2,7 +2,7 @@
 //! prune, a second daemon on the same repository, a cancellation, stale and
 //! live locks. Against a real Chroma server and a local repository.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -2,7 +2,7 @@
 //! other users are the `chromaprod` CLI run through `setpriv`, so the daemon
 //! sees their real peer credentials.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -10,7 +10,8 @@ use std::process::Command as Process;
 use std::time::Duration;
 
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, write_config, DaemonProcess};
+use common::daemon::{bin, cli, outcome, write_config, DaemonProcess};
+use common::host::some_group;
 use serde_json::Value;
 
 /// `chromaprod --socket SOCKET ARGS…` as `uid` with primary group `gid` and
@@ -27,25 +28,7 @@ fn cli_as(uid: u32, gid: u32, socket: &Path, args: &[&str]) -> (Option<i32>, Str
         .env_remove("CHROMAPROD_CONFIG")
         .output()
         .expect("run setpriv");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-/// A non-root group from /etc/group (not nogroup).
-fn some_group() -> (String, u32) {
-    let text = std::fs::read_to_string("/etc/group").expect("/etc/group");
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let gid = f.nth(1)?.parse::<u32>().ok()?;
-            Some((name.to_string(), gid))
-        })
-        .find(|(_, gid)| *gid != 0 && *gid != 65534)
-        .expect("a non-root group in /etc/group")
+    outcome(out)
 }
 
 fn documents(result: &Value) -> Vec<Value> {

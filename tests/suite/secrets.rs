@@ -1,12 +1,12 @@
 //! No secret reaches logs, `Debug` output, status or error messages.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, write_config, DaemonProcess};
+use common::daemon::{bin, cli, offline, outcome, write_config, DaemonProcess};
 
 const TOKEN: &str = "tok-7f3a9c2e-secret-value-d41d8cd9";
 
@@ -96,11 +96,7 @@ fn run_cli(
         .args(args)
         .output()
         .expect("run chromaprod");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    outcome(out)
 }
 
 /// `restore --target` onto a server that is not a configured endpoint sends
@@ -375,11 +371,7 @@ fn validate(config: &std::path::Path) -> (Option<i32>, String, String) {
         .env_remove("CREDENTIALS_DIRECTORY")
         .output()
         .expect("run validate");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(out)
 }
 
 #[test]
@@ -439,22 +431,7 @@ fn key_and_token_files_others_can_read_are_refused() {
     );
 
     // An offline backup refuses the exposed key the same way, before writing anything.
-    let (code, out, err) = {
-        let out = std::process::Command::new(bin())
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(dir.path().join("none.sock"))
-            .args(["backup", "--full"])
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .output()
-            .expect("run backup");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let (code, out, err) = offline(&config, &["backup", "--full"]);
     assert_ne!(code, Some(0), "{out}{err}");
     assert!(
         err.contains(&format!("chmod 600 {}", key.display())),

@@ -2,7 +2,7 @@
 //! down and forward again; a migration failing halfway; edited files,
 //! `repair` and `stamp`; rebuilds to another metric, with a writer running.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 //! run again after `down` never deletes the kept collection (which by then
 //! holds the writes made after the first `up`) without a restore point.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
