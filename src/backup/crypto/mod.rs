@@ -11,7 +11,7 @@
 //! key-encryption key (KEK) that wraps the data key, and HMAC derives its
 //! public key id.
 //!
-//! Key material lives only inside [`Secret`] (or ring key types); neither
+//! Key material lives only inside [`Secret`](crate::secret::Secret) (or ring key types); neither
 //! `Debug`, `Display` nor any error message shows it. Secrets, derived keys
 //! and the buffers that held a key file or an unwrapped key are zeroized
 //! when dropped. ring's own key schedules (`LessSafeKey`, `hmac::Key`) are
