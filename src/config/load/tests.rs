@@ -112,6 +112,7 @@ fn plain_http_with_a_token_needs_allow_plain_http() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("token");
     std::fs::write(&token, "tok\n").expect("write");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let with = |endpoints: &str, extra: &str| {
         load_from_str(&format!(
             "[chroma]\nendpoints = [{endpoints}]\nauth_token_file = {:?}\n{extra}",
