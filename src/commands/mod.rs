@@ -53,7 +53,7 @@ pub use crate::backup::Trigger;
 /// The progress reporter commands hand to the engines.
 // The engines still take the job table's reporter; when `Progress` becomes
 // a leaf type (`crate::progress`), this line is the only one to change.
-pub use crate::daemon::jobs::Progress;
+pub use crate::progress::Progress;
 
 /// What commands need: the Chroma store, the running configuration and the
 /// metrics. Cheap to clone; the daemon builds one per command from what is
