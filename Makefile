@@ -81,13 +81,15 @@ suite = { if command -v cargo-nextest >/dev/null 2>&1; then $(CARGO) nextest run
 # tests/NAME.rs would be another binary to compile and link.
 ONE_TEST_CRATE = { test -z "$$(ls tests/*.rs 2>/dev/null)" || { echo "$$(ls tests/*.rs): integration tests are modules of tests/suite (see tests/suite/main.rs)" >&2; false; }; }
 CLIPPY    = $(CARGO) clippy --all-targets -- -D warnings
+# Nothing below the daemon imports it; no source file past 600 lines.
+ARCHITECTURE = scripts/check-architecture.sh
 UNIT_CHECK = MAX_EXPOSURE=1.5 scripts/check-unit.sh target/debug/chromaprod
 
 test: test-tools
 	$(CARGO) build --all-targets
 	@mkdir -p target; rm -f $(DEB_RC); \
 	nice -n 19 setsid sh -xc '$(CARGO) build --release && packaging/build-deb.sh; echo $$? > $(DEB_RC); \
-		rc=0; $(CARGO) test --doc || rc=1; $(ONE_TEST_CRATE) || rc=1; \
+		rc=0; $(CARGO) test --doc || rc=1; $(ONE_TEST_CRATE) || rc=1; $(ARCHITECTURE) || rc=1; \
 		$(CLIPPY) || rc=1; $(CARGO) fmt --check || rc=1; exit $$rc' > $(SIDE_LOG) 2>&1 & side=$$!; \
 	trap 'kill -TERM -$$side 2>/dev/null; exit 130' INT TERM HUP; \
 	echo "make test: the .deb, doc tests and lints build beside the suite (log: $(SIDE_LOG))"; \
@@ -111,6 +113,7 @@ unit-check: build
 
 lint:
 	@$(ONE_TEST_CRATE)
+	$(ARCHITECTURE)
 	$(CLIPPY)
 	$(CARGO) fmt --check
 

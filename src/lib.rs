@@ -1,15 +1,25 @@
 //! chromaprod: a production companion daemon for Chroma.
 //!
-//! The modules follow the architecture in the design: `config` (load,
-//! validate, diff, watch), `chroma` (typed v2 client, pool, retry, breaker),
-//! `control` (Unix-socket protocol, server and client), `commands` (one
+//! The modules follow the architecture in the design (README, "Layout"):
+//! `config` (load, validate, diff, watch), `chroma` (typed v2 client, pool,
+//! retry, breaker, the swap journal, Chroma's configuration and name rules),
+//! `storage` (the `Backend` contract: local disk, S3, Azure, GCS), `backup`
+//! (format, crypto, repository, and one file per operation: create, verify,
+//! restore, prune), `migrate` (files, plan, up, down, rebuild, lease),
+//! `schedule` (pure plans and retention, a thin scheduler), `doctor` (one
+//! file per check), `control` (Unix-socket protocol, access levels, server
+//! and client), `commands` (one
 //! typed request and outcome per verb — backup, restore, verify, prune,
 //! delete, list, show, check, query, migrate — and the one dispatch the
 //! daemon, its scheduler and the offline CLI share), `daemon` (start-up,
 //! reload, control handler, stop, jobs, systemd), `observe` (logging,
 //! metrics, health, audit). Nothing below `daemon` imports it.
 //! Leaves every layer may use: `progress` (typed progress events and their
-//! subscribers) and `host` (this host's name and clock).
+//! subscribers), `host` (this host's name and clock), `secret` (values that
+//! never print), `owner` (files a root-run command leaves to their
+//! directory's owner) and `mem`. The binary's `cli` module (src/cli/) holds
+//! the arguments, remote calls and rendering. `scripts/check-architecture.sh`
+//! (run by `make test`) checks the layering and the size of every file.
 
 pub mod backup;
 pub mod chroma;
