@@ -50,13 +50,17 @@ pub enum DistVerb {
 pub fn main(cmd: clap::Command, verb: &DistVerb) -> i32 {
     let result = match verb {
         DistVerb::Man { dir } => write_man_pages(cmd, dir).map(|files| {
+            let mut out = std::io::stdout().lock();
             for f in files {
-                println!("{}", f.display());
+                // A reader that went away is no reason to panic.
+                let _ = writeln!(out, "{}", f.display());
             }
         }),
         DistVerb::Completions { dir } => write_completions(cmd, dir).map(|files| {
+            let mut out = std::io::stdout().lock();
             for f in files {
-                println!("{}", f.display());
+                // A reader that went away is no reason to panic.
+                let _ = writeln!(out, "{}", f.display());
             }
         }),
         DistVerb::Parse { args } => {

@@ -222,11 +222,13 @@ pub fn main(config: &Path, socket: Option<&Path>, json: bool, args: &DoctorArgs)
         timeout: args.timeout,
     };
     let report = runtime.block_on(run(&options));
-    if json {
-        println!("{}", report.to_json());
+    let text = if json {
+        format!("{}\n", report.to_json())
     } else {
-        print!("{}", report.to_text());
-    }
+        report.to_text()
+    };
+    // A reader that went away (`| head`) is no reason to fail or panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
     i32::from(!report.ok())
 }
 

@@ -121,6 +121,11 @@ fn a_reader_that_stops_early_is_no_error() {
         assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
         assert_eq!(code, Some(0), "{args:?}: {err}");
     }
+    // doctor reports on its own (its exit code is its verdict): no panic.
+    for args in [&["doctor"][..], &["--json", "doctor"]] {
+        let (_, err) = with_closed_stdout(&s.config, args);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
     // A command whose reader went away still does its work.
     let (code, err) = with_closed_stdout(&s.config, &["backup", "--full"]);
     assert!(!err.contains("panicked"), "{err}");
