@@ -20,7 +20,8 @@ use crate::secret::Secret;
 pub use diff::{diff, effective, redact_secrets, ConfigDiff, KeyChange};
 pub use load::{
     load, load_from_str, parse_utc_offset, plain_http_problem, secret_file_issues,
-    socket_path_hint, without_user_info, ConfigError, ConfigIssue, ConfigSource, Loaded,
+    socket_path_hint, url_location, without_user_info, ConfigError, ConfigIssue, ConfigSource,
+    Loaded,
 };
 
 /// What `validate` and `doctor` say of `backup.encrypt = false`.

@@ -245,12 +245,7 @@ impl Command {
             }
             if let Some(t) = target {
                 *t = match url::Url::parse(t) {
-                    Ok(u) => {
-                        let mut shown = crate::config::without_user_info(&u);
-                        shown.set_query(None);
-                        shown.set_fragment(None);
-                        shown.to_string()
-                    }
+                    Ok(u) => crate::config::url_location(&u).to_string(),
                     Err(_) => "[not a URL]".to_string(),
                 };
             }

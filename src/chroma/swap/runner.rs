@@ -1,13 +1,7 @@
 //! Who runs a swap: this process, another on this host, or one elsewhere.
 
 use super::SwapEntry;
-
-pub(super) fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown-host".into())
-}
+pub(super) use crate::host::hostname;
 
 /// `boot id/start ticks` of a live process, or `None` if it is gone (or a zombie).
 pub(super) fn process_identity(pid: u32) -> Option<String> {

@@ -18,7 +18,9 @@ use serde_json::{Map, Value};
 use super::{Config, ENV_PREFIX};
 
 use reader::Reader;
-pub use validate::{parse_utc_offset, plain_http_problem, secret_file_issues, without_user_info};
+pub use validate::{
+    parse_utc_offset, plain_http_problem, secret_file_issues, url_location, without_user_info,
+};
 use validate::{unknown_keys, validate};
 
 /// One problem with one key.

@@ -13,7 +13,7 @@ use super::ConfigIssue;
 use crate::config::{AuthHeader, Config, LogFormat, RetryableError};
 use crate::secret::Secret;
 
-use super::validate::without_user_info;
+use super::validate::{url_location, without_user_info};
 
 /// Reads typed values key by key so that every bad key is reported, not just the first.
 pub(super) struct Reader<'a> {
@@ -169,12 +169,9 @@ impl Reader<'_> {
                     ));
                 }
                 if url.query().is_some() || url.fragment().is_some() {
-                    let mut shown = url.clone();
-                    shown.set_query(None);
-                    shown.set_fragment(None);
                     return Err(format!(
                         "{:?} has a query or fragment (`?…`, `#…`), which Chroma's API does not take and which would show in status, metrics and logs; remove it (a token goes in chroma.auth_token_file)",
-                        shown.as_str()
+                        url_location(&url).as_str()
                     ));
                 }
                 match url.scheme() {

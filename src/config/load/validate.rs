@@ -252,6 +252,15 @@ pub fn without_user_info(url: &Url) -> Url {
     shown
 }
 
+/// `url` without user info, query or fragment: only what locates the server
+/// (safe to show and to record, whatever the URL carried).
+pub fn url_location(url: &Url) -> Url {
+    let mut shown = without_user_info(url);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown
+}
+
 /// Why sending a token to `url` would put it on the network in clear text:
 /// plain `http://` to a host that is not loopback (`localhost`, 127.0.0.0/8,
 /// `::1`). Decided from the URL alone, without resolving or connecting.
