@@ -21,10 +21,8 @@ build:
 release:
 	$(CARGO) build --release
 
-$(CHROMA_BIN):
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "chromadb==$(CHROMA_VERSION)"
-	@test -x $(CHROMA_BIN) || { echo "chromadb wheel did not provide $(CHROMA_BIN)"; exit 1; }
+$(CHROMA_BIN): scripts/install-chroma.sh
+	CHROMA_VERSION=$(CHROMA_VERSION) PYTHON=$(PYTHON) scripts/install-chroma.sh
 
 # Test-only tools: object-store emulators (moto, Azurite, fake-gcs-server).
 EMULATORS_STAMP := $(TOOLS)/.emulators-installed
@@ -63,15 +61,20 @@ package: release package-tools
 	packaging/build-deb.sh
 
 # The whole check. The suite spends most of its time waiting on servers,
-# processes and timers (on 2 cores it keeps them about a quarter busy), so
-# the CPU-bound work that does not feed it runs beside it at the lowest
-# priority: the release build and the .deb, then the doc tests, clippy and
-# rustfmt (their output in $(SIDE_LOG), printed once they end). The package
-# tests run once the .deb exists. Every check runs even when an earlier one
-# fails; the target fails if any did, naming them. (The recipe names no
-# $$(MAKE), so `make -n test` stays a dry run.)
-SIDE_LOG := target/make-test-side.log
-DEB_RC   := target/.make-test-package-rc
+# processes and timers, so everything that does not feed it runs beside it:
+# - Chroma and the emulators install (mostly download) while the debug
+#   build compiles (log: $(TOOLS_LOG));
+# - the release build and the .deb, then the doc tests and rustfmt,
+#   start at once at the lowest priority, so they take the cores only when
+#   the build and the suite leave them idle (log: $(SIDE_LOG), printed once
+#   they end). The package tests run once the .deb exists;
+# - clippy lints as the debug build compiles ($(LINTED_BUILD)).
+# Every check runs even when an earlier one fails; the target fails if any
+# did, naming them. (The recipe names no $$(MAKE), so `make -n test` stays a
+# dry run.)
+SIDE_LOG  := target/make-test-side.log
+TOOLS_LOG := target/make-test-tools.log
+DEB_RC    := target/.make-test-package-rc
 
 # $(call suite,NEXTEST-FILTERSET,CARGO-TEST-ARGS): part of the suite, under
 # nextest (each test in its own process) when installed, else cargo test.
@@ -81,20 +84,33 @@ suite = { if command -v cargo-nextest >/dev/null 2>&1; then $(CARGO) nextest run
 # tests/NAME.rs would be another binary to compile and link.
 ONE_TEST_CRATE = { test -z "$$(ls tests/*.rs 2>/dev/null)" || { echo "$$(ls tests/*.rs): integration tests are modules of tests/suite (see tests/suite/main.rs)" >&2; false; }; }
 CLIPPY    = $(CARGO) clippy --all-targets -- -D warnings
+# `make test` lints while it builds: cargo runs clippy-driver, a rustc that
+# also lints, on this workspace's crates (dependencies build as usual), and
+# CLIPPY_ARGS is how `cargo clippy` passes it `-D warnings`. One compile
+# instead of a build and a separate check of every crate; the release build
+# stays plain rustc.
+LINTED_BUILD = RUSTC_WORKSPACE_WRAPPER=clippy-driver CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 # Nothing below the daemon imports it; no source file past 600 lines.
 ARCHITECTURE = scripts/check-architecture.sh
 UNIT_CHECK = MAX_EXPOSURE=1.5 scripts/check-unit.sh target/debug/chromaprod
 
-test: test-tools
-	$(CARGO) build --all-targets
+test: package-tools
 	@mkdir -p target; rm -f $(DEB_RC); \
-	nice -n 19 setsid sh -xc '$(CARGO) build --release && packaging/build-deb.sh; echo $$? > $(DEB_RC); \
+	echo "make test: Chroma and the emulators install beside the build (log: $(TOOLS_LOG));"; \
+	echo "           the .deb, doc tests and rustfmt build beside the suite (log: $(SIDE_LOG))"; \
+	{ CHROMA_VERSION=$(CHROMA_VERSION) PYTHON=$(PYTHON) scripts/install-chroma.sh && \
+		PYTHON=$(PYTHON) scripts/install-emulators.sh && touch $(EMULATORS_STAMP); } > $(TOOLS_LOG) 2>&1 & tools=$$!; \
+	export $(LINTED_BUILD); \
+	nice -n 19 setsid sh -xc 'env -u RUSTC_WORKSPACE_WRAPPER $(CARGO) build --release && packaging/build-deb.sh; echo $$? > $(DEB_RC); \
 		rc=0; $(CARGO) test --doc || rc=1; $(ONE_TEST_CRATE) || rc=1; $(ARCHITECTURE) || rc=1; \
-		$(CLIPPY) || rc=1; $(CARGO) fmt --check || rc=1; exit $$rc' > $(SIDE_LOG) 2>&1 & side=$$!; \
-	trap 'kill -TERM -$$side 2>/dev/null; exit 130' INT TERM HUP; \
-	echo "make test: the .deb, doc tests and lints build beside the suite (log: $(SIDE_LOG))"; \
+		$(CARGO) fmt --check || rc=1; exit $$rc' > $(SIDE_LOG) 2>&1 & side=$$!; \
+	trap 'kill $$tools 2>/dev/null; kill -TERM -$$side 2>/dev/null; exit 130' INT TERM HUP; \
 	failed=""; \
-	$(call suite,not test(/^package::/),-- --skip package::) || failed="$$failed suite"; \
+	$(CARGO) build --all-targets || failed="$$failed build/clippy"; \
+	if ! wait $$tools; then cat $(TOOLS_LOG); failed="$$failed tools"; fi; \
+	if [ -z "$$failed" ]; then \
+		$(call suite,not test(/^package::/),-- --skip package::) || failed="$$failed suite"; \
+	fi; \
 	while [ ! -s $(DEB_RC) ] && kill -0 $$side 2>/dev/null; do sleep 2; done; \
 	if [ "$$(cat $(DEB_RC) 2>/dev/null)" = 0 ]; then \
 		$(call suite,test(/^package::/),--test suite -- package::) || failed="$$failed package-tests"; \
