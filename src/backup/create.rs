@@ -27,17 +27,19 @@ use std::time::{Instant, SystemTime};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::changes::{self, ParentIds};
 use super::chunks::read_chunk;
 use super::lock::Lease;
 use super::manifest::{
-    BackupMetadata, BackupType, ChunkDecision, ChunkRef, CollectionSnapshot, IncrementalPlanner,
-    Manifest, SnapshotId, Trigger, DEFAULT_COMPACT_THRESHOLD, MANIFEST_FORMAT,
+    BackupMetadata, BackupType, ChangeMark, ChunkDecision, ChunkRef, CollectionSnapshot,
+    IncrementalPlanner, Manifest, SnapshotId, Trigger, DEFAULT_COMPACT_THRESHOLD, MANIFEST_FORMAT,
 };
 use super::records::{record_digest, ChunkIndex, ChunkPlanner, Record};
 use super::repository::{index_key, snapshot_key};
 use super::source::CollectionReader;
 use super::upload::Uploader;
 use super::{BackupError, BackupManager};
+use crate::chroma::local::{LocalChroma, Unusable};
 use crate::chroma::swap::JOURNAL_COLLECTION;
 use crate::chroma::Collection;
 use crate::config::Config;
@@ -149,17 +151,31 @@ impl BackupManager {
         };
         let parent = earlier.first();
         let info = self.store.check_ready().await?;
+        let local = self.local_chroma().await;
         let snapshot_id = SnapshotId::generate()?;
         let mut written = 0u64;
         let mut snaps = Vec::new();
         for collection in collections {
+            let newest = earlier
+                .iter()
+                .find_map(|p| p.collections.iter().find(|c| c.name == collection.name));
             let parent_col = earlier.iter().find_map(|p| {
                 p.collections
                     .iter()
                     .find(|c| c.name == collection.name && c.id == collection.id)
             });
+            if let Some(was) = newest.filter(|c| c.id != collection.id) {
+                tracing::info!(collection = %collection.name, was = %was.id, now = %collection.id, "reading every record: the collection was re-created since the parent snapshot (its id changed)");
+            }
             let (snap, bytes) = self
-                .snapshot_collection(collection, parent_col, progress, cancel, lease)
+                .snapshot_collection(
+                    collection,
+                    parent_col,
+                    local.as_ref(),
+                    progress,
+                    cancel,
+                    lease,
+                )
                 .await?;
             written += bytes;
             snaps.push(snap);
@@ -205,12 +221,28 @@ impl BackupManager {
         Ok(manifest)
     }
 
+    /// The local Chroma's database when `chroma.persist_directory` is set
+    /// and it can be read; otherwise every collection is read over HTTP
+    /// (logged and counted).
+    async fn local_chroma(&self) -> Option<LocalChroma> {
+        let dir = self.config.chroma.persist_directory.as_ref()?;
+        match LocalChroma::open(dir).await {
+            Ok(local) => Some(local),
+            Err(why) => {
+                tracing::warn!(reason = why.reason(), error = %why, "not reading chroma.persist_directory; backups read every record over HTTP");
+                self.store.metrics().change_feed(Some(why.reason()));
+                None
+            }
+        }
+    }
+
     /// One collection: every record (full) or only what changed since the
     /// parent's copy of it (incremental). Returns the bytes written.
     async fn snapshot_collection(
         &self,
         collection: Collection,
         parent: Option<&CollectionSnapshot>,
+        local: Option<&LocalChroma>,
         progress: &Progress,
         cancel: &CancellationToken,
         lease: &Lease,
@@ -219,16 +251,26 @@ impl BackupManager {
         let span = tracing::info_span!("backup_collection", collection = %name);
         let _enter = span.enter();
         drop(_enter);
-        // The parent's live records, as digests (16 bytes each, whatever the ids).
+        // The parent's live records, as digests (16 bytes each, whatever the
+        // ids), and by id when the change feed may tell which are unchanged.
+        let by_id = local.is_some() && parent.is_some_and(|p| p.change_mark.is_some());
         let mut planner =
             parent.map(|p| IncrementalPlanner::new(p.record_count, DEFAULT_COMPACT_THRESHOLD));
+        let mut parent_ids = parent
+            .filter(|_| by_id)
+            .map(|p| ParentIds::with_capacity(p.record_count));
         if let (Some(p), Some(planner)) = (parent, planner.as_mut()) {
             for chunk in &p.chunks {
-                planner.add_parent(chunk, &self.parent_index(chunk).await?);
+                let index = self.parent_index(chunk).await?;
+                planner.add_parent(chunk, &index);
+                if let Some(ids) = parent_ids.as_mut() {
+                    ids.add(chunk, &index);
+                }
             }
         }
-
-        let mut reader = CollectionReader::open(self.store.clone(), collection.clone()).await?;
+        let (mut reader, change_mark) = self
+            .reader(&collection, local, parent, parent_ids, planner.as_mut())
+            .await?;
         let total = reader.listed();
         // Read ahead: the next batches are fetched while this one is digested,
         // chunked and encoded, so Chroma and chromaprod work at the same time.
@@ -337,9 +379,71 @@ impl BackupManager {
                 schema: collection.schema,
                 record_count,
                 chunks,
+                change_mark,
             },
             bytes,
         ))
+    }
+
+    /// What to read of a collection, and the change mark this snapshot
+    /// records for it: only the records written since the parent's mark
+    /// when the local change feed can say (`changes::since`, which marks
+    /// the unchanged ones in `planner`), else every record (a fallback is
+    /// logged with its reason and counted).
+    async fn reader(
+        &self,
+        collection: &Collection,
+        local: Option<&LocalChroma>,
+        parent: Option<&CollectionSnapshot>,
+        parent_ids: Option<ParentIds>,
+        planner: Option<&mut IncrementalPlanner>,
+    ) -> Result<(CollectionReader, Option<ChangeMark>), BackupError> {
+        let metrics = self.store.metrics();
+        let fallback = |why: &Unusable| {
+            tracing::warn!(collection = %collection.name, reason = why.reason(), error = %why, "reading every record: the change feed cannot be used");
+            metrics.change_feed(Some(why.reason()));
+        };
+        let parent_mark = parent.and_then(|p| p.change_mark.as_ref());
+        if let (Some(local), Some(mark), Some(ids), Some(planner)) =
+            (local, parent_mark, parent_ids, planner)
+        {
+            match changes::since(local, &self.store, &collection.id, mark, ids, planner).await? {
+                Ok(changed) => {
+                    tracing::info!(collection = %collection.name, changed = changed.changed.len(), unchanged = changed.unchanged, since = mark.seq_id, "reading only the records written since the parent snapshot");
+                    metrics.change_feed(None);
+                    let reader = CollectionReader::from_ids(
+                        self.store.clone(),
+                        collection.clone(),
+                        changed.changed,
+                    );
+                    return Ok((reader, Some(changed.mark)));
+                }
+                Err(why) => {
+                    planner.reset_seen();
+                    fallback(&why);
+                }
+            }
+        }
+        // The mark is read before the listing: every record written at or
+        // before it is in the listing.
+        if local.is_some() && parent.is_some() && parent_mark.is_none() {
+            tracing::info!(collection = %collection.name, "reading every record once: the parent snapshot has no change mark");
+            metrics.change_feed(Some("no_mark"));
+        }
+        let mut mark = None;
+        if let Some(local) = local {
+            match changes::position(local, &self.store, &collection.id).await? {
+                Ok(p) => {
+                    mark = Some(ChangeMark {
+                        segment: p.segment,
+                        seq_id: p.seq_id,
+                    })
+                }
+                Err(why) => fallback(&why),
+            }
+        }
+        let reader = CollectionReader::open(self.store.clone(), collection.clone()).await?;
+        Ok((reader, mark))
     }
 
     /// A parent chunk's index, read and checked.

@@ -6,6 +6,7 @@
 //! operation: `create` and its `upload`er, `verify`, `restore`, `prune`).
 //! `docs/backup-format.md` describes the repository layout and the bytes.
 
+pub mod changes;
 mod chunks;
 pub mod compare;
 pub mod create;

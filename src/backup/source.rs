@@ -61,6 +61,18 @@ impl CollectionReader {
         })
     }
 
+    /// Reads the records of `ids` (a change-aware incremental's changed
+    /// ids, `backup::changes`).
+    pub fn from_ids(store: ProductionChromaStore, collection: Collection, ids: IdList) -> Self {
+        CollectionReader {
+            store,
+            collection,
+            ids,
+            batch: FIRST_BATCH,
+            vanished: 0,
+        }
+    }
+
     /// Number of ids listed at the start.
     pub fn listed(&self) -> usize {
         self.ids.len()
@@ -216,6 +228,53 @@ impl IdList {
         }
         self.taken += out.len();
         Ok(out)
+    }
+}
+
+/// Writes ids one by one into a new [`IdList`] (the same temporary-file
+/// form a listing takes).
+pub struct IdSpool {
+    out: BufWriter<File>,
+    len: usize,
+}
+
+impl IdSpool {
+    pub fn new() -> Result<Self, BackupError> {
+        Ok(IdSpool {
+            out: BufWriter::with_capacity(64 * 1024, tempfile::tempfile().map_err(spool)?),
+            len: 0,
+        })
+    }
+
+    pub fn push(&mut self, id: &str) -> Result<(), BackupError> {
+        let len = u32::try_from(id.len()).map_err(|_| {
+            spool(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a record id longer than 4 GiB",
+            ))
+        })?;
+        self.out.write_all(&len.to_le_bytes()).map_err(spool)?;
+        self.out.write_all(id.as_bytes()).map_err(spool)?;
+        self.len += 1;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn finish(self) -> Result<IdList, BackupError> {
+        let mut file = self.out.into_inner().map_err(|e| spool(e.into_error()))?;
+        file.rewind().map_err(spool)?;
+        Ok(IdList {
+            file: BufReader::with_capacity(64 * 1024, file),
+            len: self.len,
+            taken: 0,
+        })
     }
 }
 

@@ -1,11 +1,12 @@
 //! Chroma: typed v2 client, connection pool, retry policy, circuit breaker,
-//! `ProductionChromaStore` that ties them together, and journaled name
-//! swaps (`swap`).
+//! `ProductionChromaStore` that ties them together, journaled name swaps
+//! (`swap`), and a local Chroma's own files read read-only (`local`).
 
 pub mod breaker;
 pub mod client;
 pub mod configuration;
 pub mod error;
+pub mod local;
 pub mod names;
 pub mod pool;
 pub mod retriever;

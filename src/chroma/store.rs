@@ -92,6 +92,11 @@ impl ProductionChromaStore {
         self.inner.pool.status()
     }
 
+    /// The metrics this store counts its calls in.
+    pub fn metrics(&self) -> &Arc<MetricsCollector> {
+        &self.inner.metrics
+    }
+
     /// Background health checks of every endpoint; returns when cancelled.
     pub async fn run_health_checks(&self, cancel: tokio_util::sync::CancellationToken) {
         self.inner.pool.run_health_checks(cancel).await;

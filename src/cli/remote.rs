@@ -117,6 +117,7 @@ fn finish(cli: &Cli, command: &Command, value: &Value) -> i32 {
 /// place the CLI calls the command layer directly.
 async fn offline(cli: &Cli, command: Command, reporter: &mut Reporter) -> anyhow::Result<Value> {
     use chromaprod::commands::{self, Context, Progress, Request};
+    chromaprod::observe::logging::init_cli();
     let loaded = config::load(&cli.config)?;
     let cfg = std::sync::Arc::new(loaded.config);
     let metrics = std::sync::Arc::new(chromaprod::observe::MetricsCollector::new());

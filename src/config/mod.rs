@@ -90,6 +90,11 @@ pub struct ChromaConfig {
     /// Allow the token over plain `http://` to an endpoint that is not loopback
     /// (validation refuses that otherwise).
     pub allow_plain_http: bool,
+    /// The persist directory of a single-node Chroma on this host (its
+    /// `--path`). When set, backups read Chroma's `chroma.sqlite3` there,
+    /// read-only, to find what changed instead of reading every record
+    /// (`chroma::local`); anything unexpected falls back to the HTTP way.
+    pub persist_directory: Option<PathBuf>,
     /// How long start-up waits for Chroma to become reachable before giving up.
     #[serde(with = "humantime_serde")]
     pub startup_wait: Duration,
@@ -336,6 +341,7 @@ impl Default for Config {
                 auth_token_file: None,
                 auth_header: AuthHeader::Authorization,
                 tls_ca_file: None,
+                persist_directory: None,
                 allow_plain_http: false,
                 startup_wait: Duration::from_secs(120),
                 auth_token: None,

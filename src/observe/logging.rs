@@ -75,6 +75,23 @@ pub fn init(cfg: &LogConfig) -> Result<LogHandle, String> {
     })
 }
 
+/// The environment variable that sets what a command run in the CLI (no
+/// daemon) logs: an `EnvFilter` such as `info` or `chromaprod=debug`.
+pub const CLI_LOG_ENV: &str = "CHROMAPROD_LOG";
+
+/// Logging for a command the CLI runs itself: text on stderr, warnings and
+/// errors only (the command's own output says what it did) unless
+/// [`CLI_LOG_ENV`] asks for more. A second call does nothing.
+pub fn init_cli() {
+    let filter = std::env::var(CLI_LOG_ENV)
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::registry()
+        .with(text_layer().with_filter(filter))
+        .try_init();
+}
+
 fn text_layer() -> Box<dyn Layer<Registry> + Send + Sync> {
     use std::io::IsTerminal;
     tracing_subscriber::fmt::layer()

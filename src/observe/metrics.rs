@@ -46,6 +46,12 @@ struct TypeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedLabels {
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -88,6 +94,7 @@ pub struct MetricsCollector {
     backup_failures: Family<TypeLabels, Counter>,
     migration_version: Gauge,
     migration_runs: Family<DirectionOutcomeLabels, Counter>,
+    change_feed: Family<FeedLabels, Counter>,
     /// Endpoints currently exported, so removed endpoints stop being reported.
     endpoints: Mutex<Vec<String>>,
 }
@@ -192,6 +199,12 @@ impl MetricsCollector {
             "Migrations run, by direction (up, down) and outcome",
             migration_runs.clone(),
         );
+        let change_feed = Family::<FeedLabels, Counter>::default();
+        registry.register(
+            "change_feed_reads",
+            "Collections a backup read through a local Chroma's change feed (outcome used), or fully over HTTP although chroma.persist_directory is set (outcome fallback, with the reason)",
+            change_feed.clone(),
+        );
         // Counters an alert watches with increase() exist from the start at 0:
         // a series that appears only at its first failure would never show
         // an increase (the job kinds are those of `commands::JobKind`).
@@ -215,6 +228,7 @@ impl MetricsCollector {
             });
         }
         MetricsCollector {
+            change_feed,
             migration_version,
             migration_runs,
             backup_last_success,
@@ -316,6 +330,23 @@ impl MetricsCollector {
         self.migration_runs
             .get_or_create(&DirectionOutcomeLabels { direction, outcome })
             .inc();
+    }
+
+    /// A backup read one collection through the change feed (`reason`
+    /// `None`) or fell back to reading it whole (`reason`: a fixed label,
+    /// `chroma::local::Unusable::reason`).
+    pub fn change_feed(&self, reason: Option<&'static str>) {
+        let labels = match reason {
+            None => FeedLabels {
+                outcome: "used",
+                reason: "",
+            },
+            Some(reason) => FeedLabels {
+                outcome: "fallback",
+                reason,
+            },
+        };
+        self.change_feed.get_or_create(&labels).inc();
     }
 
     /// Prometheus text exposition of every metric.

@@ -43,11 +43,22 @@ pub fn store_for(url: &str) -> ProductionChromaStore {
 /// collection (ids `r000000`…, documents `record i`, metadata `i` and
 /// `author`); returns the collection's id.
 pub async fn seed(store: &ProductionChromaStore, name: &str, n: usize, dim: usize) -> String {
+    seed_with(store, name, n, dim, json!({"hnsw": {"space": "l2"}})).await
+}
+
+/// [`seed`] into a collection created with `configuration`.
+pub async fn seed_with(
+    store: &ProductionChromaStore,
+    name: &str,
+    n: usize,
+    dim: usize,
+    configuration: serde_json::Value,
+) -> String {
     let col = store
         .create_collection(&CreateCollection {
             name: name.into(),
             metadata: None,
-            configuration: Some(json!({"hnsw": {"space": "l2"}})),
+            configuration: Some(configuration),
             get_or_create: false,
         })
         .await

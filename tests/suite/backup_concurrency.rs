@@ -257,21 +257,44 @@ fn referenced_objects(manifests: &[Manifest]) -> HashSet<String> {
 /// record really had (seeded, or written during the backup).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_during_writes_and_deletes_holds_every_survivor_in_a_real_state() {
-    backup_during_writes().await;
+    backup_during_writes(false).await;
 }
 
-async fn backup_during_writes() {
+/// The same with a change-aware incremental (Chroma's persist directory
+/// read for what changed since a full backup) running during the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_aware_incremental_during_writes_and_deletes_holds_every_survivor() {
+    backup_during_writes(true).await;
+}
+
+async fn backup_during_writes(change_aware: bool) {
     const N: usize = 5000;
     const DIM: usize = 96;
     const PAD: usize = 200;
     let chroma = ChromaServer::start();
     let setup = Setup::new();
-    let config = setup.config(&chroma.url(), |_| {});
+    let config = setup.config(&chroma.url(), |c| {
+        if change_aware {
+            c.chroma.persist_directory = Some(chroma.data_dir());
+        }
+    });
     let m = setup.manager(&config).await;
     let store = m.store().clone();
     let t0 = Instant::now();
     let col = seed(&store, "docs", N, DIM, PAD).await;
     println!("seeded {N} records in {:.2?}", t0.elapsed());
+    if change_aware {
+        // The parent: its change mark is where the incremental reads from.
+        let full = m
+            .create(
+                request(BackupType::Full),
+                &Progress::detached().0,
+                &CancellationToken::new(),
+            )
+            .await
+            .expect("full backup");
+        assert!(full.collections[0].change_mark.is_some(), "{full:?}");
+    }
 
     // Deleted during the backup: a known set. Modified: others, never deleted.
     let doomed: Vec<usize> = (0..N).filter(|i| i % 7 == 3).collect();
@@ -287,6 +310,14 @@ async fn backup_during_writes() {
     let (writes, deletes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let stop = CancellationToken::new();
 
+    // A change-aware incremental reads only what changed: let the writer
+    // change enough first that the read spans many batches (and the deleter
+    // still runs by then).
+    let (writes_first, delete_pause) = if change_aware {
+        (15, Duration::from_millis(40))
+    } else {
+        (2, Duration::from_millis(5))
+    };
     let writer = {
         let (store, col, stop) = (store.clone(), col.clone(), stop.clone());
         let (versions, new_ids, new_after, listed, writes) = (
@@ -344,12 +375,12 @@ async fn backup_during_writes() {
                 let ids: Vec<String> = part.iter().map(|i| seed_id(*i)).collect();
                 store.delete(&col, Some(&ids), None).await.expect("delete");
                 deletes.fetch_add(part.len() as u64, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(delete_pause).await;
             }
         })
     };
     // Let both get going, then back up while they run.
-    while writes.load(Ordering::SeqCst) < 2 || deletes.load(Ordering::SeqCst) < 12 {
+    while writes.load(Ordering::SeqCst) < writes_first || deletes.load(Ordering::SeqCst) < 12 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (progress, mut rx) = Progress::detached();
@@ -369,14 +400,22 @@ async fn backup_during_writes() {
         deletes.load(Ordering::SeqCst),
     );
     let started = Instant::now();
+    let kind = if change_aware {
+        BackupType::Incremental
+    } else {
+        BackupType::Full
+    };
     let snap = m
-        .create(
-            request(BackupType::Full),
-            &progress,
-            &CancellationToken::new(),
-        )
+        .create(request(kind), &progress, &CancellationToken::new())
         .await
         .expect("a backup during writes succeeds");
+    if change_aware {
+        let metrics = m.store().metrics().encode();
+        assert!(
+            metrics.contains("chromaprod_change_feed_reads_total{outcome=\"used\",reason=\"\"} 1"),
+            "the incremental did not read through the change feed:\n{metrics}"
+        );
+    }
     let took = started.elapsed();
     let (w1, d1) = (
         writes.load(Ordering::SeqCst),

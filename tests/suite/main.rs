@@ -38,6 +38,7 @@ mod backup_backends;
 mod backup_concurrency;
 mod backup_daemon;
 mod backup_engine;
+mod change_feed;
 mod chroma_faults;
 mod chroma_ops;
 mod cli_output;

@@ -161,6 +161,21 @@ pub struct CollectionSnapshot {
     pub record_count: u64,
     /// Chunks holding the records, in order.
     pub chunks: Vec<ChunkRef>,
+    /// Where Chroma's own change feed stood when this snapshot read the
+    /// collection (a local Chroma with `chroma.persist_directory` set): the
+    /// next incremental reads only the records written after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_mark: Option<ChangeMark>,
+}
+
+/// A position in a local Chroma's change feed (`chroma::local`): the
+/// collection's metadata segment and the sequence number of the last write
+/// applied to it. Every record of the snapshot written at or before
+/// `seq_id` is as the snapshot holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeMark {
+    pub segment: String,
+    pub seq_id: u64,
 }
 
 /// A snapshot manifest (`snapshots/<id>`), written last.

@@ -127,6 +127,12 @@ impl IncrementalPlanner {
         }
     }
 
+    /// Forgets every record marked unchanged so far (a change-aware read
+    /// that gave up before the records are read one by one).
+    pub fn reset_seen(&mut self) {
+        self.seen.iter_mut().for_each(|w| *w = 0);
+    }
+
     /// Decides a parent chunk after every current record was seen. Call it
     /// once per parent chunk, in the parent's order: a record live in two
     /// parent chunks (which a correct parent never has) stays live in the

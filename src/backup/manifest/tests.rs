@@ -92,6 +92,7 @@ pub(super) fn manifest(chunks: Vec<ChunkRef>, parent: Option<SnapshotId>) -> Man
             schema: Some(serde_json::json!({"defaults": {}})),
             record_count,
             chunks,
+            change_mark: None,
         }],
     };
     m.finalize();

@@ -194,6 +194,9 @@ impl Reader<'_> {
             },
         );
         c.chroma.tls_ca_file = self.opt_string("chroma.tls_ca_file").map(PathBuf::from);
+        c.chroma.persist_directory = self
+            .opt_string("chroma.persist_directory")
+            .map(PathBuf::from);
         c.chroma.allow_plain_http = self.get(
             "chroma.allow_plain_http",
             d.chroma.allow_plain_http,

@@ -1,7 +1,9 @@
 //! The checks of `chromaprod doctor`, one file per check: [`key`],
-//! [`chroma`] (reachable, version, database), [`repository`] (reachable,
-//! its key, writable), [`locks`], [`clock`] and [`socket`].
+//! [`chroma`] (reachable, version, database), [`change_feed`] (the local
+//! Chroma's files readable and matching the server), [`repository`]
+//! (reachable, its key, writable), [`locks`], [`clock`] and [`socket`].
 
+mod change_feed;
 mod chroma;
 mod clock;
 mod key;
@@ -15,6 +17,7 @@ use std::future::Future;
 use super::{Check, Options, Report};
 use crate::config::{self, Config};
 
+use change_feed::check_change_feed;
 pub use chroma::api_version_supported;
 use chroma::check_chroma;
 use key::check_key;
@@ -51,6 +54,7 @@ pub(super) async fn run_all(o: &Options) -> Report {
             for name in [
                 "key",
                 "chroma",
+                "change_feed",
                 "repository",
                 "repository_write",
                 "locks",
@@ -74,6 +78,7 @@ pub(super) async fn run_all(o: &Options) -> Report {
     let (key_check, key) = check_key(&cfg);
     checks.push(key_check);
     checks.extend(bounded(o, "chroma", check_chroma(&cfg, o)).await);
+    checks.extend(bounded(o, "change_feed", check_change_feed(&cfg, o)).await);
     checks.extend(bounded(o, "repository", check_repository(&cfg, key.as_ref(), o)).await);
     let socket = o
         .socket

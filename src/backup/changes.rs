@@ -1,0 +1,243 @@
+//! Change-aware reads on a local Chroma: which records a backup must read,
+//! from Chroma's own sequence numbers (`chroma::local`), instead of reading
+//! every record to find out.
+//!
+//! A snapshot records, per collection, where the change feed stood when it
+//! read it ([`ChangeMark`]: the metadata segment and its applied `seq_id`,
+//! read before anything else). The next incremental then:
+//! 1. reads the segment's position again and checks it against the
+//!    parent's mark (same segment, sequence not gone backwards) and its
+//!    record count against the server's (so `chroma.persist_directory` is
+//!    the directory this server uses, now);
+//! 2. lists the segment's `(id, seq_id)` rows in keyset pages: a row written
+//!    after the mark goes to the list of ids to fetch over HTTP (embeddings
+//!    are not in SQLite); a row at or before it must be a live record of the
+//!    parent, unchanged, and is marked as such in the
+//!    [`IncrementalPlanner`]; parent records never marked were deleted;
+//! 3. anything unexpected ([`Unusable`]) sends the collection back to the
+//!    full read, which the caller logs with its reason and counts.
+//!
+//! Memory: 32 bytes per live parent record ([`ParentIds`]: a 16-byte key of
+//! the id and its record digest), beside the planner's 16 bytes and a bit;
+//! the changed ids go to a temporary file ([`IdSpool`]).
+
+use std::collections::HashSet;
+
+use ring::digest;
+
+use super::manifest::{ChangeMark, ChunkRef, IncrementalPlanner};
+use super::records::{ChunkIndex, RecordDigest};
+use super::source::{IdList, IdSpool};
+use super::BackupError;
+use crate::chroma::local::{LocalChroma, Position, Unusable, PAGE};
+use crate::chroma::ProductionChromaStore;
+
+/// Times the record counts are compared before the persist directory is
+/// taken to disagree with the server (writes between the reads move them).
+const COUNT_ATTEMPTS: usize = 3;
+
+/// A 16-byte key of a record id (truncated SHA-256), so the parent's ids
+/// cost the same whatever their length.
+type IdKey = [u8; 16];
+
+fn id_key(id: &str) -> IdKey {
+    let d = digest::digest(&digest::SHA256, id.as_bytes());
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&d.as_ref()[..16]);
+    k
+}
+
+/// The parent's live records by id: their digests, to mark unchanged
+/// records in the planner without reading them.
+#[derive(Debug, Default)]
+pub struct ParentIds {
+    entries: Vec<(IdKey, RecordDigest)>,
+    sealed: bool,
+}
+
+impl ParentIds {
+    pub fn with_capacity(records: u64) -> Self {
+        ParentIds {
+            entries: Vec::with_capacity(usize::try_from(records).unwrap_or(0)),
+            sealed: false,
+        }
+    }
+
+    /// Adds one parent chunk's live records.
+    pub fn add(&mut self, chunk: &ChunkRef, index: &ChunkIndex) {
+        let excluded: HashSet<&str> = chunk.excluded_ids.iter().map(String::as_str).collect();
+        self.entries.extend(
+            index
+                .entries
+                .iter()
+                .filter(|(id, _)| !excluded.contains(id.as_str()))
+                .map(|(id, d)| (id_key(id), *d)),
+        );
+    }
+
+    fn seal(&mut self) {
+        if !self.sealed {
+            self.entries.sort_unstable_by_key(|e| e.0);
+            self.sealed = true;
+        }
+    }
+
+    fn digest(&self, id: &str) -> Option<RecordDigest> {
+        let k = id_key(id);
+        self.entries
+            .binary_search_by(|e| e.0.cmp(&k))
+            .ok()
+            .map(|at| self.entries[at].1)
+    }
+}
+
+/// What a change-aware incremental reads of one collection.
+pub struct Changes {
+    /// Ids written after the parent's mark: fetched over HTTP.
+    pub changed: IdList,
+    /// Parent records found unchanged (marked in the planner).
+    pub unchanged: u64,
+    /// The mark this snapshot records.
+    pub mark: ChangeMark,
+}
+
+/// Where `collection_id` stands in the persist directory, checked against
+/// the server: the record counts agree (read position, server count,
+/// position; retried while writes move them).
+pub async fn position(
+    local: &LocalChroma,
+    store: &ProductionChromaStore,
+    collection_id: &str,
+) -> Result<Result<Position, Unusable>, BackupError> {
+    let mut last = None;
+    for _ in 0..COUNT_ATTEMPTS {
+        let before = match local.position(collection_id).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let server = store.count(collection_id).await?;
+        let after = match local.position(collection_id).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (lo, hi) = (
+            before.records.min(after.records),
+            before.records.max(after.records),
+        );
+        if (lo..=hi).contains(&server) && before.segment == after.segment {
+            return Ok(Ok(before));
+        }
+        last = Some((before.records, server));
+    }
+    let (local_count, server) = last.unwrap_or_default();
+    Ok(Err(Unusable::CountMismatch {
+        collection: collection_id.to_string(),
+        local: local_count,
+        server,
+    }))
+}
+
+/// Lists what changed in `collection_id` since `parent`'s mark and marks the
+/// unchanged parent records in `planner`. On `Err(Unusable)` the planner may
+/// hold marks: the caller resets it ([`IncrementalPlanner::reset_seen`])
+/// before reading every record instead.
+pub async fn since(
+    local: &LocalChroma,
+    store: &ProductionChromaStore,
+    collection_id: &str,
+    parent: &ChangeMark,
+    mut parent_ids: ParentIds,
+    planner: &mut IncrementalPlanner,
+) -> Result<Result<Changes, Unusable>, BackupError> {
+    let now = match position(local, store, collection_id).await? {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    if now.segment != parent.segment {
+        return Ok(Err(Unusable::SegmentChanged {
+            collection: collection_id.to_string(),
+            was: parent.segment.clone(),
+            now: now.segment,
+        }));
+    }
+    if now.seq_id < parent.seq_id {
+        return Ok(Err(Unusable::SequenceBackwards {
+            collection: collection_id.to_string(),
+            was: parent.seq_id,
+            now: now.seq_id,
+        }));
+    }
+    parent_ids.seal();
+    let mut changed = IdSpool::new()?;
+    let mut unchanged = 0u64;
+    let mut after: Option<String> = None;
+    loop {
+        let page = match local.page(&now.segment, after.take(), None, PAGE).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let full = page.len() == PAGE;
+        for (id, seq) in &page {
+            if *seq > parent.seq_id {
+                changed.push(id)?;
+                continue;
+            }
+            match parent_ids.digest(id) {
+                Some(d) if planner.unchanged(&d) => unchanged += 1,
+                _ => {
+                    return Ok(Err(Unusable::UnknownRecord {
+                        id: id.clone(),
+                        seq: *seq,
+                        mark: parent.seq_id,
+                    }))
+                }
+            }
+        }
+        match page.into_iter().last() {
+            Some((id, _)) if full => after = Some(id),
+            _ => break,
+        }
+    }
+    Ok(Ok(Changes {
+        changed: changed.finish()?,
+        unchanged,
+        mark: ChangeMark {
+            segment: now.segment,
+            seq_id: now.seq_id,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::records::RecordDigest;
+
+    #[test]
+    fn parent_ids_find_live_records_and_skip_excluded_ones() {
+        let chunk = ChunkRef {
+            id: String::new(),
+            checksum: String::new(),
+            stored_size: 0,
+            records: 3,
+            index_id: String::new(),
+            index_checksum: String::new(),
+            index_stored_size: 0,
+            excluded_ids: vec!["b".into()],
+        };
+        let index = ChunkIndex {
+            entries: vec![
+                ("a".into(), RecordDigest([1; 16])),
+                ("b".into(), RecordDigest([2; 16])),
+                ("c".into(), RecordDigest([3; 16])),
+            ],
+        };
+        let mut ids = ParentIds::with_capacity(3);
+        ids.add(&chunk, &index);
+        ids.seal();
+        assert_eq!(ids.digest("a"), Some(RecordDigest([1; 16])));
+        assert_eq!(ids.digest("b"), None, "excluded in its chunk: not live");
+        assert_eq!(ids.digest("c"), Some(RecordDigest([3; 16])));
+        assert_eq!(ids.digest("d"), None);
+    }
+}

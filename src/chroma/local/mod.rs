@@ -1,0 +1,327 @@
+//! Chroma's persist directory, read only: what a single-node Chroma on this
+//! host wrote to a collection since a sequence number.
+//!
+//! Chroma keeps, in `chroma.sqlite3`, one row per record of a collection's
+//! metadata segment (`embeddings(segment_id, embedding_id, seq_id)`), whose
+//! `seq_id` is the sequence number of the record's last write: an add, an
+//! upsert, a metadata-only and an embedding-only update each set it; a
+//! delete removes the row. `max_seq_id` holds the segment's applied
+//! position, written in the same transaction as the rows. That is the change
+//! feed the HTTP API lacks (see DESIGN.md, "Chroma's own files").
+//!
+//! These files are Chroma's, so this module:
+//! - opens the database `mode=ro` (SQLite cannot write through it) and sets
+//!   only connection-level pragmas (`query_only`, a busy timeout), never one
+//!   that persists, and never touches the journal mode;
+//! - keeps each read transaction short (Chroma uses a rollback journal, so
+//!   a reader briefly holds its writer back): one query per transaction,
+//!   listings in keyset pages of [`PAGE`] rows;
+//! - checks the schema (Chroma's migration levels and the columns read)
+//!   before trusting it ([`schema`]);
+//! - answers every surprise with [`Unusable`], which callers treat as a
+//!   reason to fall back to reading over HTTP, never to guess.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+pub use schema::KNOWN_MIGRATIONS;
+
+/// Rows per listing page (one short read transaction each).
+pub const PAGE: usize = 20_000;
+/// How long a read waits for Chroma's writer to let go before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Chroma's database file in its persist directory.
+pub const DB_FILE: &str = "chroma.sqlite3";
+/// Chroma's name for a collection's metadata segment.
+const METADATA_SEGMENT: &str = "urn:chroma:segment/metadata/sqlite";
+
+/// Why the persist directory cannot be trusted for this read. Each is a
+/// reason to fall back to the HTTP way; [`Unusable::reason`] is its metric
+/// label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("cannot read {path}: {why}")]
+    Unreadable { path: String, why: String },
+    #[error("Chroma's database schema is not the one chromaprod was tested with: {0}")]
+    Schema(String),
+    #[error("Chroma's database has a hot journal (a writer crashed mid-transaction); Chroma rolls it back when it next opens the file")]
+    HotJournal,
+    #[error("Chroma's writer held the database for over {}s", BUSY_TIMEOUT.as_secs())]
+    Busy,
+    #[error("collection {0} is not in the persist directory (is chroma.persist_directory the directory this server uses?)")]
+    NoCollection(String),
+    #[error("collection {collection}'s metadata segment changed from {was} to {now}")]
+    SegmentChanged {
+        collection: String,
+        was: String,
+        now: String,
+    },
+    #[error("collection {collection}'s sequence went backwards: {now} after {was}")]
+    SequenceBackwards {
+        collection: String,
+        was: u64,
+        now: u64,
+    },
+    #[error("record {id:?} has sequence number {seq} (at most {mark}) but is not in the parent snapshot")]
+    UnknownRecord { id: String, seq: u64, mark: u64 },
+    #[error("collection {collection} holds {local} records in the persist directory and {server} on the server (is chroma.persist_directory the directory this server uses?)")]
+    CountMismatch {
+        collection: String,
+        local: u64,
+        server: u64,
+    },
+    #[error("unexpected value in Chroma's database: {0}")]
+    Value(String),
+}
+
+impl Unusable {
+    /// A short, fixed label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Unusable::Unreadable { .. } => "unreadable",
+            Unusable::Schema(_) => "schema",
+            Unusable::HotJournal => "hot_journal",
+            Unusable::Busy => "busy",
+            Unusable::NoCollection(_) => "no_collection",
+            Unusable::SegmentChanged { .. } => "segment_changed",
+            Unusable::SequenceBackwards { .. } => "sequence_backwards",
+            Unusable::UnknownRecord { .. } => "unknown_record",
+            Unusable::CountMismatch { .. } => "count_mismatch",
+            Unusable::Value(_) => "value",
+        }
+    }
+
+    fn from_sqlite(path: &Path, e: &rusqlite::Error) -> Self {
+        use rusqlite::ffi::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Unusable::Busy,
+            // A read-only connection cannot roll back a hot journal.
+            Some(ErrorCode::ReadOnly) => Unusable::HotJournal,
+            _ => Unusable::Unreadable {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            },
+        }
+    }
+}
+
+/// Where a collection's metadata segment stands: the sequence number of the
+/// last write applied to it and its record count, read in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub segment: String,
+    pub seq_id: u64,
+    pub records: u64,
+}
+
+/// A read-only connection to a local Chroma's database, shareable between
+/// tasks (reads run on the blocking pool, one at a time).
+#[derive(Clone)]
+pub struct LocalChroma {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for LocalChroma {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalChroma")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl LocalChroma {
+    /// Opens `<persist_directory>/chroma.sqlite3` read-only and checks its
+    /// schema.
+    pub async fn open(persist_directory: &Path) -> Result<Self, Unusable> {
+        let path = persist_directory.join(DB_FILE);
+        tokio::task::spawn_blocking(move || Self::open_blocking(path))
+            .await
+            .map_err(|e| Unusable::Value(format!("reader task failed: {e}")))?
+    }
+
+    fn open_blocking(path: PathBuf) -> Result<Self, Unusable> {
+        // A missing file would otherwise be created by SQLite... not with
+        // READ_ONLY, but say plainly what is missing.
+        if let Err(e) = std::fs::metadata(&path) {
+            return Err(Unusable::Unreadable {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let uri = format!("file:{}?mode=ro", uri_path(&path));
+        let conn = Connection::open_with_flags(&uri, flags)
+            .map_err(|e| Unusable::from_sqlite(&path, &e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| Unusable::from_sqlite(&path, &e))?;
+        // Connection-level only: nothing of this persists in Chroma's file.
+        conn.pragma_update(None, "query_only", true)
+            .map_err(|e| Unusable::from_sqlite(&path, &e))?;
+        schema::check(&conn).map_err(|e| match e {
+            schema::Error::Sqlite(e) => Unusable::from_sqlite(&path, &e),
+            schema::Error::Differs(what) => Unusable::Schema(what),
+        })?;
+        Ok(LocalChroma {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The database file read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, Unusable>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<Result<T, Unusable>> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&conn).map_err(|e| Unusable::from_sqlite(&path, &e))?
+        })
+        .await
+        .map_err(|e| Unusable::Value(format!("reader task failed: {e}")))?
+    }
+
+    /// Where `collection_id`'s metadata segment stands now.
+    pub async fn position(&self, collection_id: &str) -> Result<Position, Unusable> {
+        let id = collection_id.to_string();
+        self.read(move |conn| {
+            // One statement: one read transaction, consistent.
+            let row = conn
+                .query_row(
+                    "SELECT s.id, m.seq_id, \
+                        (SELECT COUNT(*) FROM embeddings e WHERE e.segment_id = s.id) \
+                     FROM segments s LEFT JOIN max_seq_id m ON m.segment_id = s.id \
+                     WHERE s.collection = ?1 AND s.scope = 'METADATA' AND s.type = ?2",
+                    (&id, METADATA_SEGMENT),
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            seq_value(r.get_ref(1)?),
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            Ok(match row {
+                None => Err(Unusable::NoCollection(id)),
+                Some((segment, seq, records)) => {
+                    // A segment nothing was written to yet has no position.
+                    let seq_id = match seq {
+                        Seq::Null => Ok(0),
+                        s => s.value(),
+                    };
+                    seq_id.map(|seq_id| Position {
+                        segment,
+                        seq_id,
+                        records: u64::try_from(records).unwrap_or(0),
+                    })
+                }
+            })
+        })
+        .await
+    }
+
+    /// Up to `limit` records of `segment` with ids after `after`, in id
+    /// order, with their sequence numbers; only those written after
+    /// `since` when it is set. One short read transaction.
+    pub async fn page(
+        &self,
+        segment: &str,
+        after: Option<String>,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, Unusable> {
+        let segment = segment.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT embedding_id, seq_id FROM embeddings \
+                 WHERE segment_id = ?1 AND embedding_id > ?2 AND (?3 IS NULL OR seq_id > ?3) \
+                 ORDER BY embedding_id LIMIT ?4",
+            )?;
+            let since = since.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+            let mut rows = stmt.query((
+                &segment,
+                after.as_deref().unwrap_or(""),
+                since,
+                i64::try_from(limit).unwrap_or(i64::MAX),
+            ))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let id: String = r.get(0)?;
+                match seq_value(r.get_ref(1)?).value() {
+                    Ok(seq) => out.push((id, seq)),
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            Ok(Ok(out))
+        })
+        .await
+    }
+}
+
+/// A `seq_id` as stored: an integer (Chroma 1.x) or, in rows an older Chroma
+/// wrote, an 8-byte big-endian blob.
+enum Seq {
+    Null,
+    Int(i64),
+    Other(String),
+}
+
+impl Seq {
+    fn value(self) -> Result<u64, Unusable> {
+        match self {
+            Seq::Int(i) => u64::try_from(i).map_err(|_| Unusable::Value(format!("seq_id {i}"))),
+            Seq::Null => Err(Unusable::Value("seq_id is NULL".into())),
+            Seq::Other(what) => Err(Unusable::Value(format!("seq_id is {what}"))),
+        }
+    }
+}
+
+fn seq_value(v: ValueRef<'_>) -> Seq {
+    match v {
+        ValueRef::Null => Seq::Null,
+        ValueRef::Integer(i) => Seq::Int(i),
+        ValueRef::Blob(b) if b.len() == 8 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            i64::try_from(u64::from_be_bytes(a))
+                .map(Seq::Int)
+                .unwrap_or_else(|_| Seq::Other("a blob out of range".into()))
+        }
+        ValueRef::Blob(b) => Seq::Other(format!("a {}-byte blob", b.len())),
+        ValueRef::Real(_) => Seq::Other("a real".into()),
+        ValueRef::Text(_) => Seq::Other("text".into()),
+    }
+}
+
+/// A path as a `file:` URI path: `?`, `#` and `%` escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,190 @@
+//! The reader against databases laid out as Chroma 1.5.9 lays them out (the
+//! suite's tests read a real Chroma's; these cover what one cannot easily
+//! make a real Chroma write).
+
+use rusqlite::Connection;
+
+use super::*;
+
+const COLLECTION: &str = "6b4a1c1e-0000-4000-8000-000000000001";
+const SEGMENT: &str = "5a3e0000-0000-4000-8000-00000000000a";
+
+/// A database with Chroma's migration levels and the tables read, holding
+/// `rows` as `(embedding_id, seq_id)` of one collection.
+fn database(dir: &Path, rows: &[(&str, i64)], max_seq: Option<i64>) -> Connection {
+    let conn = Connection::open(dir.join(DB_FILE)).expect("should succeed");
+    conn.execute_batch(
+        "CREATE TABLE migrations (dir TEXT NOT NULL, version INTEGER NOT NULL, filename TEXT NOT NULL, \
+            sql TEXT NOT NULL, hash TEXT NOT NULL, PRIMARY KEY (dir, version));
+         CREATE TABLE segments (id TEXT PRIMARY KEY, type TEXT NOT NULL, scope TEXT NOT NULL, collection TEXT NOT NULL);
+         CREATE TABLE embeddings (id INTEGER PRIMARY KEY, segment_id TEXT NOT NULL, embedding_id TEXT NOT NULL, \
+            seq_id BLOB NOT NULL, created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, UNIQUE (segment_id, embedding_id));
+         CREATE TABLE max_seq_id (segment_id TEXT PRIMARY KEY, seq_id INTEGER);",
+    )
+    .expect("should succeed");
+    for (dir, level) in KNOWN_MIGRATIONS {
+        for v in 1..=*level {
+            conn.execute(
+                "INSERT INTO migrations VALUES (?1, ?2, 'f', 's', 'h')",
+                (dir, v),
+            )
+            .expect("should succeed");
+        }
+    }
+    conn.execute(
+        "INSERT INTO segments VALUES (?1, ?2, 'METADATA', ?3), ('vec', 'urn:chroma:segment/vector/hnsw-local-persisted', 'VECTOR', ?3)",
+        (SEGMENT, METADATA_SEGMENT, COLLECTION),
+    )
+    .expect("should succeed");
+    for (id, seq) in rows {
+        conn.execute(
+            "INSERT INTO embeddings (segment_id, embedding_id, seq_id) VALUES (?1, ?2, ?3)",
+            (SEGMENT, id, seq),
+        )
+        .expect("should succeed");
+    }
+    if let Some(m) = max_seq {
+        conn.execute("INSERT INTO max_seq_id VALUES (?1, ?2)", (SEGMENT, m))
+            .expect("should succeed");
+    }
+    conn
+}
+
+#[tokio::test]
+async fn reads_the_position_and_pages_in_id_order() {
+    let dir = tempfile::tempdir().expect("should succeed");
+    database(dir.path(), &[("c", 3), ("a", 7), ("b", 5)], Some(7));
+    let local = LocalChroma::open(dir.path()).await.expect("should succeed");
+    let p = local.position(COLLECTION).await.expect("should succeed");
+    assert_eq!(
+        p,
+        Position {
+            segment: SEGMENT.into(),
+            seq_id: 7,
+            records: 3
+        }
+    );
+    let all = local
+        .page(SEGMENT, None, None, 2)
+        .await
+        .expect("should succeed");
+    assert_eq!(all, vec![("a".to_string(), 7), ("b".to_string(), 5)]);
+    let rest = local
+        .page(SEGMENT, Some("b".into()), None, 2)
+        .await
+        .expect("should succeed");
+    assert_eq!(rest, vec![("c".to_string(), 3)]);
+    let since = local
+        .page(SEGMENT, None, Some(4), 10)
+        .await
+        .expect("should succeed");
+    assert_eq!(since, vec![("a".to_string(), 7), ("b".to_string(), 5)]);
+}
+
+#[tokio::test]
+async fn a_segment_never_written_stands_at_zero() {
+    let dir = tempfile::tempdir().expect("should succeed");
+    database(dir.path(), &[], None);
+    let local = LocalChroma::open(dir.path()).await.expect("should succeed");
+    let p = local.position(COLLECTION).await.expect("should succeed");
+    assert_eq!((p.seq_id, p.records), (0, 0));
+}
+
+#[tokio::test]
+async fn an_old_big_endian_blob_sequence_number_is_read() {
+    let dir = tempfile::tempdir().expect("should succeed");
+    let conn = database(dir.path(), &[], Some(9));
+    conn.execute(
+        "INSERT INTO embeddings (segment_id, embedding_id, seq_id) VALUES (?1, 'old', ?2)",
+        (SEGMENT, 9u64.to_be_bytes().to_vec()),
+    )
+    .expect("should succeed");
+    conn.execute(
+        "INSERT INTO embeddings (segment_id, embedding_id, seq_id) VALUES (?1, 'odd', 'text')",
+        [SEGMENT],
+    )
+    .expect("should succeed");
+    let local = LocalChroma::open(dir.path()).await.expect("should succeed");
+    let page = local
+        .page(SEGMENT, Some("odd".into()), None, 10)
+        .await
+        .expect("should succeed");
+    assert_eq!(page, vec![("old".to_string(), 9)]);
+    let e = local
+        .page(SEGMENT, None, None, 10)
+        .await
+        .expect_err("should fail");
+    assert_eq!(e.reason(), "value", "{e}");
+}
+
+#[tokio::test]
+async fn surprises_are_reasons_not_guesses() {
+    let dir = tempfile::tempdir().expect("should succeed");
+    let e = LocalChroma::open(dir.path())
+        .await
+        .expect_err("should fail");
+    assert_eq!(e.reason(), "unreadable", "{e}");
+
+    let conn = database(dir.path(), &[("a", 1)], Some(1));
+    let local = LocalChroma::open(dir.path()).await.expect("should succeed");
+    let e = local
+        .position("not-a-collection")
+        .await
+        .expect_err("should fail");
+    assert_eq!(e.reason(), "no_collection", "{e}");
+    drop(local);
+
+    conn.execute_batch("ALTER TABLE embeddings RENAME COLUMN seq_id TO seq")
+        .expect("should succeed");
+    let e = LocalChroma::open(dir.path())
+        .await
+        .expect_err("should fail");
+    assert_eq!(e.reason(), "schema", "{e}");
+    assert!(e.to_string().contains("no column seq_id"), "{e}");
+
+    conn.execute_batch(
+        "ALTER TABLE embeddings RENAME COLUMN seq TO seq_id;
+         INSERT INTO migrations VALUES ('metadb', 7, 'f', 's', 'h');",
+    )
+    .expect("should succeed");
+    let e = LocalChroma::open(dir.path())
+        .await
+        .expect_err("should fail");
+    assert_eq!(e.reason(), "schema", "{e}");
+    assert!(e.to_string().contains("metadb 7"), "{e}");
+}
+
+#[tokio::test]
+async fn reading_changes_nothing_in_the_file() {
+    let dir = tempfile::tempdir().expect("should succeed");
+    let conn = database(dir.path(), &[("a", 1)], Some(1));
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", (), |r| r.get(0))
+        .expect("should succeed");
+    drop(conn);
+    let file = dir.path().join(DB_FILE);
+    let before = std::fs::read(&file).expect("should succeed");
+    let local = LocalChroma::open(dir.path()).await.expect("should succeed");
+    local.position(COLLECTION).await.expect("should succeed");
+    local
+        .page(SEGMENT, None, None, 10)
+        .await
+        .expect("should succeed");
+    drop(local);
+    assert_eq!(std::fs::read(&file).expect("should succeed"), before);
+    let conn = Connection::open(&file).expect("should succeed");
+    let after: String = conn
+        .query_row("PRAGMA journal_mode", (), |r| r.get(0))
+        .expect("should succeed");
+    assert_eq!(after, mode);
+    assert!(
+        !dir.path().join(format!("{DB_FILE}-wal")).exists(),
+        "no WAL file appeared"
+    );
+}
+
+#[test]
+fn uri_paths_escape_what_a_uri_would_read() {
+    assert_eq!(uri_path(Path::new("/var/lib/chroma")), "/var/lib/chroma");
+    assert_eq!(uri_path(Path::new("/a?b#c%d")), "/a%3fb%23c%25d");
+}

@@ -1,0 +1,336 @@
+//! Change-aware incrementals against a real `chroma run` whose persist
+//! directory the test owns (`chroma.persist_directory`): each kind of change
+//! is read from Chroma's own sequence numbers and restores equal to the
+//! collection at backup time; each reason not to trust the directory falls
+//! back to reading every record, logged with its reason.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+
+use chromaprod::backup::records::Record;
+use chromaprod::chroma::{ProductionChromaStore, RecordBatch};
+use common::chroma::ChromaServer;
+use common::daemon::{config_text, offline, offline_cmd, outcome};
+use common::records::{collection_records, seed, seed_with, store_for};
+use serde_json::{json, Value};
+
+struct Setup {
+    chroma: ChromaServer,
+    store: ProductionChromaStore,
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    collection: String,
+    restored: usize,
+}
+
+impl Setup {
+    /// A Chroma with `docs` (600 records) and a config whose
+    /// `persist_directory` is the server's own.
+    fn new() -> Setup {
+        Self::with(json!({"hnsw": {"space": "l2"}}))
+    }
+
+    /// The same, `docs` created with `configuration`.
+    fn with(configuration: Value) -> Setup {
+        let chroma = ChromaServer::start();
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let store = store_for(&chroma.base());
+        let collection = rt.block_on(seed_with(&store, "docs", 600, 8, configuration));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Setup {
+            config: dir.path().join("chromaprod.toml"),
+            chroma,
+            store,
+            rt,
+            dir,
+            collection,
+            restored: 0,
+        };
+        let persist = s.chroma.data_dir();
+        s.point_at(&persist);
+        s
+    }
+
+    /// Sets `chroma.persist_directory`.
+    fn point_at(&mut self, persist: &Path) {
+        let text = config_text(
+            self.dir.path(),
+            &[self.chroma.base()],
+            &format!(
+                "[backup]\nstorage_path = {:?}\nencrypt = false\n",
+                self.dir.path().join("repo").display().to_string()
+            ),
+        )
+        .replace(
+            "[chroma]\n",
+            &format!(
+                "[chroma]\npersist_directory = {:?}\n",
+                persist.display().to_string()
+            ),
+        );
+        std::fs::write(&self.config, text).expect("config");
+    }
+
+    /// Runs a backup (`--full` or `--incremental`); returns its snapshot id
+    /// and the log.
+    fn backup(&self, kind: &str) -> (String, String) {
+        // Info lines too: the change-aware read says what it read.
+        let (code, out, err) = outcome(
+            offline_cmd(&self.config, &["--json", "backup", kind])
+                .env("CHROMAPROD_LOG", "info")
+                .output()
+                .expect("run chromaprod"),
+        );
+        assert_eq!(code, Some(0), "{out}{err}");
+        let v: Value = serde_json::from_str(out.lines().last().expect("line")).expect("json");
+        (v["snapshot"].as_str().expect("id").to_string(), err)
+    }
+
+    fn live(&self) -> Vec<Record> {
+        self.rt.block_on(collection_records(&self.store, "docs")).1
+    }
+
+    /// Restores `docs` of `snapshot` under a new name and checks it equals
+    /// `expected` record by record.
+    fn assert_restores(&mut self, snapshot: &str, expected: &[Record]) {
+        self.restored += 1;
+        let name = format!("docs_{}", self.restored);
+        let (code, out, err) = offline(
+            &self.config,
+            &["restore", snapshot, "--collection", "docs", "--as", &name],
+        );
+        assert_eq!(code, Some(0), "{out}{err}");
+        let got = self.rt.block_on(collection_records(&self.store, &name)).1;
+        assert_eq!(got.len(), expected.len(), "records in {snapshot}");
+        for (g, e) in got.iter().zip(expected) {
+            assert_eq!(g, e, "record {} of {snapshot}", e.id);
+        }
+    }
+
+    /// Writes `ids` at `version`: an upsert of every field, or an update of
+    /// the embedding only or of the metadata only.
+    fn write(&self, ids: &[String], version: u32, write: Write) {
+        let embedding = write != Write::MetadataOnly;
+        let metadata = write != Write::EmbeddingOnly;
+        let batch = RecordBatch {
+            ids: ids.to_vec(),
+            embeddings: embedding.then(|| {
+                ids.iter()
+                    .map(|_| vec![version as f32 / 100.0; 8])
+                    .collect()
+            }),
+            documents: (write == Write::Upsert).then(|| {
+                ids.iter()
+                    .map(|i| Some(format!("{i} v{version}")))
+                    .collect()
+            }),
+            metadatas: metadata.then(|| {
+                ids.iter()
+                    .map(|_| json!({"v": version}).as_object().cloned())
+                    .collect()
+            }),
+            uris: None,
+        };
+        if write == Write::Upsert {
+            self.rt
+                .block_on(self.store.upsert(&self.collection, &batch))
+                .expect("upsert");
+        } else {
+            self.rt
+                .block_on(self.store.update(&self.collection, &batch))
+                .expect("update");
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Upsert,
+    EmbeddingOnly,
+    MetadataOnly,
+}
+
+/// The `changed=` count of the log line of a change-aware read, if any.
+fn changed_count(log: &str) -> Option<u64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("reading only the records written since"))?;
+    let at = line.find("changed=")? + "changed=".len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn ids(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("r{i:06}")).collect()
+}
+
+#[test]
+fn each_kind_of_change_is_read_from_the_feed_and_restores_equal() {
+    let mut s = Setup::new();
+    let (full, log) = s.backup("--full");
+    assert_eq!(
+        changed_count(&log),
+        None,
+        "a full backup reads everything: {log}"
+    );
+    s.assert_restores(&full, &s.live());
+
+    // Each step: a change, an incremental that reads exactly the records it
+    // touched, and a restore equal to the collection at that moment.
+    type Change = Box<dyn Fn(&Setup)>;
+    let steps: Vec<(&str, Change, u64)> = vec![
+        (
+            "adds",
+            Box::new(|s: &Setup| s.write(&ids(600..620), 1, Write::Upsert)),
+            20,
+        ),
+        (
+            "upserts of existing records",
+            Box::new(|s: &Setup| s.write(&ids(10..25), 2, Write::Upsert)),
+            15,
+        ),
+        (
+            "metadata-only updates",
+            Box::new(|s: &Setup| s.write(&ids(100..105), 3, Write::MetadataOnly)),
+            5,
+        ),
+        (
+            "embedding-only updates",
+            Box::new(|s: &Setup| s.write(&ids(200..203), 4, Write::EmbeddingOnly)),
+            3,
+        ),
+        (
+            "deletes",
+            Box::new(|s: &Setup| {
+                s.rt.block_on(s.store.delete(&s.collection, Some(&ids(300..307)), None))
+                    .expect("delete");
+            }),
+            0,
+        ),
+        ("nothing", Box::new(|_: &Setup| {}), 0),
+    ];
+    for (what, change, expected) in steps {
+        change(&s);
+        let live = s.live();
+        let (snap, log) = s.backup("--incremental");
+        assert_eq!(
+            changed_count(&log),
+            Some(expected),
+            "after {what}, the incremental should read {expected} records through the change feed:\n{log}"
+        );
+        s.assert_restores(&snap, &live);
+    }
+}
+
+#[test]
+fn a_collection_dropped_and_created_again_is_read_whole_and_said_so() {
+    let mut s = Setup::new();
+    s.backup("--full");
+    s.rt.block_on(s.store.delete_collection("docs"))
+        .expect("drop");
+    s.collection = s.rt.block_on(seed(&s.store, "docs", 300, 8));
+    s.write(&ids(0..3), 9, Write::Upsert);
+    let live = s.live();
+    let (snap, log) = s.backup("--incremental");
+    assert_eq!(changed_count(&log), None, "{log}");
+    assert!(
+        log.contains("re-created since the parent snapshot"),
+        "the log should say why every record was read:\n{log}"
+    );
+    s.assert_restores(&snap, &live);
+    // The next incremental reads through the feed again.
+    s.write(&ids(0..2), 10, Write::Upsert);
+    let live = s.live();
+    let (snap, log) = s.backup("--incremental");
+    assert_eq!(changed_count(&log), Some(2), "{log}");
+    s.assert_restores(&snap, &live);
+}
+
+#[test]
+fn a_sequence_that_went_backwards_falls_back_with_its_reason() {
+    // Flushed every 100 writes, so all 600 seeded records are in the index
+    // files and the queue holds nothing Chroma still needs.
+    let mut s =
+        Setup::with(json!({"hnsw": {"space": "l2", "sync_threshold": 100, "batch_size": 100}}));
+    s.backup("--full");
+    // What a purged queue does to Chroma's sequence: the collection's
+    // position restarts, and new writes get low sequence numbers.
+    s.chroma.stop();
+    {
+        let db =
+            rusqlite::Connection::open(s.chroma.data_dir().join("chroma.sqlite3")).expect("open");
+        db.execute_batch("DELETE FROM embeddings_queue; UPDATE max_seq_id SET seq_id = 0;")
+            .expect("reset");
+    }
+    s.chroma.restart();
+    s.write(&ids(0..4), 5, Write::Upsert);
+    let live = s.live();
+    let (snap, log) = s.backup("--incremental");
+    assert_eq!(changed_count(&log), None, "{log}");
+    assert!(log.contains("sequence_backwards"), "{log}");
+    s.assert_restores(&snap, &live);
+}
+
+#[test]
+fn an_unknown_schema_or_a_missing_directory_falls_back_with_its_reason() {
+    let mut s = Setup::new();
+    s.backup("--full");
+    // A copy of Chroma's database with a column renamed.
+    let copy = s.dir.path().join("copy");
+    std::fs::create_dir(&copy).expect("mkdir");
+    {
+        let db =
+            rusqlite::Connection::open(s.chroma.data_dir().join("chroma.sqlite3")).expect("open");
+        db.execute(
+            "VACUUM INTO ?1",
+            [copy.join("chroma.sqlite3").display().to_string()],
+        )
+        .expect("copy");
+    }
+    rusqlite::Connection::open(copy.join("chroma.sqlite3"))
+        .expect("open copy")
+        .execute_batch("ALTER TABLE embeddings RENAME COLUMN seq_id TO sequence")
+        .expect("rename");
+    s.point_at(&copy);
+    s.write(&ids(0..3), 6, Write::Upsert);
+    let live = s.live();
+    let (snap, log) = s.backup("--incremental");
+    assert_eq!(changed_count(&log), None, "{log}");
+    assert!(
+        log.contains("reason=\"schema\"") || log.contains("reason=schema"),
+        "{log}"
+    );
+    assert!(log.contains("no column seq_id"), "{log}");
+    s.assert_restores(&snap, &live);
+
+    s.point_at(&s.dir.path().join("nowhere"));
+    s.write(&ids(3..5), 7, Write::Upsert);
+    let live = s.live();
+    let (snap, log) = s.backup("--incremental");
+    assert_eq!(changed_count(&log), None, "{log}");
+    assert!(log.contains("unreadable"), "{log}");
+    s.assert_restores(&snap, &live);
+}
+
+#[test]
+fn a_directory_another_server_uses_is_not_trusted() {
+    let mut s = Setup::new();
+    let other = ChromaServer::start();
+    // Same collection name, another server: its database does not hold
+    // this server's collection.
+    let other_store = store_for(&other.base());
+    s.rt.block_on(seed(&other_store, "docs", 600, 8));
+    s.point_at(&other.data_dir());
+    s.backup("--full");
+    s.write(&ids(0..3), 8, Write::Upsert);
+    let live = s.live();
+    let (snap, log) = s.backup("--incremental");
+    assert_eq!(changed_count(&log), None, "{log}");
+    assert!(log.contains("no_collection"), "{log}");
+    s.assert_restores(&snap, &live);
+}
