@@ -47,13 +47,7 @@ impl Diff {
             Some(o) => DiffTarget::Snapshot(SnapshotId::parse(&resolve_id(&m, o).await?)?),
             None => DiffTarget::Live,
         };
-        m.diff(
-            &from,
-            &to,
-            self.collection.as_deref(),
-            self.ids,
-            progress,
-        )
-        .await
+        m.diff(&from, &to, self.collection.as_deref(), self.ids, progress)
+            .await
     }
 }

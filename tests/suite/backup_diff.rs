@@ -182,12 +182,23 @@ fn two_snapshots_around_known_changes() {
         )),
         "{out}"
     );
-    assert!(lines.contains(&words("changed r000010 r000011 r000012")), "{out}");
+    assert!(
+        lines.contains(&words("changed r000010 r000011 r000012")),
+        "{out}"
+    );
 
     // One collection only; `latest` names B.
     let (code, out, err) = offline(
         &config,
-        &["--json", "backups", "diff", &a, "latest", "--collection", "docs"],
+        &[
+            "--json",
+            "backups",
+            "diff",
+            &a,
+            "latest",
+            "--collection",
+            "docs",
+        ],
     );
     assert_eq!(code, Some(0), "{out}{err}");
     let (v, _) = json_result(&out);
@@ -211,7 +222,10 @@ fn a_snapshot_against_the_live_collections_and_the_errors() {
     assert!(out.contains("to the live collections"), "{out}");
 
     rt.block_on(change(&store, &docs));
-    let (code, out, err) = offline(&config, &["--json", "backups", "diff", &a, "--live", "--ids"]);
+    let (code, out, err) = offline(
+        &config,
+        &["--json", "backups", "diff", &a, "--live", "--ids"],
+    );
     assert_eq!(code, Some(0), "{out}{err}");
     let (v, events) = json_result(&out);
     assert_eq!(v["to"], "live");
@@ -219,8 +233,7 @@ fn a_snapshot_against_the_live_collections_and_the_errors() {
     // Progress while reading the live records.
     let docs_done = events
         .iter()
-        .filter(|e| e["event"]["phase"] == "diff" && e["event"]["collection"] == "docs")
-        .last()
+        .rfind(|e| e["event"]["phase"] == "diff" && e["event"]["collection"] == "docs")
         .unwrap_or_else(|| panic!("no diff progress for docs: {out}"));
     assert_eq!(docs_done["event"]["records_done"], 63);
     assert_eq!(docs_done["event"]["records_total"], 63);
@@ -229,8 +242,7 @@ fn a_snapshot_against_the_live_collections_and_the_errors() {
     let (code, _, err) = offline(&config, &["backups", "diff", "0123456789abcdef", "--live"]);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains("snapshot 0123456789abcdef does not exist")
-            && err.contains("backups list"),
+        err.contains("snapshot 0123456789abcdef does not exist") && err.contains("backups list"),
         "{err}"
     );
     let (code, _, err) = offline(&config, &["backups", "diff", &a, &a, "--live"]);

@@ -147,7 +147,9 @@ impl BackupManager {
             names.retain(|n| *n == wanted);
         }
         let lease = self.lock(false, "diff").await?;
-        let result = self.diff_locked(&a, b.as_ref(), &live, &names, with_ids, progress).await;
+        let result = self
+            .diff_locked(&a, b.as_ref(), &live, &names, with_ids, progress)
+            .await;
         lease.release().await;
         Ok(DiffOutcome {
             from: a.snapshot_id.to_string(),

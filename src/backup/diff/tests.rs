@@ -59,7 +59,11 @@ fn a_same_digest_under_another_id_is_a_removal_and_an_addition() {
 
 #[test]
 fn duplicate_ids_count_once() {
-    let t = compare([("a", d(1)), ("a", d(2))], [("a", d(1)), ("a", d(1))], false);
+    let t = compare(
+        [("a", d(1)), ("a", d(2))],
+        [("a", d(1)), ("a", d(1))],
+        false,
+    );
     assert_eq!((t.added, t.changed, t.removed), (0, 0, 0));
 }
 
@@ -88,7 +92,7 @@ fn indexes() -> BTreeMap<&'static str, Vec<(&'static str, RecordDigest)>> {
 }
 
 /// The live (id, digest) pairs of a side, all read.
-fn live(side: &[ChunkRef]) -> Vec<(&'static str, RecordDigest)> {
+fn live(side: &[ChunkRef]) -> Pairs {
     let idx = indexes();
     side.iter()
         .flat_map(|c| {
@@ -101,15 +105,10 @@ fn live(side: &[ChunkRef]) -> Vec<(&'static str, RecordDigest)> {
         .collect()
 }
 
-/// The pairs the plan has each side read.
-fn planned(
-    a: &[ChunkRef],
-    b: &[ChunkRef],
-) -> (
-    Vec<(&'static str, RecordDigest)>,
-    Vec<(&'static str, RecordDigest)>,
-    usize,
-) {
+type Pairs = Vec<(&'static str, RecordDigest)>;
+
+/// The pairs the plan has each side read, and the chunks it skips.
+fn planned(a: &[ChunkRef], b: &[ChunkRef]) -> (Pairs, Pairs, usize) {
     let idx = indexes();
     let plan = plan_chunks(a, b);
     let take = |reads: &[super::tally::IndexRead<'_>]| {
