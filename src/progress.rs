@@ -33,6 +33,12 @@ pub enum Event {
     },
     /// A verify checked chunks of a snapshot.
     Verify { chunks_done: u64, chunks_total: u64 },
+    /// A diff read and digested live records of one collection.
+    Diff {
+        collection: String,
+        records_done: u64,
+        records_total: u64,
+    },
     /// A restore wrote records into its staging collection.
     Restore {
         collection: String,
@@ -120,6 +126,7 @@ impl Event {
             Event::Backup { .. } => "backup",
             Event::Done { .. } => "done",
             Event::Verify { .. } => "verify",
+            Event::Diff { .. } => "diff",
             Event::Restore { .. } => "restore",
             Event::RestoreVerify { .. } => "restore_verify",
             Event::WaitingForLock { .. } => "waiting_for_lock",
@@ -133,6 +140,7 @@ impl Event {
     pub fn collection(&self) -> Option<&str> {
         match self {
             Event::Backup { collection, .. }
+            | Event::Diff { collection, .. }
             | Event::Restore { collection, .. }
             | Event::RestoreVerify { collection, .. } => Some(collection),
             Event::Migrate(m) => match &m.detail {
@@ -159,6 +167,11 @@ impl Event {
         };
         match self {
             Event::Backup {
+                records_done,
+                records_total,
+                ..
+            }
+            | Event::Diff {
                 records_done,
                 records_total,
                 ..
@@ -508,6 +521,14 @@ mod tests {
                     operation: "drop_collection".into(),
                 },
                 json!({"phase": "migrate_down", "version": 2, "operation": "drop_collection"}),
+            ),
+            (
+                Event::Diff {
+                    collection: "docs".into(),
+                    records_done: 7,
+                    records_total: 8,
+                },
+                json!({"phase": "diff", "collection": "docs", "records_done": 7, "records_total": 8}),
             ),
         ]
     }

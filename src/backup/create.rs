@@ -446,8 +446,8 @@ impl BackupManager {
         Ok((reader, mark))
     }
 
-    /// A parent chunk's index, read and checked.
-    async fn parent_index(&self, chunk: &ChunkRef) -> Result<ChunkIndex, BackupError> {
+    /// A parent chunk's index, read and checked (also what a diff reads).
+    pub(super) async fn parent_index(&self, chunk: &ChunkRef) -> Result<ChunkIndex, BackupError> {
         let bytes = self
             .repo
             .get(&index_key(&chunk.index_id)?, chunk.index_stored_size)

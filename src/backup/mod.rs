@@ -3,7 +3,8 @@
 //! reading from and writing to Chroma (`source`), reading chunks back for a
 //! restore (`chunks`), comparing records read back (`compare`) and the
 //! operations on snapshots (`manager`: `BackupManager`, with one file per
-//! operation: `create` and its `upload`er, `verify`, `restore`, `prune`).
+//! operation: `create` and its `upload`er, `verify`, `restore`, `prune`,
+//! `diff`).
 //! `docs/backup-format.md` describes the repository layout and the bytes.
 
 pub mod changes;
@@ -11,6 +12,7 @@ mod chunks;
 pub mod compare;
 pub mod create;
 pub mod crypto;
+pub mod diff;
 pub mod format;
 pub mod lock;
 pub mod manager;
@@ -72,6 +74,12 @@ pub enum BackupError {
     Busy(String),
     #[error("collection {0:?} does not exist in Chroma; `chromaprod backups show` lists what a snapshot holds")]
     NoCollection(String),
+    #[error("collection {name:?} is in neither snapshot {from} nor {to}; `chromaprod backups show ID` lists the collections of a snapshot")]
+    DiffNoCollection {
+        name: String,
+        from: String,
+        to: String,
+    },
     #[error(
         "collection {0:?} already exists; restore with --mode replace to swap it, or --as NEW_NAME"
     )]
@@ -110,7 +118,9 @@ impl BackupError {
         match self {
             BackupError::NoRepository { .. } => "no_repository",
             BackupError::KeyRequired { .. } | BackupError::Key(_) => "key",
-            BackupError::NoSnapshot(_) | BackupError::NoCollection(_) => "not_found",
+            BackupError::NoSnapshot(_)
+            | BackupError::NoCollection(_)
+            | BackupError::DiffNoCollection { .. } => "not_found",
             BackupError::MissingObject(_)
             | BackupError::ConfigMissing { .. }
             | BackupError::RepositoryChanged { .. }

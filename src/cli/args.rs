@@ -43,7 +43,7 @@ pub enum Verb {
     Audit(AuditVerb),
     /// Take a snapshot (full by default). Runs in the daemon, or here when none runs.
     Backup(BackupArgs),
-    /// List, show, verify and delete snapshots.
+    /// List, show, verify, diff and delete snapshots.
     #[command(subcommand)]
     Backups(BackupsVerb),
     /// Delete snapshots retention no longer keeps, then unreferenced chunks.
@@ -130,6 +130,22 @@ pub enum BackupsVerb {
         /// Read every object: checksums, decryption, indexes.
         #[arg(long)]
         full: bool,
+    },
+    /// What changed from snapshot ID to OTHER, or with --live to the
+    /// collections in Chroma now: records added, changed and removed per
+    /// collection (`latest` for the newest).
+    Diff {
+        id: String,
+        other: Option<String>,
+        /// Compare with the live collections (those a full backup takes) instead of a second snapshot.
+        #[arg(long)]
+        live: bool,
+        /// Only this collection.
+        #[arg(long, short = 'c')]
+        collection: Option<String>,
+        /// List the ids added, changed and removed (sorted), not only counts.
+        #[arg(long)]
+        ids: bool,
     },
     /// Delete a snapshot (its chunks go at the next prune).
     Delete { id: String },

@@ -12,6 +12,7 @@
 pub mod backup;
 pub mod check;
 pub mod delete;
+pub mod diff;
 pub mod list;
 pub mod migrate;
 pub mod prune;
@@ -39,6 +40,7 @@ use crate::observe::MetricsCollector;
 pub use self::backup::{Backup, BackupOutcome, CollectionCount};
 pub use self::check::{Check, CheckOutcome};
 pub use self::delete::{Delete, DeleteOutcome};
+pub use self::diff::{CollectionDiff, Diff, DiffOutcome};
 pub use self::list::{List, ListOutcome};
 pub use self::migrate::{Migrate, MigrationReport};
 pub use self::prune::{Prune, PruneReport};
@@ -114,6 +116,7 @@ pub enum Request {
     List(List),
     Show(Show),
     Verify(Verify),
+    Diff(Diff),
     Check(Check),
     Delete(Delete),
     Prune(Prune),
@@ -144,6 +147,7 @@ impl Request {
             Request::List(_) => "backups_list",
             Request::Show(_) => "backup_show",
             Request::Verify(_) => "backup_verify",
+            Request::Diff(_) => "backups_diff",
             Request::Check(_) => "backups_check",
             Request::Delete(_) => "backup_delete",
             Request::Prune(_) => "prune",
@@ -206,6 +210,19 @@ impl TryFrom<Command> for Request {
             Command::BackupsList => Request::List(List),
             Command::BackupShow { id } => Request::Show(Show { id }),
             Command::BackupVerify { id, full } => Request::Verify(Verify { id, full }),
+            Command::BackupsDiff {
+                id,
+                other,
+                live,
+                collection,
+                ids,
+            } => Request::Diff(Diff {
+                id,
+                other,
+                live,
+                collection,
+                ids,
+            }),
             Command::BackupsCheck => Request::Check(Check),
             Command::BackupDelete { id } => Request::Delete(Delete { id }),
             Command::Prune { dry_run } => Request::Prune(Prune { dry_run }),
@@ -265,6 +282,7 @@ pub enum Outcome {
     List(ListOutcome),
     Show(ShowOutcome),
     Verify(VerifyReport),
+    Diff(DiffOutcome),
     Check(CheckOutcome),
     Delete(DeleteOutcome),
     Prune(PruneReport),
@@ -367,6 +385,7 @@ async fn dispatch(
         Request::List(r) => Outcome::List(r.run(ctx).await?),
         Request::Show(r) => Outcome::Show(r.run(ctx).await?),
         Request::Verify(r) => Outcome::Verify(r.run(ctx, progress).await?),
+        Request::Diff(r) => Outcome::Diff(r.run(ctx, progress).await?),
         Request::Check(r) => Outcome::Check(r.run(ctx).await?),
         Request::Delete(r) => Outcome::Delete(r.run(ctx).await?),
         Request::Prune(r) => Outcome::Prune(r.run(ctx).await?),

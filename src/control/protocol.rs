@@ -99,6 +99,20 @@ pub enum Command {
         #[serde(default)]
         full: bool,
     },
+    /// What changed from snapshot `id` to snapshot `other`, or to the live
+    /// collections (`live`): per collection, records added, changed and
+    /// removed; with `ids`, their ids.
+    BackupsDiff {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        other: Option<String>,
+        #[serde(default)]
+        live: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        collection: Option<String>,
+        #[serde(default)]
+        ids: bool,
+    },
     /// Remove a snapshot (its chunks go at the next prune).
     BackupDelete { id: String },
     /// Check every stored object for damage, without the key.
@@ -176,6 +190,7 @@ impl Command {
         "backups_list",
         "backup_show",
         "backup_verify",
+        "backups_diff",
         "backup_delete",
         "backups_check",
         "prune",
@@ -200,6 +215,7 @@ impl Command {
             Command::BackupsList => "backups_list",
             Command::BackupShow { .. } => "backup_show",
             Command::BackupVerify { .. } => "backup_verify",
+            Command::BackupsDiff { .. } => "backups_diff",
             Command::BackupDelete { .. } => "backup_delete",
             Command::BackupsCheck => "backups_check",
             Command::Prune { .. } => "prune",
@@ -261,6 +277,7 @@ impl Command {
             | Command::BackupsList
             | Command::BackupShow { .. }
             | Command::BackupVerify { .. }
+            | Command::BackupsDiff { .. }
             | Command::BackupsCheck
             | Command::Jobs
             | Command::MigrateStatus

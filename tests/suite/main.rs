@@ -37,6 +37,7 @@ mod audit;
 mod backup_backends;
 mod backup_concurrency;
 mod backup_daemon;
+mod backup_diff;
 mod backup_engine;
 mod change_feed;
 mod chroma_faults;

@@ -2,6 +2,7 @@
 //! result a command returns (the same data `--json` prints as it came).
 
 mod backups;
+mod diff;
 mod migrate;
 
 use serde_json::Value;
@@ -34,6 +35,7 @@ pub fn result(command: &Command, v: &Value) {
         Command::BackupsList => backups::list_snapshots(v),
         Command::BackupShow { .. } => backups::show(v),
         Command::BackupVerify { .. } => backups::verify(v),
+        Command::BackupsDiff { .. } => diff::diff(v),
         Command::BackupsCheck => backups::check(v),
         Command::BackupDelete { .. } => outln!(
             "snapshot {} deleted; `chromaprod prune` frees the chunks no other snapshot uses",

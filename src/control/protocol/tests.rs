@@ -181,6 +181,19 @@ fn destructive_commands_need_the_admin_level() {
     );
     assert_eq!(Command::Reload.level(), Level::Operate);
     assert_eq!(Command::Status.level(), Level::Read);
+    // A diff changes nothing; the ids it lists count as metadata.
+    let diff = Command::BackupsDiff {
+        id: "a".into(),
+        other: None,
+        live: true,
+        collection: None,
+        ids: true,
+    };
+    assert_eq!(diff.level(), Level::Read);
+    assert_eq!(
+        serde_json::to_value(&diff).expect("json"),
+        json!({"cmd": "backups_diff", "id": "a", "live": true, "ids": true})
+    );
     assert!(Level::Read < Level::Operate && Level::Operate < Level::Admin);
 }
 
