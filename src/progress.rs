@@ -45,6 +45,18 @@ pub enum Event {
         records_done: u64,
         records_total: u64,
     },
+    /// A delta restore read live records and compared them with the snapshot's.
+    DeltaCompare {
+        collection: String,
+        records_done: u64,
+        records_total: u64,
+    },
+    /// A delta restore wrote or deleted records that differ from the snapshot.
+    DeltaWrite {
+        collection: String,
+        records_done: u64,
+        records_total: u64,
+    },
     /// A migration runner waits for the lock another runner holds.
     WaitingForLock { holder: String },
     /// A migration takes a restore point of these collections.
@@ -122,6 +134,8 @@ impl Event {
             Event::Verify { .. } => "verify",
             Event::Restore { .. } => "restore",
             Event::RestoreVerify { .. } => "restore_verify",
+            Event::DeltaCompare { .. } => "delta_compare",
+            Event::DeltaWrite { .. } => "delta_write",
             Event::WaitingForLock { .. } => "waiting_for_lock",
             Event::RestorePoint { .. } => "restore_point",
             Event::Migrate(_) => "migrate",
@@ -134,7 +148,9 @@ impl Event {
         match self {
             Event::Backup { collection, .. }
             | Event::Restore { collection, .. }
-            | Event::RestoreVerify { collection, .. } => Some(collection),
+            | Event::RestoreVerify { collection, .. }
+            | Event::DeltaCompare { collection, .. }
+            | Event::DeltaWrite { collection, .. } => Some(collection),
             Event::Migrate(m) => match &m.detail {
                 MigrateDetail::Rebuild(
                     RebuildStep::Copy { collection, .. }
@@ -169,6 +185,16 @@ impl Event {
                 ..
             }
             | Event::RestoreVerify {
+                records_done,
+                records_total,
+                ..
+            }
+            | Event::DeltaCompare {
+                records_done,
+                records_total,
+                ..
+            }
+            | Event::DeltaWrite {
                 records_done,
                 records_total,
                 ..
@@ -445,6 +471,14 @@ mod tests {
                 json!({"phase": "restore_verify", "collection": "docs", "records_done": 5, "records_total": 6}),
             ),
             (
+                Event::DeltaWrite {
+                    collection: "docs".into(),
+                    records_done: 1,
+                    records_total: 3,
+                },
+                json!({"phase": "delta_write", "collection": "docs", "records_done": 1, "records_total": 3}),
+            ),
+            (
                 Event::WaitingForLock {
                     holder: "ops@db1".into(),
                 },
@@ -525,7 +559,7 @@ mod tests {
     fn people_read_counts_and_collections() {
         let (e, _) = &wire()[0];
         assert_eq!(e.to_string(), "backup docs: 10/20 records");
-        let (e, _) = &wire()[10];
+        let (e, _) = &wire()[11];
         assert_eq!(
             e.to_string(),
             "migrate 3 rebuild catch-up docs: 7 records fixed"

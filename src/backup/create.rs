@@ -343,7 +343,7 @@ impl BackupManager {
     }
 
     /// A parent chunk's index, read and checked.
-    async fn parent_index(&self, chunk: &ChunkRef) -> Result<ChunkIndex, BackupError> {
+    pub(super) async fn parent_index(&self, chunk: &ChunkRef) -> Result<ChunkIndex, BackupError> {
         let bytes = self
             .repo
             .get(&index_key(&chunk.index_id)?, chunk.index_stored_size)

@@ -219,6 +219,7 @@ impl TryFrom<Command> for Request {
                 mode,
                 dry_run,
                 keep_previous,
+                keep_extra,
                 ..
             } => Request::Restore(Restore {
                 id,
@@ -230,6 +231,7 @@ impl TryFrom<Command> for Request {
                 mode,
                 dry_run,
                 keep_previous,
+                keep_extra,
             }),
             Command::Query {
                 collection,
