@@ -33,6 +33,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::chunks::ChunkStream;
@@ -272,13 +273,16 @@ impl BackupManager {
                 }
                 let part: Vec<Record> = records.by_ref().take(FETCH_BATCH).collect();
                 done += part.len() as u64;
-                let write = self
+                let (write, clear) = self
                     .differing(&live.id, part, &wanted, cosine, &mut out)
                     .await?;
-                if !opts.dry_run && !write.is_empty() {
-                    out.written += self.write_back(c, &live.id, write).await?;
-                } else if opts.dry_run {
+                if opts.dry_run {
                     out.written += write.len() as u64;
+                } else if !write.is_empty() {
+                    if !clear.is_empty() {
+                        self.store.delete(&live.id, Some(&clear), None).await?;
+                    }
+                    out.written += self.write_back(c, &live.id, write).await?;
                 }
                 progress.send(step(done));
             }
@@ -357,6 +361,12 @@ impl BackupManager {
     /// Of `part` (snapshot records still wanted), those to write: the
     /// missing ones, and those whose live record does not match within the
     /// server's rounding (read again here, by id). Counts them in `out`.
+    ///
+    /// An upsert merges metadata and keeps a stored document or uri it is
+    /// not given a value for, so a changed record is written with `null` for
+    /// each metadata key only the live record has (which removes the key),
+    /// and a live record holding a document or uri the snapshot's lacks is
+    /// named in the second list, to delete before the upsert.
     async fn differing(
         &self,
         collection_id: &str,
@@ -364,7 +374,7 @@ impl BackupManager {
         wanted: &HashMap<String, Wanted>,
         cosine: bool,
         out: &mut DeltaRestored,
-    ) -> Result<Vec<Record>, BackupError> {
+    ) -> Result<(Vec<Record>, Vec<String>), BackupError> {
         let ids: Vec<String> = part
             .iter()
             .filter(|r| wanted.get(&r.id).is_some_and(|w| w.differs))
@@ -383,7 +393,8 @@ impl BackupManager {
                 .collect()
         };
         let mut write = Vec::with_capacity(part.len());
-        for r in part {
+        let mut clear = Vec::new();
+        for mut r in part {
             match live.get(&r.id) {
                 // Missing, or found differing at first and gone since.
                 None => {
@@ -391,13 +402,32 @@ impl BackupManager {
                     write.push(r);
                 }
                 Some(l) if records_match(&r, l, cosine) => out.unchanged += 1,
-                Some(_) => {
+                Some(l) => {
                     out.changed += 1;
+                    let stale: Vec<String> = l
+                        .metadata
+                        .iter()
+                        .flatten()
+                        .map(|(k, _)| k)
+                        .filter(|k| !r.metadata.as_ref().is_some_and(|m| m.contains_key(*k)))
+                        .cloned()
+                        .collect();
+                    if !stale.is_empty() {
+                        let m = r.metadata.get_or_insert_with(Map::new);
+                        for k in stale {
+                            m.insert(k, Value::Null);
+                        }
+                    }
+                    if (r.document.is_none() && l.document.is_some())
+                        || (r.uri.is_none() && l.uri.is_some())
+                    {
+                        clear.push(r.id.clone());
+                    }
                     write.push(r);
                 }
             }
         }
-        Ok(write)
+        Ok((write, clear))
     }
 
     /// Upserts snapshot records into the live collection; returns how many.
