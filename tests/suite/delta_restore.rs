@@ -586,3 +586,52 @@ fn a_delta_restore_killed_midway_converges_and_its_restore_point_undoes_it() {
         assert!(a.bit_eq(b), "{:?} is not as it was", a.id);
     }
 }
+
+#[test]
+fn a_delta_restore_through_the_daemon_records_its_restore_point_in_the_audit_log() {
+    let chroma = ChromaServer::start();
+    let rt = common::host::rt();
+    let store = store_for(&chroma.base());
+    let col_id = rt.block_on(seed(&store, "docs", 300, 8));
+    let (dir, config) = setup(&chroma.base());
+    let id = backup(&config, "docs");
+    let gone = vec!["r000042".to_string()];
+    rt.block_on(store.delete(&col_id, Some(&gone), None))
+        .expect("delete");
+    let daemon = common::daemon::DaemonProcess::spawn(&config, &[]);
+    daemon.wait_ready(Duration::from_secs(30));
+    let (code, out, err) = common::daemon::cli(
+        &daemon.socket,
+        &[
+            "--json",
+            "restore",
+            &id,
+            "--collection",
+            "docs",
+            "--mode",
+            "delta",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}\n{}", daemon.log());
+    let result: Value = serde_json::from_str(out.lines().last().expect("line")).expect("json");
+    let point = result["restore_point"].as_str().expect("restore point");
+    assert_eq!(result["delta"][0]["missing"], 1, "{result}");
+
+    let text = std::fs::read_to_string(dir.path().join("state/audit.jsonl")).expect("audit");
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .filter(|r: &Value| r["action"] == "restore")
+        .collect();
+    assert_eq!(records.len(), 2, "started and finished: {text}");
+    assert_eq!(records[0]["details"]["command"]["mode"], "delta");
+    let finished = &records[1]["details"];
+    assert_eq!(finished["finished"], true, "{text}");
+    assert_eq!(finished["ok"], true, "{text}");
+    assert_eq!(finished["result"]["restore_point"], point, "{text}");
+    assert_eq!(
+        records[1]["actor"]["uid"],
+        nix::unistd::getuid().as_raw(),
+        "{text}"
+    );
+}
