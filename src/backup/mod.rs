@@ -3,8 +3,8 @@
 //! reading from and writing to Chroma (`source`), reading chunks back for a
 //! restore (`chunks`), comparing records read back (`compare`) and the
 //! operations on snapshots (`manager`: `BackupManager`, with one file per
-//! operation: `create` and its `upload`er, `verify`, `restore`, `prune`,
-//! `diff`).
+//! operation: `create` and its `upload`er, `verify`, `restore` and its
+//! `delta` mode, `prune`, `diff`).
 //! `docs/backup-format.md` describes the repository layout and the bytes.
 
 pub mod changes;
@@ -12,6 +12,7 @@ mod chunks;
 pub mod compare;
 pub mod create;
 pub mod crypto;
+mod delta;
 pub mod diff;
 pub mod format;
 pub mod lock;
@@ -27,6 +28,7 @@ mod upload;
 pub mod verify;
 
 pub use create::{in_scope, BackupRequest};
+pub use delta::DeltaRestored;
 pub use manager::{load_key, BackupManager, SnapshotSummary};
 pub use manifest::{BackupMetadata, BackupType, Manifest, SnapshotId, Trigger};
 pub use prune::PruneReport;
@@ -84,6 +86,17 @@ pub enum BackupError {
         "collection {0:?} already exists; restore with --mode replace to swap it, or --as NEW_NAME"
     )]
     TargetExists(String),
+    #[error("collection {0:?} does not exist in Chroma, so a delta restore has nothing to compare with; use --mode replace or no mode to restore it whole")]
+    DeltaTargetMissing(String),
+    #[error("collection {target:?} uses the {live} distance space but the snapshot's {collection:?} uses {snapshot}; a delta restore cannot change the space: use --mode replace")]
+    DeltaSpaceDiffers {
+        collection: String,
+        target: String,
+        live: String,
+        snapshot: String,
+    },
+    #[error("the delta restore of {collection:?} did not finish: {why}; run it again (it writes only what still differs), or undo it by restoring its restore point with --mode replace")]
+    DeltaIncomplete { collection: String, why: String },
     #[error("restore verification failed for {collection:?}: {why}; the target collection was left as it was")]
     RestoreMismatch { collection: String, why: String },
     #[error("invalid request: {0}")]
@@ -129,9 +142,11 @@ impl BackupError {
             | BackupError::Corrupt(_) => "corrupt",
             BackupError::Locked(_) | BackupError::Busy(_) => "busy",
             BackupError::Cancelled => "cancelled",
-            BackupError::TargetExists(_) | BackupError::Invalid(_) | BackupError::NotEncrypted => {
-                "bad_request"
-            }
+            BackupError::TargetExists(_)
+            | BackupError::DeltaTargetMissing(_)
+            | BackupError::DeltaSpaceDiffers { .. }
+            | BackupError::Invalid(_)
+            | BackupError::NotEncrypted => "bad_request",
             _ => "backup",
         }
     }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::chunks::ChunkStream;
 use super::compare::records_match;
+use super::delta::DeltaRestored;
 use super::manifest::{ChunkRef, CollectionSnapshot, SnapshotId};
 use super::records::Record;
 use super::source::{to_batch, FETCH_BATCH};
@@ -27,6 +28,9 @@ pub enum RestoreMode {
     /// Swap the restored collection in; the previous one is dropped after
     /// the swap succeeded (or kept with `keep_previous`).
     Replace,
+    /// Write into the existing collection only what differs from the
+    /// snapshot, after a restore point (`backup::delta`).
+    Delta,
 }
 
 /// What to restore and how; the default restores every collection of the
@@ -40,6 +44,8 @@ pub struct RestoreOptions {
     pub mode: RestoreMode,
     pub dry_run: bool,
     pub keep_previous: bool,
+    /// With `Delta`: keep live records the snapshot does not have.
+    pub keep_extra: bool,
 }
 
 impl RestoreOptions {
@@ -69,6 +75,18 @@ pub enum RestoreOutcome {
         snapshot: String,
         restored: Vec<RestoredCollection>,
         /// Swaps a crash had interrupted, finished or undone before restoring.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        recovered_swaps: Vec<String>,
+    },
+    /// A delta restore (`RestoreMode::Delta`), or with `dry_run` what it
+    /// would write and delete.
+    Delta {
+        snapshot: String,
+        dry_run: bool,
+        /// The `collection` backup of the targets taken before writing
+        /// (restore it with `--mode replace` to undo); `None` for a dry run.
+        restore_point: Option<String>,
+        delta: Vec<DeltaRestored>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         recovered_swaps: Vec<String>,
     },
@@ -107,6 +125,16 @@ impl BackupManager {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<RestoreOutcome, BackupError> {
+        if opts.keep_extra && opts.mode != RestoreMode::Delta {
+            return Err(BackupError::Invalid(
+                "--keep-extra applies only to --mode delta (a whole restore keeps nothing of the live collection)".into(),
+            ));
+        }
+        if opts.keep_previous && opts.mode == RestoreMode::Delta {
+            return Err(BackupError::Invalid(
+                "--keep-previous applies only to --mode replace; a delta restore takes a restore point instead".into(),
+            ));
+        }
         let manifest = self.show(id).await?;
         let selected: Vec<&CollectionSnapshot> = if opts.collections.is_empty() {
             manifest.collections.iter().collect()
@@ -150,6 +178,12 @@ impl BackupManager {
         };
         for r in &recovered {
             tracing::warn!(collection = %r.entry.target, resolution = ?r.resolution, "{r}");
+        }
+        if opts.mode == RestoreMode::Delta {
+            let recovered = recovered.iter().map(ToString::to_string).collect();
+            return self
+                .restore_delta(id, &selected, opts, recovered, progress, cancel)
+                .await;
         }
         let existing: HashSet<String> = self
             .store
@@ -435,7 +469,28 @@ mod tests {
             {"collection": "docs", "target": "docs", "records": 3, "previous": null}]});
         let mut recovered_json = restored_json.clone();
         recovered_json["recovered_swaps"] = json!(["finished x"]);
+        let delta = RestoreOutcome::Delta {
+            snapshot: "ab12".into(),
+            dry_run: false,
+            restore_point: Some("cd34".into()),
+            delta: vec![DeltaRestored {
+                collection: "docs".into(),
+                target: "docs".into(),
+                compared: 10,
+                unchanged: 6,
+                missing: 1,
+                changed: 1,
+                written: 2,
+                deleted: 2,
+                kept_extra: 0,
+            }],
+            recovered_swaps: Vec::new(),
+        };
+        let delta_json = json!({"snapshot": "ab12", "dry_run": false, "restore_point": "cd34", "delta": [
+            {"collection": "docs", "target": "docs", "compared": 10, "unchanged": 6, "missing": 1,
+             "changed": 1, "written": 2, "deleted": 2, "kept_extra": 0}]});
         for (outcome, wire) in [
+            (delta, delta_json),
             (planned, planned_json),
             (restored(Vec::new()), restored_json),
             (restored(vec!["finished x".into()]), recovered_json),

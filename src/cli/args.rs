@@ -57,7 +57,7 @@ pub enum Verb {
     /// Control a running job.
     #[command(subcommand)]
     Job(JobVerb),
-    /// Restore collections of a snapshot (staging collection, verify, swap).
+    /// Restore collections of a snapshot (staging collection, verify, swap; or --mode delta: only what differs).
     Restore(RestoreArgs),
     /// Repository keys.
     #[command(subcommand)]
@@ -180,7 +180,8 @@ pub struct RestoreArgs {
     /// Allow the target's token over plain http to a host that is not loopback.
     #[arg(long, requires = "target_token_file")]
     pub allow_plain_http: bool,
-    /// What to do when the target collection exists.
+    /// What to do when the target collection exists: refuse, swap in a
+    /// whole copy, or write only what differs (delta).
     #[arg(long, value_enum, default_value = "fail-if-exists")]
     pub mode: ModeArg,
     /// Show what would be restored.
@@ -189,12 +190,17 @@ pub struct RestoreArgs {
     /// With --mode replace, keep the previous collection as NAME-pre-restore-ID.
     #[arg(long)]
     pub keep_previous: bool,
+    /// With --mode delta, keep live records the snapshot does not have.
+    #[arg(long)]
+    pub keep_extra: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum ModeArg {
     FailIfExists,
     Replace,
+    /// Write into the existing collection only what differs (after a restore point).
+    Delta,
 }
 
 #[derive(Subcommand, Debug)]

@@ -113,9 +113,11 @@ pub fn main() -> ExitCode {
                     mode: match r.mode {
                         ModeArg::FailIfExists => RestoreMode::FailIfExists,
                         ModeArg::Replace => RestoreMode::Replace,
+                        ModeArg::Delta => RestoreMode::Delta,
                     },
                     dry_run: r.dry_run,
                     keep_previous: r.keep_previous,
+                    keep_extra: r.keep_extra,
                     wait: true,
                 },
             ),

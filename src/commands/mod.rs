@@ -236,6 +236,7 @@ impl TryFrom<Command> for Request {
                 mode,
                 dry_run,
                 keep_previous,
+                keep_extra,
                 ..
             } => Request::Restore(Restore {
                 id,
@@ -247,6 +248,7 @@ impl TryFrom<Command> for Request {
                 mode,
                 dry_run,
                 keep_previous,
+                keep_extra,
             }),
             Command::Query {
                 collection,

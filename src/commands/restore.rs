@@ -1,6 +1,7 @@
 //! `restore`: collections of a snapshot into Chroma — loaded into a staging
-//! collection, verified, then swapped in under the name — onto the
-//! configured server or another one.
+//! collection, verified, then swapped in under the name, or with
+//! `--mode delta` only what differs written into the live collection after a
+//! restore point — onto the configured server or another one.
 
 use std::sync::Arc;
 
@@ -30,6 +31,8 @@ pub struct Restore {
     pub mode: RestoreMode,
     pub dry_run: bool,
     pub keep_previous: bool,
+    /// With `RestoreMode::Delta`: keep live records the snapshot lacks.
+    pub keep_extra: bool,
 }
 
 impl Restore {
@@ -69,13 +72,15 @@ impl Restore {
             mode: self.mode,
             dry_run: self.dry_run,
             keep_previous: self.keep_previous,
+            keep_extra: self.keep_extra,
         };
         m.restore(&id, &opts, progress, cancel).await
     }
 }
 
 /// What a restore did (or, with `dry_run`, would do): `{"snapshot",
-/// "restored": [...]}` or `{"snapshot", "dry_run", "plan": [...]}`.
+/// "restored": [...]}`, `{"snapshot", "dry_run", "plan": [...]}`, or for a
+/// delta restore `{"snapshot", "dry_run", "restore_point", "delta": [...]}`.
 pub use crate::backup::RestoreOutcome;
 
 /// The configuration a restore onto `target` runs with: the target as the

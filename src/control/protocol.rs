@@ -126,7 +126,8 @@ pub enum Command {
     Jobs,
     /// Cancel a running job.
     JobCancel { id: u64 },
-    /// Restore collections of a snapshot (staging collection, verify, swap).
+    /// Restore collections of a snapshot (staging collection, verify, swap;
+    /// or with `mode: "delta"`, only what differs, after a restore point).
     Restore {
         id: String,
         #[serde(default)]
@@ -154,6 +155,9 @@ pub enum Command {
         dry_run: bool,
         #[serde(default)]
         keep_previous: bool,
+        /// With `mode: "delta"`: keep live records the snapshot does not have.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_extra: bool,
         #[serde(default)]
         wait: bool,
     },
@@ -287,15 +291,19 @@ impl Command {
             | Command::Backup { .. }
             | Command::JobCancel { .. }
             | Command::MigrateUp { .. } => Level::Operate,
-            // Replacing a live collection destroys data; restoring onto
-            // another server hands it a decrypted snapshot.
+            // Replacing a live collection, or rewriting it (delta), destroys
+            // data; restoring onto another server hands it a decrypted snapshot.
             Command::Restore {
                 mode,
                 dry_run,
                 target,
                 ..
             } => {
-                if target.is_some() || (*mode == crate::backup::RestoreMode::Replace && !dry_run) {
+                let overwrites = matches!(
+                    mode,
+                    crate::backup::RestoreMode::Replace | crate::backup::RestoreMode::Delta
+                );
+                if target.is_some() || (overwrites && !dry_run) {
                     Level::Admin
                 } else {
                     Level::Operate

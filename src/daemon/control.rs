@@ -92,7 +92,19 @@ impl ControlHandler {
             query.with_documents = peer.clearance.documents;
         }
         if let (Some(wait), Some(kind)) = (command.wait(), request.job_kind()) {
-            let watch = self.shared.start_job(kind, request, Trigger::Command);
+            // A delta restore's restore point is known only at its end.
+            let outcome_audit = matches!(
+                command,
+                Command::Restore {
+                    mode: crate::backup::RestoreMode::Delta,
+                    dry_run: false,
+                    ..
+                }
+            )
+            .then(|| (Actor::from(peer), command.name(), json!(command.redacted())));
+            let watch =
+                self.shared
+                    .start_job_audited(kind, request, Trigger::Command, outcome_audit);
             let job = watch.id;
             self.shared
                 .audit(

@@ -124,13 +124,38 @@ impl Shared {
     /// Runs `request` as a job of `kind` (listed by `jobs`, cancellable,
     /// stopped with the daemon); returns its subscription.
     pub(super) fn start_job(&self, kind: JobKind, request: Request, trigger: Trigger) -> Watch {
+        self.start_job_audited(kind, request, trigger, None)
+    }
+
+    /// [`Shared::start_job`], and with `outcome_audit` (actor, action, the
+    /// recorded command) the job's outcome is appended to the audit log
+    /// when it ends: what only the outcome knows, such as a delta restore's
+    /// restore point, is then on record.
+    pub(super) fn start_job_audited(
+        &self,
+        kind: JobKind,
+        request: Request,
+        trigger: Trigger,
+        outcome_audit: Option<(Actor, &'static str, Value)>,
+    ) -> Watch {
         let ctx = self.context();
+        let log = self.audit.clone();
         self.jobs
             .start(kind, trigger, move |progress, cancel| async move {
-                commands::execute(&ctx, request, trigger, &progress, &cancel)
+                let outcome = commands::execute(&ctx, request, trigger, &progress, &cancel)
                     .await
                     .map(|outcome| outcome.to_json())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string());
+                if let Some((actor, action, command)) = outcome_audit {
+                    let details = json!({ "command": command, "finished": true, "ok": outcome.is_ok(), "result": outcome.as_ref().ok(), "error": outcome.as_ref().err() });
+                    let written =
+                        tokio::task::spawn_blocking(move || log.append(&actor, action, details))
+                            .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        tracing::error!("cannot write a job's outcome to the audit log");
+                    }
+                }
+                outcome
             })
     }
 }

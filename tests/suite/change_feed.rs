@@ -152,11 +152,12 @@ enum Write {
     MetadataOnly,
 }
 
-/// The `changed=` count of the log line of a change-aware read, if any.
+/// The `changed=` count of the log line of a change-aware read of `docs`
+/// (the restored copies are backed up too), if any.
 fn changed_count(log: &str) -> Option<u64> {
-    let line = log
-        .lines()
-        .find(|l| l.contains("reading only the records written since"))?;
+    let line = log.lines().find(|l| {
+        l.contains("reading only the records written since") && l.contains(" collection=docs ")
+    })?;
     let at = line.find("changed=")? + "changed=".len();
     line[at..]
         .split(|c: char| !c.is_ascii_digit())

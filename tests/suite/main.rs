@@ -47,6 +47,7 @@ mod config_example;
 mod control_access;
 mod control_socket;
 mod daemon_health;
+mod delta_restore;
 mod doctor;
 mod lifecycle;
 mod logging;

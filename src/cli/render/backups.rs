@@ -224,6 +224,9 @@ pub(super) fn prune(v: &Value) {
 
 /// `restore`: what was restored where, or with `--dry-run` what would be.
 pub(super) fn restore(v: &Value) {
+    if v.get("delta").is_some() {
+        return delta(v);
+    }
     if v["dry_run"].as_bool() == Some(true) {
         outln!(
             "dry run of snapshot {}: nothing was changed",
@@ -252,4 +255,51 @@ pub(super) fn restore(v: &Value) {
         ]);
     }
     t.print();
+}
+
+/// `restore --mode delta`: per collection what was written and deleted, and
+/// the restore point that undoes it.
+fn delta(v: &Value) {
+    let dry = v["dry_run"].as_bool() == Some(true);
+    if dry {
+        outln!(
+            "dry run of a delta restore of snapshot {}: nothing was changed",
+            text(&v["snapshot"])
+        );
+    } else {
+        outln!("snapshot {} restored by delta", text(&v["snapshot"]));
+    }
+    let (written, deleted) = if dry {
+        (">WOULD WRITE", ">WOULD DELETE")
+    } else {
+        (">WRITTEN", ">DELETED")
+    };
+    let mut t = Table::new(&[
+        "COLLECTION",
+        "TARGET",
+        ">COMPARED",
+        ">UNCHANGED",
+        ">MISSING",
+        ">CHANGED",
+        written,
+        deleted,
+        ">KEPT EXTRA",
+    ]);
+    for r in v["delta"].as_array().into_iter().flatten() {
+        t.row(vec![
+            text(&r["collection"]),
+            text(&r["target"]),
+            opt(&r["compared"], count),
+            opt(&r["unchanged"], count),
+            opt(&r["missing"], count),
+            opt(&r["changed"], count),
+            opt(&r["written"], count),
+            opt(&r["deleted"], count),
+            opt(&r["kept_extra"], count),
+        ]);
+    }
+    t.print();
+    if let Some(id) = v["restore_point"].as_str() {
+        outln!("restore point: snapshot {id} (undo with `chromaprod restore {id} --mode replace`)");
+    }
 }

@@ -105,6 +105,7 @@ fn a_target_token_crosses_the_wire_but_not_into_records() {
         mode: crate::backup::RestoreMode::FailIfExists,
         dry_run: false,
         keep_previous: false,
+        keep_extra: false,
         wait: true,
     };
     let text = serde_json::to_string(&Request::new(c.clone())).unwrap_or_default();
@@ -142,10 +143,13 @@ fn destructive_commands_need_the_admin_level() {
         mode,
         dry_run,
         keep_previous: false,
+        keep_extra: false,
         wait: false,
     };
     assert_eq!(restore(RestoreMode::Replace, false).level(), Level::Admin);
     assert_eq!(restore(RestoreMode::Replace, true).level(), Level::Operate);
+    assert_eq!(restore(RestoreMode::Delta, false).level(), Level::Admin);
+    assert_eq!(restore(RestoreMode::Delta, true).level(), Level::Operate);
     assert_eq!(
         restore(RestoreMode::FailIfExists, false).level(),
         Level::Operate
