@@ -67,7 +67,10 @@ package: release package-tools
 # - the release build and the .deb, then the doc tests and rustfmt,
 #   start at once at the lowest priority, so they take the cores only when
 #   the build and the suite leave them idle (log: $(SIDE_LOG), printed once
-#   they end). The package tests run once the .deb exists;
+#   they end). They run in a session of their own (one signal stops them
+#   all), and where the kernel groups a session's processes for scheduling
+#   (autogroup) a nice value alone would not hold them back against the
+#   other group: the group's own nice value is set too. The package tests run once the .deb exists;
 # - clippy lints as the debug build compiles ($(LINTED_BUILD)).
 # Every check runs even when an earlier one fails; the target fails if any
 # did, naming them. (The recipe names no $$(MAKE), so `make -n test` stays a
@@ -101,7 +104,7 @@ test: package-tools
 	{ CHROMA_VERSION=$(CHROMA_VERSION) PYTHON=$(PYTHON) scripts/install-chroma.sh && \
 		PYTHON=$(PYTHON) scripts/install-emulators.sh && touch $(EMULATORS_STAMP); } > $(TOOLS_LOG) 2>&1 & tools=$$!; \
 	export $(LINTED_BUILD); \
-	nice -n 19 setsid sh -xc 'env -u RUSTC_WORKSPACE_WRAPPER $(CARGO) build --release && packaging/build-deb.sh; echo $$? > $(DEB_RC); \
+	nice -n 19 setsid sh -xc 'echo 19 > /proc/self/autogroup 2>/dev/null || true; env -u RUSTC_WORKSPACE_WRAPPER $(CARGO) build --release && packaging/build-deb.sh; echo $$? > $(DEB_RC); \
 		rc=0; $(CARGO) test --doc || rc=1; $(ONE_TEST_CRATE) || rc=1; $(ARCHITECTURE) || rc=1; \
 		$(CARGO) fmt --check || rc=1; exit $$rc' > $(SIDE_LOG) 2>&1 & side=$$!; \
 	trap 'kill $$tools 2>/dev/null; kill -TERM -$$side 2>/dev/null; exit 130' INT TERM HUP; \
