@@ -151,7 +151,7 @@ impl BackupManager {
         };
         let parent = earlier.first();
         let info = self.store.check_ready().await?;
-        let local = self.local_chroma().await;
+        let local = LocalChroma::configured(&self.config, self.store.metrics()).await;
         let snapshot_id = SnapshotId::generate()?;
         let mut written = 0u64;
         let mut snaps = Vec::new();
@@ -219,21 +219,6 @@ impl BackupManager {
             bytes_written: manifest.bytes_written,
         });
         Ok(manifest)
-    }
-
-    /// The local Chroma's database when `chroma.persist_directory` is set
-    /// and it can be read; otherwise every collection is read over HTTP
-    /// (logged and counted).
-    async fn local_chroma(&self) -> Option<LocalChroma> {
-        let dir = self.config.chroma.persist_directory.as_ref()?;
-        match LocalChroma::open(dir).await {
-            Ok(local) => Some(local),
-            Err(why) => {
-                tracing::warn!(reason = why.reason(), error = %why, "not reading chroma.persist_directory; backups read every record over HTTP");
-                self.store.metrics().change_feed(Some(why.reason()));
-                None
-            }
-        }
     }
 
     /// One collection: every record (full) or only what changed since the

@@ -47,6 +47,8 @@ impl MigrationManager {
     ) -> Result<DownReport, MigrationError> {
         let recorded = lease.entries().await?;
         let steps = plan_down(files, &recorded, to)?;
+        let local =
+            crate::chroma::local::LocalChroma::configured(&self.config, self.store.metrics()).await;
         let mut undone = Vec::new();
         for step in &steps {
             let m = files
@@ -68,6 +70,7 @@ impl MigrationManager {
                 progress,
                 cancel,
                 last_save: std::sync::Mutex::new(None),
+                local: local.clone(),
             };
             let mut result = Ok(());
             for op in m.down_ops()? {

@@ -27,6 +27,9 @@ pub struct Tracker<'a> {
     pub cancel: &'a CancellationToken,
     /// When a checkpoint was last saved (progress checkpoints are spaced out).
     pub last_save: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The local Chroma's files (`chroma.persist_directory`), for catch-up
+    /// passes that read only what the writers changed.
+    pub local: Option<crate::chroma::local::LocalChroma>,
 }
 
 /// Progress checkpoints are saved at most this often: a crash repeats at

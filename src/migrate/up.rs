@@ -208,6 +208,8 @@ impl MigrationManager {
             tracing::info!(migration = m.version, name = %m.name, "applying migration");
         }
         let entry = Mutex::new(entry);
+        let local =
+            crate::chroma::local::LocalChroma::configured(&self.config, self.store.metrics()).await;
         let tracker = Tracker {
             store: &self.store,
             lease,
@@ -216,6 +218,7 @@ impl MigrationManager {
             progress,
             cancel,
             last_save: std::sync::Mutex::new(None),
+            local: local.clone(),
         };
         let mut results = Vec::new();
         for (i, op) in m.up.iter().enumerate().skip(from) {

@@ -35,10 +35,23 @@ impl Env {
         Env::via(chroma, url).await
     }
 
+    /// As [`Env::new`], with `chroma.persist_directory` set to the
+    /// server's: catch-up passes read Chroma's change feed.
+    async fn local(chroma: ChromaServer) -> Env {
+        let url = chroma.url();
+        let persist = chroma.data_dir();
+        Env::with(chroma, url, Some(persist)).await
+    }
+
     /// As [`Env::new`], with the manager talking to Chroma through `url`.
     async fn via(chroma: ChromaServer, url: url::Url) -> Env {
+        Env::with(chroma, url, None).await
+    }
+
+    async fn with(chroma: ChromaServer, url: url::Url, persist: Option<PathBuf>) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = Config::default();
+        c.chroma.persist_directory = persist;
         c.chroma.endpoints = vec![url];
         c.migrations.path = dir.path().join("migrations");
         c.migrations.restore_point = true;
@@ -667,7 +680,17 @@ async fn rebuild_changes_the_metric_verified_and_down_switches_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_catches_up_with_a_writer_and_loses_no_acknowledged_write() {
-    let env = Env::new(ChromaServer::start()).await;
+    rebuild_under_writes(Env::new(ChromaServer::start()).await, false).await;
+}
+
+/// The same with Chroma's change feed: catch-up passes read only what the
+/// writer changed since the last pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_catches_up_through_the_change_feed_and_loses_no_acknowledged_write() {
+    rebuild_under_writes(Env::local(ChromaServer::start()).await, true).await;
+}
+
+async fn rebuild_under_writes(env: Env, change_feed: bool) {
     let n = 3000;
     let dim = 16;
     let original = seed(&env.store, "docs", "l2", n, dim).await;
@@ -733,6 +756,16 @@ async fn rebuild_catches_up_with_a_writer_and_loses_no_acknowledged_write() {
         op["caught_up_records"].as_u64().expect("caught up") > 0,
         "writes during the copy were caught up before the swap: {r}"
     );
+    let by_feed = op["catch_up_by_change_feed"].as_u64().expect("feed passes");
+    if change_feed {
+        assert_eq!(
+            Some(by_feed),
+            op["catch_up_passes"].as_u64(),
+            "every pass read the change feed: {r}"
+        );
+    } else {
+        assert_eq!(by_feed, 0, "{r}");
+    }
 
     let docs = env.get("docs").await;
     assert_eq!(hnsw(&docs, "space"), "cosine");

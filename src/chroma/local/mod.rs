@@ -176,6 +176,25 @@ impl LocalChroma {
         })
     }
 
+    /// The configured local Chroma (`chroma.persist_directory`), if set
+    /// and readable; a directory that cannot be used is logged and counted
+    /// (`chromaprod_change_feed_reads_total{outcome="fallback"}`), and the
+    /// caller reads over HTTP.
+    pub async fn configured(
+        config: &crate::config::Config,
+        metrics: &crate::observe::MetricsCollector,
+    ) -> Option<LocalChroma> {
+        let dir = config.chroma.persist_directory.as_ref()?;
+        match LocalChroma::open(dir).await {
+            Ok(local) => Some(local),
+            Err(why) => {
+                tracing::warn!(reason = why.reason(), error = %why, "not reading chroma.persist_directory: reading every record over HTTP");
+                metrics.change_feed(Some(why.reason()));
+                None
+            }
+        }
+    }
+
     /// The database file read.
     pub fn path(&self) -> &Path {
         &self.path

@@ -23,10 +23,13 @@
 //!    `settle_ms`, using the digests of the last catch-up pass to tell them
 //!    from what was already copied.
 
-use std::collections::{HashMap, HashSet};
+mod compare;
+mod feed;
 
 use serde_json::{json, Value};
 
+use self::compare::{catch_up, copy_changed};
+use self::feed::Feed;
 use super::embed::Embedder;
 use super::history::Outcome;
 use super::operation::{previous_name, staging_name, Operation};
@@ -34,9 +37,10 @@ use super::overlap::overlap;
 use super::tracker::{fetch, find, list_ids, resume_position, Tracker};
 use super::MigrationError;
 use crate::backup::compare::records_match;
-use crate::backup::records::{record_digest, Record, RecordDigest};
+use crate::backup::records::Record;
 use crate::backup::source::{to_batch, FETCH_BATCH};
 use crate::chroma::configuration::{creatable_configuration, merge_configuration, space_of};
+use crate::chroma::local::Unusable;
 use crate::chroma::swap::{self, SwapEntry};
 use crate::chroma::{Collection, CreateCollection, ProductionChromaStore};
 use crate::progress::{MigrateDetail, RebuildStep};
@@ -273,6 +277,22 @@ async fn fill_verify_swap(
     let store = t.store;
     let collection = spec.collection;
     let (max_passes, max_lag, settle_ms) = (spec.max_passes, spec.max_lag, spec.settle_ms);
+    // Where the source's change feed stands before the copy reads it: each
+    // catch-up pass then reads only what was written after the last one. A
+    // resumed copy may hold records changed before this mark, so its first
+    // pass compares both collections whole.
+    let mut feed = match &t.local {
+        Some(local) => match Feed::start(local, store, source).await? {
+            Ok(f) => Some(f),
+            Err(why) => {
+                feed_fallback(store, collection, &why);
+                None
+            }
+        },
+        None => None,
+    };
+    let mut compare_next = resume.is_some();
+
     // 1. Copy.
     let ids = list_ids(store, &source.id, None).await?;
     let total = ids.len();
@@ -314,10 +334,38 @@ async fn fill_verify_swap(
     // the counts may differ by at most that).
     let mut passes = 0;
     let mut caught_up = 0u64;
+    let mut feed_passes = 0u32;
     let (mut digests, counts) = loop {
         t.check_cancel()?;
         passes += 1;
-        let (fixed, digests) = catch_up(t, spec, source, target, tolerant).await?;
+        let mut by_feed = None;
+        if let Some(f) = feed.as_mut().filter(|_| !compare_next) {
+            match f.pass(store, spec, source, target, false).await? {
+                Ok(p) => by_feed = Some(p.fixed),
+                Err(why) => {
+                    feed_fallback(store, collection, &why);
+                    feed = None;
+                }
+            }
+        }
+        let (fixed, digests) = match by_feed {
+            Some(fixed) => {
+                feed_passes += 1;
+                t.report(
+                    "rebuild",
+                    MigrateDetail::Rebuild(RebuildStep::CatchUp {
+                        collection: collection.to_string(),
+                        records_fixed: fixed,
+                    }),
+                );
+                (fixed, None)
+            }
+            None => {
+                compare_next = false;
+                let (fixed, d) = catch_up(t, spec, source, target, tolerant).await?;
+                (fixed, Some(d))
+            }
+        };
         caught_up += fixed;
         let counts = (
             store.count(&source.id).await?,
@@ -402,28 +450,42 @@ async fn fill_verify_swap(
     .await?;
     t.save(json!({"phase": "swapped"})).await?;
 
-    // 5. Settle: copy writes that reached the old collection by id.
+    // 5. Settle: copy writes that reached the old collection by id, through
+    // the feed when the last pass used it, else by the last pass's digests.
     let mut after_swap = 0u64;
     let until = std::time::Instant::now() + std::time::Duration::from_millis(settle_ms);
+    let mut last = false;
     loop {
-        let (n, _) = copy_changed(store, spec, source, target, &mut digests).await?;
+        let n = match (feed.as_mut(), digests.as_mut()) {
+            (_, Some(d)) => copy_changed(store, spec, source, target, d).await?.0,
+            (Some(f), None) => match f.pass(store, spec, source, target, true).await? {
+                Ok(p) => p.fixed,
+                Err(why) => {
+                    feed_fallback(store, collection, &why);
+                    tracing::warn!(collection, kept = %previous, "stopped copying writes that reach the old collection by id; it is kept with them");
+                    break;
+                }
+            },
+            (None, None) => break,
+        };
         after_swap += n;
-        if std::time::Instant::now() >= until {
+        if last {
             break;
         }
-        tokio::time::sleep(
-            std::time::Duration::from_millis(250).min(until - std::time::Instant::now()),
-        )
-        .await;
+        let now = std::time::Instant::now();
+        if now >= until {
+            last = true;
+            continue;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250).min(until - now)).await;
     }
-    let (n, _) = copy_changed(store, spec, source, target, &mut digests).await?;
-    after_swap += n;
 
     Ok(json!({
         "collection": collection,
         "records": count,
         "copied": copied,
         "catch_up_passes": passes,
+        "catch_up_by_change_feed": feed_passes,
         "caught_up_records": caught_up,
         "counts_at_verify": {"source": counts.0, "copy": counts.1},
         "overlap": overlap,
@@ -452,95 +514,9 @@ async fn finish_swap(
     Ok(())
 }
 
-/// One catch-up pass: returns how many records it fixed and the digests
-/// of the source as read in this pass.
-async fn catch_up(
-    t: &Tracker<'_>,
-    spec: &Spec<'_>,
-    source: &Collection,
-    target: &Collection,
-    tolerant: bool,
-) -> Result<(u64, HashMap<String, RecordDigest>), MigrationError> {
-    let store = t.store;
-    let src_ids = list_ids(store, &source.id, None).await?;
-    let mut fixed = 0u64;
-    let mut digests = HashMap::with_capacity(src_ids.len());
-    for part in src_ids.chunks(FETCH_BATCH) {
-        t.check_cancel()?;
-        let (want, got) = tokio::try_join!(
-            fetch(store, &source.id, part.to_vec()),
-            fetch(store, &target.id, part.to_vec())
-        )?;
-        let got: HashMap<&str, &Record> = got.iter().map(|r| (r.id.as_str(), r)).collect();
-        let mut stale = Vec::new();
-        for r in &want {
-            digests.insert(r.id.clone(), record_digest(r));
-            if !got
-                .get(r.id.as_str())
-                .is_some_and(|g| spec.same(r, g, tolerant))
-            {
-                stale.push(r.clone());
-            }
-        }
-        fixed += write(store, &target.id, spec.prepare(stale).await?).await? as u64;
-    }
-    let src: HashSet<&String> = src_ids.iter().collect();
-    let gone: Vec<String> = list_ids(store, &target.id, None)
-        .await?
-        .into_iter()
-        .filter(|id| !src.contains(id))
-        .collect();
-    for part in gone.chunks(FETCH_BATCH) {
-        store.delete(&target.id, Some(part), None).await?;
-    }
-    fixed += gone.len() as u64;
-    t.report(
-        "rebuild",
-        MigrateDetail::Rebuild(RebuildStep::CatchUp {
-            collection: spec.collection.to_string(),
-            records_fixed: fixed,
-        }),
-    );
-    Ok((fixed, digests))
-}
-
-/// Copies records of `source` whose digest differs from `seen` (written
-/// after that pass) and deletes in `target` those gone from `source`;
-/// `seen` is updated, so each write is copied once and a later write to
-/// the same record in `target` is not overwritten by an older one.
-async fn copy_changed(
-    store: &ProductionChromaStore,
-    spec: &Spec<'_>,
-    source: &Collection,
-    target: &Collection,
-    seen: &mut HashMap<String, RecordDigest>,
-) -> Result<(u64, u64), MigrationError> {
-    let ids = list_ids(store, &source.id, None).await?;
-    let mut copied = 0u64;
-    for part in ids.chunks(FETCH_BATCH) {
-        let records = fetch(store, &source.id, part.to_vec()).await?;
-        let mut changed: Vec<Record> = Vec::new();
-        for r in records {
-            let d = record_digest(&r);
-            if seen.get(&r.id) != Some(&d) {
-                seen.insert(r.id.clone(), d);
-                changed.push(r);
-            }
-        }
-        copied += write(store, &target.id, spec.prepare(changed).await?).await? as u64;
-    }
-    let now: HashSet<&String> = ids.iter().collect();
-    let gone: Vec<String> = seen
-        .keys()
-        .filter(|id| !now.contains(id))
-        .cloned()
-        .collect();
-    let mut deleted = 0u64;
-    for part in gone.chunks(FETCH_BATCH) {
-        deleted += store.delete(&target.id, Some(part), None).await?;
-    }
-    for id in &gone {
-        seen.remove(id);
-    }
-    Ok((copied, deleted))
+/// The change feed cannot be used for `collection`'s catch-up: logged and
+/// counted; the passes compare both collections whole.
+fn feed_fallback(store: &ProductionChromaStore, collection: &str, why: &Unusable) {
+    tracing::warn!(collection, reason = why.reason(), error = %why, "rebuild catch-up compares both collections whole: the change feed cannot be used");
+    store.metrics().change_feed(Some(why.reason()));
 }
