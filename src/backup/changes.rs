@@ -137,6 +137,32 @@ pub async fn position(
     }))
 }
 
+/// Every id of `segment`, from the persist directory, in id order: a full
+/// read's listing without asking the server to list them (read after the
+/// position, so every record at or before it is listed).
+pub async fn list_all(
+    local: &LocalChroma,
+    segment: &str,
+) -> Result<Result<IdList, Unusable>, BackupError> {
+    let mut ids = IdSpool::new()?;
+    let mut after: Option<String> = None;
+    loop {
+        let page = match local.page(segment, after.take(), None, PAGE).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let full = page.len() == PAGE;
+        for (id, _) in &page {
+            ids.push(id)?;
+        }
+        match page.into_iter().last() {
+            Some((id, _)) if full => after = Some(id),
+            _ => break,
+        }
+    }
+    Ok(Ok(ids.finish()?))
+}
+
 /// Lists what changed in `collection_id` since `parent`'s mark and marks the
 /// unchanged parent records in `planner`. On `Err(Unusable)` the planner may
 /// hold marks: the caller resets it ([`IncrementalPlanner::reset_seen`])

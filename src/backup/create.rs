@@ -9,8 +9,9 @@
 //!
 //! What a backup holds in memory, whatever the collection's size:
 //! - the id listing: nothing (it is in a temporary file, `source::IdList`);
-//! - fetched batches: `READ_AHEAD` waiting, one being fetched, one being
-//!   chunked, each about `source::FETCH_BATCH_BYTES` of records;
+//! - fetched batches: `READ_AHEAD` waiting, up to
+//!   `source::FETCH_CONCURRENCY` being fetched, one being chunked, each
+//!   about `source::FETCH_BATCH_BYTES` of records;
 //! - the chunk being built: at most 4 × its 4 MiB target (plus the record
 //!   that crosses it);
 //! - chunks being encoded and uploaded: `UPLOAD_BYTES_IN_FLIGHT` of
@@ -36,7 +37,7 @@ use super::manifest::{
 };
 use super::records::{record_digest, ChunkIndex, ChunkPlanner, Record};
 use super::repository::{index_key, snapshot_key};
-use super::source::CollectionReader;
+use super::source::{CollectionReader, FETCH_CONCURRENCY};
 use super::upload::Uploader;
 use super::{BackupError, BackupManager};
 use crate::chroma::local::{LocalChroma, Unusable};
@@ -253,24 +254,17 @@ impl BackupManager {
                 }
             }
         }
-        let (mut reader, change_mark) = self
+        let (reader, change_mark) = self
             .reader(&collection, local, parent, parent_ids, planner.as_mut())
             .await?;
         let total = reader.listed();
         // Read ahead: the next batches are fetched while this one is digested,
         // chunked and encoded, so Chroma and chromaprod work at the same time.
-        // Batches are sized by bytes (`FETCH_BATCH_BYTES`), so this holds at
-        // most READ_AHEAD + 2 batches' worth.
+        // Batches are sized by bytes (`FETCH_BATCH_BYTES`) and fetched
+        // `FETCH_CONCURRENCY` at a time, so this holds at most
+        // READ_AHEAD + FETCH_CONCURRENCY + 1 batches' worth.
         let (batches_tx, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
-        let read_ahead = tokio::spawn(async move {
-            loop {
-                let next = reader.next_batch().await.transpose();
-                let Some(batch) = next else { break };
-                if batches_tx.send(batch).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let read_ahead = tokio::spawn(reader.send_all(FETCH_CONCURRENCY, batches_tx));
         let _stop_reading = AbortOnDrop(read_ahead);
         let mut uploader = Uploader::new(self.repo.clone());
         let mut chunker = ChunkPlanner::default();
@@ -415,20 +409,27 @@ impl BackupManager {
             tracing::info!(collection = %collection.name, "reading every record once: the parent snapshot has no change mark");
             metrics.change_feed(Some("no_mark"));
         }
-        let mut mark = None;
+        // The ids come from the persist directory too when it can be read:
+        // listing them costs the server nothing.
         if let Some(local) = local {
             match changes::position(local, &self.store, &collection.id).await? {
-                Ok(p) => {
-                    mark = Some(ChangeMark {
-                        segment: p.segment,
-                        seq_id: p.seq_id,
-                    })
-                }
+                Ok(p) => match changes::list_all(local, &p.segment).await? {
+                    Ok(ids) => {
+                        let reader =
+                            CollectionReader::from_ids(self.store.clone(), collection.clone(), ids);
+                        let mark = ChangeMark {
+                            segment: p.segment,
+                            seq_id: p.seq_id,
+                        };
+                        return Ok((reader, Some(mark)));
+                    }
+                    Err(why) => fallback(&why),
+                },
                 Err(why) => fallback(&why),
             }
         }
         let reader = CollectionReader::open(self.store.clone(), collection.clone()).await?;
-        Ok((reader, mark))
+        Ok((reader, None))
     }
 
     /// A parent chunk's index, read and checked (also what a diff reads).

@@ -29,9 +29,9 @@ impl Handler for ControlHandler {
         events: EventSink,
     ) -> Result<Value, HandlerError> {
         match command {
-            Command::Status => Ok(self.shared.status()),
+            Command::Status => to_value(&self.shared.status()),
             Command::Reload => self.reload(&peer).await,
-            Command::Jobs => Ok(self.shared.jobs_listing()),
+            Command::Jobs => to_value(&self.shared.jobs_listing()),
             Command::JobCancel { id } => self.cancel_job(id, &peer).await,
             command => self.run(command, &peer, &events).await,
         }
@@ -165,4 +165,9 @@ async fn follow(watch: Watch, events: &EventSink) -> Result<Value, HandlerError>
     };
     let (result, ()) = tokio::join!(outcome, forward);
     result.map_err(|e| HandlerError::new("job_failed", e))
+}
+
+/// A typed result in its wire form.
+fn to_value(result: &impl serde::Serialize) -> Result<Value, HandlerError> {
+    serde_json::to_value(result).map_err(|e| HandlerError::internal(e.to_string()))
 }

@@ -9,6 +9,7 @@ mod reload;
 pub mod sd;
 mod shared;
 mod start;
+mod status;
 mod stop;
 pub mod watchdog;
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::jobs::{JobManager, JobState, Watch};
 use super::reload::{ReloadReport, ReloadRequest};
+use super::status::{ChromaTarget, ConfigStatus, DaemonStatus, JobsListing};
 use crate::chroma::ProductionChromaStore;
 use crate::commands::{self, JobKind, Request, Trigger};
 use crate::config::{Config, ConfigSource};
@@ -71,7 +72,7 @@ impl Shared {
     }
 
     /// The `status` result.
-    pub(super) fn status(&self) -> Value {
+    pub(super) fn status(&self) -> DaemonStatus {
         let config = self.config();
         let pool = self.store().status();
         let last_reload = self
@@ -79,27 +80,32 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "uptime_seconds": self.started.elapsed().as_secs(),
-            "config": {
-                "path": self.source.path,
-                "env_overrides": self.source.env_overrides,
-                "last_reload": last_reload,
+        DaemonStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            health: HealthMonitor::summary(&pool, last_reload.as_ref().map(|r| r.ok)),
+            config: ConfigStatus {
+                path: self.source.path.clone(),
+                env_overrides: self.source.env_overrides.clone(),
+                last_reload,
             },
-            "chroma": {
-                "tenant": config.chroma.tenant,
-                "database": config.chroma.database,
+            chroma: ChromaTarget {
+                tenant: config.chroma.tenant.clone(),
+                database: config.chroma.database.clone(),
             },
-            "pool": pool,
-            "health": HealthMonitor::summary(&pool, last_reload.as_ref().map(|r| r.ok)),
-            "jobs": self.jobs.list().into_iter().filter(|j| j.state == JobState::Running).collect::<Vec<_>>(),
-        })
+            pool,
+            jobs: self
+                .jobs
+                .list()
+                .into_iter()
+                .filter(|j| j.state == JobState::Running)
+                .collect(),
+        }
     }
 
     /// The `jobs` result: running and recent jobs, and the schedules.
-    pub(super) fn jobs_listing(&self) -> Value {
+    pub(super) fn jobs_listing(&self) -> JobsListing {
         let schedules = self
             .scheduler
             .lock()
@@ -107,7 +113,10 @@ impl Shared {
             .as_ref()
             .map(Scheduler::status)
             .unwrap_or_default();
-        json!({ "jobs": self.jobs.list(), "schedules": schedules })
+        JobsListing {
+            jobs: self.jobs.list(),
+            schedules,
+        }
     }
 
     /// Append to the audit log off the async threads (it writes and fsyncs).
