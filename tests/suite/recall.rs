@@ -30,7 +30,11 @@ fn setup(chroma_url: &str, backup: &str) -> (tempfile::TempDir, PathBuf) {
         .arg(&key)
         .output()
         .expect("key generate");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = config_text(
         dir.path(),
         &[chroma_url.to_string()],
@@ -101,7 +105,9 @@ fn a_restored_copy_answers_the_recorded_queries_with_recall_one() {
 
         let (code, v, err) = json_run(
             &config,
-            &["backups", "verify", &id, "--recall", "-c", name, "--as", copy],
+            &[
+                "backups", "verify", &id, "--recall", "-c", name, "--as", copy,
+            ],
         );
         assert_eq!(code, Some(0), "{err}");
         assert_eq!(v["passed"], true, "{v}");
@@ -128,7 +134,10 @@ fn a_restored_copy_answers_the_recorded_queries_with_recall_one() {
         &["restore", &id, "--collection", "docs", "--as", "docs-again"],
     );
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("RECALL@K") && out.contains("1.000 (k=10)"), "{out}");
+    assert!(
+        out.contains("RECALL@K") && out.contains("1.000 (k=10)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -148,11 +157,23 @@ fn a_copy_missing_a_fifth_of_its_records_fails_the_recall_verify() {
     common::host::rt().block_on(async {
         let copy = store.get_collection("docs-copy").await.expect("copy");
         let gone: Vec<String> = (0..1500).step_by(5).map(|i| format!("r{i:06}")).collect();
-        store.delete(&copy.id, Some(&gone), None).await.expect("delete");
+        store
+            .delete(&copy.id, Some(&gone), None)
+            .await
+            .expect("delete");
         assert_eq!(store.count(&copy.id).await.expect("count"), 1200);
     });
 
-    let args = ["backups", "verify", &id, "--recall", "-c", "docs", "--as", "docs-copy"];
+    let args = [
+        "backups",
+        "verify",
+        &id,
+        "--recall",
+        "-c",
+        "docs",
+        "--as",
+        "docs-copy",
+    ];
     let (code, v, err) = json_run(&config, &args);
     assert_eq!(code, Some(65), "below --min-recall exits 65: {v}{err}");
     assert_eq!(v["passed"], false);
@@ -166,7 +187,10 @@ fn a_copy_missing_a_fifth_of_its_records_fails_the_recall_verify() {
             .as_array()
             .expect("missing")
             .iter()
-            .all(|m| m.as_str().and_then(|s| s[1..].parse::<usize>().ok()).is_some_and(|i| i % 5 == 0)),
+            .all(|m| m
+                .as_str()
+                .and_then(|s| s[1..].parse::<usize>().ok())
+                .is_some_and(|i| i % 5 == 0)),
         "only deleted records are missing: {worst}"
     );
     // A lower bar passes; the original itself still answers fully.
@@ -174,20 +198,31 @@ fn a_copy_missing_a_fifth_of_its_records_fails_the_recall_verify() {
     lenient.extend_from_slice(&["--min-recall", "0.5"]);
     let (code, v, _) = json_run(&config, &lenient);
     assert_eq!((code, &v["passed"]), (Some(0), &Value::Bool(true)));
-    let (code, v, _) = json_run(&config, &["backups", "verify", &id, "--recall", "-c", "docs"]);
+    let (code, v, _) = json_run(
+        &config,
+        &["backups", "verify", &id, "--recall", "-c", "docs"],
+    );
     assert_eq!(code, Some(0));
     assert_eq!(recall_of(&v["collections"][0]), 1.0);
     // For people: the verdict and the worst query.
     let (code, out, _) = offline(&config, &args);
     assert_eq!(code, Some(65));
-    assert!(out.contains("RECALL TOO LOW") && out.contains("worst query"), "{out}");
+    assert!(
+        out.contains("RECALL TOO LOW") && out.contains("worst query"),
+        "{out}"
+    );
     // A collection that is not there: say what to do.
     let (code, _, err) = json_run(
         &config,
-        &["backups", "verify", &id, "--recall", "-c", "docs", "--as", "absent"],
+        &[
+            "backups", "verify", &id, "--recall", "-c", "docs", "--as", "absent",
+        ],
     );
     assert_eq!(code, Some(1));
-    assert!(err.contains("\"absent\" does not exist") && err.contains("--as NAME"), "{err}");
+    assert!(
+        err.contains("\"absent\" does not exist") && err.contains("--as NAME"),
+        "{err}"
+    );
 }
 
 fn manager_config(chroma: &ChromaServer, dir: &Path) -> Arc<config::Config> {
@@ -227,8 +262,16 @@ async fn take(m: &BackupManager, backup_type: BackupType) -> chromaprod::backup:
 /// Stored objects under `repo/queries/`.
 fn queries_files(repo: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for fan in std::fs::read_dir(repo.join("queries")).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(fan.path()).into_iter().flatten().flatten() {
+    for fan in std::fs::read_dir(repo.join("queries"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in std::fs::read_dir(fan.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             out.push(f.path());
         }
     }
@@ -254,14 +297,22 @@ async fn the_queries_object_is_encrypted_verified_and_pruned_with_its_snapshot()
         .expect("open");
 
     let first = take(&m, BackupType::Full).await;
-    let q1 = first.collections[0].queries.clone().expect("queries recorded");
+    let q1 = first.collections[0]
+        .queries
+        .clone()
+        .expect("queries recorded");
     assert_eq!((q1.queries, q1.k), (50, 10));
     let recorded: RecordedQueries = q1.load(&m.repo).await.expect("load");
     assert_eq!(recorded.records, 2000);
     // Encrypted: no recorded id, query or neighbour, is in the stored bytes.
     let stored = std::fs::read(path_of(&repo, &q1)).expect("stored object");
     let mut ids: Vec<&str> = recorded.queries.iter().map(|q| q.id.as_str()).collect();
-    ids.extend(recorded.queries.iter().flat_map(|q| q.neighbours.iter().map(|n| n.id.as_str())));
+    ids.extend(
+        recorded
+            .queries
+            .iter()
+            .flat_map(|q| q.neighbours.iter().map(|n| n.id.as_str())),
+    );
     assert!(ids.len() >= 500);
     for id in ids {
         assert!(
@@ -280,9 +331,15 @@ async fn the_queries_object_is_encrypted_verified_and_pruned_with_its_snapshot()
     // Verified like the others: present (quick), read and decrypted (full).
     let chunks = first.collections[0].chunks.len() as u64;
     let id1 = first.snapshot_id.to_string();
-    let quick = m.verify(&id1, false, &Progress::none()).await.expect("verify");
+    let quick = m
+        .verify(&id1, false, &Progress::none())
+        .await
+        .expect("verify");
     assert_eq!(quick.objects_checked, 2 * chunks + 1);
-    let full = m.verify(&id1, true, &Progress::none()).await.expect("verify --full");
+    let full = m
+        .verify(&id1, true, &Progress::none())
+        .await
+        .expect("verify --full");
     assert_eq!(full.objects_checked, 2 * chunks + 1);
     let original = stored.clone();
     let mut damaged = stored.clone();
@@ -290,12 +347,16 @@ async fn the_queries_object_is_encrypted_verified_and_pruned_with_its_snapshot()
     damaged[at] ^= 0x40;
     std::fs::write(path_of(&repo, &q1), &damaged).expect("damage");
     match m.verify(&id1, true, &Progress::none()).await {
-        Err(BackupError::BadObject { object, .. }) => assert!(object.starts_with("queries/"), "{object}"),
+        Err(BackupError::BadObject { object, .. }) => {
+            assert!(object.starts_with("queries/"), "{object}")
+        }
         other => panic!("a damaged queries object passed verify --full: {other:?}"),
     }
     std::fs::remove_file(path_of(&repo, &q1)).expect("remove");
     match m.verify(&id1, false, &Progress::none()).await {
-        Err(BackupError::MissingObject(object)) => assert!(object.starts_with("queries/"), "{object}"),
+        Err(BackupError::MissingObject(object)) => {
+            assert!(object.starts_with("queries/"), "{object}")
+        }
         other => panic!("a missing queries object passed verify: {other:?}"),
     }
     std::fs::write(path_of(&repo, &q1), &original).expect("put back");
@@ -310,7 +371,10 @@ async fn the_queries_object_is_encrypted_verified_and_pruned_with_its_snapshot()
         .await
         .expect("delete one");
     let second = take(&m, BackupType::Incremental).await;
-    let q2 = second.collections[0].queries.clone().expect("queries recorded");
+    let q2 = second.collections[0]
+        .queries
+        .clone()
+        .expect("queries recorded");
     assert_ne!(q2.id, q1.id, "a new sample for a new snapshot");
     let recorded2 = q2.load(&m.repo).await.expect("load");
     assert_eq!(recorded2.records, 1999);
@@ -321,7 +385,10 @@ async fn the_queries_object_is_encrypted_verified_and_pruned_with_its_snapshot()
         .filter_map(|q| q.id[1..].parse::<usize>().ok())
         .max()
         .expect("ids");
-    assert!(spread > 1900, "the sample covers the whole collection: max {spread}");
+    assert!(
+        spread > 1900,
+        "the sample covers the whole collection: max {spread}"
+    );
 
     // Prune keeps what a kept snapshot references and deletes the rest.
     assert_eq!(queries_files(&repo).len(), 2);
@@ -329,7 +396,9 @@ async fn the_queries_object_is_encrypted_verified_and_pruned_with_its_snapshot()
     assert_eq!(report.snapshots_deleted, vec![id1.clone()]);
     assert_eq!(queries_files(&repo), vec![path_of(&repo, &q2)]);
     let kept = second.snapshot_id.to_string();
-    m.verify(&kept, true, &Progress::none()).await.expect("kept snapshot intact");
+    m.verify(&kept, true, &Progress::none())
+        .await
+        .expect("kept snapshot intact");
     // `backups check` (without the key) reads it too.
     assert!(m.repo.check_objects().await.expect("check") >= 1);
 }
@@ -348,23 +417,40 @@ fn with_verify_queries_zero_nothing_is_recorded_and_the_checks_say_so() {
     }
     let (code, v, err) = json_run(&config, &["backups", "verify", &id, "--recall"]);
     assert_eq!(code, Some(0), "{err}");
-    assert_eq!((v["checked"].as_u64(), &v["passed"]), (Some(0), &Value::Bool(true)));
+    assert_eq!(
+        (v["checked"].as_u64(), &v["passed"]),
+        (Some(0), &Value::Bool(true))
+    );
     for c in v["collections"].as_array().expect("collections") {
         assert_eq!(c["status"], "not_recorded", "{c}");
     }
     let (code, out, _) = offline(&config, &["backups", "verify", &id, "--recall"]);
     assert_eq!(code, Some(0));
-    assert!(out.contains("recorded no queries: nothing to check"), "{out}");
+    assert!(
+        out.contains("recorded no queries: nothing to check"),
+        "{out}"
+    );
     // A restore says the index was not checked; --no-recall leaves it out.
     let (code, out, err) = offline(
         &config,
         &["restore", &id, "--collection", "docs", "--as", "docs-copy"],
     );
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("not recorded") && out.contains("the index was not checked"), "{out}");
+    assert!(
+        out.contains("not recorded") && out.contains("the index was not checked"),
+        "{out}"
+    );
     let (code, v, err) = json_run(
         &config,
-        &["restore", &id, "--collection", "notes", "--as", "notes-copy", "--no-recall"],
+        &[
+            "restore",
+            &id,
+            "--collection",
+            "notes",
+            "--as",
+            "notes-copy",
+            "--no-recall",
+        ],
     );
     assert_eq!(code, Some(0), "{err}");
     assert!(v["restored"][0].get("recall").is_none(), "{v}");

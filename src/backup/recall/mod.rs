@@ -29,7 +29,9 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 
 use crate::chroma::configuration::space_of;
-use crate::chroma::{ChromaError, Collection, GetRequest, Include, ProductionChromaStore, QueryRequest};
+use crate::chroma::{
+    ChromaError, Collection, GetRequest, Include, ProductionChromaStore, QueryRequest,
+};
 
 pub use snapshot::{CollectionRecall, RecallOptions, RecallVerifyReport};
 pub use stored::{QueriesRef, MAX_QUERIES_BYTES};
@@ -300,9 +302,7 @@ pub async fn check(
     recorded: &RecordedQueries,
 ) -> Result<RecallReport, ChromaError> {
     let count = store.count(collection_id).await?;
-    let k = recorded
-        .k
-        .min(usize::try_from(count).unwrap_or(usize::MAX));
+    let k = recorded.k.min(usize::try_from(count).unwrap_or(usize::MAX));
     let vectors: Vec<Vec<f32>> = recorded.queries.iter().map(|q| q.vector.clone()).collect();
     let answers = if k == 0 {
         vec![Vec::new(); vectors.len()]

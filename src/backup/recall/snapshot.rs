@@ -146,7 +146,10 @@ impl BackupManager {
                 check,
             });
         }
-        let checked: Vec<f64> = collections.iter().filter_map(|c| c.check.recall()).collect();
+        let checked: Vec<f64> = collections
+            .iter()
+            .filter_map(|c| c.check.recall())
+            .collect();
         Ok(RecallVerifyReport {
             snapshot: manifest.snapshot_id.to_string(),
             min_recall,

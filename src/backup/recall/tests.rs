@@ -13,7 +13,9 @@ fn n(id: &str, d: f32) -> Neighbour {
 }
 
 fn recorded(k: usize) -> Vec<Neighbour> {
-    (0..k).map(|i| n(&format!("r{i}"), i as f32 * 0.1)).collect()
+    (0..k)
+        .map(|i| n(&format!("r{i}"), i as f32 * 0.1))
+        .collect()
 }
 
 #[test]
@@ -30,7 +32,10 @@ fn samples_cover_the_collection_once_per_stratum() {
     assert_eq!(sample_positions(5, 100, 1), vec![0, 1, 2, 3, 4]);
     assert!(sample_positions(0, 100, 1).is_empty());
     assert!(sample_positions(10, 0, 1).is_empty());
-    assert_ne!(seed_for("0123456789abcdef", "a"), seed_for("0123456789abcdef", "b"));
+    assert_ne!(
+        seed_for("0123456789abcdef", "a"),
+        seed_for("0123456789abcdef", "b")
+    );
 }
 
 #[test]
@@ -59,7 +64,7 @@ fn recall_is_the_share_of_recorded_neighbours_returned() {
 #[test]
 fn a_tie_with_the_kth_neighbour_is_not_a_miss() {
     let rec = recorded(3); // distances 0.0, 0.1, 0.2
-    // `t` is exactly as near as the recorded 3rd: either may come back.
+                           // `t` is exactly as near as the recorded 3rd: either may come back.
     let tie = vec![rec[0].clone(), rec[1].clone(), n("t", 0.2)];
     assert_eq!(query_recall(&rec, &tie, 3), 1.0);
     // Within float rounding of it (the server rounds cosine vectors).
@@ -111,7 +116,10 @@ fn sample_queries() -> RecordedQueries {
         queries: vec![RecordedQuery {
             id: "secret-record-id-17".into(),
             vector: vec![0.1, -3.5e-20, f32::MIN_POSITIVE, 1.0e30],
-            neighbours: vec![n("secret-record-id-17", 0.0), n("secret-neighbour-42", 0.25)],
+            neighbours: vec![
+                n("secret-record-id-17", 0.0),
+                n("secret-neighbour-42", 0.25),
+            ],
         }],
     }
 }
@@ -152,7 +160,10 @@ fn the_queries_object_is_encrypted_and_checked_against_its_reference() {
     bad[last] ^= 1;
     assert!(r.decode(&bad, &codec).is_err());
     assert!(r.decode(&e.bytes[..e.bytes.len() - 1], &codec).is_err());
-    let wrong = QueriesRef { queries: 2, ..r.clone() };
+    let wrong = QueriesRef {
+        queries: 2,
+        ..r.clone()
+    };
     let why = wrong.decode(&e.bytes, &codec).expect_err("count differs");
     assert!(why.contains("manifest says 2"), "{why}");
     // Without the key it cannot be read.

@@ -330,7 +330,14 @@ pub(super) fn recall(v: &Value) {
             "RECALL TOO LOW"
         }
     );
-    let mut t = Table::new(&["COLLECTION", "CHECKED AS", ">QUERIES", ">K", ">RECALL", "OK"]);
+    let mut t = Table::new(&[
+        "COLLECTION",
+        "CHECKED AS",
+        ">QUERIES",
+        ">K",
+        ">RECALL",
+        "OK",
+    ]);
     for c in &cols {
         let ok = match c["recall"].as_f64() {
             Some(r) if r >= min => "yes",
