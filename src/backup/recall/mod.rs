@@ -23,10 +23,12 @@ mod stored;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use futures_util::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
+
+use super::source::{IdList, FETCH_BATCH};
+use super::BackupError;
 
 use crate::chroma::configuration::space_of;
 use crate::chroma::{
@@ -47,8 +49,8 @@ pub const QUERIES_FORMAT: u32 = 1;
 pub const DEFAULT_MIN_RECALL: f64 = 0.95;
 /// Query vectors per `query` request.
 const QUERY_BATCH: usize = 25;
-/// Sampled vectors fetched at once.
-const FETCH_CONCURRENCY: usize = 4;
+/// Ids read from the listing at a time while picking the sample.
+const LISTING_STEP: usize = 10_000;
 
 /// One neighbour as the index returned it, nearest first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -234,46 +236,69 @@ pub fn summarize(recorded: &RecordedQueries, returned: &[Vec<Neighbour>]) -> Rec
 }
 
 /// Samples up to `sample` stored vectors of `collection`, uniformly over it
-/// (positions from `seed`), and records the `k` neighbours the live index
-/// returns for each. `None` when there is nothing to record (`sample` or
-/// `k` is 0, or the collection is empty). Vectors that are not finite are
-/// left out (Chroma cannot be queried with them).
+/// (positions from `seed` in one id listing, kept in a temporary file), and
+/// records the `k` neighbours the live index returns for each. `None` when
+/// there is nothing to record (`sample` or `k` is 0, or the collection is
+/// empty). Vectors that are not finite, and records deleted between the
+/// listing and the fetch, are left out.
+///
+/// Cost: one id listing, one `get` of the sampled records by id (per 500),
+/// one `query` per 25 samples.
 pub async fn record(
     store: &ProductionChromaStore,
     collection: &Collection,
     sample: usize,
     k: usize,
     seed: u64,
-) -> Result<Option<RecordedQueries>, ChromaError> {
+) -> Result<Option<RecordedQueries>, BackupError> {
     if sample == 0 || k == 0 {
         return Ok(None);
     }
-    let count = store.count(&collection.id).await?;
+    let mut listing = IdList::list(store, &collection.id).await?;
+    let count = listing.len();
     if count == 0 {
         return Ok(None);
     }
-    let positions = sample_positions(count, sample, seed);
-    let picked: Vec<(String, Vec<f32>)> = futures_util::stream::iter(positions)
-        .map(|p| async move {
-            let offset = usize::try_from(p).unwrap_or(usize::MAX);
-            let got = store
-                .get_records(
-                    &collection.id,
-                    &GetRequest::page(offset, 1, &[Include::Embeddings]),
-                )
-                .await?;
-            let vector = got.embeddings.and_then(|e| e.into_iter().next()).flatten();
-            Ok::<_, ChromaError>(got.ids.into_iter().next().zip(vector))
-        })
-        .buffered(FETCH_CONCURRENCY)
-        .try_filter_map(|v| async move { Ok(v) })
-        .try_collect()
-        .await?;
-    let picked: Vec<(String, Vec<f32>)> = picked
+    let mut wanted = sample_positions(count as u64, sample, seed)
         .into_iter()
-        .filter(|(_, v)| !v.is_empty() && v.iter().all(|x| x.is_finite()))
-        .collect();
-    let k = k.min(usize::try_from(count).unwrap_or(usize::MAX));
+        .peekable();
+    let mut picked_ids = Vec::new();
+    while wanted.peek().is_some() {
+        let at = listing.taken() as u64;
+        let ids = listing.next(LISTING_STEP)?;
+        if ids.is_empty() {
+            break;
+        }
+        let end = at + ids.len() as u64;
+        while let Some(p) = wanted.next_if(|p| *p < end) {
+            if let Some(id) = usize::try_from(p - at).ok().and_then(|i| ids.get(i)) {
+                picked_ids.push(id.clone());
+            }
+        }
+    }
+    drop(listing);
+    let mut picked: Vec<(String, Vec<f32>)> = Vec::with_capacity(picked_ids.len());
+    for ids in picked_ids.chunks(FETCH_BATCH) {
+        let got = store
+            .get_records(
+                &collection.id,
+                &GetRequest::ids(ids.to_vec(), &[Include::Embeddings]),
+            )
+            .await?;
+        let mut by_id: HashMap<String, Vec<f32>> = got
+            .ids
+            .into_iter()
+            .zip(got.embeddings.unwrap_or_default())
+            .filter_map(|(id, e)| e.map(|e| (id, e)))
+            .collect();
+        // In sample order (Chroma may answer in another).
+        picked.extend(
+            ids.iter()
+                .filter_map(|id| by_id.remove(id).map(|v| (id.clone(), v))),
+        );
+    }
+    picked.retain(|(_, v)| !v.is_empty() && v.iter().all(|x| x.is_finite()));
+    let k = k.min(count);
     let vectors: Vec<Vec<f32>> = picked.iter().map(|(_, v)| v.clone()).collect();
     let answers = run_queries(store, &collection.id, &vectors, k).await?;
     let queries = picked
@@ -289,7 +314,7 @@ pub async fn record(
         format: QUERIES_FORMAT,
         k,
         space: space_of(&collection.configuration_json).to_string(),
-        records: count,
+        records: count as u64,
         queries,
     }))
 }
