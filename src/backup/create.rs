@@ -168,9 +168,9 @@ impl BackupManager {
             if let Some(was) = newest.filter(|c| c.id != collection.id) {
                 tracing::info!(collection = %collection.name, was = %was.id, now = %collection.id, "reading every record: the collection was re-created since the parent snapshot (its id changed)");
             }
-            let (snap, bytes) = self
+            let (mut snap, bytes) = self
                 .snapshot_collection(
-                    collection,
+                    collection.clone(),
                     parent_col,
                     local.as_ref(),
                     progress,
@@ -178,7 +178,14 @@ impl BackupManager {
                     lease,
                 )
                 .await?;
-            written += bytes;
+            // Recorded after the read, at one moment, over the whole
+            // collection (also for an incremental): see `recall`.
+            if cancel.is_cancelled() {
+                return Err(BackupError::Cancelled);
+            }
+            let (queries, queries_bytes) = self.record_queries(&snapshot_id, &collection).await?;
+            snap.queries = queries;
+            written += bytes + queries_bytes;
             snaps.push(snap);
         }
         if cancel.is_cancelled() {
@@ -359,6 +366,7 @@ impl BackupManager {
                 record_count,
                 chunks,
                 change_mark,
+                queries: None,
             },
             bytes,
         ))

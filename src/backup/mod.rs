@@ -20,6 +20,7 @@ pub mod manager;
 pub mod manifest;
 pub mod pin;
 pub mod prune;
+pub mod recall;
 pub mod records;
 pub mod repository;
 pub mod restore;
@@ -97,6 +98,8 @@ pub enum BackupError {
     },
     #[error("the delta restore of {collection:?} did not finish: {why}; run it again (it writes only what still differs), or undo it by restoring its restore point with --mode replace")]
     DeltaIncomplete { collection: String, why: String },
+    #[error("collection {target:?} does not exist in Chroma, so the queries recorded for {collection:?} have nothing to run against; restore it first, or name the restored copy with --collection {collection} --as NAME")]
+    RecallTargetMissing { collection: String, target: String },
     #[error("restore verification failed for {collection:?}: {why}; the target collection was left as it was")]
     RestoreMismatch { collection: String, why: String },
     #[error("invalid request: {0}")]
@@ -133,7 +136,8 @@ impl BackupError {
             BackupError::KeyRequired { .. } | BackupError::Key(_) => "key",
             BackupError::NoSnapshot(_)
             | BackupError::NoCollection(_)
-            | BackupError::DiffNoCollection { .. } => "not_found",
+            | BackupError::DiffNoCollection { .. }
+            | BackupError::RecallTargetMissing { .. } => "not_found",
             BackupError::MissingObject(_)
             | BackupError::ConfigMissing { .. }
             | BackupError::RepositoryChanged { .. }

@@ -1,5 +1,6 @@
 //! Deleting snapshots: one by id, or those retention no longer keeps,
-//! with the chunks and indexes no remaining snapshot references.
+//! with the chunks, indexes and queries objects no remaining snapshot
+//! references.
 
 use std::collections::HashSet;
 
@@ -30,7 +31,7 @@ impl BackupManager {
         r
     }
 
-    /// Applies retention, then deletes chunks and indexes no remaining
+    /// Applies retention, then deletes chunks, indexes and queries no remaining
     /// snapshot references. Holds the exclusive lock, so no backup runs meanwhile.
     pub async fn prune(&self, dry_run: bool) -> Result<PruneReport, BackupError> {
         let lease = self.lock(true, "prune").await?;
@@ -74,6 +75,9 @@ impl BackupManager {
                     referenced.insert(format!("chunks/{}/{}", &r.id[..2], r.id));
                     referenced.insert(format!("index/{}/{}", &r.index_id[..2], r.index_id));
                 }
+                if let Some(q) = &c.queries {
+                    referenced.insert(format!("queries/{}/{}", &q.id[..2], q.id));
+                }
             }
         }
         let mut report = PruneReport {
@@ -92,7 +96,7 @@ impl BackupManager {
             bytes_freed: 0,
         };
         let mut doomed = Vec::new();
-        for prefix in ["chunks", "index"] {
+        for prefix in ["chunks", "index", "queries"] {
             for meta in self.repo.list(prefix).await? {
                 if !referenced.contains(meta.key.as_str()) {
                     report.objects_deleted += 1;

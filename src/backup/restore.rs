@@ -11,6 +11,7 @@ use super::chunks::ChunkStream;
 use super::compare::records_match;
 use super::delta::DeltaRestored;
 use super::manifest::{ChunkRef, CollectionSnapshot, SnapshotId};
+use super::recall::RecallCheck;
 use super::records::Record;
 use super::source::{to_batch, FETCH_BATCH};
 use super::{BackupError, BackupManager};
@@ -46,6 +47,9 @@ pub struct RestoreOptions {
     pub keep_previous: bool,
     /// With `Delta`: keep live records the snapshot does not have.
     pub keep_extra: bool,
+    /// Do not run the snapshot's recorded queries against the restored
+    /// collections (`--no-recall`).
+    pub skip_recall: bool,
 }
 
 impl RestoreOptions {
@@ -104,7 +108,7 @@ pub struct PlannedRestore {
 }
 
 /// One collection restored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RestoredCollection {
     /// Its name in the snapshot.
     pub collection: String,
@@ -112,6 +116,10 @@ pub struct RestoredCollection {
     pub records: u64,
     /// Where the collection it replaced was kept (`keep_previous`), if any.
     pub previous: Option<String>,
+    /// How the restored collection answered the queries recorded at backup
+    /// time (recall@k); absent with `skip_recall`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<RecallCheck>,
 }
 
 impl BackupManager {
@@ -229,7 +237,12 @@ impl BackupManager {
                 )
                 .await;
             match r {
-                Ok(v) => results.push(v),
+                Ok(mut v) => {
+                    if !opts.skip_recall {
+                        v.recall = Some(self.recall_after_restore(c, &target).await);
+                    }
+                    results.push(v);
+                }
                 Err(e) => {
                     lease.release().await;
                     return Err(e);
@@ -310,7 +323,32 @@ impl BackupManager {
             target: target.to_string(),
             records: c.record_count,
             previous: (target_exists && keep_previous).then_some(previous),
+            recall: None,
         })
+    }
+
+    /// The recall check of a collection just restored as `target`. The
+    /// restore has succeeded (records checked one by one): a check that
+    /// cannot run is reported and logged, not an error.
+    async fn recall_after_restore(&self, c: &CollectionSnapshot, target: &str) -> RecallCheck {
+        match self.check_recall(c, target).await {
+            Ok(check) => {
+                match &check {
+                    RecallCheck::Checked(r) => {
+                        tracing::info!(collection = %c.name, target, recall = r.recall, queries = r.queries, k = r.k, "the restored collection answered the recorded queries");
+                    }
+                    RecallCheck::NotRecorded => {
+                        tracing::info!(collection = %c.name, "the snapshot recorded no queries for this collection; recall not checked");
+                    }
+                    RecallCheck::Failed { .. } => {}
+                }
+                check
+            }
+            Err(e) => {
+                tracing::warn!(collection = %c.name, target, error = %e, "the recall check after the restore could not run; run `chromaprod backups verify ID --recall` later");
+                RecallCheck::Failed { why: e.to_string() }
+            }
+        }
     }
 
     /// Loads every chunk of `c` into `collection_id`, then reads the
@@ -462,6 +500,7 @@ mod tests {
                 target: "docs".into(),
                 records: 3,
                 previous: None,
+                recall: None,
             }],
             recovered_swaps,
         };

@@ -1,12 +1,14 @@
-//! Verifying a snapshot: every object it references present with its size,
-//! or, with `full`, read, decrypted and checked against its index.
+//! Verifying a snapshot: every object it references (chunks, indexes,
+//! recorded queries) present with its size, or, with `full`, read, decrypted
+//! and checked (a chunk against its index).
 
 use serde::Serialize;
 
 use super::manifest::Manifest;
-use super::repository::{chunk_key, index_key};
+use super::repository::{chunk_key, index_key, queries_key};
 use super::{BackupError, BackupManager};
 use crate::progress::{Event, Progress};
+use crate::storage::ObjectKey;
 
 /// The result of a verify.
 #[derive(Debug, Clone, Serialize)]
@@ -71,21 +73,7 @@ impl BackupManager {
                     report.records += records;
                 } else {
                     for (key, size) in [(&ck, chunk.stored_size), (&ik, chunk.index_stored_size)] {
-                        match self.repo.backend().head(key).await? {
-                            None => {
-                                return Err(BackupError::MissingObject(key.as_str().to_string()))
-                            }
-                            Some(meta) if meta.size != size => {
-                                return Err(BackupError::BadObject {
-                                    object: key.as_str().to_string(),
-                                    why: format!(
-                                        "{} bytes stored, {size} expected (truncated or replaced)",
-                                        meta.size
-                                    ),
-                                })
-                            }
-                            Some(_) => {}
-                        }
+                        self.check_size(key, size).await?;
                     }
                     report.records += chunk.live_records();
                 }
@@ -96,7 +84,40 @@ impl BackupManager {
                     chunks_total: total as u64,
                 });
             }
+            if let Some(q) = &c.queries {
+                let key = queries_key(&q.id)?;
+                if full {
+                    let bytes = self.repo.get(&key, q.stored_size).await?;
+                    report.bytes_read += bytes.len() as u64;
+                    let (codec, q2) = (self.repo.codec.clone(), q.clone());
+                    tokio::task::spawn_blocking(move || q2.decode(&bytes, &codec))
+                        .await
+                        .map_err(|e| BackupError::Corrupt(e.to_string()))?
+                        .map_err(|why| BackupError::BadObject {
+                            object: key.as_str().to_string(),
+                            why,
+                        })?;
+                } else {
+                    self.check_size(&key, q.stored_size).await?;
+                }
+                report.objects_checked += 1;
+            }
         }
         Ok(report)
+    }
+
+    /// The object at `key` is present with `size` bytes.
+    async fn check_size(&self, key: &ObjectKey, size: u64) -> Result<(), BackupError> {
+        match self.repo.backend().head(key).await? {
+            None => Err(BackupError::MissingObject(key.as_str().to_string())),
+            Some(meta) if meta.size != size => Err(BackupError::BadObject {
+                object: key.as_str().to_string(),
+                why: format!(
+                    "{} bytes stored, {size} expected (truncated or replaced)",
+                    meta.size
+                ),
+            }),
+            Some(_) => Ok(()),
+        }
     }
 }

@@ -124,12 +124,15 @@ pub enum BackupsVerb {
     List,
     /// One snapshot's manifest (`latest` for the newest).
     Show { id: String },
-    /// Check that a snapshot's objects are present and intact (`latest` for the newest).
+    /// Check that a snapshot's objects are present and intact (`latest` for the newest),
+    /// or with --recall that live collections answer its recorded queries as the backed-up ones did.
     Verify {
         id: String,
         /// Read every object: checksums, decryption, indexes.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "recall")]
         full: bool,
+        #[command(flatten)]
+        recall: RecallArgs,
     },
     /// What changed from snapshot ID to OTHER, or with --live to the
     /// collections in Chroma now: records added, changed and removed per
@@ -151,6 +154,35 @@ pub enum BackupsVerb {
     Delete { id: String },
     /// Check every stored object for damage, without using the key.
     Check,
+}
+
+/// `backups verify --recall` and its options.
+#[derive(Args, Debug)]
+pub struct RecallArgs {
+    /// Run the queries recorded at backup time against the live collections
+    /// of the same names and report recall@k; exit 65 if one is below --min-recall.
+    #[arg(long)]
+    pub recall: bool,
+    /// Only this collection of the snapshot.
+    #[arg(long, short = 'c', requires = "recall")]
+    pub collection: Option<String>,
+    /// Check it against the live collection of this name (e.g. a restored copy).
+    #[arg(long = "as", requires = "collection")]
+    pub as_name: Option<String>,
+    /// Least recall@k that passes, 0.0 to 1.0 (default 0.95: an HNSW index
+    /// rebuilt by a restore may answer a few neighbours differently).
+    #[arg(long, requires = "recall")]
+    pub min_recall: Option<f64>,
+    /// Another Chroma server to query. It gets no configured token unless
+    /// it is a configured endpoint.
+    #[arg(long, requires = "recall")]
+    pub target: Option<String>,
+    /// File holding the target's token, read here with your own rights.
+    #[arg(long, requires = "target")]
+    pub target_token_file: Option<PathBuf>,
+    /// Allow the target's token over plain http to a host that is not loopback.
+    #[arg(long, requires = "target_token_file")]
+    pub allow_plain_http: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,6 +225,10 @@ pub struct RestoreArgs {
     /// With --mode delta, keep live records the snapshot does not have.
     #[arg(long)]
     pub keep_extra: bool,
+    /// Do not run the snapshot's recorded queries against the restored
+    /// collections (the recall@k check a whole restore runs by default).
+    #[arg(long)]
+    pub no_recall: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]

@@ -67,15 +67,40 @@ pub fn main() -> ExitCode {
                 },
             )
         }
+        Verb::Backups(BackupsVerb::Verify {
+            ref id,
+            full,
+            ref recall,
+        }) => match recall
+            .target_token_file
+            .as_deref()
+            .map(remote::read_token_file)
+        {
+            Some(Err(e)) => {
+                errln!("chromaprod: {e}");
+                1
+            }
+            target_token => daemon_or_here(
+                &cli,
+                Command::BackupVerify {
+                    id: id.clone(),
+                    full,
+                    recall: recall.recall,
+                    collection: recall.collection.clone(),
+                    as_name: recall.as_name.clone(),
+                    min_recall: recall.min_recall,
+                    target: recall.target.clone(),
+                    target_token: target_token.and_then(Result::ok),
+                    allow_plain_http: recall.allow_plain_http,
+                },
+            ),
+        },
         Verb::Backups(ref v) => daemon_or_here(
             &cli,
             match v {
                 BackupsVerb::List => Command::BackupsList,
                 BackupsVerb::Show { id } => Command::BackupShow { id: id.clone() },
-                BackupsVerb::Verify { id, full } => Command::BackupVerify {
-                    id: id.clone(),
-                    full: *full,
-                },
+                BackupsVerb::Verify { .. } => unreachable!("handled above"),
                 BackupsVerb::Diff {
                     id,
                     other,
@@ -118,6 +143,7 @@ pub fn main() -> ExitCode {
                     dry_run: r.dry_run,
                     keep_previous: r.keep_previous,
                     keep_extra: r.keep_extra,
+                    no_recall: r.no_recall,
                     wait: true,
                 },
             ),

@@ -17,8 +17,9 @@ use super::render;
 
 /// `sysexits.h` EX_UNAVAILABLE: a daemon-only command found no daemon.
 const EXIT_NO_DAEMON: i32 = 69;
-/// `sysexits.h` EX_DATAERR: `migrate status` found files and history disagreeing.
-const EXIT_MIGRATIONS_DISAGREE: i32 = 65;
+/// `sysexits.h` EX_DATAERR: `migrate status` found files and history
+/// disagreeing, or `backups verify --recall` a collection below `--min-recall`.
+const EXIT_DATA: i32 = 65;
 
 /// The socket to talk to: `--socket`, else the config file's (even if the
 /// rest of the file is invalid), else the default.
@@ -107,7 +108,10 @@ fn finish(cli: &Cli, command: &Command, value: &Value) -> i32 {
         // A reload the daemon rejected is a failure for `ExecReload=` and scripts.
         Command::Reload if value["ok"] == Value::Bool(false) => 1,
         Command::MigrateStatus if value["problems"].as_array().is_some_and(|p| !p.is_empty()) => {
-            EXIT_MIGRATIONS_DISAGREE
+            EXIT_DATA
+        }
+        Command::BackupVerify { recall: true, .. } if value["passed"] == Value::Bool(false) => {
+            EXIT_DATA
         }
         _ => 0,
     }

@@ -47,7 +47,7 @@ pub use self::prune::{Prune, PruneReport};
 pub use self::query::{Query, QueryOutcome};
 pub use self::restore::{target_config, Restore, RestoreOutcome};
 pub use self::show::{Show, ShowOutcome};
-pub use self::verify::{Verify, VerifyReport};
+pub use self::verify::{RecallRequest, Verify, VerifyOutcome, VerifyReport};
 /// What started a command: the one trigger vocabulary (also recorded in
 /// each snapshot's manifest, and shown by `chromaprod jobs`).
 pub use crate::backup::Trigger;
@@ -136,6 +136,7 @@ impl Request {
             Scheduled::Verify => Request::Verify(Verify {
                 id: "latest".into(),
                 full: true,
+                recall: None,
             }),
         }
     }
@@ -209,7 +210,28 @@ impl TryFrom<Command> for Request {
             }),
             Command::BackupsList => Request::List(List),
             Command::BackupShow { id } => Request::Show(Show { id }),
-            Command::BackupVerify { id, full } => Request::Verify(Verify { id, full }),
+            Command::BackupVerify {
+                id,
+                full,
+                recall,
+                collection,
+                as_name,
+                min_recall,
+                target,
+                target_token,
+                allow_plain_http,
+            } => Request::Verify(Verify {
+                id,
+                full,
+                recall: recall.then_some(RecallRequest {
+                    collection,
+                    as_name,
+                    min_recall,
+                    target,
+                    target_token,
+                    allow_plain_http,
+                }),
+            }),
             Command::BackupsDiff {
                 id,
                 other,
@@ -237,6 +259,7 @@ impl TryFrom<Command> for Request {
                 dry_run,
                 keep_previous,
                 keep_extra,
+                no_recall,
                 ..
             } => Request::Restore(Restore {
                 id,
@@ -249,6 +272,7 @@ impl TryFrom<Command> for Request {
                 dry_run,
                 keep_previous,
                 keep_extra,
+                no_recall,
             }),
             Command::Query {
                 collection,
@@ -283,7 +307,7 @@ pub enum Outcome {
     Backup(BackupOutcome),
     List(ListOutcome),
     Show(ShowOutcome),
-    Verify(VerifyReport),
+    Verify(VerifyOutcome),
     Diff(DiffOutcome),
     Check(CheckOutcome),
     Delete(DeleteOutcome),

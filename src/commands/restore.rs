@@ -33,6 +33,8 @@ pub struct Restore {
     pub keep_previous: bool,
     /// With `RestoreMode::Delta`: keep live records the snapshot lacks.
     pub keep_extra: bool,
+    /// Skip the recall check of the restored collections.
+    pub no_recall: bool,
 }
 
 impl Restore {
@@ -73,6 +75,7 @@ impl Restore {
             dry_run: self.dry_run,
             keep_previous: self.keep_previous,
             keep_extra: self.keep_extra,
+            skip_recall: self.no_recall,
         };
         m.restore(&id, &opts, progress, cancel).await
     }

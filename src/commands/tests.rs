@@ -182,7 +182,8 @@ fn scheduled_jobs_run_their_commands() {
         Request::scheduled(Scheduled::Verify),
         Request::Verify(Verify {
             id: "latest".into(),
-            full: true
+            full: true,
+            recall: None,
         })
     );
     assert_eq!(

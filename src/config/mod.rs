@@ -255,6 +255,11 @@ pub struct BackupConfig {
     /// Lease of the repository lock; renewed while held, free after a crash once it expires.
     #[serde(with = "humantime_serde")]
     pub lock_ttl: Duration,
+    /// Stored vectors sampled per collection at backup time, whose nearest
+    /// neighbours are recorded for the recall check after a restore (0 = none).
+    pub verify_queries: usize,
+    /// Neighbours recorded per sampled vector (the k of recall@k).
+    pub verify_k: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -389,6 +394,8 @@ impl Default for Config {
                 encrypt: false,
                 key_file: None,
                 lock_ttl: Duration::from_secs(120),
+                verify_queries: 100,
+                verify_k: 10,
             },
             migrations: MigrationsConfig {
                 auto_migrate: false,

@@ -93,11 +93,33 @@ pub enum Command {
     BackupsList,
     /// One snapshot's manifest.
     BackupShow { id: String },
-    /// Check a snapshot's objects (sizes; with `full`, contents and keys).
+    /// Check a snapshot's objects (sizes; with `full`, contents and keys),
+    /// or with `recall` run its recorded queries against live collections
+    /// (recall@k; `collection` and `as_name` name one, `target` another
+    /// server, with the same token rules as `restore`).
     BackupVerify {
         id: String,
         #[serde(default)]
         full: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        recall: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        collection: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        as_name: Option<String>,
+        /// Least recall@k that passes (default 0.95).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_recall: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<String>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::secret::wire"
+        )]
+        target_token: Option<Secret<String>>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_plain_http: bool,
     },
     /// What changed from snapshot `id` to snapshot `other`, or to the live
     /// collections (`live`): per collection, records added, changed and
@@ -158,6 +180,10 @@ pub enum Command {
         /// With `mode: "delta"`: keep live records the snapshot does not have.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         keep_extra: bool,
+        /// Do not run the snapshot's recorded queries against the restored
+        /// collections (recall@k).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_recall: bool,
         #[serde(default)]
         wait: bool,
     },
@@ -258,6 +284,11 @@ impl Command {
             target_token,
             target,
             ..
+        }
+        | Command::BackupVerify {
+            target_token,
+            target,
+            ..
         } = &mut c
         {
             if let Some(token) = target_token {
@@ -276,6 +307,11 @@ impl Command {
     /// The access level a peer needs to run the command (see [`Level`]).
     pub fn level(&self) -> Level {
         match self {
+            // Running the recorded queries on another server hands it
+            // vectors of the snapshot (and perhaps a token).
+            Command::BackupVerify {
+                target: Some(_), ..
+            } => Level::Admin,
             Command::Status
             | Command::Query { .. }
             | Command::BackupsList

@@ -630,6 +630,7 @@ fn operational_commands() -> Vec<Command> {
             dry_run: false,
             keep_previous: false,
             keep_extra: false,
+            no_recall: false,
             wait: false,
         },
         Command::Restore {
@@ -643,6 +644,7 @@ fn operational_commands() -> Vec<Command> {
             dry_run: true,
             keep_previous: false,
             keep_extra: false,
+            no_recall: false,
             wait: false,
         },
         Command::MigrateUp {
@@ -671,6 +673,7 @@ fn destructive_commands() -> Vec<Command> {
             dry_run: false,
             keep_previous: true,
             keep_extra: false,
+            no_recall: false,
             wait: false,
         },
         Command::Restore {
@@ -684,6 +687,7 @@ fn destructive_commands() -> Vec<Command> {
             dry_run: false,
             keep_previous: false,
             keep_extra: true,
+            no_recall: false,
             wait: false,
         },
         Command::MigrateDown { to: 0, wait: false },

@@ -52,6 +52,10 @@ const MAX_SMALL_OBJECT: usize = 4 * 1024;
 /// chunk references (about 300 bytes each) and the ids an incremental
 /// supersedes; an index holds a chunk's ids (at most 10,000) and digests.
 const MAX_LISTING: usize = 64 * 1024 * 1024;
+/// Largest queries object, stored or decompressed: 1,000 queries of 4,096
+/// dimensions with 100 neighbours each fit (about 30 MiB); a larger sample
+/// is cut to fit when recorded (logged).
+pub const MAX_QUERIES: usize = 64 * 1024 * 1024;
 /// zstd level used for every object.
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -70,6 +74,9 @@ pub enum ObjectKind {
     Index = 4,
     /// A snapshot manifest ([`super::manifest::Manifest`]).
     Manifest = 5,
+    /// Recorded queries and their neighbours of one collection
+    /// ([`super::recall::RecordedQueries`]).
+    Queries = 6,
 }
 
 impl ObjectKind {
@@ -80,6 +87,7 @@ impl ObjectKind {
             3 => Self::Chunk,
             4 => Self::Index,
             5 => Self::Manifest,
+            6 => Self::Queries,
             _ => return None,
         })
     }
@@ -100,6 +108,7 @@ impl ObjectKind {
             Self::Config | Self::Key => MAX_SMALL_OBJECT,
             Self::Index | Self::Manifest => MAX_LISTING,
             Self::Chunk => MAX_PLAINTEXT,
+            Self::Queries => MAX_QUERIES,
         }
     }
 
@@ -110,6 +119,7 @@ impl ObjectKind {
             Self::Chunk => "chunk",
             Self::Index => "index",
             Self::Manifest => "manifest",
+            Self::Queries => "queries",
         }
     }
 }

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::format::{self, Codec, Encoded, FormatError, ObjectKind};
+use super::recall::QueriesRef;
 
 pub use chunk_ref::ChunkRef;
 pub use planner::{ChunkDecision, IncrementalPlanner, KeptChunk};
@@ -131,7 +132,7 @@ pub struct BackupMetadata {
     pub backup_type: BackupType,
     /// Names of the collections in the snapshot, in manifest order.
     pub collections: Vec<String>,
-    /// Stored bytes the snapshot references (chunks and indexes), = `bytes_referenced`.
+    /// Stored bytes the snapshot references (chunks, indexes, queries), = `bytes_referenced`.
     pub size_bytes: u64,
     /// [`Manifest::content_checksum`]: hex SHA-256 over the snapshot's
     /// chunk and index references, so two snapshots with equal content have
@@ -166,6 +167,22 @@ pub struct CollectionSnapshot {
     /// next incremental reads only the records written after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_mark: Option<ChangeMark>,
+    /// The sample queries and the neighbours the live index returned for
+    /// them when this snapshot was taken (`backup::recall`); absent in
+    /// snapshots taken without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queries: Option<QueriesRef>,
+}
+
+impl CollectionSnapshot {
+    /// Stored bytes of the objects this collection references.
+    pub fn stored_bytes(&self) -> u64 {
+        self.chunks
+            .iter()
+            .map(|r| r.stored_size + r.index_stored_size)
+            .sum::<u64>()
+            + self.queries.as_ref().map_or(0, |q| q.stored_size)
+    }
 }
 
 /// A position in a local Chroma's change feed (`chroma::local`): the
@@ -194,7 +211,7 @@ pub struct Manifest {
     pub encrypted: bool,
     /// Stored bytes this backup uploaded (new chunks, indexes).
     pub bytes_written: u64,
-    /// Stored bytes of all chunks and indexes the snapshot references.
+    /// Stored bytes of all chunks, indexes and queries objects the snapshot references.
     pub bytes_referenced: u64,
     pub collections: Vec<CollectionSnapshot>,
 }
@@ -238,8 +255,7 @@ impl Manifest {
         let referenced: u64 = self
             .collections
             .iter()
-            .flat_map(|c| &c.chunks)
-            .map(|r| r.stored_size + r.index_stored_size)
+            .map(CollectionSnapshot::stored_bytes)
             .sum();
         self.bytes_referenced = referenced;
         self.metadata.size_bytes = referenced;
@@ -323,8 +339,18 @@ impl Manifest {
                     ));
                 }
                 live += r.live_records();
-                referenced += r.stored_size + r.index_stored_size;
             }
+            if let Some(q) = &c.queries {
+                for (what, v) in [("queries id", &q.id), ("queries checksum", &q.checksum)] {
+                    if !is_hex64(v) {
+                        return bad(format!(
+                            "collection {:?}: {what} {v:?} is not 64 lowercase hex characters",
+                            c.name
+                        ));
+                    }
+                }
+            }
+            referenced += c.stored_bytes();
             if live != c.record_count {
                 return bad(format!(
                     "collection {:?} claims {} records but its chunks hold {live}",
@@ -334,7 +360,7 @@ impl Manifest {
         }
         if referenced != self.bytes_referenced || referenced != self.metadata.size_bytes {
             return bad(format!(
-                "size is recorded as {} / {} bytes but the chunks add up to {referenced}",
+                "size is recorded as {} / {} bytes but the objects add up to {referenced}",
                 self.bytes_referenced, self.metadata.size_bytes
             ));
         }

@@ -93,6 +93,7 @@ pub(super) fn manifest(chunks: Vec<ChunkRef>, parent: Option<SnapshotId>) -> Man
             record_count,
             chunks,
             change_mark: None,
+            queries: None,
         }],
     };
     m.finalize();

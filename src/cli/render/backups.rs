@@ -245,16 +245,121 @@ pub(super) fn restore(v: &Value) {
         return;
     }
     outln!("snapshot {} restored", text(&v["snapshot"]));
-    let mut t = Table::new(&["COLLECTION", "TARGET", ">RECORDS", "PREVIOUS KEPT AS"]);
-    for r in v["restored"].as_array().into_iter().flatten() {
+    let restored = v["restored"].as_array().cloned().unwrap_or_default();
+    let mut t = Table::new(&[
+        "COLLECTION",
+        "TARGET",
+        ">RECORDS",
+        "PREVIOUS KEPT AS",
+        ">RECALL@K",
+    ]);
+    for r in &restored {
         t.row(vec![
             text(&r["collection"]),
             text(&r["target"]),
             opt(&r["records"], count),
             text(&r["previous"]),
+            recall_cell(&r["recall"]),
         ]);
     }
     t.print();
+    for r in &restored {
+        let check = &r["recall"];
+        match check["status"].as_str() {
+            Some("not_recorded") => outln!(
+                "{}: the snapshot recorded no queries, so the index was not checked",
+                text(&r["collection"])
+            ),
+            Some("failed") => outln!(
+                "{}: the recall check could not run ({}); run `chromaprod backups verify {} --recall` later",
+                text(&r["collection"]),
+                text(&check["why"]),
+                text(&v["snapshot"])
+            ),
+            _ => worst_line(&r["collection"], check),
+        }
+    }
+}
+
+/// "0.970 (k=10)", "not recorded", "-" (not checked).
+fn recall_cell(check: &Value) -> String {
+    match check["status"].as_str() {
+        Some("checked") => format!(
+            "{:.3} (k={})",
+            check["recall"].as_f64().unwrap_or(0.0),
+            text(&check["k"])
+        ),
+        Some("not_recorded") => "not recorded".into(),
+        Some("failed") => "failed".into(),
+        _ => "-".into(),
+    }
+}
+
+/// The worst query of a checked collection, when one fell short.
+fn worst_line(collection: &Value, check: &Value) {
+    let w = &check["worst"];
+    if w.is_object() {
+        outln!(
+            "{}: worst query {} found {:.0}% of its neighbours; missing {}",
+            text(collection),
+            text(&w["id"]),
+            w["recall"].as_f64().unwrap_or(0.0) * 100.0,
+            clip(&list(&w["missing"]), 80)
+        );
+    }
+}
+
+/// `backups verify --recall`: recall@k per collection against `min_recall`.
+pub(super) fn recall(v: &Value) {
+    let cols = v["collections"].as_array().cloned().unwrap_or_default();
+    let min = v["min_recall"].as_f64().unwrap_or(0.0);
+    if v["checked"].as_u64() == Some(0) {
+        outln!(
+            "snapshot {} recorded no queries: nothing to check (backups taken with backup.verify_queries = 0, of empty collections, or before chromaprod recorded queries)",
+            text(&v["snapshot"])
+        );
+        return;
+    }
+    let passed = v["passed"].as_bool() == Some(true);
+    outln!(
+        "snapshot {}: {} (least recall {min:.3})",
+        text(&v["snapshot"]),
+        if passed {
+            "every collection answers its recorded queries"
+        } else {
+            "RECALL TOO LOW"
+        }
+    );
+    let mut t = Table::new(&[
+        "COLLECTION",
+        "CHECKED AS",
+        ">QUERIES",
+        ">K",
+        ">RECALL",
+        "OK",
+    ]);
+    for c in &cols {
+        let ok = match c["recall"].as_f64() {
+            Some(r) if r >= min => "yes",
+            Some(_) => "NO",
+            None => "-",
+        };
+        t.row(vec![
+            text(&c["collection"]),
+            text(&c["target"]),
+            opt(&c["queries"], count),
+            text(&c["k"]),
+            match c["recall"].as_f64() {
+                Some(r) => format!("{r:.3}"),
+                None => recall_cell(c),
+            },
+            ok.into(),
+        ]);
+    }
+    t.print();
+    for c in &cols {
+        worst_line(&c["collection"], c);
+    }
 }
 
 /// `restore --mode delta`: per collection what was written and deleted, and

@@ -34,6 +34,7 @@ pub fn result(command: &Command, v: &Value) {
         Command::Backup { .. } => backups::created(v),
         Command::BackupsList => backups::list_snapshots(v),
         Command::BackupShow { .. } => backups::show(v),
+        Command::BackupVerify { recall: true, .. } => backups::recall(v),
         Command::BackupVerify { .. } => backups::verify(v),
         Command::BackupsDiff { .. } => diff::diff(v),
         Command::BackupsCheck => backups::check(v),

@@ -316,6 +316,12 @@ impl Reader<'_> {
         c.backup.encrypt = self.get("backup.encrypt", d.backup.encrypt, "true or false");
         c.backup.key_file = self.opt_string("backup.key_file").map(PathBuf::from);
         c.backup.lock_ttl = self.duration("backup.lock_ttl", d.backup.lock_ttl);
+        c.backup.verify_queries = self.get(
+            "backup.verify_queries",
+            d.backup.verify_queries,
+            "a non-negative integer",
+        );
+        c.backup.verify_k = self.get("backup.verify_k", d.backup.verify_k, "a positive integer");
 
         c.migrations.auto_migrate = self.get(
             "migrations.auto_migrate",

@@ -12,6 +12,11 @@ use url::Url;
 use super::ConfigIssue;
 use crate::config::Config;
 
+/// Most sampled queries per collection (`backup.verify_queries`).
+const MAX_VERIFY_QUERIES: usize = 10_000;
+/// Most neighbours per query (`backup.verify_k`).
+const MAX_VERIFY_K: usize = 1_000;
+
 /// Secret files the configuration names but [`load`] does not read, judged
 /// by their mode: the backup key (`backup.key_file`, else
 /// `$CREDENTIALS_DIRECTORY/backup-key`), which each backup reads and
@@ -208,6 +213,18 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigIssue> {
     }
     if c.backup.lock_ttl < Duration::from_secs(5) {
         bad("backup.lock_ttl", "must be at least 5s".into());
+    }
+    if c.backup.verify_queries > MAX_VERIFY_QUERIES {
+        bad(
+            "backup.verify_queries",
+            format!("{} is more than {MAX_VERIFY_QUERIES}; a few hundred sampled queries already measure recall to about a percent", c.backup.verify_queries),
+        );
+    }
+    if !(1..=MAX_VERIFY_K).contains(&c.backup.verify_k) {
+        bad(
+            "backup.verify_k",
+            format!("{} is outside 1..={MAX_VERIFY_K}", c.backup.verify_k),
+        );
     }
     if c.migrations.lock_ttl < Duration::from_secs(5) {
         bad("migrations.lock_ttl", "must be at least 5s".into());

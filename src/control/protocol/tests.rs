@@ -106,6 +106,7 @@ fn a_target_token_crosses_the_wire_but_not_into_records() {
         dry_run: false,
         keep_previous: false,
         keep_extra: false,
+        no_recall: false,
         wait: true,
     };
     let text = serde_json::to_string(&Request::new(c.clone())).unwrap_or_default();
@@ -144,6 +145,7 @@ fn destructive_commands_need_the_admin_level() {
         dry_run,
         keep_previous: false,
         keep_extra: false,
+        no_recall: false,
         wait: false,
     };
     assert_eq!(restore(RestoreMode::Replace, false).level(), Level::Admin);

@@ -1,0 +1,161 @@
+//! Recall for logical snapshots: recording a collection's queries during a
+//! backup, and checking a live collection against a snapshot's queries (after
+//! a restore, and for `backups verify --recall`).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{check, record, seed_for, QueriesRef, RecallCheck, DEFAULT_MIN_RECALL};
+use crate::backup::manifest::{CollectionSnapshot, SnapshotId};
+use crate::backup::{BackupError, BackupManager};
+use crate::chroma::{ChromaError, Collection};
+
+/// The result of `backups verify ID --recall`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecallVerifyReport {
+    pub snapshot: String,
+    /// The least recall a collection may have for the check to pass.
+    pub min_recall: f64,
+    /// Every checked collection's recall is at least `min_recall` (also
+    /// when none was checked: nothing failed).
+    pub passed: bool,
+    /// Collections whose queries ran (the others recorded none).
+    pub checked: u64,
+    pub collections: Vec<CollectionRecall>,
+}
+
+/// One collection of a recall verify.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectionRecall {
+    /// Its name in the snapshot.
+    pub collection: String,
+    /// The live collection the queries ran against.
+    pub target: String,
+    #[serde(flatten)]
+    pub check: RecallCheck,
+}
+
+/// What `backups verify --recall` checks: the snapshot's collections under
+/// their own names, or one under another name.
+#[derive(Debug, Clone, Default)]
+pub struct RecallOptions {
+    /// Only this collection of the snapshot.
+    pub collection: Option<String>,
+    /// …checked against this live collection (with `collection`).
+    pub as_name: Option<String>,
+    /// Default [`DEFAULT_MIN_RECALL`].
+    pub min_recall: Option<f64>,
+}
+
+impl BackupManager {
+    /// Samples `collection` (just read by the backup) and stores its
+    /// recorded queries; returns the reference and the bytes written. Nothing
+    /// when `backup.verify_queries` is 0 or the collection is empty.
+    pub(in crate::backup) async fn record_queries(
+        &self,
+        snapshot: &SnapshotId,
+        collection: &Collection,
+    ) -> Result<(Option<QueriesRef>, u64), BackupError> {
+        let (n, k) = (
+            self.config.backup.verify_queries,
+            self.config.backup.verify_k,
+        );
+        let started = Instant::now();
+        let seed = seed_for(snapshot.as_str(), &collection.name);
+        let Some(recorded) = record(&self.store, collection, n, k, seed).await? else {
+            return Ok((None, 0));
+        };
+        if recorded.queries.is_empty() {
+            return Ok((None, 0));
+        }
+        let (r, written) = QueriesRef::store(&self.repo, recorded).await?;
+        tracing::info!(
+            collection = %collection.name,
+            queries = r.queries,
+            k = r.k,
+            bytes = r.stored_size,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "recorded sample queries for the recall check"
+        );
+        Ok((Some(r), written))
+    }
+
+    /// Runs the queries `c` recorded against the live collection `target`.
+    pub async fn check_recall(
+        &self,
+        c: &CollectionSnapshot,
+        target: &str,
+    ) -> Result<RecallCheck, BackupError> {
+        let Some(q) = &c.queries else {
+            return Ok(RecallCheck::NotRecorded);
+        };
+        let recorded = q.load(&self.repo).await?;
+        let live = match self.store.get_collection(target).await {
+            Ok(live) => live,
+            Err(ChromaError::NotFound { .. }) => {
+                return Err(BackupError::RecallTargetMissing {
+                    collection: c.name.clone(),
+                    target: target.to_string(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(RecallCheck::Checked(
+            check(&self.store, &live.id, &recorded).await?,
+        ))
+    }
+
+    /// `backups verify ID --recall`: the snapshot's recorded queries against
+    /// the live collections of the same names (or `as_name`).
+    pub async fn verify_recall(
+        &self,
+        id: &str,
+        opts: &RecallOptions,
+    ) -> Result<RecallVerifyReport, BackupError> {
+        if opts.as_name.is_some() && opts.collection.is_none() {
+            return Err(BackupError::Invalid(
+                "--as needs --collection (the snapshot's collection to check under that name)"
+                    .into(),
+            ));
+        }
+        let min_recall = opts.min_recall.unwrap_or(DEFAULT_MIN_RECALL);
+        if !(0.0..=1.0).contains(&min_recall) {
+            return Err(BackupError::Invalid(format!(
+                "--min-recall {min_recall} is outside 0.0..=1.0"
+            )));
+        }
+        let manifest = self.show(id).await?;
+        let selected: Vec<&CollectionSnapshot> = match &opts.collection {
+            None => manifest.collections.iter().collect(),
+            Some(name) => vec![manifest
+                .collections
+                .iter()
+                .find(|c| &c.name == name)
+                .ok_or_else(|| {
+                    BackupError::Invalid(format!("snapshot {id} holds no collection {name:?}"))
+                })?],
+        };
+        let mut collections = Vec::new();
+        for c in selected {
+            let target = opts.as_name.clone().unwrap_or_else(|| c.name.clone());
+            let check = self.check_recall(c, &target).await?;
+            collections.push(CollectionRecall {
+                collection: c.name.clone(),
+                target,
+                check,
+            });
+        }
+        let checked: Vec<f64> = collections
+            .iter()
+            .filter_map(|c| c.check.recall())
+            .collect();
+        Ok(RecallVerifyReport {
+            snapshot: manifest.snapshot_id.to_string(),
+            min_recall,
+            passed: checked.iter().all(|r| *r >= min_recall),
+            checked: checked.len() as u64,
+            collections,
+        })
+    }
+}
