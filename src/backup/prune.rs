@@ -1,5 +1,5 @@
 //! Deleting snapshots: one by id, or those retention no longer keeps,
-//! with the chunks and indexes no remaining snapshot references.
+//! with the chunks, indexes and blocks no remaining snapshot references.
 
 use std::collections::HashSet;
 
@@ -75,6 +75,11 @@ impl BackupManager {
                     referenced.insert(format!("index/{}/{}", &r.index_id[..2], r.index_id));
                 }
             }
+            for f in m.physical.iter().flat_map(|p| &p.files) {
+                for b in &f.blocks {
+                    referenced.insert(format!("blocks/{}/{}", &b.id[..2], b.id));
+                }
+            }
         }
         let mut report = PruneReport {
             dry_run,
@@ -92,7 +97,7 @@ impl BackupManager {
             bytes_freed: 0,
         };
         let mut doomed = Vec::new();
-        for prefix in ["chunks", "index"] {
+        for prefix in ["chunks", "index", "blocks"] {
             for meta in self.repo.list(prefix).await? {
                 if !referenced.contains(meta.key.as_str()) {
                     report.objects_deleted += 1;

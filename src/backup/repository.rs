@@ -6,6 +6,7 @@
 //! keys/<key_id>               the data key wrapped by one master key (plain)
 //! chunks/<id[..2]>/<id>       records
 //! index/<id[..2]>/<id>        record digests of one chunk
+//! blocks/<id[..2]>/<id>       blocks of Chroma's files (physical snapshots)
 //! snapshots/<snapshot_id>     manifests, written last
 //! locks/<lock_id>             leases (see `lock.rs`)
 //! ```
@@ -58,6 +59,10 @@ pub fn index_key(id: &str) -> Result<ObjectKey, BackupError> {
     fanned("index", id)
 }
 
+pub fn block_key(id: &str) -> Result<ObjectKey, BackupError> {
+    fanned("blocks", id)
+}
+
 pub fn snapshot_key(id: &SnapshotId) -> Result<ObjectKey, BackupError> {
     key(&format!("snapshots/{id}"))
 }
@@ -77,7 +82,7 @@ async fn read_config(backend: &dyn Backend) -> Result<Option<RepoConfig>, Backup
 /// `lost+found`, a README beside it) are not chromaprod's and do not count.
 async fn refuse_if_occupied(backend: &dyn Backend, location: &str) -> Result<(), BackupError> {
     let mut objects = Vec::new();
-    for prefix in ["keys", "snapshots", "index", "chunks", "locks"] {
+    for prefix in ["keys", "snapshots", "index", "chunks", "blocks", "locks"] {
         objects.extend(backend.list(Some(&key(prefix)?)).await?);
     }
     if objects.is_empty() {
@@ -206,6 +211,7 @@ impl Repository {
             ("snapshots", ObjectKind::Manifest),
             ("index", ObjectKind::Index),
             ("chunks", ObjectKind::Chunk),
+            ("blocks", ObjectKind::Block),
         ] {
             for meta in self.list(prefix).await? {
                 let bytes = self.get(&meta.key, kind.max_stored()).await?;

@@ -52,6 +52,9 @@ const MAX_SMALL_OBJECT: usize = 4 * 1024;
 /// chunk references (about 300 bytes each) and the ids an incremental
 /// supersedes; an index holds a chunk's ids (at most 10,000) and digests.
 const MAX_LISTING: usize = 64 * 1024 * 1024;
+/// Largest block of a physical snapshot, decompressed (blocks are cut at
+/// 4 MiB; the margin leaves room to change that without a new format).
+const MAX_BLOCK: usize = 16 * 1024 * 1024;
 /// zstd level used for every object.
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -70,6 +73,9 @@ pub enum ObjectKind {
     Index = 4,
     /// A snapshot manifest ([`super::manifest::Manifest`]).
     Manifest = 5,
+    /// A block of one of Chroma's files in a physical snapshot
+    /// ([`super::manifest::BlockRef`]).
+    Block = 6,
 }
 
 impl ObjectKind {
@@ -80,6 +86,7 @@ impl ObjectKind {
             3 => Self::Chunk,
             4 => Self::Index,
             5 => Self::Manifest,
+            6 => Self::Block,
             _ => return None,
         })
     }
@@ -100,6 +107,7 @@ impl ObjectKind {
             Self::Config | Self::Key => MAX_SMALL_OBJECT,
             Self::Index | Self::Manifest => MAX_LISTING,
             Self::Chunk => MAX_PLAINTEXT,
+            Self::Block => MAX_BLOCK,
         }
     }
 
@@ -110,6 +118,7 @@ impl ObjectKind {
             Self::Chunk => "chunk",
             Self::Index => "index",
             Self::Manifest => "manifest",
+            Self::Block => "block",
         }
     }
 }

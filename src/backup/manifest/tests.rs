@@ -94,6 +94,7 @@ pub(super) fn manifest(chunks: Vec<ChunkRef>, parent: Option<SnapshotId>) -> Man
             chunks,
             change_mark: None,
         }],
+        physical: None,
     };
     m.finalize();
     m
