@@ -24,6 +24,7 @@ fn a_backup_outcome_has_the_documented_shape() {
         bytes_referenced: 400,
         duration_ms: 5,
         encrypted: true,
+        physical: None,
     });
     assert_eq!(
         full.to_json(),
