@@ -111,7 +111,11 @@ fn dir_size(p: &Path) -> u64 {
     if let Ok(rd) = std::fs::read_dir(p) {
         for e in rd.flatten() {
             let Ok(m) = e.metadata() else { continue };
-            n += if m.is_dir() { dir_size(&e.path()) } else { m.len() };
+            n += if m.is_dir() {
+                dir_size(&e.path())
+            } else {
+                m.len()
+            };
         }
     }
     n
@@ -161,7 +165,12 @@ fn main() {
     let mut rows: Vec<(String, String)> = Vec::new();
 
     // 1. Seed.
-    let phys_cfg = config(source.url(), &work.path().join("repo-physical"), &key, Some(&persist));
+    let phys_cfg = config(
+        source.url(),
+        &work.path().join("repo-physical"),
+        &key,
+        Some(&persist),
+    );
     let logi_cfg = config(source.url(), &work.path().join("repo-logical"), &key, None);
     let t = Instant::now();
     rt.block_on(async {
@@ -285,8 +294,8 @@ fn main() {
             .await
             .expect("logical restore");
     });
-    let store = ProductionChromaStore::new(&fresh_cfg, Arc::new(MetricsCollector::new()))
-        .expect("store");
+    let store =
+        ProductionChromaStore::new(&fresh_cfg, Arc::new(MetricsCollector::new())).expect("store");
     let logical_total = rt.block_on(first_query(&store, t));
     rows.push((
         "logical restore → first query".into(),

@@ -101,7 +101,13 @@ impl Setup {
             .unwrap_or_else(|e| panic!("show failed: {e}"))
     }
 
-    fn restore(&self, config: &Path, id: &str, dir: &Path, extra: &[&str]) -> Result<Value, String> {
+    fn restore(
+        &self,
+        config: &Path,
+        id: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<Value, String> {
         let d = dir.display().to_string();
         let mut args = vec!["restore", id, "--data-dir", d.as_str()];
         args.extend_from_slice(extra);
@@ -114,17 +120,23 @@ fn batch(ids: &[String], seed: usize) -> RecordBatch {
         ids: ids.to_vec(),
         embeddings: Some(
             (0..ids.len())
-                .map(|i| {
-                    (0..DIM)
-                        .map(|j| ((seed + i) * 31 + j * 7) as f32 % 101.0 / 101.0)
-                        .collect()
-                })
+                .map(|i| (0..DIM).map(|j| unit(seed + i, j)).collect())
                 .collect(),
         ),
         documents: Some(ids.iter().map(|i| Some(format!("written {i}"))).collect()),
         metadatas: None,
         uris: None,
     }
+}
+
+/// A pseudo-random value in [0, 1) for (i, j): distinct vectors, no ties.
+fn unit(i: usize, j: usize) -> f32 {
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (j as u64 + 1).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    (x % 1_000_003) as f32 / 1_000_003.0
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -141,7 +153,10 @@ fn entries(dir: &Path) -> Vec<String> {
 fn a_snapshot_under_a_steady_writer_restores_what_was_acknowledged_and_answers_queries() {
     let s = Setup::new();
     let store = store_for(&s.chroma.base());
-    let docs = s.rt.block_on(store.get_collection("docs")).expect("docs").id;
+    let docs =
+        s.rt.block_on(store.get_collection("docs"))
+            .expect("docs")
+            .id;
     // The writer: batches of 100 new records, in order, acknowledged one
     // by one (a flush of the vector segment every 10 batches).
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -207,26 +222,38 @@ fn a_snapshot_under_a_steady_writer_restores_what_was_acknowledged_and_answers_q
     // point), each equal to the live record.
     let got_ids: BTreeSet<&str> = got_docs.iter().map(|r| r.id.as_str()).collect();
     for id in &before {
-        assert!(got_ids.contains(id.as_str()), "{id} acknowledged before the snapshot is missing");
+        assert!(
+            got_ids.contains(id.as_str()),
+            "{id} acknowledged before the snapshot is missing"
+        );
     }
     let written: Vec<String> = acked.lock().expect("acked").clone();
-    let k = written.iter().take_while(|i| got_ids.contains(i.as_str())).count();
+    let k = written
+        .iter()
+        .take_while(|i| got_ids.contains(i.as_str()))
+        .count();
     assert!(
         written[k..].iter().all(|i| !got_ids.contains(i.as_str())),
         "the restored records are not one prefix of the writes"
     );
     let live: BTreeMap<&str, _> = live_docs.iter().map(|r| (r.id.as_str(), r)).collect();
-    assert_eq!(got_docs.len(), 3000 + k, "seeded records and the first {k} written");
+    assert_eq!(
+        got_docs.len(),
+        3000 + k,
+        "seeded records and the first {k} written"
+    );
     for r in &got_docs {
         assert_eq!(Some(&r), live.get(r.id.as_str()), "record {}", r.id);
     }
 
     // The index answers: a record's own embedding finds it first.
     let col = s.rt.block_on(store2.get_collection("docs")).expect("docs");
-    let probe = got_docs.iter().find(|r| r.id.starts_with('w')).unwrap_or(&got_docs[0]);
-    let q = s
-        .rt
-        .block_on(store2.query(
+    let probe = got_docs
+        .iter()
+        .find(|r| r.id.starts_with('w'))
+        .unwrap_or(&got_docs[0]);
+    let q =
+        s.rt.block_on(store2.query(
             &col.id,
             &QueryRequest {
                 query_embeddings: vec![probe.embedding.clone().expect("embedding")],
@@ -268,7 +295,10 @@ fn a_second_snapshot_stores_only_the_files_of_the_collection_that_changed() {
     assert_eq!(a["metadata"]["backup_type"], "physical");
     assert_eq!(a["format_version"], 2);
     let chroma = a["metadata"]["chroma_version"].as_str().unwrap_or_default();
-    assert!(chroma.contains("api ") && chroma.contains("sysdb"), "{chroma}");
+    assert!(
+        chroma.contains("api ") && chroma.contains("sysdb"),
+        "{chroma}"
+    );
     let segment_of = |show: &Value, name: &str| -> String {
         show["physical"]["collections"]
             .as_array()
@@ -283,9 +313,13 @@ fn a_second_snapshot_stores_only_the_files_of_the_collection_that_changed() {
 
     // Change docs only: enough to flush its vector segment.
     let store = store_for(&s.chroma.base());
-    let docs = s.rt.block_on(store.get_collection("docs")).expect("docs").id;
+    let docs =
+        s.rt.block_on(store.get_collection("docs"))
+            .expect("docs")
+            .id;
     let ids: Vec<String> = (0..1200).map(|i| format!("n{i:05}")).collect();
-    s.rt.block_on(store.upsert(&docs, &batch(&ids, 7))).expect("upsert");
+    s.rt.block_on(store.upsert(&docs, &batch(&ids, 7)))
+        .expect("upsert");
 
     let second = s.physical_backup();
     let b = s.show(second["snapshot"].as_str().expect("id"));
@@ -323,7 +357,10 @@ fn a_second_snapshot_stores_only_the_files_of_the_collection_that_changed() {
         first["bytes_written"].as_u64().unwrap_or(0),
         second["bytes_written"].as_u64().unwrap_or(0),
     );
-    assert!(wb < wa, "the second snapshot wrote {wb} bytes, the first {wa}");
+    assert!(
+        wb < wa,
+        "the second snapshot wrote {wb} bytes, the first {wa}"
+    );
 
     // Prune with both kept deletes nothing; verify still passes.
     let pruned = s.json(&s.config, &["prune"]).expect("prune");
@@ -340,8 +377,13 @@ fn physical_restore_refuses_what_it_must_and_names_the_cause() {
     let full = s.dir.path().join("full");
     std::fs::create_dir(&full).expect("dir");
     std::fs::write(full.join("notes.txt"), b"mine").expect("file");
-    let err = s.restore(&s.config, &id, &full, &[]).expect_err("non-empty");
-    assert!(err.contains("is not empty") && err.contains("notes.txt"), "{err}");
+    let err = s
+        .restore(&s.config, &id, &full, &[])
+        .expect_err("non-empty");
+    assert!(
+        err.contains("is not empty") && err.contains("notes.txt"),
+        "{err}"
+    );
     assert_eq!(entries(&full), vec!["notes.txt".to_string()]);
 
     // The directory the running Chroma uses.
@@ -356,7 +398,11 @@ fn physical_restore_refuses_what_it_must_and_names_the_cause() {
     std::fs::create_dir(&local).expect("dir");
     let restored = s.dir.path().join("for-levels");
     s.restore(&s.config, &id, &restored, &[]).expect("restore");
-    std::fs::copy(restored.join("chroma.sqlite3"), local.join("chroma.sqlite3")).expect("copy");
+    std::fs::copy(
+        restored.join("chroma.sqlite3"),
+        local.join("chroma.sqlite3"),
+    )
+    .expect("copy");
     {
         let c = rusqlite::Connection::open(local.join("chroma.sqlite3")).expect("open copy");
         let n = c
@@ -400,7 +446,10 @@ fn physical_restore_refuses_what_it_must_and_names_the_cause() {
     let show = s.show(&id);
     let files = blocks_by_file(&show);
     let mut ids = files.values().flatten();
-    let (damaged, missing) = (ids.next().expect("a block"), ids.next().expect("two blocks"));
+    let (damaged, missing) = (
+        ids.next().expect("a block"),
+        ids.next().expect("two blocks"),
+    );
     let path_of = |b: &str| s.repo().join("blocks").join(&b[..2]).join(b);
     let original = std::fs::read(path_of(damaged)).expect("read block");
     let mut bytes = original.clone();
@@ -408,9 +457,18 @@ fn physical_restore_refuses_what_it_must_and_names_the_cause() {
     bytes[mid] ^= 0x40;
     std::fs::write(path_of(damaged), bytes).expect("damage");
     let target = s.dir.path().join("damaged");
-    let err = s.restore(&s.config, &id, &target, &[]).expect_err("damaged");
-    assert!(err.contains(&format!("blocks/{}/{damaged}", &damaged[..2])), "{err}");
-    assert!(entries(&target).is_empty(), "nothing left behind: {:?}", entries(&target));
+    let err = s
+        .restore(&s.config, &id, &target, &[])
+        .expect_err("damaged");
+    assert!(
+        err.contains(&format!("blocks/{}/{damaged}", &damaged[..2])),
+        "{err}"
+    );
+    assert!(
+        entries(&target).is_empty(),
+        "nothing left behind: {:?}",
+        entries(&target)
+    );
     let err = s
         .json(&s.config, &["backups", "verify", &id, "--full"])
         .expect_err("verify --full finds the damage");
@@ -423,7 +481,9 @@ fn physical_restore_refuses_what_it_must_and_names_the_cause() {
         .expect_err("verify finds the missing block");
     assert!(err.contains(missing.as_str()), "{err}");
     let target = s.dir.path().join("missing");
-    let err = s.restore(&s.config, &id, &target, &[]).expect_err("missing");
+    let err = s
+        .restore(&s.config, &id, &target, &[])
+        .expect_err("missing");
     assert!(
         err.contains(&format!("blocks/{}/{missing}", &missing[..2])) && err.contains("missing"),
         "{err}"
@@ -437,19 +497,29 @@ fn a_logical_restore_of_a_physical_snapshot_says_how_to_restore_it() {
     let taken = s.physical_backup();
     let id = taken["snapshot"].as_str().expect("id");
     let err = s
-        .json(&s.config, &["restore", id, "--collection", "docs", "--as", "docs_copy"])
+        .json(
+            &s.config,
+            &["restore", id, "--collection", "docs", "--as", "docs_copy"],
+        )
         .expect_err("logical restore of a physical snapshot");
     assert!(err.contains("--data-dir"), "{err}");
     // And a physical restore of a logical snapshot.
     let logical = s.json(&s.config, &["backup", "--full"]).expect("full");
     let target = s.dir.path().join("t");
     let err = s
-        .restore(&s.config, logical["snapshot"].as_str().expect("id"), &target, &[])
+        .restore(
+            &s.config,
+            logical["snapshot"].as_str().expect("id"),
+            &target,
+            &[],
+        )
         .expect_err("physical restore of a logical snapshot");
     assert!(err.contains("logical snapshot"), "{err}");
     // An incremental after a physical snapshot still reads against the
     // newest logical one.
-    let inc = s.json(&s.config, &["backup", "--incremental"]).expect("incremental");
+    let inc = s
+        .json(&s.config, &["backup", "--incremental"])
+        .expect("incremental");
     assert_eq!(inc["parent"], logical["snapshot"], "{inc}");
 
     // Without chroma.persist_directory, the error names the key.
@@ -465,9 +535,43 @@ fn a_logical_restore_of_a_physical_snapshot_says_how_to_restore_it() {
         .json(&unset, &["backup", "--physical"])
         .expect_err("no persist directory");
     assert!(err.contains("chroma.persist_directory"), "{err}");
-    std::fs::write(&unset, text.replace("[backup]\n", "[backup]\nphysical = true\n"))
-        .expect("write");
+    std::fs::write(
+        &unset,
+        text.replace("[backup]\n", "[backup]\nphysical = true\n"),
+    )
+    .expect("write");
     let (code, out, err) = offline(&unset, &["validate"]);
     assert_ne!(code, Some(0), "{out}{err}");
-    assert!(format!("{out}{err}").contains("backup.physical"), "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("backup.physical"),
+        "{out}{err}"
+    );
+}
+
+#[test]
+fn through_the_daemon_a_physical_snapshot_is_taken_and_restored_as_a_job() {
+    use common::daemon::{cli, DaemonProcess};
+    let s = Setup::new();
+    let daemon = DaemonProcess::spawn(&s.config, &[]);
+    daemon.wait_ready(std::time::Duration::from_secs(60));
+    let json = |args: &[&str]| -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = cli(&daemon.socket, &all);
+        assert_eq!(code, Some(0), "{args:?}: {err}{out}\n{}", daemon.log());
+        serde_json::from_str(out.lines().last().unwrap_or_default()).expect("json")
+    };
+    let taken = json(&["backup", "--physical", "--wait"]);
+    assert_eq!(taken["type"], "physical", "{taken}");
+    let target = s.dir.path().join("by-daemon");
+    let d = target.display().to_string();
+    let restored = json(&["restore", "latest", "--data-dir", &d]);
+    assert_eq!(restored["snapshot"], taken["snapshot"], "{restored}");
+    assert!(target.join("chroma.sqlite3").is_file());
+    let jobs = json(&["jobs"]);
+    let text = jobs.to_string();
+    assert!(
+        text.contains("\"physical\"") && text.contains("\"restore\""),
+        "{text}"
+    );
 }

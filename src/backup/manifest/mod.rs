@@ -282,7 +282,11 @@ impl Manifest {
             .flat_map(|c| &c.chunks)
             .map(|r| r.stored_size + r.index_stored_size)
             .sum();
-        chunks + self.physical.as_ref().map_or(0, PhysicalContent::stored_bytes)
+        chunks
+            + self
+                .physical
+                .as_ref()
+                .map_or(0, PhysicalContent::stored_bytes)
     }
 
     /// Whether this is a physical snapshot (Chroma's files).

@@ -98,7 +98,10 @@ impl PhysicalContent {
         let mut paths = std::collections::HashSet::new();
         for f in &self.files {
             if !PhysicalFile::path_is_safe(&f.path) {
-                return Err(format!("file path {:?} is not a safe relative path", f.path));
+                return Err(format!(
+                    "file path {:?} is not a safe relative path",
+                    f.path
+                ));
             }
             if !paths.insert(f.path.as_str()) {
                 return Err(format!("file {:?} appears twice", f.path));

@@ -113,7 +113,10 @@ fn copy_file(from: &Path, to: Option<&Path>) -> Result<FileState, BackupError> {
 
 /// The regular files of a segment directory (none if it does not exist
 /// yet: Chroma creates it at the first flush). With `to`, copied there.
-fn segment_files(dir: &Path, to: Option<&Path>) -> Result<BTreeMap<String, FileState>, BackupError> {
+fn segment_files(
+    dir: &Path,
+    to: Option<&Path>,
+) -> Result<BTreeMap<String, FileState>, BackupError> {
     let mut out = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -166,7 +169,10 @@ async fn copy_segment(
         .flushed_at(&segment.segment)
         .await
         .map_err(BackupError::LocalFiles)?;
-    let (from, to) = (persist.join(&segment.segment), staging.join(&segment.segment));
+    let (from, to) = (
+        persist.join(&segment.segment),
+        staging.join(&segment.segment),
+    );
     // A copy from an earlier round goes first.
     let _ = std::fs::remove_dir_all(&to);
     let files = blocking(move || segment_files(&from, Some(&to))).await?;

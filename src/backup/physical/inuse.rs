@@ -24,7 +24,10 @@ pub fn holder(dir: &Path) -> Option<String> {
     let procs = std::fs::read_dir("/proc").ok()?;
     for p in procs.flatten() {
         let name = p.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         if pid == me {

@@ -135,7 +135,10 @@ pub fn copy_facts(db: &Path) -> Result<CopyFacts, Unusable> {
     let segments = vector_segments(&conn).map_err(sql)?;
     let mut flushed = Vec::new();
     for s in &segments {
-        flushed.push((s.segment.clone(), flushed_at(&conn, &s.segment).map_err(sql)??));
+        flushed.push((
+            s.segment.clone(),
+            flushed_at(&conn, &s.segment).map_err(sql)??,
+        ));
     }
     let mut stmt = conn
         .prepare(
@@ -146,7 +149,10 @@ pub fn copy_facts(db: &Path) -> Result<CopyFacts, Unusable> {
         .map_err(sql)?;
     let records = stmt
         .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
+            Ok((
+                r.get::<_, String>(0)?,
+                u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+            ))
         })
         .and_then(Iterator::collect)
         .map_err(sql)?;

@@ -211,7 +211,10 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigIssue> {
         ),
         ("backup.prune_schedule", c.backup.prune_schedule.as_ref()),
         ("backup.verify_schedule", c.backup.verify_schedule.as_ref()),
-        ("backup.physical_schedule", c.backup.physical_schedule.as_ref()),
+        (
+            "backup.physical_schedule",
+            c.backup.physical_schedule.as_ref(),
+        ),
     ] {
         if let Some(expr) = expr {
             if let Err(e) = croner::Cron::new(expr).with_seconds_optional().parse() {
