@@ -145,8 +145,11 @@ impl BackupManager {
         // Newest first. Each collection is planned against the newest
         // snapshot that holds it (the newest overall may be a collection
         // backup of another one); `parent` names the newest overall.
+        // Physical snapshots hold no records to reuse.
         let earlier = if req.backup_type == BackupType::Incremental {
-            self.repo.manifests().await?
+            let mut all = self.repo.manifests().await?;
+            all.retain(|m| !m.is_physical());
+            all
         } else {
             Vec::new()
         };
@@ -211,6 +214,7 @@ impl BackupManager {
             bytes_written: 0,
             bytes_referenced: 0,
             collections: snaps,
+            physical: None,
         };
         manifest.finalize();
         manifest.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -138,7 +138,7 @@ impl BackupManager {
             .await?
             .into_iter()
             .map(|m| SnapshotSummary {
-                records: m.collections.iter().map(|c| c.record_count).sum(),
+                records: m.record_count(),
                 parent: m.parent,
                 bytes_written: m.bytes_written,
                 duration_ms: m.duration_ms,

@@ -18,6 +18,7 @@ pub mod format;
 pub mod lock;
 pub mod manager;
 pub mod manifest;
+pub mod physical;
 pub mod pin;
 pub mod prune;
 pub mod recall;
@@ -32,6 +33,7 @@ pub use create::{in_scope, BackupRequest};
 pub use delta::DeltaRestored;
 pub use manager::{load_key, BackupManager, SnapshotSummary};
 pub use manifest::{BackupMetadata, BackupType, Manifest, SnapshotId, Trigger};
+pub use physical::{PhysicalRestoreOptions, PhysicalRestored};
 pub use prune::PruneReport;
 pub use restore::{RestoreMode, RestoreOptions, RestoreOutcome};
 pub use verify::VerifyReport;
@@ -104,6 +106,37 @@ pub enum BackupError {
     RestoreMismatch { collection: String, why: String },
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("a physical snapshot copies Chroma's files, so chromaprod must know where they are: set chroma.persist_directory to the directory the Chroma server on this host was started with (`chroma run --path DIR`); or take a logical backup (`chromaprod backup --full`)")]
+    PersistDirectoryUnset,
+    #[error("cannot take a physical snapshot of Chroma's files: {0}; take a logical backup instead (`chromaprod backup --full`)")]
+    LocalFiles(crate::chroma::local::Unusable),
+    #[error("vector segment {segment} (collection {collection:?}) was flushed or changed during each of {attempts} copies, so no consistent copy of it was taken; Chroma is writing to it steadily: retry when writes are lighter, or take a logical backup (`chromaprod backup --full`)")]
+    Unsettled {
+        segment: String,
+        collection: String,
+        attempts: u32,
+    },
+    #[error("cannot {action} {path}: {why}")]
+    LocalIo {
+        action: &'static str,
+        path: String,
+        why: String,
+    },
+    #[error("snapshot {0} is a physical snapshot (Chroma's files): restore it with `chromaprod restore {0} --data-dir DIR` into an empty directory, then start Chroma on it")]
+    IsPhysical(String),
+    #[error("snapshot {0} is a logical snapshot: restore it into a running Chroma with `chromaprod restore {0}`; --data-dir takes a physical snapshot")]
+    NotPhysical(String),
+    #[error("{dir} is not empty (it holds {found}); a physical restore writes a whole persist directory and only into an empty one: give a new or empty directory, then move it into place with Chroma stopped (docs/runbook.md)")]
+    DataDirNotEmpty { dir: String, found: String },
+    #[error("{dir} is in use: {holder}; a physical restore never writes where a running Chroma works: stop it, or restore into another directory")]
+    DataDirInUse { dir: String, holder: String },
+    #[error("snapshot {snapshot} was taken from a Chroma at migration levels {taken}, but the local Chroma ({local_dir}) is at {local}: Chroma may not open files of other levels. Restore a logical snapshot instead (`chromaprod restore ID`: the portable way), or pass --force if the Chroma that will open the directory is at the snapshot's levels")]
+    MigrationLevelsDiffer {
+        snapshot: String,
+        taken: String,
+        local: String,
+        local_dir: String,
+    },
     #[error(
         "cancelled; nothing was recorded, and chunks already stored are reused by the next backup"
     )]
@@ -150,7 +183,14 @@ impl BackupError {
             | BackupError::DeltaTargetMissing(_)
             | BackupError::DeltaSpaceDiffers { .. }
             | BackupError::Invalid(_)
+            | BackupError::PersistDirectoryUnset
+            | BackupError::IsPhysical(_)
+            | BackupError::NotPhysical(_)
+            | BackupError::DataDirNotEmpty { .. }
+            | BackupError::DataDirInUse { .. }
+            | BackupError::MigrationLevelsDiffer { .. }
             | BackupError::NotEncrypted => "bad_request",
+            BackupError::Unsettled { .. } => "busy",
             _ => "backup",
         }
     }

@@ -1,6 +1,6 @@
 //! Deleting snapshots: one by id, or those retention no longer keeps,
-//! with the chunks, indexes and queries objects no remaining snapshot
-//! references.
+//! with the chunks, indexes, queries objects and blocks no remaining
+//! snapshot references.
 
 use std::collections::HashSet;
 
@@ -79,6 +79,11 @@ impl BackupManager {
                     referenced.insert(format!("queries/{}/{}", &q.id[..2], q.id));
                 }
             }
+            for f in m.physical.iter().flat_map(|p| &p.files) {
+                for b in &f.blocks {
+                    referenced.insert(format!("blocks/{}/{}", &b.id[..2], b.id));
+                }
+            }
         }
         let mut report = PruneReport {
             dry_run,
@@ -96,7 +101,7 @@ impl BackupManager {
             bytes_freed: 0,
         };
         let mut doomed = Vec::new();
-        for prefix in ["chunks", "index", "queries"] {
+        for prefix in ["chunks", "index", "queries", "blocks"] {
             for meta in self.repo.list(prefix).await? {
                 if !referenced.contains(meta.key.as_str()) {
                     report.objects_deleted += 1;

@@ -7,6 +7,7 @@
 //! chunks/<id[..2]>/<id>       records
 //! index/<id[..2]>/<id>        record digests of one chunk
 //! queries/<id[..2]>/<id>      recorded queries of one collection (`recall`)
+//! blocks/<id[..2]>/<id>       blocks of Chroma's files (physical snapshots)
 //! snapshots/<snapshot_id>     manifests, written last
 //! locks/<lock_id>             leases (see `lock.rs`)
 //! ```
@@ -63,6 +64,10 @@ pub fn queries_key(id: &str) -> Result<ObjectKey, BackupError> {
     fanned("queries", id)
 }
 
+pub fn block_key(id: &str) -> Result<ObjectKey, BackupError> {
+    fanned("blocks", id)
+}
+
 pub fn snapshot_key(id: &SnapshotId) -> Result<ObjectKey, BackupError> {
     key(&format!("snapshots/{id}"))
 }
@@ -82,7 +87,7 @@ async fn read_config(backend: &dyn Backend) -> Result<Option<RepoConfig>, Backup
 /// `lost+found`, a README beside it) are not chromaprod's and do not count.
 async fn refuse_if_occupied(backend: &dyn Backend, location: &str) -> Result<(), BackupError> {
     let mut objects = Vec::new();
-    for prefix in ["keys", "snapshots", "index", "chunks", "queries", "locks"] {
+    for prefix in ["keys", "snapshots", "index", "chunks", "queries", "blocks", "locks"] {
         objects.extend(backend.list(Some(&key(prefix)?)).await?);
     }
     if objects.is_empty() {
@@ -212,6 +217,7 @@ impl Repository {
             ("index", ObjectKind::Index),
             ("chunks", ObjectKind::Chunk),
             ("queries", ObjectKind::Queries),
+            ("blocks", ObjectKind::Block),
         ] {
             for meta in self.list(prefix).await? {
                 let bytes = self.get(&meta.key, kind.max_stored()).await?;

@@ -144,6 +144,9 @@ impl BackupManager {
             ));
         }
         let manifest = self.show(id).await?;
+        if manifest.is_physical() {
+            return Err(BackupError::IsPhysical(id.to_string()));
+        }
         let selected: Vec<&CollectionSnapshot> = if opts.collections.is_empty() {
             manifest.collections.iter().collect()
         } else {

@@ -37,14 +37,16 @@ pub(super) struct Uploader {
 }
 
 /// What is stored under one content address.
-struct StoredObject {
-    id: String,
-    checksum: String,
-    size: u64,
-    written: u64,
+pub(super) struct StoredObject {
+    pub(super) id: String,
+    pub(super) checksum: String,
+    pub(super) size: u64,
+    pub(super) written: u64,
 }
 
-async fn store_object(
+/// Stores `plaintext` as a `kind` object under its content address, unless
+/// it is stored already; describes what is stored.
+pub(super) async fn store_object(
     repo: &Repository,
     kind: ObjectKind,
     plaintext: Vec<u8>,
@@ -52,6 +54,7 @@ async fn store_object(
     let id = repo.codec.content_id(&plaintext);
     let key = match kind {
         ObjectKind::Index => index_key(&id)?,
+        ObjectKind::Block => super::repository::block_key(&id)?,
         _ => chunk_key(&id)?,
     };
     if !repo.exists(&key).await? {

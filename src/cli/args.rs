@@ -113,6 +113,9 @@ pub struct BackupArgs {
     /// Only these collections.
     #[arg(long = "collection", short = 'c')]
     pub collection: Vec<String>,
+    /// A physical snapshot: Chroma's persist directory itself (chroma.persist_directory), restored with `restore ID --data-dir DIR`.
+    #[arg(long, conflicts_with_all = ["full", "incremental", "collection"])]
+    pub physical: bool,
     /// Wait for the backup to finish, showing progress.
     #[arg(long)]
     pub wait: bool,
@@ -229,6 +232,13 @@ pub struct RestoreArgs {
     /// collections (the recall@k check a whole restore runs by default).
     #[arg(long)]
     pub no_recall: bool,
+    /// Restore a physical snapshot as a complete persist directory into
+    /// this new or empty directory (then start Chroma on it).
+    #[arg(long, conflicts_with_all = ["collection", "as_name", "target", "dry_run", "keep_previous", "keep_extra"])]
+    pub data_dir: Option<PathBuf>,
+    /// With --data-dir: restore even if the local Chroma is at other migration levels.
+    #[arg(long, requires = "data_dir")]
+    pub force: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]

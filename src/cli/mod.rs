@@ -51,7 +51,9 @@ pub fn main() -> ExitCode {
             },
         ),
         Verb::Backup(ref b) => {
-            let backup_type = if b.incremental {
+            let backup_type = if b.physical {
+                BackupType::Physical
+            } else if b.incremental {
                 BackupType::Incremental
             } else if !b.collection.is_empty() {
                 BackupType::Collection
@@ -121,6 +123,7 @@ pub fn main() -> ExitCode {
         Verb::Prune { dry_run } => daemon_or_here(&cli, Command::Prune { dry_run }),
         Verb::Jobs => daemon_only(&cli, Command::Jobs),
         Verb::Job(JobVerb::Cancel { id }) => daemon_only(&cli, Command::JobCancel { id }),
+        Verb::Restore(ref r) if r.data_dir.is_some() => restore_physical(&cli, r),
         Verb::Restore(ref r) => match r.target_token_file.as_deref().map(remote::read_token_file) {
             Some(Err(e)) => {
                 errln!("chromaprod: {e}");
@@ -175,6 +178,30 @@ pub fn main() -> ExitCode {
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// `restore ID --data-dir DIR`: the directory made absolute here (the
+/// daemon's working directory is not the caller's).
+fn restore_physical(cli: &Cli, r: &args::RestoreArgs) -> i32 {
+    let Some(dir) = r.data_dir.as_deref() else {
+        return 2;
+    };
+    let data_dir = match std::path::absolute(dir) {
+        Ok(d) => d,
+        Err(e) => {
+            errln!("chromaprod: --data-dir {}: {e}", dir.display());
+            return 2;
+        }
+    };
+    daemon_or_here(
+        cli,
+        Command::RestorePhysical {
+            id: r.id.clone(),
+            data_dir,
+            force: r.force,
+            wait: true,
+        },
+    )
 }
 
 fn run_daemon(path: &Path) -> i32 {

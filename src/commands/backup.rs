@@ -4,7 +4,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, Progress, Trigger};
-use crate::backup::{BackupError, BackupRequest, BackupType, SnapshotId};
+use crate::backup::physical::PhysicalStats;
+use crate::backup::{BackupError, BackupRequest, BackupType, Manifest, SnapshotId};
 
 /// Take a snapshot of `collections` (all when empty).
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,25 @@ impl Backup {
         progress: &Progress,
         cancel: &CancellationToken,
     ) -> Result<BackupOutcome, BackupError> {
+        // `backup.physical` makes scheduled full backups physical.
+        let physical = self.backup_type == BackupType::Physical
+            || (self.backup_type == BackupType::Full
+                && trigger == Trigger::Schedule
+                && ctx.config.backup.physical);
+        if physical {
+            if !self.collections.is_empty() {
+                return Err(BackupError::Invalid(
+                    "a physical snapshot copies Chroma's whole persist directory; --collection does not apply (take a logical collection backup instead)".into(),
+                ));
+            }
+            if ctx.config.chroma.persist_directory.is_none() {
+                return Err(BackupError::PersistDirectoryUnset);
+            }
+            let m = ctx.backups(true).await?;
+            let (manifest, stats) = m.create_physical(trigger, progress, cancel).await?;
+            tracing::info!(backup_id = %manifest.snapshot_id, files = stats.files, objects_written = stats.objects_written, writer_blocked_ms = stats.writer_blocked_ms, "physical snapshot taken");
+            return Ok(BackupOutcome::of(&manifest, Some(stats)));
+        }
         let m = ctx.backups(true).await?;
         let manifest = m
             .create(
@@ -44,11 +64,22 @@ impl Backup {
         for c in &manifest.collections {
             tracing::info!(backup_id = %manifest.snapshot_id, collection = %c.name, records = c.record_count, "collection backed up");
         }
-        Ok(BackupOutcome {
-            snapshot: manifest.snapshot_id,
-            backup_type: manifest.metadata.backup_type,
-            parent: manifest.parent,
-            collections: manifest
+        Ok(BackupOutcome::of(&manifest, None))
+    }
+}
+
+impl BackupOutcome {
+    fn of(manifest: &Manifest, physical: Option<PhysicalStats>) -> Self {
+        let collections = match &manifest.physical {
+            Some(p) => p
+                .collections
+                .iter()
+                .map(|c| CollectionCount {
+                    name: c.name.clone(),
+                    records: c.records,
+                })
+                .collect(),
+            None => manifest
                 .collections
                 .iter()
                 .map(|c| CollectionCount {
@@ -56,11 +87,18 @@ impl Backup {
                     records: c.record_count,
                 })
                 .collect(),
+        };
+        BackupOutcome {
+            snapshot: manifest.snapshot_id.clone(),
+            backup_type: manifest.metadata.backup_type,
+            parent: manifest.parent.clone(),
+            collections,
             bytes_written: manifest.bytes_written,
             bytes_referenced: manifest.bytes_referenced,
             duration_ms: manifest.duration_ms,
             encrypted: manifest.encrypted,
-        })
+            physical,
+        }
     }
 }
 
@@ -79,6 +117,9 @@ pub struct BackupOutcome {
     pub bytes_referenced: u64,
     pub duration_ms: u64,
     pub encrypted: bool,
+    /// A physical snapshot's files, blocks and how long Chroma's writer waited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalStats>,
 }
 
 /// A collection in a snapshot and its record count.

@@ -18,6 +18,7 @@ pub mod migrate;
 pub mod prune;
 pub mod query;
 pub mod restore;
+pub mod restore_physical;
 pub mod show;
 #[cfg(test)]
 mod tests;
@@ -46,6 +47,7 @@ pub use self::migrate::{Migrate, MigrationReport};
 pub use self::prune::{Prune, PruneReport};
 pub use self::query::{Query, QueryOutcome};
 pub use self::restore::{target_config, Restore, RestoreOutcome};
+pub use self::restore_physical::{PhysicalRestored, RestorePhysical};
 pub use self::show::{Show, ShowOutcome};
 pub use self::verify::{RecallRequest, Verify, VerifyOutcome, VerifyReport};
 /// What started a command: the one trigger vocabulary (also recorded in
@@ -83,6 +85,7 @@ pub enum JobKind {
     Full,
     Incremental,
     Collection,
+    Physical,
     Restore,
     Prune,
     Verify,
@@ -95,6 +98,7 @@ impl JobKind {
             JobKind::Full => "full",
             JobKind::Incremental => "incremental",
             JobKind::Collection => "collection",
+            JobKind::Physical => "physical",
             JobKind::Restore => "restore",
             JobKind::Prune => "prune",
             JobKind::Verify => "verify",
@@ -121,6 +125,7 @@ pub enum Request {
     Delete(Delete),
     Prune(Prune),
     Restore(Restore),
+    RestorePhysical(RestorePhysical),
     Query(Query),
     Migrate(Migrate),
 }
@@ -132,6 +137,7 @@ impl Request {
         match kind {
             Scheduled::FullBackup => Request::Backup(Backup::all(BackupType::Full)),
             Scheduled::IncrementalBackup => Request::Backup(Backup::all(BackupType::Incremental)),
+            Scheduled::PhysicalBackup => Request::Backup(Backup::all(BackupType::Physical)),
             Scheduled::Prune => Request::Prune(Prune { dry_run: false }),
             Scheduled::Verify => Request::Verify(Verify {
                 id: "latest".into(),
@@ -153,6 +159,7 @@ impl Request {
             Request::Delete(_) => "backup_delete",
             Request::Prune(_) => "prune",
             Request::Restore(_) => "restore",
+            Request::RestorePhysical(_) => "restore_physical",
             Request::Query(_) => "query",
             Request::Migrate(m) => m.name(),
         }
@@ -166,7 +173,9 @@ impl Request {
                 BackupType::Full => JobKind::Full,
                 BackupType::Incremental => JobKind::Incremental,
                 BackupType::Collection => JobKind::Collection,
+                BackupType::Physical => JobKind::Physical,
             }),
+            Request::RestorePhysical(_) => Some(JobKind::Restore),
             Request::Restore(_) => Some(JobKind::Restore),
             Request::Prune(_) => Some(JobKind::Prune),
             Request::Verify(_) => Some(JobKind::Verify),
@@ -181,6 +190,7 @@ impl Request {
             self,
             Request::Backup(_)
                 | Request::Restore(_)
+                | Request::RestorePhysical(_)
                 | Request::Prune(Prune { dry_run: false })
                 | Request::Verify(_)
         )
@@ -274,6 +284,16 @@ impl TryFrom<Command> for Request {
                 keep_extra,
                 no_recall,
             }),
+            Command::RestorePhysical {
+                id,
+                data_dir,
+                force,
+                ..
+            } => Request::RestorePhysical(RestorePhysical {
+                id,
+                data_dir,
+                force,
+            }),
             Command::Query {
                 collection,
                 id,
@@ -313,6 +333,7 @@ pub enum Outcome {
     Delete(DeleteOutcome),
     Prune(PruneReport),
     Restore(RestoreOutcome),
+    RestorePhysical(PhysicalRestored),
     Query(QueryOutcome),
     Migration(MigrationReport),
 }
@@ -416,6 +437,9 @@ async fn dispatch(
         Request::Delete(r) => Outcome::Delete(r.run(ctx).await?),
         Request::Prune(r) => Outcome::Prune(r.run(ctx).await?),
         Request::Restore(r) => Outcome::Restore(r.run(ctx, progress, cancel).await?),
+        Request::RestorePhysical(r) => {
+            Outcome::RestorePhysical(r.run(ctx, progress, cancel).await?)
+        }
         Request::Query(r) => Outcome::Query(r.run(ctx).await?),
         Request::Migrate(r) => Outcome::Migration(r.run(ctx, progress, cancel).await?),
     })

@@ -24,6 +24,7 @@ fn a_backup_outcome_has_the_documented_shape() {
         bytes_referenced: 400,
         duration_ms: 5,
         encrypted: true,
+        physical: None,
     });
     assert_eq!(
         full.to_json(),
@@ -130,7 +131,8 @@ fn every_wire_command_is_a_request_or_answered_by_the_daemon() {
         };
         let command: Command = serde_json::from_value(json!({
             "cmd": name, "collection": "c", "k": 1, "id": arg_id,
-            "backup_type": "full", "mode": "fail-if-exists", "to": 2, "version": 3
+            "backup_type": "full", "mode": "fail-if-exists", "to": 2, "version": 3,
+            "data_dir": "/srv/restored"
         }))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         match Request::try_from(command.clone()) {

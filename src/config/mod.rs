@@ -231,6 +231,11 @@ pub struct BackupConfig {
     pub prune_schedule: Option<String>,
     /// Cron expression of scheduled verifies; `None` = none.
     pub verify_schedule: Option<String>,
+    /// Scheduled full backups are physical snapshots (Chroma's persist
+    /// directory itself; needs `chroma.persist_directory`).
+    pub physical: bool,
+    /// Cron expression of scheduled physical snapshots; `None` = none.
+    pub physical_schedule: Option<String>,
     /// Time zone the schedules are read in: `UTC` or a fixed offset like `+02:00`.
     pub timezone: String,
     /// Snapshots younger than this are always kept (0 = no age rule).
@@ -381,6 +386,8 @@ impl Default for Config {
                 incremental_schedule: None,
                 prune_schedule: None,
                 verify_schedule: None,
+                physical: false,
+                physical_schedule: None,
                 timezone: "UTC".into(),
                 retention_days: 30,
                 keep_last: 7,

@@ -187,6 +187,18 @@ pub enum Command {
         #[serde(default)]
         wait: bool,
     },
+    /// Write physical snapshot `id` as a complete persist directory into
+    /// `data_dir` (absolute; new or empty), as a job. The daemon writes it
+    /// with its own user and sandbox.
+    RestorePhysical {
+        id: String,
+        data_dir: std::path::PathBuf,
+        /// Restore onto other migration levels than the local Chroma's.
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        wait: bool,
+    },
     /// Migration files and history side by side, what is pending and what is wrong.
     MigrateStatus,
     /// Apply pending migrations up to `to` (default: all), as a job.
@@ -227,6 +239,7 @@ impl Command {
         "jobs",
         "job_cancel",
         "restore",
+        "restore_physical",
         "migrate_status",
         "migrate_up",
         "migrate_down",
@@ -252,6 +265,7 @@ impl Command {
             Command::Jobs => "jobs",
             Command::JobCancel { .. } => "job_cancel",
             Command::Restore { .. } => "restore",
+            Command::RestorePhysical { .. } => "restore_physical",
             Command::MigrateStatus => "migrate_status",
             Command::MigrateUp { .. } => "migrate_up",
             Command::MigrateDown { .. } => "migrate_down",
@@ -268,6 +282,7 @@ impl Command {
         match self {
             Command::Backup { wait, .. }
             | Command::Restore { wait, .. }
+            | Command::RestorePhysical { wait, .. }
             | Command::MigrateUp { wait, .. }
             | Command::MigrateDown { wait, .. } => Some(*wait),
             _ => None,
@@ -345,7 +360,9 @@ impl Command {
                     Level::Operate
                 }
             }
+            // It writes files wherever the client names.
             Command::BackupDelete { .. }
+            | Command::RestorePhysical { .. }
             | Command::Prune { dry_run: false }
             | Command::MigrateDown { .. }
             | Command::MigrateRepair

@@ -63,6 +63,18 @@ pub enum Event {
         records_done: u64,
         records_total: u64,
     },
+    /// A physical backup stored files of Chroma's persist directory.
+    PhysicalBackup {
+        files_done: u64,
+        files_total: u64,
+        bytes_written: u64,
+    },
+    /// A physical restore wrote files into the new persist directory.
+    PhysicalRestore {
+        files_done: u64,
+        files_total: u64,
+        bytes_written: u64,
+    },
     /// A migration runner waits for the lock another runner holds.
     WaitingForLock { holder: String },
     /// A migration takes a restore point of these collections.
@@ -143,6 +155,8 @@ impl Event {
             Event::RestoreVerify { .. } => "restore_verify",
             Event::DeltaCompare { .. } => "delta_compare",
             Event::DeltaWrite { .. } => "delta_write",
+            Event::PhysicalBackup { .. } => "physical_backup",
+            Event::PhysicalRestore { .. } => "physical_restore",
             Event::WaitingForLock { .. } => "waiting_for_lock",
             Event::RestorePoint { .. } => "restore_point",
             Event::Migrate(_) => "migrate",
@@ -212,6 +226,20 @@ impl Event {
                 records_total,
                 ..
             } => records(*records_done, *records_total),
+            Event::PhysicalBackup {
+                files_done,
+                files_total,
+                ..
+            }
+            | Event::PhysicalRestore {
+                files_done,
+                files_total,
+                ..
+            } => Some(Counts {
+                done: *files_done,
+                total: *files_total,
+                unit: "files",
+            }),
             Event::Verify {
                 chunks_done,
                 chunks_total,
@@ -240,9 +268,9 @@ impl Event {
     /// Bytes written to the repository so far, when the event says.
     pub fn bytes_written(&self) -> Option<u64> {
         match self {
-            Event::Backup { bytes_written, .. } | Event::Done { bytes_written, .. } => {
-                Some(*bytes_written)
-            }
+            Event::Backup { bytes_written, .. }
+            | Event::Done { bytes_written, .. }
+            | Event::PhysicalBackup { bytes_written, .. } => Some(*bytes_written),
             _ => None,
         }
     }

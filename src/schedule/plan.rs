@@ -20,15 +20,17 @@ pub enum JobKind {
     IncrementalBackup,
     Prune,
     Verify,
+    PhysicalBackup,
 }
 
 impl JobKind {
     /// Every kind, in the order `status` lists them.
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::FullBackup,
         JobKind::IncrementalBackup,
         JobKind::Prune,
         JobKind::Verify,
+        JobKind::PhysicalBackup,
     ];
 
     /// The name used in logs, the state file and `chromaprod jobs`.
@@ -38,6 +40,7 @@ impl JobKind {
             JobKind::IncrementalBackup => "incremental_backup",
             JobKind::Prune => "prune",
             JobKind::Verify => "verify",
+            JobKind::PhysicalBackup => "physical_backup",
         }
     }
 
@@ -48,6 +51,7 @@ impl JobKind {
             JobKind::IncrementalBackup => "backup.incremental_schedule",
             JobKind::Prune => "backup.prune_schedule",
             JobKind::Verify => "backup.verify_schedule",
+            JobKind::PhysicalBackup => "backup.physical_schedule",
         }
     }
 }
@@ -100,6 +104,7 @@ pub fn specs(config: &BackupConfig) -> Result<Vec<JobSpec>, PlanError> {
         ),
         (JobKind::Prune, config.prune_schedule.as_ref()),
         (JobKind::Verify, config.verify_schedule.as_ref()),
+        (JobKind::PhysicalBackup, config.physical_schedule.as_ref()),
     ];
     let mut out = Vec::new();
     for (kind, expr) in wanted {

@@ -27,6 +27,8 @@ pub struct ChromaServer {
     addr: SocketAddr,
     dir: tempfile::TempDir,
     bin: PathBuf,
+    /// A persist directory given by the test (default: `data` in `dir`).
+    data: Option<PathBuf>,
 }
 
 /// The `chroma` executable, or a panic that says how to get it.
@@ -70,6 +72,16 @@ impl ChromaServer {
 
     /// Start a server on a given port (e.g. one a daemon is already waiting for).
     pub fn start_on_port(port: u16) -> Self {
+        Self::launch(port, None)
+    }
+
+    /// Start a server on a persist directory the test owns (e.g. one a
+    /// physical restore wrote); it is not removed on drop.
+    pub fn start_on_dir(data: PathBuf) -> Self {
+        Self::launch(free_port(), Some(data))
+    }
+
+    fn launch(port: u16, data: Option<PathBuf>) -> Self {
         let bin = chroma_bin();
         let dir = tempfile::tempdir().expect("temp dir");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -78,6 +90,7 @@ impl ChromaServer {
             addr,
             dir,
             bin,
+            data,
         };
         s.spawn();
         s
@@ -97,7 +110,7 @@ impl ChromaServer {
         let child = Command::new(&self.bin)
             .arg("run")
             .arg("--path")
-            .arg(self.dir.path().join("data"))
+            .arg(self.data_dir())
             .arg("--host")
             .arg("127.0.0.1")
             .arg("--port")
@@ -165,7 +178,9 @@ impl ChromaServer {
 
     /// The persist directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     /// Kill the server (its whole process group) and wait for it to exit.

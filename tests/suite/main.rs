@@ -56,6 +56,7 @@ mod migration_safety;
 mod migrations;
 mod migrations_daemon;
 mod package;
+mod physical;
 mod recall;
 mod reload;
 mod runbook;

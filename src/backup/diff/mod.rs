@@ -113,6 +113,12 @@ impl BackupManager {
             DiffTarget::Snapshot(id) => Some(self.repo.manifest(id).await?),
             DiffTarget::Live => None,
         };
+        // A physical snapshot holds files, not records to compare.
+        for m in std::iter::once(&a).chain(b.as_ref()) {
+            if m.is_physical() {
+                return Err(BackupError::IsPhysical(m.snapshot_id.to_string()));
+            }
+        }
         let live = match b {
             None => self
                 .store

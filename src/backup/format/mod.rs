@@ -56,6 +56,9 @@ const MAX_LISTING: usize = 64 * 1024 * 1024;
 /// dimensions with 100 neighbours each fit (about 30 MiB); a larger sample
 /// is cut to fit when recorded (logged).
 pub const MAX_QUERIES: usize = 64 * 1024 * 1024;
+/// Largest block of a physical snapshot, decompressed (blocks are cut at
+/// 4 MiB; the margin leaves room to change that without a new format).
+const MAX_BLOCK: usize = 16 * 1024 * 1024;
 /// zstd level used for every object.
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -77,6 +80,9 @@ pub enum ObjectKind {
     /// Recorded queries and their neighbours of one collection
     /// ([`super::recall::RecordedQueries`]).
     Queries = 6,
+    /// A block of one of Chroma's files in a physical snapshot
+    /// ([`super::manifest::BlockRef`]).
+    Block = 7,
 }
 
 impl ObjectKind {
@@ -88,6 +94,7 @@ impl ObjectKind {
             4 => Self::Index,
             5 => Self::Manifest,
             6 => Self::Queries,
+            7 => Self::Block,
             _ => return None,
         })
     }
@@ -109,6 +116,7 @@ impl ObjectKind {
             Self::Index | Self::Manifest => MAX_LISTING,
             Self::Chunk => MAX_PLAINTEXT,
             Self::Queries => MAX_QUERIES,
+            Self::Block => MAX_BLOCK,
         }
     }
 
@@ -120,6 +128,7 @@ impl ObjectKind {
             Self::Index => "index",
             Self::Manifest => "manifest",
             Self::Queries => "queries",
+            Self::Block => "block",
         }
     }
 }

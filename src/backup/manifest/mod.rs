@@ -11,6 +11,7 @@
 //! [`IncrementalPlanner`] (`planner.rs`).
 
 mod chunk_ref;
+pub mod physical;
 mod planner;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,10 @@ use super::format::{self, Codec, Encoded, FormatError, ObjectKind};
 use super::recall::QueriesRef;
 
 pub use chunk_ref::ChunkRef;
+pub use physical::{
+    BlockRef, MigrationLevel, PhysicalCollection, PhysicalContent, PhysicalFile,
+    PHYSICAL_MANIFEST_FORMAT,
+};
 pub use planner::{ChunkDecision, IncrementalPlanner, KeptChunk};
 
 /// Version of the manifest's JSON layout.
@@ -110,6 +115,10 @@ pub enum BackupType {
     Incremental,
     /// Selected collections only.
     Collection,
+    /// Chroma's persist directory itself (a local single-node Chroma): its
+    /// files, restored into an empty directory by `restore --data-dir`.
+    /// Written with manifest format 2, which older readers refuse.
+    Physical,
 }
 
 /// What started a backup.
@@ -213,7 +222,12 @@ pub struct Manifest {
     pub bytes_written: u64,
     /// Stored bytes of all chunks, indexes and queries objects the snapshot references.
     pub bytes_referenced: u64,
+    /// Logical snapshots: the collections and their records. Empty in a
+    /// physical snapshot.
     pub collections: Vec<CollectionSnapshot>,
+    /// A physical snapshot's files (`backup_type` `physical`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalContent>,
 }
 
 fn is_hex64(s: &str) -> bool {
@@ -245,32 +259,90 @@ impl Manifest {
                 }
             }
         }
+        if let Some(p) = &self.physical {
+            put(b"physical");
+            for f in &p.files {
+                put(f.path.as_bytes());
+                put(f.sha256.as_bytes());
+                for b in &f.blocks {
+                    put(b.id.as_bytes());
+                }
+            }
+        }
         super::crypto::to_hex(ctx.finish().as_ref())
     }
 
     /// Fills in the derived fields (`collections`, `size_bytes`,
     /// `bytes_referenced`, `checksum`) from the collection list.
     pub fn finalize(&mut self) {
-        self.metadata.collections = self.collections.iter().map(|c| c.name.clone()).collect();
-        let referenced: u64 = self
+        self.metadata.collections = self.collection_names();
+        let referenced = self.referenced_bytes();
+        self.bytes_referenced = referenced;
+        self.metadata.size_bytes = referenced;
+        self.metadata.checksum = self.content_checksum();
+    }
+
+    /// The collection names `list` shows: a logical snapshot's
+    /// collections, or the collections in a physical snapshot's copy.
+    fn collection_names(&self) -> Vec<String> {
+        match &self.physical {
+            Some(p) => p.collections.iter().map(|c| c.name.clone()).collect(),
+            None => self.collections.iter().map(|c| c.name.clone()).collect(),
+        }
+    }
+
+    /// Stored bytes of the chunks and indexes (or blocks) referenced.
+    fn referenced_bytes(&self) -> u64 {
+        let chunks: u64 = self
             .collections
             .iter()
             .map(CollectionSnapshot::stored_bytes)
             .sum();
-        self.bytes_referenced = referenced;
-        self.metadata.size_bytes = referenced;
-        self.metadata.checksum = self.content_checksum();
+        chunks
+            + self
+                .physical
+                .as_ref()
+                .map_or(0, PhysicalContent::stored_bytes)
+    }
+
+    /// Whether this is a physical snapshot (Chroma's files).
+    pub fn is_physical(&self) -> bool {
+        self.physical.is_some()
+    }
+
+    /// Records in the snapshot.
+    pub fn record_count(&self) -> u64 {
+        match &self.physical {
+            Some(p) => p.collections.iter().map(|c| c.records).sum(),
+            None => self.collections.iter().map(|c| c.record_count).sum(),
+        }
     }
 
     /// Checks internal consistency; a manifest that fails must not be
     /// written or restored from.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let bad = |s: String| Err(ManifestError::Inconsistent(s));
-        if self.format_version != MANIFEST_FORMAT {
+        let expected = if self.physical.is_some() {
+            PHYSICAL_MANIFEST_FORMAT
+        } else {
+            MANIFEST_FORMAT
+        };
+        if self.format_version != expected {
             return Err(ManifestError::UnsupportedVersion {
                 found: self.format_version,
-                supported: MANIFEST_FORMAT,
+                supported: PHYSICAL_MANIFEST_FORMAT,
             });
+        }
+        if (self.metadata.backup_type == BackupType::Physical) != self.physical.is_some() {
+            return bad("a physical snapshot needs backup_type physical and its files, and only it has them".into());
+        }
+        if let Some(p) = &self.physical {
+            if !self.collections.is_empty() {
+                return bad("a physical snapshot lists logical collections".into());
+            }
+            if let Err(why) = p.validate() {
+                return bad(format!("physical snapshot: {why}"));
+            }
         }
         if self.metadata.backup_id != self.snapshot_id {
             return bad(format!(
@@ -290,12 +362,10 @@ impl Manifest {
         if self.metadata.backup_type == BackupType::Incremental && self.parent.is_none() {
             return bad("an incremental snapshot has no parent".into());
         }
-        let names: Vec<String> = self.collections.iter().map(|c| c.name.clone()).collect();
-        if names != self.metadata.collections {
+        if self.collection_names() != self.metadata.collections {
             return bad("the collection list differs from the collections described".into());
         }
         let mut seen_names = HashSet::new();
-        let mut referenced = 0u64;
         for c in &self.collections {
             if c.name.is_empty() {
                 return bad("a collection has an empty name".into());
@@ -350,7 +420,6 @@ impl Manifest {
                     }
                 }
             }
-            referenced += c.stored_bytes();
             if live != c.record_count {
                 return bad(format!(
                     "collection {:?} claims {} records but its chunks hold {live}",
@@ -358,6 +427,7 @@ impl Manifest {
                 ));
             }
         }
+        let referenced = self.referenced_bytes();
         if referenced != self.bytes_referenced || referenced != self.metadata.size_bytes {
             return bad(format!(
                 "size is recorded as {} / {} bytes but the objects add up to {referenced}",
@@ -391,10 +461,12 @@ impl Manifest {
         let version: Option<u64> = serde_json::from_slice::<Value>(&plain)
             .ok()
             .and_then(|v| v.get("format_version").and_then(Value::as_u64));
-        if let Some(v) = version.filter(|v| *v != u64::from(MANIFEST_FORMAT)) {
+        if let Some(v) = version.filter(|v| {
+            *v != u64::from(MANIFEST_FORMAT) && *v != u64::from(PHYSICAL_MANIFEST_FORMAT)
+        }) {
             return Err(ManifestError::UnsupportedVersion {
                 found: u32::try_from(v).unwrap_or(u32::MAX),
-                supported: MANIFEST_FORMAT,
+                supported: PHYSICAL_MANIFEST_FORMAT,
             });
         }
         let m: Self = serde_json::from_slice(&plain).map_err(|e| {

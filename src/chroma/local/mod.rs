@@ -21,6 +21,7 @@
 //! - answers every surprise with [`Unusable`], which callers treat as a
 //!   reason to fall back to reading over HTTP, never to guess.
 
+mod physical;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ use std::time::Duration;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+pub use physical::{
+    copy_facts, migration_levels, CopyFacts, MigrationLevels, VectorSegment, VECTOR_SEGMENT,
+};
 pub use schema::KNOWN_MIGRATIONS;
 
 /// Rows per listing page (one short read transaction each).

@@ -66,6 +66,9 @@ pub(super) fn created(v: &Value) {
         ("took", opt(&v["duration_ms"], duration)),
         ("encrypted", yes_no(&v["encrypted"])),
     ]);
+    if v["physical"].is_object() {
+        super::physical::created(&v["physical"]);
+    }
     let mut t = Table::new(&["COLLECTION", ">RECORDS"]);
     for c in &cols {
         t.row(vec![text(&c["name"]), opt(&c["records"], count)]);
@@ -135,6 +138,9 @@ pub(super) fn show(v: &Value) {
         ("checksum", text(&meta["checksum"])),
         ("format", text(&v["format_version"])),
     ]);
+    if v["physical"].is_object() {
+        return super::physical::show(&v["physical"]);
+    }
     let mut t = Table::new(&["COLLECTION", "DATABASE", ">RECORDS", ">CHUNKS", ">STORED"]);
     for c in v["collections"].as_array().into_iter().flatten() {
         let chunks = c["chunks"].as_array().cloned().unwrap_or_default();

@@ -4,6 +4,7 @@
 mod backups;
 mod diff;
 mod migrate;
+mod physical;
 
 use serde_json::Value;
 
@@ -44,6 +45,7 @@ pub fn result(command: &Command, v: &Value) {
         ),
         Command::Prune { .. } => backups::prune(v),
         Command::Restore { .. } => backups::restore(v),
+        Command::RestorePhysical { .. } => physical::restored(v),
         Command::MigrateStatus => migrate::status(v),
         Command::MigrateUp { .. } => migrate::up(v),
         Command::MigrateDown { .. } => migrate::down(v),

@@ -261,6 +261,8 @@ impl Reader<'_> {
         c.backup.incremental_schedule = self.opt_string("backup.incremental_schedule");
         c.backup.prune_schedule = self.opt_string("backup.prune_schedule");
         c.backup.verify_schedule = self.opt_string("backup.verify_schedule");
+        c.backup.physical = self.get("backup.physical", d.backup.physical, "true or false");
+        c.backup.physical_schedule = self.opt_string("backup.physical_schedule");
         c.backup.timezone = self.get(
             "backup.timezone",
             d.backup.timezone,

@@ -190,6 +190,21 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigIssue> {
             format!("{} is outside 0.0..=1.0", c.retry.budget_ratio),
         );
     }
+    if c.chroma.persist_directory.is_none() {
+        let wants = if c.backup.physical {
+            Some("backup.physical")
+        } else if c.backup.physical_schedule.is_some() {
+            Some("backup.physical_schedule")
+        } else {
+            None
+        };
+        if let Some(key) = wants {
+            bad(
+                key,
+                "physical snapshots copy Chroma's files: set chroma.persist_directory to the directory the local Chroma runs on (`chroma run --path DIR`)".into(),
+            );
+        }
+    }
     if c.breaker.failure_threshold == 0 {
         bad("breaker.failure_threshold", "must be at least 1".into());
     }
@@ -201,6 +216,10 @@ pub(super) fn validate(c: &Config) -> Vec<ConfigIssue> {
         ),
         ("backup.prune_schedule", c.backup.prune_schedule.as_ref()),
         ("backup.verify_schedule", c.backup.verify_schedule.as_ref()),
+        (
+            "backup.physical_schedule",
+            c.backup.physical_schedule.as_ref(),
+        ),
     ] {
         if let Some(expr) = expr {
             if let Err(e) = croner::Cron::new(expr).with_seconds_optional().parse() {

@@ -75,11 +75,19 @@ fn mutating_commands() {
         };
         let c: Command = serde_json::from_value(json!({
             "cmd": name, "collection": "c", "k": 1, "id": id,
-            "backup_type": "full", "mode": "fail-if-exists", "to": 2, "version": 3
+            "backup_type": "full", "mode": "fail-if-exists", "to": 2, "version": 3,
+            "data_dir": "/srv/restored"
         }))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(c.name(), *name);
     }
+    // A physical restore writes files where the client says: admin only.
+    let physical: Command = serde_json::from_value(json!({
+        "cmd": "restore_physical", "id": "latest", "data_dir": "/srv/restored"
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(physical.level(), Level::Admin);
+    assert_eq!(physical.wait(), Some(false));
     assert!(Command::Prune { dry_run: false }.is_mutating());
     assert!(!Command::Prune { dry_run: true }.is_mutating());
     assert!(!Command::BackupsList.is_mutating());
