@@ -87,7 +87,15 @@ async fn read_config(backend: &dyn Backend) -> Result<Option<RepoConfig>, Backup
 /// `lost+found`, a README beside it) are not chromaprod's and do not count.
 async fn refuse_if_occupied(backend: &dyn Backend, location: &str) -> Result<(), BackupError> {
     let mut objects = Vec::new();
-    for prefix in ["keys", "snapshots", "index", "chunks", "queries", "blocks", "locks"] {
+    for prefix in [
+        "keys",
+        "snapshots",
+        "index",
+        "chunks",
+        "queries",
+        "blocks",
+        "locks",
+    ] {
         objects.extend(backend.list(Some(&key(prefix)?)).await?);
     }
     if objects.is_empty() {

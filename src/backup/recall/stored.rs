@@ -58,8 +58,27 @@ impl QueriesRef {
         })
         .await
         .map_err(|e| BackupError::Corrupt(e.to_string()))??;
-        let written = repo.put(&queries_key(&r.id)?, encoded).await?;
-        Ok((r, written))
+        let key = queries_key(&r.id)?;
+        let written = repo.put(&key, encoded).await?;
+        if written > 0 {
+            return Ok((r, written));
+        }
+        // An equal object was there (an earlier snapshot recorded the same
+        // answers): its stored bytes, not this encoding, are what the
+        // manifest must describe.
+        let bytes = repo.get(&key, ObjectKind::Queries.max_stored()).await?;
+        format::verify_self(&bytes).map_err(|e| BackupError::BadObject {
+            object: key.as_str().to_string(),
+            why: format!(
+                "{e} (an existing object is damaged; delete it so the next backup rewrites it)"
+            ),
+        })?;
+        let stored = QueriesRef {
+            checksum: format::checksum(&bytes),
+            stored_size: bytes.len() as u64,
+            ..r
+        };
+        Ok((stored, 0))
     }
 
     /// Reads and checks the object (size, checksum, content address) and
