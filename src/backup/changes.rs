@@ -29,7 +29,7 @@ use super::manifest::{ChangeMark, ChunkRef, IncrementalPlanner};
 use super::records::{ChunkIndex, RecordDigest};
 use super::source::{IdList, IdSpool};
 use super::BackupError;
-use crate::chroma::local::{LocalChroma, Position, Unusable, PAGE};
+use crate::chroma::local::{LocalChroma, Position, Unusable};
 use crate::chroma::ProductionChromaStore;
 
 /// Times the record counts are compared before the persist directory is
@@ -145,19 +145,15 @@ pub async fn list_all(
     segment: &str,
 ) -> Result<Result<IdList, Unusable>, BackupError> {
     let mut ids = IdSpool::new()?;
-    let mut after: Option<String> = None;
+    let mut rows = local.rows(segment, None);
     loop {
-        let page = match local.page(segment, after.take(), None, PAGE).await {
-            Ok(p) => p,
+        let page = match rows.next().await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
             Err(e) => return Ok(Err(e)),
         };
-        let full = page.len() == PAGE;
         for (id, _) in &page {
             ids.push(id)?;
-        }
-        match page.into_iter().last() {
-            Some((id, _)) if full => after = Some(id),
-            _ => break,
         }
     }
     Ok(Ok(ids.finish()?))
@@ -196,13 +192,13 @@ pub async fn since(
     parent_ids.seal();
     let mut changed = IdSpool::new()?;
     let mut unchanged = 0u64;
-    let mut after: Option<String> = None;
+    let mut rows = local.rows(&now.segment, None);
     loop {
-        let page = match local.page(&now.segment, after.take(), None, PAGE).await {
-            Ok(p) => p,
+        let page = match rows.next().await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
             Err(e) => return Ok(Err(e)),
         };
-        let full = page.len() == PAGE;
         for (id, seq) in &page {
             if *seq > parent.seq_id {
                 changed.push(id)?;
@@ -218,10 +214,6 @@ pub async fn since(
                     }))
                 }
             }
-        }
-        match page.into_iter().last() {
-            Some((id, _)) if full => after = Some(id),
-            _ => break,
         }
     }
     Ok(Ok(Changes {

@@ -297,6 +297,46 @@ impl LocalChroma {
     }
 }
 
+/// Every row of a segment (only those written after `since` when set), in
+/// id order, a page of [`PAGE`] rows at a time: one short read transaction
+/// each ([`LocalChroma::rows`]).
+pub struct Rows {
+    local: LocalChroma,
+    segment: String,
+    since: Option<u64>,
+    after: Option<String>,
+    done: bool,
+}
+
+impl Rows {
+    /// The next page of `(id, seq_id)`, or `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<Vec<(String, u64)>>, Unusable> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .local
+            .page(&self.segment, self.after.take(), self.since, PAGE)
+            .await?;
+        self.done = page.len() < PAGE;
+        self.after = page.last().map(|(id, _)| id.clone());
+        Ok(Some(page))
+    }
+}
+
+impl LocalChroma {
+    /// The rows of `segment` (written after `since` when set), page by page.
+    pub fn rows(&self, segment: &str, since: Option<u64>) -> Rows {
+        Rows {
+            local: self.clone(),
+            segment: segment.to_string(),
+            since,
+            after: None,
+            done: false,
+        }
+    }
+}
+
 /// A `seq_id` as stored: an integer (Chroma 1.x) or, in rows an older Chroma
 /// wrote, an 8-byte big-endian blob.
 enum Seq {

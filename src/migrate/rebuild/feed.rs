@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use super::{write, MigrationError, Spec};
 use crate::backup::changes;
 use crate::backup::source::FETCH_BATCH;
-use crate::chroma::local::{LocalChroma, Unusable, PAGE};
+use crate::chroma::local::{LocalChroma, Unusable};
 use crate::chroma::{Collection, ProductionChromaStore};
 use crate::migrate::tracker::fetch;
 
@@ -74,18 +74,9 @@ impl Feed {
             });
         }
         let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .local
-                .page(&self.segment, after.take(), Some(self.mark), PAGE)
-                .await?;
-            let full = page.len() == PAGE;
-            after = page.last().map(|(id, _)| id.clone());
+        let mut rows = self.local.rows(&self.segment, Some(self.mark));
+        while let Some(page) = rows.next().await? {
             out.extend(page.into_iter().map(|(id, _)| id));
-            if !full {
-                break;
-            }
         }
         self.mark = now.seq_id;
         Ok(out)
@@ -95,15 +86,9 @@ impl Feed {
     async fn ids(&self, collection_id: &str) -> Result<HashSet<String>, Unusable> {
         let segment = self.local.position(collection_id).await?.segment;
         let mut out = HashSet::new();
-        let mut after = None;
-        loop {
-            let page = self.local.page(&segment, after.take(), None, PAGE).await?;
-            let full = page.len() == PAGE;
-            after = page.last().map(|(id, _)| id.clone());
+        let mut rows = self.local.rows(&segment, None);
+        while let Some(page) = rows.next().await? {
             out.extend(page.into_iter().map(|(id, _)| id));
-            if !full {
-                break;
-            }
         }
         Ok(out)
     }
