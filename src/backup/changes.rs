@@ -137,6 +137,36 @@ pub async fn position(
     }))
 }
 
+/// Where `collection_id` stands now ([`position`]), if it is the segment
+/// `mark` was read from and its sequence has not gone back: then every
+/// record written at or before the mark is as it was when the mark was read.
+pub async fn after(
+    local: &LocalChroma,
+    store: &ProductionChromaStore,
+    collection_id: &str,
+    mark: &ChangeMark,
+) -> Result<Result<Position, Unusable>, BackupError> {
+    let now = match position(local, store, collection_id).await? {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    if now.segment != mark.segment {
+        return Ok(Err(Unusable::SegmentChanged {
+            collection: collection_id.to_string(),
+            was: mark.segment.clone(),
+            now: now.segment,
+        }));
+    }
+    if now.seq_id < mark.seq_id {
+        return Ok(Err(Unusable::SequenceBackwards {
+            collection: collection_id.to_string(),
+            was: mark.seq_id,
+            now: now.seq_id,
+        }));
+    }
+    Ok(Ok(now))
+}
+
 /// Every id of `segment`, from the persist directory, in id order: a full
 /// read's listing without asking the server to list them (read after the
 /// position, so every record at or before it is listed).
@@ -171,24 +201,10 @@ pub async fn since(
     mut parent_ids: ParentIds,
     planner: &mut IncrementalPlanner,
 ) -> Result<Result<Changes, Unusable>, BackupError> {
-    let now = match position(local, store, collection_id).await? {
+    let now = match after(local, store, collection_id, parent).await? {
         Ok(p) => p,
         Err(e) => return Ok(Err(e)),
     };
-    if now.segment != parent.segment {
-        return Ok(Err(Unusable::SegmentChanged {
-            collection: collection_id.to_string(),
-            was: parent.segment.clone(),
-            now: now.segment,
-        }));
-    }
-    if now.seq_id < parent.seq_id {
-        return Ok(Err(Unusable::SequenceBackwards {
-            collection: collection_id.to_string(),
-            was: parent.seq_id,
-            now: now.seq_id,
-        }));
-    }
     parent_ids.seal();
     let mut changed = IdSpool::new()?;
     let mut unchanged = 0u64;

@@ -390,10 +390,8 @@ impl BackupManager {
         planner: Option<&mut IncrementalPlanner>,
     ) -> Result<(CollectionReader, Option<ChangeMark>), BackupError> {
         let metrics = self.store.metrics();
-        let fallback = |why: &Unusable| {
-            tracing::warn!(collection = %collection.name, reason = why.reason(), error = %why, "reading every record: the change feed cannot be used");
-            metrics.change_feed(Some(why.reason()));
-        };
+        let fallback =
+            |why: &Unusable| why.report(metrics, &collection.name, "reading every record");
         let parent_mark = parent.and_then(|p| p.change_mark.as_ref());
         if let (Some(local), Some(mark), Some(ids), Some(planner)) =
             (local, parent_mark, parent_ids, planner)

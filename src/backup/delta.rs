@@ -4,20 +4,29 @@
 //! Per collection, against the live collection of the same name (or `--as`):
 //! 1. the snapshot side: every live record's id and digest, from the chunk
 //!    indexes (the chunks' `excluded_ids` left out) — no chunk is read;
-//! 2. the live side: every record, read as a backup reads it
-//!    ([`CollectionReader`]: ids listed first, then fetched by id in
-//!    batches), digested with [`record_digest`]. Same digest: unchanged. A
-//!    different digest is not proof of change (Chroma alters cosine vectors
-//!    and float metadata by an ulp or two on each write), so such records
-//!    are compared again below, field by field, with [`records_match`];
+//! 2. the live side, on a local Chroma whose change feed can say
+//!    (`chroma.persist_directory` set, the snapshot's [`ChangeMark`] taken
+//!    on the target's own metadata segment): the segment's `(id, seq_id)`
+//!    rows, read in pages from SQLite. A record written at or before the
+//!    mark is as the snapshot holds it (unchanged, never read); one written
+//!    after it is compared by id in the write phase. Elsewhere (or when the
+//!    feed cannot be used: logged with its reason and counted), every
+//!    record, read as a backup reads it ([`CollectionReader`]: ids listed
+//!    first, then fetched by id in batches), digested with
+//!    [`record_digest`]. Same digest: unchanged. A different digest is not
+//!    proof of change (Chroma alters cosine vectors and float metadata by an
+//!    ulp or two on each write), so such records are compared again below,
+//!    field by field, with [`records_match`];
 //! 3. the write phase: only the chunks holding a missing or differing
 //!    record are read; missing records and those that do not match within
-//!    the server's rounding are upserted, batch by batch;
+//!    the server's rounding are upserted, in batches of up to
+//!    [`FETCH_BATCH`] records gathered across chunks;
 //! 4. live records the snapshot does not have are deleted, unless
 //!    `keep_extra`.
 //!
-//! Before anything is written, a `collection` backup of the targets (the
-//! restore point) is taken, so a delta restore can be undone with
+//! Before anything is written, an incremental backup of the targets (the
+//! restore point; on a local Chroma it reads only what changed since their
+//! last snapshot) is taken, so a delta restore can be undone with
 //! `restore RESTORE_POINT --mode replace`. Killed midway, the collection is
 //! part snapshot, part before; running the same delta restore again
 //! recomputes the difference and converges (each step is an upsert or a
@@ -36,14 +45,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::changes;
 use super::chunks::ChunkStream;
 use super::compare::records_match;
-use super::manifest::{BackupType, ChunkRef, CollectionSnapshot, Trigger};
+use super::manifest::{BackupType, ChangeMark, ChunkRef, CollectionSnapshot, Trigger};
 use super::records::{record_digest, Record, RecordDigest};
 use super::restore::{RestoreOptions, RestoreOutcome};
 use super::source::{to_batch, to_records, CollectionReader, FETCH_BATCH};
 use super::{BackupError, BackupManager, BackupRequest};
 use crate::chroma::configuration::space_of;
+use crate::chroma::local::{LocalChroma, Unusable};
 use crate::chroma::{Collection, GetRequest, Include};
 use crate::progress::{Event, Progress};
 
@@ -76,7 +87,8 @@ struct Wanted {
     digest: RecordDigest,
     /// Its chunk, as an index into the collection's `chunks`.
     chunk: u32,
-    /// Found live with another digest: compared field by field when written.
+    /// Found live with another digest, or written after the snapshot's
+    /// change mark: compared field by field when written.
     differs: bool,
 }
 
@@ -155,7 +167,8 @@ impl BackupManager {
         })
     }
 
-    /// A `collection` backup of the targets as they are now; its id.
+    /// An incremental backup of the targets as they are now (a complete
+    /// snapshot of them that reuses their last snapshot's chunks); its id.
     async fn delta_restore_point(
         &self,
         targets: &[(&CollectionSnapshot, Collection)],
@@ -169,7 +182,7 @@ impl BackupManager {
         let manifest = self
             .create(
                 BackupRequest {
-                    backup_type: BackupType::Collection,
+                    backup_type: BackupType::Incremental,
                     collections: names.clone(),
                     trigger: Trigger::Command,
                 },
@@ -204,38 +217,41 @@ impl BackupManager {
             kept_extra: 0,
         };
 
-        // The live side, by digest.
-        let mut reader = CollectionReader::open(self.store.clone(), live.clone()).await?;
-        let listed = reader.listed() as u64;
-        let mut extra: Vec<String> = Vec::new();
-        while let Some(batch) = reader.next_batch().await? {
-            if cancel.is_cancelled() {
-                return Err(BackupError::Cancelled);
-            }
-            for r in &batch {
-                let digest = record_digest(r);
-                let same = match wanted.get_mut(&r.id) {
-                    None => {
-                        extra.push(r.id.clone());
-                        continue;
+        // The live side: from the change feed where it can say, else every
+        // record read and digested.
+        let local = match &c.change_mark {
+            Some(_) => LocalChroma::configured(&self.config, self.store.metrics()).await,
+            None => None,
+        };
+        let by_feed = match (&local, &c.change_mark) {
+            (Some(local), Some(mark)) => {
+                match self
+                    .compare_by_feed(local, mark, c, live, &mut wanted, progress)
+                    .await?
+                {
+                    Ok(found) => Some(found),
+                    Err(why) => {
+                        why.report(
+                            self.store.metrics(),
+                            &live.name,
+                            "delta restore compares every record",
+                        );
+                        // The pass may have taken unchanged records out.
+                        wanted = self.snapshot_digests(c, cancel).await?;
+                        None
                     }
-                    Some(w) => {
-                        w.differs = w.digest != digest;
-                        !w.differs
-                    }
-                };
-                if same {
-                    wanted.remove(&r.id);
-                    out.unchanged += 1;
                 }
             }
-            progress.send(Event::DeltaCompare {
-                collection: c.name.clone(),
-                records_done: reader.position() as u64,
-                records_total: listed,
-            });
-        }
-        drop(reader);
+            _ => None,
+        };
+        let (extra, unchanged) = match by_feed {
+            Some(found) => found,
+            None => {
+                self.compare_all(c, live, &mut wanted, progress, cancel)
+                    .await?
+            }
+        };
+        out.unchanged += unchanged;
         out.compared += extra.len() as u64;
 
         // The write phase: only chunks that hold something to write.
@@ -260,21 +276,26 @@ impl BackupManager {
         };
         progress.send(step(0));
         let cosine = space_of(&c.configuration_json) == "cosine";
+        // Records to write gather across chunks (a small change touches a
+        // few records in each of many chunks) and go in full batches.
         let mut chunks = ChunkStream::new(self.repo.clone(), &to_read);
-        while let Some(next) = chunks.next(cancel).await {
-            let (_, records) = next?;
-            let mut records = records
-                .into_iter()
-                .filter(|r| wanted.contains_key(&r.id))
-                .peekable();
-            while records.peek().is_some() {
+        let mut part: Vec<Record> = Vec::with_capacity(FETCH_BATCH);
+        loop {
+            let next = chunks.next(cancel).await;
+            let last = next.is_none();
+            if let Some(next) = next {
+                let (_, records) = next?;
+                part.extend(records.into_iter().filter(|r| wanted.contains_key(&r.id)));
+            }
+            while part.len() >= FETCH_BATCH || (last && !part.is_empty()) {
                 if cancel.is_cancelled() {
                     return Err(BackupError::Cancelled);
                 }
-                let part: Vec<Record> = records.by_ref().take(FETCH_BATCH).collect();
-                done += part.len() as u64;
+                let rest = part.split_off(part.len().min(FETCH_BATCH));
+                let batch = std::mem::replace(&mut part, rest);
+                done += batch.len() as u64;
                 let (write, clear) = self
-                    .differing(&live.id, part, &wanted, cosine, &mut out)
+                    .differing(&live.id, batch, &wanted, cosine, &mut out)
                     .await?;
                 if opts.dry_run {
                     out.written += write.len() as u64;
@@ -285,6 +306,9 @@ impl BackupManager {
                     out.written += self.write_back(c, &live.id, write).await?;
                 }
                 progress.send(step(done));
+            }
+            if last {
+                break;
             }
         }
         drop(wanted);
@@ -319,6 +343,103 @@ impl BackupManager {
             }
         }
         Ok(out)
+    }
+
+    /// The live side from the change feed: `wanted` loses the records
+    /// written at or before the snapshot's mark (unchanged), and those
+    /// written after it are flagged to compare. Returns the live ids the
+    /// snapshot lacks and how many were unchanged.
+    async fn compare_by_feed(
+        &self,
+        local: &LocalChroma,
+        mark: &ChangeMark,
+        c: &CollectionSnapshot,
+        live: &Collection,
+        wanted: &mut HashMap<String, Wanted>,
+        progress: &Progress,
+    ) -> Result<Result<(Vec<String>, u64), Unusable>, BackupError> {
+        let now = match changes::after(local, &self.store, &live.id, mark).await? {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(why)),
+        };
+        let (mut extra, mut unchanged, mut done) = (Vec::new(), 0u64, 0u64);
+        let mut rows = local.rows(&now.segment, None);
+        loop {
+            let page = match rows.next().await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                Err(why) => return Ok(Err(why)),
+            };
+            done += page.len() as u64;
+            for (id, seq) in page {
+                if seq > mark.seq_id {
+                    match wanted.get_mut(&id) {
+                        Some(w) => w.differs = true,
+                        None => extra.push(id),
+                    }
+                } else if wanted.remove(&id).is_some() {
+                    unchanged += 1;
+                } else {
+                    return Ok(Err(Unusable::UnknownRecord {
+                        id,
+                        seq,
+                        mark: mark.seq_id,
+                    }));
+                }
+            }
+            progress.send(Event::DeltaCompare {
+                collection: c.name.clone(),
+                records_done: done,
+                records_total: now.records,
+            });
+        }
+        tracing::info!(collection = %live.name, unchanged, written_since = wanted.values().filter(|w| w.differs).count(), since = mark.seq_id, "delta restore compared through the change feed");
+        self.store.metrics().change_feed(None);
+        Ok(Ok((extra, unchanged)))
+    }
+
+    /// The live side read whole: every live record fetched and digested;
+    /// `wanted` loses those with the snapshot's digest and flags the others.
+    /// Returns the live ids the snapshot lacks and how many were unchanged.
+    async fn compare_all(
+        &self,
+        c: &CollectionSnapshot,
+        live: &Collection,
+        wanted: &mut HashMap<String, Wanted>,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<String>, u64), BackupError> {
+        let mut reader = CollectionReader::open(self.store.clone(), live.clone()).await?;
+        let listed = reader.listed() as u64;
+        let (mut extra, mut unchanged) = (Vec::new(), 0u64);
+        while let Some(batch) = reader.next_batch().await? {
+            if cancel.is_cancelled() {
+                return Err(BackupError::Cancelled);
+            }
+            for r in &batch {
+                let digest = record_digest(r);
+                let same = match wanted.get_mut(&r.id) {
+                    None => {
+                        extra.push(r.id.clone());
+                        continue;
+                    }
+                    Some(w) => {
+                        w.differs = w.digest != digest;
+                        !w.differs
+                    }
+                };
+                if same {
+                    wanted.remove(&r.id);
+                    unchanged += 1;
+                }
+            }
+            progress.send(Event::DeltaCompare {
+                collection: c.name.clone(),
+                records_done: reader.position() as u64,
+                records_total: listed,
+            });
+        }
+        Ok((extra, unchanged))
     }
 
     /// The snapshot's live records of `c` as id → digest and chunk, from

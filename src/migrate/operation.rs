@@ -13,6 +13,8 @@ pub const DEFAULT_K: usize = 10;
 pub const DEFAULT_MIN_OVERLAP: f64 = 0.9;
 pub const DEFAULT_MAX_PASSES: u32 = 10;
 pub const DEFAULT_MAX_LAG: u64 = 100;
+/// A catch-up pass this short (milliseconds) also ends the catching up.
+pub const DEFAULT_MAX_LAG_MS: u64 = 1000;
 pub const DEFAULT_SETTLE_MS: u64 = 2000;
 
 /// One change to a Chroma deployment. In a file, `op` names the operation
@@ -107,9 +109,15 @@ pub enum Operation {
         max_passes: u32,
         /// A catch-up pass that fixed at most this many records ends the
         /// catching up (writers rarely pause); what changes after it is
-        /// copied by digest after the swap.
+        /// copied after the swap (settle).
         #[serde(default = "default_max_lag")]
         max_lag: u64,
+        /// So does a pass that took at most this many milliseconds: the copy
+        /// then trails the source by about that long, whatever the writers'
+        /// rate. `max_lag = 0` with `max_lag_ms = 0` waits for a pass that
+        /// finds nothing.
+        #[serde(default = "default_max_lag_ms")]
+        max_lag_ms: u64,
         /// How long writes that still reach the old collection after the
         /// swap (clients holding its id) are copied over, in milliseconds.
         #[serde(default = "default_settle_ms")]
@@ -140,6 +148,8 @@ pub enum Operation {
         max_passes: u32,
         #[serde(default = "default_max_lag")]
         max_lag: u64,
+        #[serde(default = "default_max_lag_ms")]
+        max_lag_ms: u64,
         #[serde(default = "default_settle_ms")]
         settle_ms: u64,
     },
@@ -166,6 +176,9 @@ fn default_max_passes() -> u32 {
 }
 fn default_max_lag() -> u64 {
     DEFAULT_MAX_LAG
+}
+fn default_max_lag_ms() -> u64 {
+    DEFAULT_MAX_LAG_MS
 }
 fn default_settle_ms() -> u64 {
     DEFAULT_SETTLE_MS

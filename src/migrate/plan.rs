@@ -306,6 +306,7 @@ mod tests {
             min_overlap: 0.9,
             max_passes: 1,
             max_lag: 0,
+            max_lag_ms: 0,
             settle_ms: 0,
         };
         let mut mig = m(3, &[]);

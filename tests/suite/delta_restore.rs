@@ -33,8 +33,16 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 async fn manager(chroma: &ChromaServer, repo: &Path) -> BackupManager {
+    manager_with(chroma, repo, false).await
+}
+
+/// With `change_feed`, `chroma.persist_directory` is the server's own.
+async fn manager_with(chroma: &ChromaServer, repo: &Path, change_feed: bool) -> BackupManager {
     let mut c = Config::default();
     c.chroma.endpoints = vec![chroma.url()];
+    if change_feed {
+        c.chroma.persist_directory = Some(chroma.data_dir());
+    }
     c.backup.storage_path = repo.display().to_string();
     c.backup.encrypt = false;
     let config = Arc::new(c);
@@ -159,11 +167,38 @@ fn changed(r: &Record, embedding: bool) -> Record {
     c
 }
 
+/// `chromaprod_change_feed_reads_total` by outcome: (used, fallback).
+fn feed_reads(m: &BackupManager) -> (u64, u64) {
+    let text = m.store().metrics().encode();
+    let count = |outcome: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("chromaprod_change_feed_reads_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    (count("used"), count("fallback"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_restore_writes_only_the_missing_and_changed_records() {
+    delta_restore_writes_only_what_differs(false).await;
+}
+
+/// The same on a local Chroma: the comparison takes the live side from the
+/// change feed (no record read to compare), and the restore point is an
+/// incremental that reads only what changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_restore_through_the_change_feed_writes_only_the_missing_and_changed_records() {
+    delta_restore_writes_only_what_differs(true).await;
+}
+
+async fn delta_restore_writes_only_what_differs(change_feed: bool) {
     let chroma = ChromaServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let m = manager(&chroma, &dir.path().join("repo")).await;
+    let m = manager_with(&chroma, &dir.path().join("repo"), change_feed).await;
     let col_id = seed(m.store(), "docs", 3000, 32).await;
     let (_, original) = collection_records(m.store(), "docs").await;
     let id = snapshot_of(&m, "docs").await;
@@ -191,7 +226,15 @@ async fn delta_restore_writes_only_the_missing_and_changed_records() {
     // A dry run counts and writes nothing, and takes no restore point.
     let before = write_seqs(&chroma);
     let listed = m.list().await.expect("list").len();
+    let feed_before = feed_reads(&m);
     let (point, plan) = run_delta(&m, &id, &delta("docs", false, true)).await;
+    let (used, fallback) = feed_reads(&m);
+    assert_eq!(fallback, feed_before.1, "no fallback");
+    assert_eq!(
+        used - feed_before.0,
+        u64::from(change_feed),
+        "the dry run compared through the change feed only with persist_directory"
+    );
     assert_eq!(point, None);
     assert_eq!(
         (plan.missing, plan.changed, plan.written, plan.deleted),
@@ -200,7 +243,12 @@ async fn delta_restore_writes_only_the_missing_and_changed_records() {
     assert_eq!(write_seqs(&chroma), before, "a dry run wrote");
     assert_eq!(m.list().await.expect("list").len(), listed);
 
+    let feed_before = feed_reads(&m);
     let (point, done) = run_delta(&m, &id, &delta("docs", false, false)).await;
+    let (used, fallback) = feed_reads(&m);
+    assert_eq!(fallback, feed_before.1, "no fallback");
+    // The restore point (an incremental) and the comparison.
+    assert_eq!(used - feed_before.0, 2 * u64::from(change_feed));
     assert_eq!(
         done,
         DeltaRestored {
@@ -241,11 +289,48 @@ async fn delta_restore_writes_only_the_missing_and_changed_records() {
         .into_iter()
         .find(|s| s.metadata.backup_id.as_str() == point)
         .expect("the restore point is listed");
-    assert_eq!(summary.metadata.backup_type, BackupType::Collection);
+    assert_eq!(summary.metadata.backup_type, BackupType::Incremental);
+    assert_eq!(summary.metadata.collections, vec!["docs".to_string()]);
 
     // Nothing differs any more: a second run writes nothing.
     let (_, again) = run_delta(&m, &id, &delta("docs", false, false)).await;
     assert_eq!((again.written, again.unchanged), (0, 3000));
+
+    if change_feed {
+        // Another collection, restored from the snapshot under another
+        // name: the snapshot's mark is not its segment's, so the comparison
+        // reads every record, and the fallback is counted with its reason.
+        m.restore(
+            &id,
+            &RestoreOptions::copy_as("docs", "copy"),
+            &Progress::none(),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("restore a copy");
+        let copy = m.store().get_collection("copy").await.expect("copy");
+        m.store()
+            .delete(&copy.id, Some(&deleted[..5]), None)
+            .await
+            .expect("delete");
+        let before = feed_reads(&m);
+        let opts = RestoreOptions {
+            as_name: Some("copy".into()),
+            ..delta("docs", false, false)
+        };
+        let (_, d) = run_delta(&m, &id, &opts).await;
+        assert_eq!((d.missing, d.changed, d.unchanged), (5, 0, 2995));
+        assert_eq!(feed_reads(&m).1 - before.1, 1, "one fallback counted");
+        assert!(
+            m.store()
+                .metrics()
+                .encode()
+                .contains("reason=\"segment_changed\""),
+            "the fallback's reason"
+        );
+        let (_, restored) = collection_records(m.store(), "copy").await;
+        assert_same(&restored, &original, false);
+    }
 }
 
 /// A collection of `n` records in `space` with float metadata.

@@ -696,61 +696,72 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
     let original = seed(&env.store, "docs", "l2", n, dim).await;
     rebuild_file(&env, "settle_ms = 1500\nmax_passes = 20\n");
 
-    // The writer resolves the name before every write, as a client that
-    // re-reads the collection would, and records what Chroma acknowledged.
+    // Three writers, each on ids of its own (so what Chroma acknowledged last
+    // for an id is what the map holds), resolve the name before every write,
+    // as a client that re-reads the collection would, and record what Chroma
+    // acknowledged. Three keep the rate up on a loaded machine, where one
+    // writer's round trips left too few writes inside a short copy.
+    const WRITERS: usize = 3;
     let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let writes_to_old = Arc::new(Mutex::new(0u64));
-    let writer = {
-        let (store, acked, stop, writes_to_old, original) = (
-            env.store.clone(),
-            acked.clone(),
-            stop.clone(),
-            writes_to_old.clone(),
-            original.clone(),
-        );
-        tokio::spawn(async move {
-            let mut i = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                // New records and updates of existing ones, alternately.
-                let id = if i % 2 == 0 {
-                    format!("w{i:06}")
-                } else {
-                    format!("d{:05}", (i * 7919) % n)
-                };
-                let doc = format!("write {i}");
-                // Between the swap's two renames the name briefly resolves
-                // to nothing: a client retries.
-                let Ok(col) = store.get_collection("docs").await else {
-                    continue;
-                };
-                let batch = RecordBatch {
-                    ids: vec![id.clone()],
-                    embeddings: Some(vec![unit(i + 17, dim)]),
-                    documents: Some(vec![Some(doc.clone())]),
-                    metadatas: None,
-                    uris: None,
-                };
-                if store.upsert(&col.id, &batch).await.is_ok() {
-                    acked.lock().expect("lock").insert(id, doc);
-                    if col.id == original {
-                        *writes_to_old.lock().expect("lock") += 1;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (store, acked, stop, writes_to_old, original) = (
+                env.store.clone(),
+                acked.clone(),
+                stop.clone(),
+                writes_to_old.clone(),
+                original.clone(),
+            );
+            tokio::spawn(async move {
+                let mut j = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    j += 1;
+                    let i = j * WRITERS + w;
+                    // New records and updates of existing ones, alternately;
+                    // writer w updates only the records whose number is w
+                    // modulo WRITERS.
+                    let id = if j % 2 == 0 {
+                        format!("w{i:06}")
+                    } else {
+                        format!("d{:05}", ((j * 7919) % (n / WRITERS)) * WRITERS + w)
+                    };
+                    let doc = format!("write {i}");
+                    // Between the swap's two renames the name briefly
+                    // resolves to nothing: a client retries.
+                    let Ok(col) = store.get_collection("docs").await else {
+                        continue;
+                    };
+                    let batch = RecordBatch {
+                        ids: vec![id.clone()],
+                        embeddings: Some(vec![unit(i + 17, dim)]),
+                        documents: Some(vec![Some(doc.clone())]),
+                        metadatas: None,
+                        uris: None,
+                    };
+                    if store.upsert(&col.id, &batch).await.is_ok() {
+                        acked.lock().expect("lock").insert(id, doc);
+                        if col.id == original {
+                            *writes_to_old.lock().expect("lock") += 1;
+                        }
                     }
                 }
-            }
+            })
         })
-    };
+        .collect();
 
     let r = env.up(None).await.expect("rebuild under writes");
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
-    writer.await.expect("writer");
+    for writer in writers {
+        writer.await.expect("writer");
+    }
     let op = &r["applied"][0]["operations"][0];
     let acked = acked.lock().expect("lock").clone();
     assert!(
         *writes_to_old.lock().expect("lock") > 50,
-        "the writer ran during the copy: {r}"
+        "the writers ran during the copy: {r}"
     );
     assert!(
         op["caught_up_records"].as_u64().expect("caught up") > 0,
@@ -794,7 +805,7 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
 async fn a_rebuild_whose_source_keeps_changing_is_not_swapped() {
     let env = Env::new(ChromaServer::start()).await;
     let original = seed(&env.store, "docs", "l2", 2000, 16).await;
-    rebuild_file(&env, "max_passes = 2\nmax_lag = 0\n");
+    rebuild_file(&env, "max_passes = 2\nmax_lag = 0\nmax_lag_ms = 0\n");
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (store, stop, original) = (env.store.clone(), stop.clone(), original.clone());

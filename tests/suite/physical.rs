@@ -575,3 +575,100 @@ fn through_the_daemon_a_physical_snapshot_is_taken_and_restored_as_a_job() {
         "{text}"
     );
 }
+
+/// The daemon takes physical snapshots on `backup.physical_schedule`, and
+/// `backup.physical = true` makes the scheduled full backups physical.
+#[test]
+fn scheduled_physical_snapshots_follow_their_own_key_and_backup_physical() {
+    use common::daemon::{cli, DaemonProcess};
+    let s = Setup::new();
+    let json = |daemon: &DaemonProcess, args: &[&str]| -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = cli(&daemon.socket, &all);
+        assert_eq!(code, Some(0), "{args:?}: {err}{out}\n{}", daemon.log());
+        serde_json::from_str(out.lines().last().unwrap_or_default()).expect("json")
+    };
+    // The first scheduled snapshot of `type` taken by `daemon`.
+    let scheduled = |daemon: &DaemonProcess, of_type: &str| -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let list = json(daemon, &["backups", "list"]);
+            let found = list["snapshots"].as_array().and_then(|l| {
+                l.iter()
+                    .find(|b| b["backup_type"] == of_type && b["trigger"] == "schedule")
+                    .cloned()
+            });
+            if let Some(b) = found {
+                return b;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no scheduled {of_type} snapshot: {list}\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    };
+    let base = std::fs::read_to_string(&s.config).expect("config");
+    let with = |backup: &str| {
+        std::fs::write(
+            &s.config,
+            base.replace("[backup]\n", &format!("[backup]\n{backup}")),
+        )
+        .expect("config");
+    };
+
+    // Its own key: full backups stay nightly, physical ones every 2 s.
+    with("enabled = true\nschedule = \"0 0 3 * * *\"\nphysical_schedule = \"*/2 * * * * *\"\n");
+    let daemon = DaemonProcess::spawn(&s.config, &[]);
+    daemon.wait_ready(std::time::Duration::from_secs(60));
+    let jobs = json(&daemon, &["jobs"]);
+    let kinds: Vec<&str> = jobs["schedules"]
+        .as_array()
+        .expect("schedules")
+        .iter()
+        .filter_map(|j| j["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"physical_backup"), "{jobs}");
+    let first = scheduled(&daemon, "physical");
+    let id = first["backup_id"]
+        .as_str()
+        .expect("snapshot id")
+        .to_string();
+    // A physical snapshot, restorable as one.
+    let target = s.dir.path().join("scheduled");
+    let restored = s
+        .restore(&s.config, &id, &target, &[])
+        .unwrap_or_else(|e| panic!("restore of the scheduled snapshot: {e}"));
+    assert!(target.join("chroma.sqlite3").is_file(), "{restored}");
+    drop(daemon);
+
+    // backup.physical = true: the full schedule takes physical snapshots,
+    // and no logical full backup is made.
+    with("enabled = true\nphysical = true\nschedule = \"*/2 * * * * *\"\n");
+    let daemon = DaemonProcess::spawn(&s.config, &[]);
+    daemon.wait_ready(std::time::Duration::from_secs(60));
+    let count = |list: &Value| list["snapshots"].as_array().map_or(0, Vec::len);
+    let before = count(&json(&daemon, &["backups", "list"]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let list = loop {
+        let list = json(&daemon, &["backups", "list"]);
+        if count(&list) > before {
+            break list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled snapshot: {list}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    let types: BTreeSet<&str> = list["snapshots"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|b| b["backup_type"].as_str())
+        .collect();
+    assert_eq!(types, BTreeSet::from(["physical"]), "{list}");
+}

@@ -101,6 +101,19 @@ impl Unusable {
         }
     }
 
+    /// Logs that `collection` is read without the change feed (`instead`:
+    /// how it is read) and counts it
+    /// (`chromaprod_change_feed_reads_total{outcome="fallback"}`).
+    pub fn report(
+        &self,
+        metrics: &crate::observe::MetricsCollector,
+        collection: &str,
+        instead: &str,
+    ) {
+        tracing::warn!(collection, reason = self.reason(), error = %self, "{instead}: the change feed cannot be used");
+        metrics.change_feed(Some(self.reason()));
+    }
+
     fn from_sqlite(path: &Path, e: &rusqlite::Error) -> Self {
         use rusqlite::ffi::ErrorCode;
         match e.sqlite_error_code() {

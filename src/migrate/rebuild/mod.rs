@@ -6,11 +6,15 @@
 //!    batch is read while the current one is written). The checkpoint
 //!    names the last id copied, so a crashed run continues from there.
 //! 2. **Catch up**: compare the source with the copy record by record
-//!    (within the server's rounding where either side is cosine); copy what
-//!    differs, delete what the source no longer has, and repeat until a
-//!    pass finds nothing to do and the counts are equal — or, while writers
-//!    go on, until a pass had at most `max_lag` records to fix. A source
-//!    that keeps changing for `max_passes` passes is refused, not swapped.
+//!    (within the server's rounding where either side is cosine; on a local
+//!    Chroma, only the records written since the last pass, `feed`); copy
+//!    what differs, delete what the source no longer has, and repeat until
+//!    a pass finds nothing to do and the counts are equal — or, while
+//!    writers go on, until a pass had at most `max_lag` records to fix or
+//!    took at most `max_lag_ms` (the copy then trails the source by about
+//!    that long; a steady writer's rate no longer decides whether it
+//!    ends). A source that keeps changing for `max_passes` passes is
+//!    refused, not swapped.
 //! 3. **Verify**: the top-`k` neighbours of `sample` stored vectors, queried
 //!    in both collections; the mean overlap is reported and must reach
 //!    `min_overlap`.
@@ -77,6 +81,7 @@ struct Spec<'a> {
     min_overlap: f64,
     max_passes: u32,
     max_lag: u64,
+    max_lag_ms: u64,
     settle_ms: u64,
     /// For `reembed`: new vectors from the documents.
     embedder: Option<Embedder>,
@@ -138,6 +143,7 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
             min_overlap,
             max_passes,
             max_lag,
+            max_lag_ms,
             settle_ms,
         } => Spec {
             collection,
@@ -147,6 +153,7 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
             min_overlap: *min_overlap,
             max_passes: *max_passes,
             max_lag: *max_lag,
+            max_lag_ms: *max_lag_ms,
             settle_ms: *settle_ms,
             embedder: None,
         },
@@ -160,6 +167,7 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
             batch,
             max_passes,
             max_lag,
+            max_lag_ms,
             settle_ms,
         } => Spec {
             collection,
@@ -169,6 +177,7 @@ pub async fn rebuild(op: &Operation, t: &Tracker<'_>) -> Result<Value, Migration
             min_overlap: 0.0,
             max_passes: *max_passes,
             max_lag: *max_lag,
+            max_lag_ms: *max_lag_ms,
             settle_ms: *settle_ms,
             embedder: Some(Embedder::new(
                 url,
@@ -277,6 +286,7 @@ async fn fill_verify_swap(
     let store = t.store;
     let collection = spec.collection;
     let (max_passes, max_lag, settle_ms) = (spec.max_passes, spec.max_lag, spec.settle_ms);
+    let max_lag_time = std::time::Duration::from_millis(spec.max_lag_ms);
     // Where the source's change feed stands before the copy reads it: each
     // catch-up pass then reads only what was written after the last one. A
     // resumed copy may hold records changed before this mark, so its first
@@ -330,14 +340,17 @@ async fn fill_verify_swap(
     }
 
     // 2. Catch up until a pass finds nothing (then the counts must be
-    // equal) or at most `max_lag` records to fix while writers go on (then
-    // the counts may differ by at most that).
+    // equal), or while writers go on, until a pass had at most `max_lag`
+    // records to fix (then the counts may differ by at most that) or took
+    // at most `max_lag_ms` (then by at most what it fixed: what the writers
+    // wrote in about as long).
     let mut passes = 0;
     let mut caught_up = 0u64;
     let mut feed_passes = 0u32;
     let (mut digests, counts) = loop {
         t.check_cancel()?;
         passes += 1;
+        let began = std::time::Instant::now();
         let mut by_feed = None;
         if let Some(f) = feed.as_mut().filter(|_| !compare_next) {
             match f.pass(store, spec, source, target, false).await? {
@@ -367,12 +380,15 @@ async fn fill_verify_swap(
             }
         };
         caught_up += fixed;
+        let short = began.elapsed() <= max_lag_time;
         let counts = (
             store.count(&source.id).await?,
             store.count(&target.id).await?,
         );
-        if (fixed == 0 && counts.0 == counts.1)
-            || (fixed <= max_lag && counts.0.abs_diff(counts.1) <= max_lag)
+        let apart = counts.0.abs_diff(counts.1);
+        if (fixed == 0 && apart == 0)
+            || (fixed <= max_lag && apart <= max_lag)
+            || (short && apart <= fixed.max(max_lag))
         {
             break (digests, counts);
         }
@@ -517,6 +533,9 @@ async fn finish_swap(
 /// The change feed cannot be used for `collection`'s catch-up: logged and
 /// counted; the passes compare both collections whole.
 fn feed_fallback(store: &ProductionChromaStore, collection: &str, why: &Unusable) {
-    tracing::warn!(collection, reason = why.reason(), error = %why, "rebuild catch-up compares both collections whole: the change feed cannot be used");
-    store.metrics().change_feed(Some(why.reason()));
+    why.report(
+        store.metrics(),
+        collection,
+        "rebuild catch-up compares both collections whole",
+    );
 }
