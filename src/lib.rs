@@ -2,15 +2,18 @@
 //!
 //! The modules follow the architecture in the design (README, "Layout"):
 //! `config` (load, validate, diff, watch), `chroma` (typed v2 client, pool,
-//! retry, breaker, the swap journal, Chroma's configuration and name rules),
-//! `storage` (the `Backend` contract: local disk, S3, Azure, GCS), `backup`
-//! (format, crypto, repository, and one file per operation: create, verify,
-//! restore, prune), `migrate` (files, plan, up, down, rebuild, lease),
+//! retry, breaker, the swap journal, Chroma's configuration and name rules,
+//! and `local`: a local Chroma's files read-only), `storage` (the `Backend`
+//! contract: local disk, S3, Azure, GCS), `backup` (format, crypto,
+//! repository, and one file or folder per operation: create, verify,
+//! restore, delta, prune, diff, physical, recall), `migrate` (files, plan,
+//! up, down, rebuild, lease),
 //! `schedule` (pure plans and retention, a thin scheduler), `doctor` (one
 //! file per check), `control` (Unix-socket protocol, access levels, server
 //! and client), `commands` (one
-//! typed request and outcome per verb — backup, restore, verify, prune,
-//! delete, list, show, check, query, migrate — and the one dispatch the
+//! typed request and outcome per verb — backup, restore, restore_physical,
+//! verify, prune, delete, list, show, diff, check, query, migrate — and the
+//! one dispatch the
 //! daemon, its scheduler and the offline CLI share), `daemon` (start-up,
 //! reload, control handler, stop, jobs, systemd), `observe` (logging,
 //! metrics, health, audit). Nothing below `daemon` imports it.
