@@ -191,3 +191,36 @@ pub fn outcome(out: Output) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `chromaprod key generate PATH`; panics with its stderr if it fails.
+pub fn generate_key(path: &Path) {
+    let out = Command::new(bin())
+        .args(["key", "generate"])
+        .arg(path)
+        .output()
+        .expect("key generate");
+    assert!(
+        out.status.success(),
+        "key generate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A temp dir with a key (`backup-key`) and a config (`chromaprod.toml`)
+/// for `chroma_url` whose `[backup]` is an encrypted repository in `repo/`,
+/// followed by the lines `backup`. Returns the dir and the config's path.
+pub fn encrypted_setup(chroma_url: &str, backup: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("backup-key");
+    generate_key(&key);
+    let config = write_config(
+        dir.path(),
+        &[chroma_url.to_string()],
+        &format!(
+            "[backup]\nstorage_path = {:?}\nencrypt = true\nkey_file = {:?}\n{backup}",
+            dir.path().join("repo").display().to_string(),
+            key.display().to_string()
+        ),
+    );
+    (dir, config)
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, config_text, offline, DaemonProcess};
+use common::daemon::{bin, cli, config_text, generate_key, offline, DaemonProcess};
 use common::proxy::{Fault, FaultProxy};
 use common::records::{seed, store_for};
 use nix::sys::signal::Signal;
@@ -22,16 +22,7 @@ struct Setup {
 fn setup(chroma_url: &str, extra: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("backup-key");
-    let out = std::process::Command::new(bin())
-        .args(["key", "generate"])
-        .arg(&key)
-        .output()
-        .expect("key generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    generate_key(&key);
     let repo = dir.path().join("repo");
     let text = config_text(
         dir.path(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chromaprod::chroma::{ProductionChromaStore, RecordBatch};
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, config_text, offline, DaemonProcess};
+use common::daemon::{cli, config_text, generate_key, offline, DaemonProcess};
 use common::records::{seed, store_for};
 use serde_json::{json, Value};
 
@@ -20,12 +20,7 @@ const DIM: usize = 8;
 fn setup(chroma_url: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("backup-key");
-    let out = std::process::Command::new(bin())
-        .args(["key", "generate"])
-        .arg(&key)
-        .output()
-        .expect("key generate");
-    assert!(out.status.success(), "{out:?}");
+    generate_key(&key);
     let text = config_text(
         dir.path(),
         &[chroma_url.to_string()],

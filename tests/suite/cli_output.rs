@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, config_text, DaemonProcess};
+use common::daemon::{bin, cli, config_text, generate_key, DaemonProcess};
 use common::records::{seed, store_for};
 use serde_json::Value;
 
@@ -25,16 +25,7 @@ struct Setup {
 fn setup(chroma_url: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("backup-key");
-    let out = Command::new(bin())
-        .args(["key", "generate"])
-        .arg(&key)
-        .output()
-        .expect("key generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    generate_key(&key);
     let migrations = dir.path().join("migrations");
     std::fs::create_dir(&migrations).expect("migrations dir");
     std::fs::write(migrations.join("0001_writer.toml"), RENAME).expect("migration");

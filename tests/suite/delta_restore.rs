@@ -25,7 +25,7 @@ use chromaprod::config::Config;
 use chromaprod::observe::MetricsCollector;
 use chromaprod::progress::Progress;
 use common::chroma::ChromaServer;
-use common::daemon::{bin, config_text, offline, offline_cmd};
+use common::daemon::{encrypted_setup, offline, offline_cmd};
 use common::records::{collection_records, seed, store_for};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -404,30 +404,7 @@ async fn a_cosine_collection_with_nothing_changed_gets_no_writes() {
 
 /// A config for `chroma_url` with an encrypted repository; returns it and its dir.
 fn setup(chroma_url: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("backup-key");
-    let out = Command::new(bin())
-        .args(["key", "generate"])
-        .arg(&key)
-        .output()
-        .expect("key generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = config_text(
-        dir.path(),
-        &[chroma_url.to_string()],
-        &format!(
-            "[backup]\nstorage_path = {:?}\nencrypt = true\nkey_file = {:?}\n",
-            dir.path().join("repo").display().to_string(),
-            key.display().to_string()
-        ),
-    );
-    let config = dir.path().join("chromaprod.toml");
-    std::fs::write(&config, text).expect("config");
-    (dir, config)
+    encrypted_setup(chroma_url, "")
 }
 
 /// A collection backup through the CLI (offline); returns its snapshot id.

@@ -16,7 +16,7 @@ use chromaprod::backup::lock::LockInfo;
 use chromaprod::backup::repository::Repository;
 use chromaprod::storage::{Env, StorageOptions};
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, write_config, DaemonProcess};
+use common::daemon::{bin, cli, generate_key, write_config, DaemonProcess};
 use common::emulators;
 use common::host::{rt, tool};
 use serde_json::Value;
@@ -220,12 +220,7 @@ fn options() -> StorageOptions {
 fn healthy_host_with_a_local_repository_and_a_running_daemon() {
     let host = Host::new("");
     host.set_persist_directory(&host.chroma.data_dir());
-    let out = Command::new(bin())
-        .args(["key", "generate"])
-        .arg(host.path("backup-key"))
-        .output()
-        .expect("key generate");
-    assert!(out.status.success());
+    generate_key(&host.path("backup-key"));
     let daemon = DaemonProcess::spawn(&host.config, &[]);
     daemon.wait_ready(Duration::from_secs(30));
     let (code, _, err) = cli(
@@ -312,12 +307,7 @@ fn healthy_host_with_an_s3_repository_on_moto() {
         ),
     );
     let env = moto_env(&emu);
-    let key = Command::new(bin())
-        .args(["key", "generate"])
-        .arg(host.path("backup-key"))
-        .output()
-        .expect("key");
-    assert!(key.status.success());
+    generate_key(&host.path("backup-key"));
     let mut backup = Command::new(bin());
     backup
         .arg("--config")

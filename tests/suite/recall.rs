@@ -6,7 +6,6 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use chromaprod::backup::recall::{QueriesRef, RecordedQueries};
@@ -16,37 +15,14 @@ use chromaprod::config;
 use chromaprod::observe::MetricsCollector;
 use chromaprod::progress::Progress;
 use common::chroma::ChromaServer;
-use common::daemon::{bin, config_text, offline};
+use common::daemon::{encrypted_setup, offline};
 use common::records::{seed, seed_with, store_for};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 /// A config with an encrypted repository in a temp dir, `backup` lines added.
 fn setup(chroma_url: &str, backup: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("backup-key");
-    let out = Command::new(bin())
-        .args(["key", "generate"])
-        .arg(&key)
-        .output()
-        .expect("key generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = config_text(
-        dir.path(),
-        &[chroma_url.to_string()],
-        &format!(
-            "[backup]\nstorage_path = {:?}\nencrypt = true\nkey_file = {:?}\n{backup}\n",
-            dir.path().join("repo").display().to_string(),
-            key.display().to_string()
-        ),
-    );
-    let config = dir.path().join("chromaprod.toml");
-    std::fs::write(&config, text).expect("config");
-    (dir, config)
+    encrypted_setup(chroma_url, &format!("{backup}\n"))
 }
 
 /// `chromaprod --json ARGS` offline; (exit code, result, stderr).

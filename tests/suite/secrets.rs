@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, offline, outcome, write_config, DaemonProcess};
+use common::daemon::{bin, cli, generate_key, offline, outcome, write_config, DaemonProcess};
 
 const TOKEN: &str = "tok-7f3a9c2e-secret-value-d41d8cd9";
 
@@ -380,12 +380,7 @@ fn key_and_token_files_others_can_read_are_refused() {
     let token = dir.path().join("chroma-token");
     std::fs::write(&token, format!("{TOKEN}\n")).expect("write token");
     let key = dir.path().join("backup-key");
-    let out = std::process::Command::new(bin())
-        .args(["key", "generate"])
-        .arg(&key)
-        .output()
-        .expect("key generate");
-    assert!(out.status.success());
+    generate_key(&key);
     let config = write_config(
         dir.path(),
         &["http://127.0.0.1:9".to_string()],

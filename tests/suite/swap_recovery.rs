@@ -10,7 +10,7 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chromaprod::chroma::swap::{entries, JOURNAL_COLLECTION};
@@ -18,7 +18,7 @@ use chromaprod::chroma::ProductionChromaStore;
 use chromaprod::migrate::history::HistoryStore;
 use chromaprod::migrate::Outcome;
 use common::chroma::ChromaServer;
-use common::daemon::{bin, cli, config_text, offline, offline_cmd, DaemonProcess};
+use common::daemon::{cli, config_text, encrypted_setup, offline, offline_cmd, DaemonProcess};
 use common::proxy::{Fault, FaultProxy};
 use common::records::{seed, store_for};
 use nix::sys::signal::Signal;
@@ -37,30 +37,7 @@ fn is_rename(line: &str) -> bool {
 
 /// A config for `chroma_url` with an encrypted repository; returns it and its dir.
 fn setup(chroma_url: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("backup-key");
-    let out = Command::new(bin())
-        .args(["key", "generate"])
-        .arg(&key)
-        .output()
-        .expect("key generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = config_text(
-        dir.path(),
-        &[chroma_url.to_string()],
-        &format!(
-            "[backup]\nstorage_path = {:?}\nencrypt = true\nkey_file = {:?}\nlock_ttl = \"10s\"\n{extra}",
-            dir.path().join("repo").display().to_string(),
-            key.display().to_string()
-        ),
-    );
-    let config = dir.path().join("chromaprod.toml");
-    std::fs::write(&config, text).expect("config");
-    (dir, config)
+    encrypted_setup(chroma_url, &format!("lock_ttl = \"10s\"\n{extra}"))
 }
 
 /// A full backup (through the CLI, offline); returns its snapshot id.
