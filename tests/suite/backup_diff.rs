@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chromaprod::chroma::{ProductionChromaStore, RecordBatch};
 use common::chroma::ChromaServer;
-use common::daemon::{cli, config_text, generate_key, offline, DaemonProcess};
+use common::daemon::{cli, encrypted_setup, offline, DaemonProcess};
 use common::records::{seed, store_for};
 use serde_json::{json, Value};
 
@@ -18,21 +18,7 @@ const DIM: usize = 8;
 
 /// A config with an encrypted repository in a temp dir.
 fn setup(chroma_url: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("backup-key");
-    generate_key(&key);
-    let text = config_text(
-        dir.path(),
-        &[chroma_url.to_string()],
-        &format!(
-            "[backup]\nstorage_path = {:?}\nencrypt = true\nkey_file = {:?}\n",
-            dir.path().join("repo").display().to_string(),
-            key.display().to_string()
-        ),
-    );
-    let config = dir.path().join("chromaprod.toml");
-    std::fs::write(&config, text).expect("config");
-    (dir, config)
+    encrypted_setup(chroma_url, "")
 }
 
 /// Takes a backup here (no daemon); its snapshot id.
