@@ -202,7 +202,7 @@ impl MetricsCollector {
         let change_feed = Family::<FeedLabels, Counter>::default();
         registry.register(
             "change_feed_reads",
-            "Collections a backup read through a local Chroma's change feed (outcome used), or fully over HTTP although chroma.persist_directory is set (outcome fallback, with the reason)",
+            "Collections an incremental backup, a delta restore's comparison or a rebuild's catch-up read through a local Chroma's change feed (outcome used), or read whole over HTTP although chroma.persist_directory is set (outcome fallback, with the reason)",
             change_feed.clone(),
         );
         // Counters an alert watches with increase() exist from the start at 0:
@@ -332,9 +332,9 @@ impl MetricsCollector {
             .inc();
     }
 
-    /// A backup read one collection through the change feed (`reason`
-    /// `None`) or fell back to reading it whole (`reason`: a fixed label,
-    /// `chroma::local::Unusable::reason`).
+    /// A backup, delta restore or rebuild read one collection through the
+    /// change feed (`reason` `None`) or fell back to reading it whole
+    /// (`reason`: a fixed label, `chroma::local::Unusable::reason`).
     pub fn change_feed(&self, reason: Option<&'static str>) {
         let labels = match reason {
             None => FeedLabels {

@@ -293,7 +293,10 @@ async fn fill_verify_swap(
     // pass compares both collections whole.
     let mut feed = match &t.local {
         Some(local) => match Feed::start(local, store, source).await? {
-            Ok(f) => Some(f),
+            Ok(f) => {
+                store.metrics().change_feed(None);
+                Some(f)
+            }
             Err(why) => {
                 feed_fallback(store, collection, &why);
                 None
