@@ -1,6 +1,7 @@
-//! Catch-up by comparison: both collections read whole and compared record
-//! by record (any Chroma), and the settle step's copy of writes that reach
-//! the old collection by id, told apart by the last pass's digests.
+//! Catch-up by comparison (any Chroma): a first pass reads both collections
+//! whole and compares them record by record; later passes, and the settle
+//! step's copy of writes that reach the old collection by id, read the
+//! source alone and tell its changes apart by the digests taken before.
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,7 +10,6 @@ use crate::backup::records::{record_digest, Record, RecordDigest};
 use crate::backup::source::FETCH_BATCH;
 use crate::chroma::{Collection, ProductionChromaStore};
 use crate::migrate::tracker::{fetch, list_ids, Tracker};
-use crate::progress::{MigrateDetail, RebuildStep};
 
 /// One catch-up pass: returns how many records it fixed and the digests
 /// of the source as read in this pass.
@@ -53,13 +53,6 @@ pub(super) async fn catch_up(
         store.delete(&target.id, Some(part), None).await?;
     }
     fixed += gone.len() as u64;
-    t.report(
-        "rebuild",
-        MigrateDetail::Rebuild(RebuildStep::CatchUp {
-            collection: spec.collection.to_string(),
-            records_fixed: fixed,
-        }),
-    );
     Ok((fixed, digests))
 }
 

@@ -6,9 +6,10 @@
 //!    batch is read while the current one is written). The checkpoint
 //!    names the last id copied, so a crashed run continues from there.
 //! 2. **Catch up**: compare the source with the copy record by record
-//!    (within the server's rounding where either side is cosine; on a local
-//!    Chroma, only the records written since the last pass, `feed`); copy
-//!    what differs, delete what the source no longer has, and repeat until
+//!    (within the server's rounding where either side is cosine), then read
+//!    the source alone by the digests that pass took (`compare`); on a
+//!    local Chroma, only the records written since the last pass (`feed`);
+//!    copy what differs, delete what the source no longer has, and repeat until
 //!    a pass finds nothing to do and the counts are equal — or, while
 //!    writers go on, until a pass had at most `max_lag` records to fix or
 //!    took at most `max_lag_ms` (the copy then trails the source by about
@@ -30,6 +31,8 @@
 mod compare;
 mod feed;
 
+use std::collections::HashMap;
+
 use serde_json::{json, Value};
 
 use self::compare::{catch_up, copy_changed};
@@ -41,7 +44,7 @@ use super::overlap::overlap;
 use super::tracker::{fetch, find, list_ids, resume_position, Tracker};
 use super::MigrationError;
 use crate::backup::compare::records_match;
-use crate::backup::records::Record;
+use crate::backup::records::{Record, RecordDigest};
 use crate::backup::source::{to_batch, FETCH_BATCH};
 use crate::chroma::configuration::{creatable_configuration, merge_configuration, space_of};
 use crate::chroma::local::Unusable;
@@ -350,7 +353,11 @@ async fn fill_verify_swap(
     let mut passes = 0;
     let mut caught_up = 0u64;
     let mut feed_passes = 0u32;
-    let (mut digests, counts) = loop {
+    // The source's digests as the last comparison pass read them: after one
+    // two-sided pass, later passes read the source alone and copy what
+    // moved since (half the reads; the settle step works the same way).
+    let mut seen: Option<HashMap<String, RecordDigest>> = None;
+    let counts = loop {
         t.check_cancel()?;
         passes += 1;
         let began = std::time::Instant::now();
@@ -364,24 +371,31 @@ async fn fill_verify_swap(
                 }
             }
         }
-        let (fixed, digests) = match by_feed {
-            Some(fixed) => {
+        let fixed = match (by_feed, seen.as_mut()) {
+            (Some(fixed), _) => {
                 feed_passes += 1;
-                t.report(
-                    "rebuild",
-                    MigrateDetail::Rebuild(RebuildStep::CatchUp {
-                        collection: collection.to_string(),
-                        records_fixed: fixed,
-                    }),
-                );
-                (fixed, None)
+                // The settle step follows the feed too.
+                seen = None;
+                fixed
             }
-            None => {
+            (None, Some(d)) => {
+                let (copied, deleted) = copy_changed(store, spec, source, target, d).await?;
+                copied + deleted
+            }
+            (None, None) => {
                 compare_next = false;
                 let (fixed, d) = catch_up(t, spec, source, target, tolerant).await?;
-                (fixed, Some(d))
+                seen = Some(d);
+                fixed
             }
         };
+        t.report(
+            "rebuild",
+            MigrateDetail::Rebuild(RebuildStep::CatchUp {
+                collection: collection.to_string(),
+                records_fixed: fixed,
+            }),
+        );
         caught_up += fixed;
         let short = began.elapsed() <= max_lag_time;
         let counts = (
@@ -393,7 +407,7 @@ async fn fill_verify_swap(
             || (fixed <= max_lag && apart <= max_lag)
             || (short && apart <= fixed.max(max_lag))
         {
-            break (digests, counts);
+            break counts;
         }
         if passes >= max_passes {
             return Err(MigrationError::SourceChanging {
@@ -475,7 +489,7 @@ async fn fill_verify_swap(
     let until = std::time::Instant::now() + std::time::Duration::from_millis(settle_ms);
     let mut last = false;
     loop {
-        let n = match (feed.as_mut(), digests.as_mut()) {
+        let n = match (feed.as_mut(), seen.as_mut()) {
             (_, Some(d)) => copy_changed(store, spec, source, target, d).await?.0,
             (Some(f), None) => match f.pass(store, spec, source, target, true).await? {
                 Ok(p) => p.fixed,
