@@ -137,9 +137,10 @@ pub async fn position(
     }))
 }
 
-/// Where `collection_id` stands now ([`position`]), if it is the segment
-/// `mark` was read from and its sequence has not gone back: then every
-/// record written at or before the mark is as it was when the mark was read.
+/// Where `collection_id` stands now ([`position`]), if it is the database
+/// file and the segment `mark` was read from and its sequence has not gone
+/// back: then every record written at or before the mark is as it was when
+/// the mark was read.
 pub async fn after(
     local: &LocalChroma,
     store: &ProductionChromaStore,
@@ -150,6 +151,12 @@ pub async fn after(
         Ok(p) => p,
         Err(e) => return Ok(Err(e)),
     };
+    if mark.file.as_ref() != Some(&now.file) {
+        return Ok(Err(Unusable::Replaced {
+            was: mark.file.clone().unwrap_or_else(|| "not recorded".into()),
+            now: now.file,
+        }));
+    }
     if now.segment != mark.segment {
         return Ok(Err(Unusable::SegmentChanged {
             collection: collection_id.to_string(),
@@ -238,6 +245,7 @@ pub async fn since(
         mark: ChangeMark {
             segment: now.segment,
             seq_id: now.seq_id,
+            file: Some(now.file),
         },
     }))
 }

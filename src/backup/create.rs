@@ -430,6 +430,7 @@ impl BackupManager {
                         let mark = ChangeMark {
                             segment: p.segment,
                             seq_id: p.seq_id,
+                            file: Some(p.file),
                         };
                         return Ok((reader, Some(mark)));
                     }

@@ -277,6 +277,54 @@ fn a_sequence_that_went_backwards_falls_back_with_its_reason() {
     s.assert_restores(&snap, &live);
 }
 
+/// Copies a directory tree (files and folders), as `cp -a` would.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A persist directory put back from an earlier copy (a physical restore, a
+/// restored file-system backup) keeps its segment ids but rewinds their
+/// sequence: once new writes carry it past the parent's mark, rows written
+/// since the copy look older than the mark. Such a directory is read whole.
+#[test]
+fn a_persist_directory_put_back_from_a_copy_is_read_whole() {
+    let mut s = Setup::new();
+    s.backup("--full");
+    // The directory as it is now, copied while Chroma is stopped.
+    s.chroma.stop();
+    let data = s.chroma.data_dir();
+    let earlier = s.dir.path().join("earlier");
+    copy_tree(&data, &earlier);
+    s.chroma.restart();
+    // Ten records change and an incremental records them (its mark is
+    // ten writes past the copy's position).
+    s.write(&ids(0..10), 2, Write::Upsert);
+    let (_, log) = s.backup("--incremental");
+    assert_eq!(changed_count(&log), Some(10), "{log}");
+    // The copy is put back, and twenty other records are written: the
+    // sequence is past the mark again, and records 0..10 hold their values
+    // from before the incremental, under sequence numbers below its mark.
+    s.chroma.stop();
+    std::fs::rename(&data, s.dir.path().join("replaced")).expect("move away");
+    copy_tree(&earlier, &data);
+    s.chroma.restart();
+    s.write(&ids(100..120), 3, Write::Upsert);
+    let live = s.live();
+    let (snap, log) = s.backup("--incremental");
+    assert_eq!(changed_count(&log), None, "{log}");
+    assert!(log.contains("file_replaced"), "{log}");
+    s.assert_restores(&snap, &live);
+}
+
 #[test]
 fn an_unknown_schema_or_a_missing_directory_falls_back_with_its_reason() {
     let mut s = Setup::new();

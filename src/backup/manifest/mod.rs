@@ -196,12 +196,17 @@ impl CollectionSnapshot {
 
 /// A position in a local Chroma's change feed (`chroma::local`): the
 /// collection's metadata segment and the sequence number of the last write
-/// applied to it. Every record of the snapshot written at or before
-/// `seq_id` is as the snapshot holds it.
+/// applied to it, in the database file `file` identifies. Every record of
+/// the snapshot written at or before `seq_id` is as the snapshot holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeMark {
     pub segment: String,
     pub seq_id: u64,
+    /// `chroma.sqlite3`'s identity (device, inode, creation time): a
+    /// directory put back from a copy has another. Absent in marks an
+    /// earlier chromaprod wrote, which are then not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// A snapshot manifest (`snapshots/<id>`), written last.

@@ -82,6 +82,8 @@ pub enum Unusable {
     },
     #[error("unexpected value in Chroma's database: {0}")]
     Value(String),
+    #[error("Chroma's database file is not the one the snapshot's mark was read from (was {was}, now {now}): the persist directory was restored or copied since, so its sequence numbers may have been reused")]
+    Replaced { was: String, now: String },
 }
 
 impl Unusable {
@@ -98,6 +100,7 @@ impl Unusable {
             Unusable::UnknownRecord { .. } => "unknown_record",
             Unusable::CountMismatch { .. } => "count_mismatch",
             Unusable::Value(_) => "value",
+            Unusable::Replaced { .. } => "file_replaced",
         }
     }
 
@@ -129,9 +132,11 @@ impl Unusable {
 }
 
 /// Where a collection's metadata segment stands: the sequence number of the
-/// last write applied to it and its record count, read in one transaction.
+/// last write applied to it and its record count, read in one transaction,
+/// and which database file it was read from ([`LocalChroma::file_identity`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
+    pub file: String,
     pub segment: String,
     pub seq_id: u64,
     pub records: u64,
@@ -232,9 +237,30 @@ impl LocalChroma {
         .map_err(|e| Unusable::Value(format!("reader task failed: {e}")))?
     }
 
+    /// Which database file this is: its device, inode and creation time.
+    /// Chroma writes `chroma.sqlite3` in place for its whole life (rollback
+    /// journal, `VACUUM` included), so another identity means the persist
+    /// directory was put back from a copy: its sequence may have been rewound
+    /// and numbers below a mark reused. Without a creation time (file systems
+    /// that keep none), device and inode alone.
+    pub fn file_identity(&self) -> Result<String, Unusable> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(&self.path).map_err(|e| Unusable::Unreadable {
+            path: self.path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        let born = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(String::new, |d| format!(":{}", d.as_nanos()));
+        Ok(format!("{}:{}{born}", meta.dev(), meta.ino()))
+    }
+
     /// Where `collection_id`'s metadata segment stands now.
     pub async fn position(&self, collection_id: &str) -> Result<Position, Unusable> {
         let id = collection_id.to_string();
+        let file = self.file_identity()?;
         self.read(move |conn| {
             // One statement: one read transaction, consistent.
             let row = conn
@@ -262,6 +288,7 @@ impl LocalChroma {
                         s => s.value(),
                     };
                     seq_id.map(|seq_id| Position {
+                        file,
                         segment,
                         seq_id,
                         records: u64::try_from(records).unwrap_or(0),

@@ -59,10 +59,27 @@ async fn reads_the_position_and_pages_in_id_order() {
     assert_eq!(
         p,
         Position {
+            file: local.file_identity().expect("should succeed"),
             segment: SEGMENT.into(),
             seq_id: 7,
             records: 3
         }
+    );
+    // The same file, however often asked; a copy of it is another file.
+    assert_eq!(p.file, local.file_identity().expect("should succeed"));
+    let copy = tempfile::tempdir().expect("should succeed");
+    std::fs::copy(
+        dir.path().join("chroma.sqlite3"),
+        copy.path().join("chroma.sqlite3"),
+    )
+    .expect("should succeed");
+    let copied = LocalChroma::open(copy.path())
+        .await
+        .expect("should succeed");
+    assert_ne!(
+        copied.file_identity().expect("should succeed"),
+        p.file,
+        "a copy has an identity of its own"
     );
     let all = local
         .page(SEGMENT, None, None, 2)
