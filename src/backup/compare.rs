@@ -1,7 +1,8 @@
 //! Whether a record read back from Chroma is the one written: shared by
-//! restore's read-back and the migrations' rebuild.
+//! restore's read-back and the migrations' rebuild; and how to overwrite a
+//! stored record with an upsert.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::records::Record;
 
@@ -45,9 +46,35 @@ pub fn records_match(want: &Record, got: &Record, cosine: bool) -> bool {
     emb && meta && want.document == got.document && want.uri == got.uri
 }
 
+/// Makes an upsert of `want` over the stored `have` leave exactly `want`.
+/// An upsert merges metadata and keeps a stored document or uri it is not
+/// given a value for: each metadata key only `have` holds is added to
+/// `want` as `null` (which removes it). Returns whether `have` holds a
+/// document or uri that `want` lacks: then the stored record must be
+/// deleted before the upsert.
+pub fn overwrite(want: &mut Record, have: &Record) -> bool {
+    let stale: Vec<String> = have
+        .metadata
+        .iter()
+        .flatten()
+        .map(|(k, _)| k)
+        .filter(|k| !want.metadata.as_ref().is_some_and(|m| m.contains_key(*k)))
+        .cloned()
+        .collect();
+    if !stale.is_empty() {
+        let m = want.metadata.get_or_insert_with(Map::new);
+        for k in stale {
+            m.insert(k, Value::Null);
+        }
+    }
+    (want.document.is_none() && have.document.is_some())
+        || (want.uri.is_none() && have.uri.is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn cosine_tolerance_only_for_cosine() {
@@ -63,5 +90,42 @@ mod tests {
         assert!(records_match(&a, &b, true));
         assert!(!records_match(&a, &b, false));
         assert!(records_match(&a, &a, false));
+    }
+
+    fn record(metadata: Value, document: Option<&str>) -> Record {
+        Record {
+            id: "a".into(),
+            embedding: Some(vec![1.0]),
+            document: document.map(str::to_string),
+            metadata: metadata.as_object().cloned(),
+            uri: None,
+        }
+    }
+
+    #[test]
+    fn overwrite_removes_keys_and_asks_to_clear_what_an_upsert_keeps() {
+        let mut want = record(json!({"k": 1}), Some("d"));
+        let have = record(json!({"k": 2, "gone": true}), Some("old"));
+        assert!(!overwrite(&mut want, &have));
+        assert_eq!(
+            want.metadata,
+            json!({"k": 1, "gone": null}).as_object().cloned()
+        );
+
+        // No metadata at all: every stored key is removed.
+        let mut bare = record(Value::Null, None);
+        assert!(
+            overwrite(&mut bare, &have),
+            "a stored document must be cleared"
+        );
+        assert_eq!(
+            bare.metadata,
+            json!({"k": null, "gone": null}).as_object().cloned()
+        );
+
+        // Nothing stored beyond `want`: unchanged.
+        let mut same = record(json!({"k": 1}), Some("d"));
+        assert!(!overwrite(&mut same, &record(json!({"k": 3}), None)));
+        assert_eq!(same.metadata, json!({"k": 1}).as_object().cloned());
     }
 }

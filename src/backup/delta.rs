@@ -42,12 +42,11 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::changes;
 use super::chunks::ChunkStream;
-use super::compare::records_match;
+use super::compare::{overwrite, records_match};
 use super::manifest::{BackupType, ChangeMark, ChunkRef, CollectionSnapshot, Trigger};
 use super::records::{record_digest, Record, RecordDigest};
 use super::restore::{RestoreOptions, RestoreOutcome};
@@ -483,11 +482,9 @@ impl BackupManager {
     /// missing ones, and those whose live record does not match within the
     /// server's rounding (read again here, by id). Counts them in `out`.
     ///
-    /// An upsert merges metadata and keeps a stored document or uri it is
-    /// not given a value for, so a changed record is written with `null` for
-    /// each metadata key only the live record has (which removes the key),
-    /// and a live record holding a document or uri the snapshot's lacks is
-    /// named in the second list, to delete before the upsert.
+    /// A changed record is written to overwrite the live one ([`overwrite`]);
+    /// a live record holding a document or uri the snapshot's lacks is named
+    /// in the second list, to delete before the upsert.
     async fn differing(
         &self,
         collection_id: &str,
@@ -525,23 +522,7 @@ impl BackupManager {
                 Some(l) if records_match(&r, l, cosine) => out.unchanged += 1,
                 Some(l) => {
                     out.changed += 1;
-                    let stale: Vec<String> = l
-                        .metadata
-                        .iter()
-                        .flatten()
-                        .map(|(k, _)| k)
-                        .filter(|k| !r.metadata.as_ref().is_some_and(|m| m.contains_key(*k)))
-                        .cloned()
-                        .collect();
-                    if !stale.is_empty() {
-                        let m = r.metadata.get_or_insert_with(Map::new);
-                        for k in stale {
-                            m.insert(k, Value::Null);
-                        }
-                    }
-                    if (r.document.is_none() && l.document.is_some())
-                        || (r.uri.is_none() && l.uri.is_some())
-                    {
+                    if overwrite(&mut r, l) {
                         clear.push(r.id.clone());
                     }
                     write.push(r);

@@ -733,11 +733,17 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
                     let Ok(col) = store.get_collection("docs").await else {
                         continue;
                     };
+                    // An update also removes the record's `author` key,
+                    // which the copy must lose too (an upsert merges
+                    // metadata).
+                    let metadata = (j % 2 == 1)
+                        .then(|| json!({"author": null, "w": i}).as_object().cloned())
+                        .flatten();
                     let batch = RecordBatch {
                         ids: vec![id.clone()],
                         embeddings: Some(vec![unit(i + 17, dim)]),
                         documents: Some(vec![Some(doc.clone())]),
-                        metadatas: None,
+                        metadatas: Some(vec![metadata]),
                         uris: None,
                     };
                     if store.upsert(&col.id, &batch).await.is_ok() {
@@ -785,6 +791,20 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
         .iter()
         .map(|r| (r.id.as_str(), r.document.as_ref()))
         .collect();
+    let kept_author: Vec<&str> = records
+        .iter()
+        .filter(|r| acked.contains_key(&r.id) && r.id.starts_with('d'))
+        .filter(|r| {
+            r.metadata
+                .as_ref()
+                .is_some_and(|m| m.contains_key("author"))
+        })
+        .map(|r| r.id.as_str())
+        .collect();
+    assert!(
+        kept_author.is_empty(),
+        "a metadata key the writers removed survived in the copy: {kept_author:?}; {r}"
+    );
     let mut lost = Vec::new();
     for (id, doc) in &acked {
         if by_id.get(id.as_str()).copied().flatten() != Some(doc) {

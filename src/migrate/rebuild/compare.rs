@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{write, MigrationError, Spec};
+use super::{write_over, MigrationError, Spec};
 use crate::backup::records::{record_digest, Record, RecordDigest};
 use crate::backup::source::FETCH_BATCH;
 use crate::chroma::{Collection, ProductionChromaStore};
@@ -41,9 +41,12 @@ pub(super) async fn catch_up(
                 stale.push(r.clone());
             }
         }
-        fixed += write(store, &target.id, spec.prepare(stale).await?).await? as u64;
+        fixed += write_over(store, &target.id, spec.prepare(stale).await?).await? as u64;
     }
-    let src: HashSet<&String> = src_ids.iter().collect();
+    // What the source holds is what this pass fetched: a record listed but
+    // deleted before its batch was read is gone from it too (and is not in
+    // `digests`, so no later pass would delete it).
+    let src: HashSet<&String> = digests.keys().collect();
     let gone: Vec<String> = list_ids(store, &target.id, None)
         .await?
         .into_iter()
@@ -79,7 +82,7 @@ pub(super) async fn copy_changed(
                 changed.push(r);
             }
         }
-        copied += write(store, &target.id, spec.prepare(changed).await?).await? as u64;
+        copied += write_over(store, &target.id, spec.prepare(changed).await?).await? as u64;
     }
     let now: HashSet<&String> = ids.iter().collect();
     let gone: Vec<String> = seen

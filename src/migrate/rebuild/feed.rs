@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 
-use super::{write, MigrationError, Spec};
+use super::{write_over, MigrationError, Spec};
 use crate::backup::changes;
 use crate::backup::source::FETCH_BATCH;
 use crate::chroma::local::{LocalChroma, Unusable};
@@ -114,7 +114,7 @@ impl Feed {
         let mut fixed = 0u64;
         for part in changed.chunks(FETCH_BATCH) {
             let records = fetch(store, &source.id, part.to_vec()).await?;
-            fixed += write(store, &target.id, spec.prepare(records).await?).await? as u64;
+            fixed += write_over(store, &target.id, spec.prepare(records).await?).await? as u64;
         }
         let source_ids = match self.ids(&source.id).await {
             Ok(ids) => ids,

@@ -43,7 +43,7 @@ use super::operation::{previous_name, staging_name, Operation};
 use super::overlap::overlap;
 use super::tracker::{fetch, find, list_ids, resume_position, Tracker};
 use super::MigrationError;
-use crate::backup::compare::records_match;
+use crate::backup::compare::{overwrite, records_match};
 use crate::backup::records::{Record, RecordDigest};
 use crate::backup::source::{to_batch, FETCH_BATCH};
 use crate::chroma::configuration::{creatable_configuration, merge_configuration, space_of};
@@ -72,6 +72,36 @@ async fn write(
         store.upsert(collection_id, &batch).await?;
     }
     Ok(n)
+}
+
+/// Upserts `records` (prepared for the copy) over `collection_id`'s stored
+/// versions of them, so each ends up exactly as given
+/// ([`overwrite`]: metadata keys the source no longer has are removed, and a
+/// record whose stored document or uri the source dropped is deleted first).
+async fn write_over(
+    store: &ProductionChromaStore,
+    collection_id: &str,
+    mut records: Vec<Record>,
+) -> Result<usize, MigrationError> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let ids = records.iter().map(|r| r.id.clone()).collect();
+    let stored: HashMap<String, Record> = fetch(store, collection_id, ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let mut clear = Vec::new();
+    for r in &mut records {
+        if stored.get(&r.id).is_some_and(|have| overwrite(r, have)) {
+            clear.push(r.id.clone());
+        }
+    }
+    if !clear.is_empty() {
+        store.delete(collection_id, Some(&clear), None).await?;
+    }
+    write(store, collection_id, records).await
 }
 
 /// What a rebuild does, from a `rebuild` or a `reembed` operation.
