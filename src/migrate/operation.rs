@@ -114,8 +114,7 @@ pub enum Operation {
         max_lag: u64,
         /// So does a pass that took at most this many milliseconds: the copy
         /// then trails the source by about that long, whatever the writers'
-        /// rate. `max_lag = 0` with `max_lag_ms = 0` waits for a pass that
-        /// finds nothing.
+        /// rate. With `max_lag = 0`, only a pass that finds nothing ends it.
         #[serde(default = "default_max_lag_ms")]
         max_lag_ms: u64,
         /// How long writes that still reach the old collection after the

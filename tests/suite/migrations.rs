@@ -827,7 +827,7 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
 async fn a_rebuild_whose_source_keeps_changing_is_not_swapped() {
     let env = Env::new(ChromaServer::start()).await;
     let original = seed(&env.store, "docs", "l2", 2000, 16).await;
-    rebuild_file(&env, "max_passes = 2\nmax_lag = 0\nmax_lag_ms = 0\n");
+    rebuild_file(&env, "max_passes = 2\nmax_lag = 0\n");
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (store, stop, original) = (env.store.clone(), stop.clone(), original.clone());

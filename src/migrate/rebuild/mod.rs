@@ -427,7 +427,8 @@ async fn fill_verify_swap(
             }),
         );
         caught_up += fixed;
-        let short = began.elapsed() <= max_lag_time;
+        // `max_lag = 0` asks for a pass that finds nothing, however short.
+        let short = max_lag > 0 && began.elapsed() <= max_lag_time;
         let counts = (
             store.count(&source.id).await?,
             store.count(&target.id).await?,
