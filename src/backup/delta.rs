@@ -218,14 +218,17 @@ impl BackupManager {
 
         // The live side: from the change feed where it can say, else every
         // record read and digested.
-        let local = match &c.change_mark {
+        // The snapshot's mark speaks of its own collection only: another one
+        // (`--as`, or the collection re-created since) is read whole.
+        let mark = c.change_mark.as_ref().filter(|_| c.id == live.id);
+        let local = match mark {
             Some(_) => LocalChroma::configured(&self.config, self.store.metrics()).await,
             None => None,
         };
-        let by_feed = match (&local, &c.change_mark) {
+        let by_feed = match (&local, mark) {
             (Some(local), Some(mark)) => {
                 match self
-                    .compare_by_feed(local, mark, c, live, &mut wanted, progress)
+                    .compare_by_feed((local, mark), c, live, &mut wanted, progress, cancel)
                     .await?
                 {
                     Ok(found) => Some(found),
@@ -350,12 +353,12 @@ impl BackupManager {
     /// snapshot lacks and how many were unchanged.
     async fn compare_by_feed(
         &self,
-        local: &LocalChroma,
-        mark: &ChangeMark,
+        (local, mark): (&LocalChroma, &ChangeMark),
         c: &CollectionSnapshot,
         live: &Collection,
         wanted: &mut HashMap<String, Wanted>,
         progress: &Progress,
+        cancel: &CancellationToken,
     ) -> Result<Result<(Vec<String>, u64), Unusable>, BackupError> {
         let now = match changes::after(local, &self.store, &live.id, mark).await? {
             Ok(p) => p,
@@ -364,6 +367,9 @@ impl BackupManager {
         let (mut extra, mut unchanged, mut done) = (Vec::new(), 0u64, 0u64);
         let mut rows = local.rows(&now.segment, None);
         loop {
+            if cancel.is_cancelled() {
+                return Err(BackupError::Cancelled);
+            }
             let page = match rows.next().await {
                 Ok(Some(page)) => page,
                 Ok(None) => break,

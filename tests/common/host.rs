@@ -1,7 +1,7 @@
 //! This host as the tests see it: the repository, tools on `PATH`, a Tokio
 //! runtime for tests that drive blocking processes, a non-root group.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The repository root (the package's manifest directory).
@@ -45,4 +45,18 @@ pub fn some_group() -> (String, u32) {
         })
         .find(|(_, gid)| *gid != 0 && *gid != 65534)
         .expect("a non-root group in /etc/group")
+}
+
+/// Copies a directory tree (files and folders), as `cp -a` would.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }

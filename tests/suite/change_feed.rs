@@ -277,20 +277,6 @@ fn a_sequence_that_went_backwards_falls_back_with_its_reason() {
     s.assert_restores(&snap, &live);
 }
 
-/// Copies a directory tree (files and folders), as `cp -a` would.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
 /// A persist directory put back from an earlier copy (a physical restore, a
 /// restored file-system backup) keeps its segment ids but rewinds their
 /// sequence: once new writes carry it past the parent's mark, rows written
@@ -303,7 +289,7 @@ fn a_persist_directory_put_back_from_a_copy_is_read_whole() {
     s.chroma.stop();
     let data = s.chroma.data_dir();
     let earlier = s.dir.path().join("earlier");
-    copy_tree(&data, &earlier);
+    common::host::copy_tree(&data, &earlier);
     s.chroma.restart();
     // Ten records change and an incremental records them (its mark is
     // ten writes past the copy's position).
@@ -315,7 +301,7 @@ fn a_persist_directory_put_back_from_a_copy_is_read_whole() {
     // from before the incremental, under sequence numbers below its mark.
     s.chroma.stop();
     std::fs::rename(&data, s.dir.path().join("replaced")).expect("move away");
-    copy_tree(&earlier, &data);
+    common::host::copy_tree(&earlier, &data);
     s.chroma.restart();
     s.write(&ids(100..120), 3, Write::Upsert);
     let live = s.live();
