@@ -35,6 +35,7 @@ mod common;
 
 mod audit;
 mod backup_backends;
+mod booted;
 mod backup_concurrency;
 mod backup_daemon;
 mod backup_diff;
