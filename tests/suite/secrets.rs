@@ -362,7 +362,7 @@ fn validate_refuses_credentials_in_urls_and_plain_http_with_a_token() {
     assert_eq!(code, Some(0), "{out}");
 }
 
-/// `chromaprod validate`, as `ExecStartPre=` runs it: exit code, stdout, stderr.
+/// `chromaprod validate`, as `ExecReload=` runs it: exit code, stdout, stderr.
 fn validate(config: &std::path::Path) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(bin())
         .arg("--config")
