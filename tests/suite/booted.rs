@@ -124,7 +124,10 @@ fn booted(suite: &str) {
     run(Command::new(repo().join("packaging/build-deb.sh"))
         .env("DEB_VERSION", &next)
         .env("DEB_OUT_DIR", ctl.join("debs"))
-        .env("CHROMAPROD_BIN", extracted.path().join("usr/bin/chromaprod")));
+        .env(
+            "CHROMAPROD_BIN",
+            extracted.path().join("usr/bin/chromaprod"),
+        ));
 
     // Chroma on this host, with the collections the steps use.
     let mut chroma = ChromaServer::start();
@@ -155,9 +158,17 @@ fn booted(suite: &str) {
     let console = std::fs::File::create(dir.path().join("console.log")).expect("console log");
     let started = Instant::now();
     let mut child = Command::new(&nspawn)
-        .args(["--quiet", "--keep-unit", "--register=no", "--volatile=overlay"])
+        .args([
+            "--quiet",
+            "--keep-unit",
+            "--register=no",
+            "--volatile=overlay",
+        ])
         .arg("--console=pipe")
-        .arg(format!("--machine=chromaprod-{suite}-{}", std::process::id()))
+        .arg(format!(
+            "--machine=chromaprod-{suite}-{}",
+            std::process::id()
+        ))
         .arg("--directory")
         .arg(&root)
         .arg(format!("--bind-ro={}:/srv/chromaprod-test", ctl.display()))
@@ -237,7 +248,10 @@ fn booted(suite: &str) {
             60
         )
     );
-    assert!(status.success(), "{suite}: systemd-nspawn exited {status}; console:\n{console}");
+    assert!(
+        status.success(),
+        "{suite}: systemd-nspawn exited {status}; console:\n{console}"
+    );
 
     // What the restore step wrote is in Chroma.
     let (_, restored) = rt.block_on(collection_records(&store, "docs_restored"));

@@ -35,11 +35,11 @@ mod common;
 
 mod audit;
 mod backup_backends;
-mod booted;
 mod backup_concurrency;
 mod backup_daemon;
 mod backup_diff;
 mod backup_engine;
+mod booted;
 mod change_feed;
 mod chroma_faults;
 mod chroma_ops;

@@ -469,7 +469,11 @@ fn an_unset_token_file_is_the_chroma_token_credential() {
     std::fs::write(&token, "").expect("token");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let (code, out, err) = validate(Some(&creds));
-    assert_ne!(code, Some(0), "an empty chroma-token credential passed:\n{out}{err}");
+    assert_ne!(
+        code,
+        Some(0),
+        "an empty chroma-token credential passed:\n{out}{err}"
+    );
     assert!(
         err.contains("chroma.auth_token_file") && err.contains("chroma-token"),
         "{err}"
