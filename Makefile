@@ -37,10 +37,11 @@ test-tools: tools $(EMULATORS_STAMP) package-tools
 
 # Debian tools the package build and the package, doctor and runbook tests
 # need: dpkg-deb and dpkg-shlibdeps (dpkg-dev), lintian, faketime,
-# systemd-analyze, curl. Installed from
+# systemd-analyze, curl, objcopy (binutils), and for the booted-system tests
+# debootstrap and systemd-nspawn (systemd-container). Installed from
 # Debian's archive when missing and running as root; otherwise the missing
 # ones are named and the target fails (the tests never skip).
-DEB_TOOLS := dpkg-deb:dpkg-dev dpkg-shlibdeps:dpkg-dev lintian:lintian faketime:faketime systemd-analyze:systemd curl:curl
+DEB_TOOLS := dpkg-deb:dpkg-dev dpkg-shlibdeps:dpkg-dev lintian:lintian faketime:faketime systemd-analyze:systemd curl:curl objcopy:binutils debootstrap:debootstrap systemd-nspawn:systemd-container
 
 package-tools:
 	@missing=""; for t in $(DEB_TOOLS); do \
@@ -64,20 +65,31 @@ package: release package-tools
 # processes and timers, so everything that does not feed it runs beside it:
 # - Chroma and the emulators install (mostly download) while the debug
 #   build compiles (log: $(TOOLS_LOG));
-# - the release build and the .deb, then the doc tests and rustfmt,
-#   start at once at the lowest priority, so they take the cores only when
-#   the build and the suite leave them idle (log: $(SIDE_LOG), printed once
-#   they end). They run in a session of their own (one signal stops them
-#   all), and where the kernel groups a session's processes for scheduling
-#   (autogroup) a nice value alone would not hold them back against the
-#   other group: the group's own nice value is set too. The package tests run once the .deb exists;
+# - the Debian roots the booted-system tests boot (tests/suite/booted.rs,
+#   scripts/install-debian-root.sh; built once into .tools/debian, log:
+#   $(ROOTS_LOG)) download and install beside the build too;
+# - the doc tests and rustfmt start at once at the lowest priority, so they
+#   take the cores only when the build and the suite leave them idle (log:
+#   $(SIDE_LOG), printed once they end). They run in a session of their own
+#   (one signal stops them all), and where the kernel groups a session's
+#   processes for scheduling (autogroup) a nice value alone would not hold
+#   them back against the other group: the group's own nice value is set too;
+# - the test .deb is packed from the stripped debug binary (gzip -1, a few
+#   seconds) right after the build: the release build is not part of
+#   `make test` (`make package` makes the release .deb). The package and
+#   booted-system tests then run beside the suite, niced (log: $(PKG_LOG));
 # - clippy lints as the debug build compiles ($(LINTED_BUILD)).
 # Every check runs even when an earlier one fails; the target fails if any
 # did, naming them. (The recipe names no $$(MAKE), so `make -n test` stays a
 # dry run.)
 SIDE_LOG  := target/make-test-side.log
 TOOLS_LOG := target/make-test-tools.log
-DEB_RC    := target/.make-test-package-rc
+ROOTS_LOG := target/make-test-debian.log
+ROOTS_RC  := target/.make-test-debian-rc
+PKG_LOG   := target/make-test-package.log
+TEST_DEB_DIR := target/debian-test
+# The tests that need the .deb (and the Debian roots).
+PACKAGED   := test(/^package::/) | test(/^booted::/)
 
 # $(call suite,NEXTEST-FILTERSET,CARGO-TEST-ARGS): part of the suite, under
 # nextest (each test in its own process) when installed, else cargo test.
@@ -98,27 +110,31 @@ ARCHITECTURE = scripts/check-architecture.sh
 UNIT_CHECK = MAX_EXPOSURE=1.5 scripts/check-unit.sh target/debug/chromaprod
 
 test: package-tools
-	@mkdir -p target; rm -f $(DEB_RC); \
-	echo "make test: Chroma and the emulators install beside the build (log: $(TOOLS_LOG));"; \
-	echo "           the .deb, doc tests and rustfmt build beside the suite (log: $(SIDE_LOG))"; \
+	@mkdir -p target $(TEST_DEB_DIR); rm -f $(ROOTS_RC); \
+	echo "make test: Chroma, the emulators and the Debian roots install beside the build (logs: $(TOOLS_LOG), $(ROOTS_LOG));"; \
+	echo "           doc tests and rustfmt run beside the suite (log: $(SIDE_LOG)), the package and booted tests too ($(PKG_LOG))"; \
 	{ CHROMA_VERSION=$(CHROMA_VERSION) PYTHON=$(PYTHON) scripts/install-chroma.sh && \
 		PYTHON=$(PYTHON) scripts/install-emulators.sh && touch $(EMULATORS_STAMP); } > $(TOOLS_LOG) 2>&1 & tools=$$!; \
-	export $(LINTED_BUILD); \
-	nice -n 19 setsid sh -xc 'echo 19 > /proc/self/autogroup 2>/dev/null || true; env -u RUSTC_WORKSPACE_WRAPPER $(CARGO) build --release && packaging/build-deb.sh; echo $$? > $(DEB_RC); \
+	{ scripts/install-debian-root.sh; echo $$? > $(ROOTS_RC); } > $(ROOTS_LOG) 2>&1 & roots=$$!; \
+	export $(LINTED_BUILD) DEB_COMPRESSION=gzip DEB_COMPRESSION_LEVEL=1; \
+	nice -n 19 setsid sh -xc 'echo 19 > /proc/self/autogroup 2>/dev/null || true; \
 		rc=0; $(CARGO) test --doc || rc=1; $(ONE_TEST_CRATE) || rc=1; $(ARCHITECTURE) || rc=1; \
 		$(CARGO) fmt --check || rc=1; exit $$rc' > $(SIDE_LOG) 2>&1 & side=$$!; \
-	trap 'kill $$tools 2>/dev/null; kill -TERM -$$side 2>/dev/null; exit 130' INT TERM HUP; \
-	failed=""; \
+	trap 'kill $$tools $$roots $$pkg 2>/dev/null; kill -TERM -$$side 2>/dev/null; exit 130' INT TERM HUP; \
+	failed=""; pkg=""; \
 	$(CARGO) build --all-targets || failed="$$failed build/clippy"; \
 	if ! wait $$tools; then cat $(TOOLS_LOG); failed="$$failed tools"; fi; \
 	if [ -z "$$failed" ]; then \
-		$(call suite,not test(/^package::/),-- --skip package::) || failed="$$failed suite"; \
-	fi; \
-	while [ ! -s $(DEB_RC) ] && kill -0 $$side 2>/dev/null; do sleep 2; done; \
-	if [ "$$(cat $(DEB_RC) 2>/dev/null)" = 0 ]; then \
-		$(call suite,test(/^package::/),--test suite -- package::) || failed="$$failed package-tests"; \
-	else \
-		failed="$$failed package"; \
+		objcopy --strip-all target/debug/chromaprod $(TEST_DEB_DIR)/chromaprod && \
+		CHROMAPROD_DEB=$$(CHROMAPROD_BIN=$(TEST_DEB_DIR)/chromaprod DEB_OUT_DIR=$(TEST_DEB_DIR) packaging/build-deb.sh | tail -1) || failed="$$failed package"; \
+		export CHROMAPROD_DEB; \
+		{ while [ ! -s $(ROOTS_RC) ] && kill -0 $$roots 2>/dev/null; do sleep 1; done; \
+			[ "$$(cat $(ROOTS_RC) 2>/dev/null)" = 0 ] || cat $(ROOTS_LOG); \
+			renice -n 10 -p $$(sh -c 'echo $$PPID') >/dev/null; \
+			$(call suite,$(PACKAGED),--test suite -- package:: booted::); } > $(PKG_LOG) 2>&1 & pkg=$$!; \
+		$(call suite,not ($(PACKAGED)),-- --skip package:: --skip booted::) || failed="$$failed suite"; \
+		wait $$pkg || failed="$$failed package-tests"; \
+		echo "--- $(PKG_LOG)"; cat $(PKG_LOG); echo "---"; \
 	fi; \
 	wait $$side || failed="$$failed doc-tests/lint"; \
 	echo "--- $(SIDE_LOG)"; cat $(SIDE_LOG); echo "---"; \

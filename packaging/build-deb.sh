@@ -13,6 +13,9 @@
 #   DEB_VERSION     package version (default: Cargo.toml's version); a version
 #                   other than the newest changelog entry gets its own entry
 #   DEB_OUT_DIR     where the .deb goes (default target/debian)
+#   DEB_COMPRESSION, DEB_COMPRESSION_LEVEL  dpkg-deb -Z and -z (default xz at
+#                   dpkg-deb's level; `make test` packs its test package with
+#                   gzip -1, which takes a second instead of a minute)
 #   SOURCE_DATE_EPOCH  timestamps in the package (default: the last commit's)
 set -euo pipefail
 
@@ -142,5 +145,5 @@ find "$root" -newermt "@$SOURCE_DATE_EPOCH" -print0 | xargs -0r touch --no-deref
 
 mkdir -p "$out"
 deb="$out/${pkg}_${version}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Z"${DEB_COMPRESSION:-xz}" ${DEB_COMPRESSION_LEVEL:+-z"$DEB_COMPRESSION_LEVEL"} --build "$root" "$deb" >/dev/null
 echo "$deb"

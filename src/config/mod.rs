@@ -81,7 +81,9 @@ pub struct ChromaConfig {
     pub endpoints: Vec<Url>,
     pub tenant: String,
     pub database: String,
-    /// File holding the auth token (e.g. from `LoadCredential=`); never the token itself.
+    /// File holding the auth token; never the token itself. Unset, it is
+    /// `$CREDENTIALS_DIRECTORY/chroma-token` when that file exists (the
+    /// `LoadCredential=chroma-token:…` credential), as set by the reader.
     pub auth_token_file: Option<PathBuf>,
     /// Header that carries the token: `authorization` (sent as `Bearer …`) or `x-chroma-token`.
     pub auth_header: AuthHeader,

@@ -210,6 +210,11 @@ impl ChromaServer {
         self.spawn();
     }
 
+    /// The server's process id (the leader of its process group), while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok())
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }

@@ -39,6 +39,7 @@ mod backup_concurrency;
 mod backup_daemon;
 mod backup_diff;
 mod backup_engine;
+mod booted;
 mod change_feed;
 mod chroma_faults;
 mod chroma_ops;

@@ -24,14 +24,14 @@ use crate::common::host::{repo, tool};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-fn arch() -> String {
+pub(crate) fn arch() -> String {
     run(Command::new(tool("dpkg")).arg("--print-architecture"))
         .trim()
         .to_string()
 }
 
 /// The package under test.
-fn deb() -> PathBuf {
+pub(crate) fn deb() -> PathBuf {
     let path = std::env::var_os("CHROMAPROD_DEB").map_or_else(
         || repo().join(format!("target/debian/chromaprod_{VERSION}_{}.deb", arch())),
         PathBuf::from,
@@ -45,7 +45,7 @@ fn deb() -> PathBuf {
 }
 
 /// Runs a command that must succeed; returns its stdout.
-fn run(cmd: &mut Command) -> String {
+pub(crate) fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
@@ -69,7 +69,7 @@ fn field(deb: &Path, name: &str) -> String {
 }
 
 /// Extracts the package's files into a temp dir.
-fn extract(deb: &Path) -> tempfile::TempDir {
+pub(crate) fn extract(deb: &Path) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     run(Command::new(tool("dpkg-deb"))
         .arg("-x")

@@ -489,7 +489,7 @@ fn write_exec(path: &Path, text: &str) {
 
 /// Stand-in for systemctl: the daemon with what the unit gives it — its
 /// environment file (EnvironmentFile=) and its credentials directory
-/// (LoadCredential=) — after `chromaprod validate` (ExecStartPre=). The
+/// (LoadCredential=) — after `chromaprod validate`. The
 /// daemon logs JSON (so the test can read its fields) and health-checks
 /// every second.
 const SYSTEMCTL: &str = r#"#!/usr/bin/env bash

@@ -362,7 +362,7 @@ fn validate_refuses_credentials_in_urls_and_plain_http_with_a_token() {
     assert_eq!(code, Some(0), "{out}");
 }
 
-/// `chromaprod validate`, as `ExecStartPre=` runs it: exit code, stdout, stderr.
+/// `chromaprod validate`, as `ExecReload=` runs it: exit code, stdout, stderr.
 fn validate(config: &std::path::Path) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(bin())
         .arg("--config")
@@ -436,5 +436,54 @@ fn key_and_token_files_others_can_read_are_refused() {
 
     chmod(&key, 0o600);
     let (code, out, err) = validate(&config);
+    assert_eq!(code, Some(0), "{out}{err}");
+}
+
+/// With `chroma.auth_token_file` unset, the token is the systemd credential
+/// `$CREDENTIALS_DIRECTORY/chroma-token` when one is handed over, as the
+/// backup key is: the service (`LoadCredential=chroma-token:…`) and the
+/// runbook's operator shell (`CREDENTIALS_DIRECTORY=/etc/chromaprod/credentials`)
+/// read the same token, checked like any token file.
+#[test]
+fn an_unset_token_file_is_the_chroma_token_credential() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).expect("mkdir");
+    let config = write_config(dir.path(), &["http://127.0.0.1:9".to_string()], "");
+    let validate = |creds: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("validate").arg("--config").arg(&config);
+        match creds {
+            Some(c) => cmd.env("CREDENTIALS_DIRECTORY", c),
+            None => cmd.env_remove("CREDENTIALS_DIRECTORY"),
+        };
+        outcome(cmd.output().expect("run chromaprod"))
+    };
+    let token = creds.join("chroma-token");
+    // Found and read: an empty credential is refused, naming it.
+    std::fs::write(&token, "").expect("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (code, out, err) = validate(Some(&creds));
+    assert_ne!(
+        code,
+        Some(0),
+        "an empty chroma-token credential passed:\n{out}{err}"
+    );
+    assert!(
+        err.contains("chroma.auth_token_file") && err.contains("chroma-token"),
+        "{err}"
+    );
+    // Checked like a token file: group-readable is refused.
+    std::fs::write(&token, format!("{TOKEN}\n")).expect("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let (code, _, err) = validate(Some(&creds));
+    assert_ne!(code, Some(0), "a group-readable token passed");
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(!err.contains(TOKEN), "{err}");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (code, out, err) = validate(Some(&creds));
+    assert_eq!(code, Some(0), "{out}{err}");
+    // No credentials handed over: no token, and nothing to complain about.
+    let (code, out, err) = validate(None);
     assert_eq!(code, Some(0), "{out}{err}");
 }

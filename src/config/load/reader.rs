@@ -387,6 +387,14 @@ impl Reader<'_> {
         c.daemon.watch_poll_interval =
             self.duration("daemon.watch_poll_interval", d.daemon.watch_poll_interval);
 
+        // Unset: the systemd credential `chroma-token` when one is handed
+        // over (LoadCredential=chroma-token:…), as for the backup key; the
+        // operator shell's CREDENTIALS_DIRECTORY finds the same token.
+        if c.chroma.auth_token_file.is_none() {
+            c.chroma.auth_token_file = std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|dir| Path::new(&dir).join("chroma-token"))
+                .filter(|p| p.exists());
+        }
         if let Some(path) = c.chroma.auth_token_file.clone() {
             match read_token_file(&path) {
                 Ok(token) if token.trim().is_empty() => {

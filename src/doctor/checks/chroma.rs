@@ -87,7 +87,7 @@ async fn check_endpoint(cfg: &Config, endpoint: &url::Url, o: &Options) -> Vec<C
             out.push(Check::fail(
                 "chroma",
                 e.to_string(),
-                "set chroma.auth_token_file to the file holding Chroma's token (under systemd: LoadCredential=chroma-token:… and auth_token_file = \"/run/credentials/chromaprod.service/chroma-token\") and check chroma.auth_header",
+                "set chroma.auth_token_file to the file holding Chroma's token (under systemd: LoadCredential=chroma-token:… with auth_token_file unset) and check chroma.auth_header",
             ));
             out.extend(skip_rest("needs an authorised connection"));
             return out;
