@@ -126,7 +126,8 @@ test: package-tools
 	if ! wait $$tools; then cat $(TOOLS_LOG); failed="$$failed tools"; fi; \
 	if [ -z "$$failed" ]; then \
 		objcopy --strip-all target/debug/chromaprod $(TEST_DEB_DIR)/chromaprod && \
-		CHROMAPROD_DEB=$$(CHROMAPROD_BIN=$(TEST_DEB_DIR)/chromaprod DEB_OUT_DIR=$(TEST_DEB_DIR) packaging/build-deb.sh | tail -1) || failed="$$failed package"; \
+		CHROMAPROD_BIN=$(TEST_DEB_DIR)/chromaprod DEB_OUT_DIR=$(TEST_DEB_DIR) packaging/build-deb.sh > $(TEST_DEB_DIR)/build-deb.log 2>&1 && \
+		CHROMAPROD_DEB=$$(tail -1 $(TEST_DEB_DIR)/build-deb.log) || { cat $(TEST_DEB_DIR)/build-deb.log; failed="$$failed package"; }; \
 		export CHROMAPROD_DEB; \
 		{ while [ ! -s $(ROOTS_RC) ] && kill -0 $$roots 2>/dev/null; do sleep 1; done; \
 			[ "$$(cat $(ROOTS_RC) 2>/dev/null)" = 0 ] || cat $(ROOTS_LOG); \
