@@ -186,7 +186,17 @@ impl BackupManager {
             if cancel.is_cancelled() {
                 return Err(BackupError::Cancelled);
             }
-            let (queries, queries_bytes) = self.record_queries(&snapshot_id, &collection).await?;
+            let (queries, queries_bytes) = match same_records_as(&snap, parent_col)
+                .and_then(|p| p.queries.clone())
+                .filter(|q| {
+                    self.config.backup.verify_queries > 0
+                        && q.k == u64::try_from(self.config.backup.verify_k).unwrap_or(0)
+                }) {
+                // Exactly the parent's records: its recorded answers stand,
+                // and the live index is not asked again.
+                Some(q) => (Some(q), 0),
+                None => self.record_queries(&snapshot_id, &collection).await?,
+            };
             snap.queries = queries;
             written += bytes + queries_bytes;
             snaps.push(snap);
@@ -461,6 +471,17 @@ impl BackupManager {
     async fn chunk_records(&self, chunk: &ChunkRef) -> Result<Vec<Record>, BackupError> {
         read_chunk(self.repo.clone(), chunk.clone()).await
     }
+}
+
+/// `parent`, when `snap` holds exactly its records (the same chunks, masked
+/// the same way): nothing in the collection changed between the two.
+fn same_records_as<'a>(
+    snap: &CollectionSnapshot,
+    parent: Option<&'a CollectionSnapshot>,
+) -> Option<&'a CollectionSnapshot> {
+    parent.filter(|p| {
+        p.id == snap.id && p.record_count == snap.record_count && p.chunks == snap.chunks
+    })
 }
 
 /// Aborts a background task when the owner goes away (cancel, error).

@@ -366,12 +366,26 @@ async fn the_queries_object_is_encrypted_verified_and_pruned_with_its_snapshot()
         "the sample covers the whole collection: max {spread}"
     );
 
+    // Nothing changed since: the next snapshot holds exactly the same
+    // records, so it refers to the same answers instead of asking again.
+    let third = take(&m, BackupType::Incremental).await;
+    assert_eq!(third.collections[0].chunks, second.collections[0].chunks);
+    assert_eq!(
+        third.collections[0].queries.as_ref(),
+        Some(&q2),
+        "an unchanged collection keeps its parent's recorded queries"
+    );
+
     // Prune keeps what a kept snapshot references and deletes the rest.
     assert_eq!(queries_files(&repo).len(), 2);
     let report = m.prune(false).await.expect("prune");
-    assert_eq!(report.snapshots_deleted, vec![id1.clone()]);
+    let mut deleted = report.snapshots_deleted.clone();
+    deleted.sort();
+    let mut expected = vec![id1.clone(), second.snapshot_id.to_string()];
+    expected.sort();
+    assert_eq!(deleted, expected);
     assert_eq!(queries_files(&repo), vec![path_of(&repo, &q2)]);
-    let kept = second.snapshot_id.to_string();
+    let kept = third.snapshot_id.to_string();
     m.verify(&kept, true, &Progress::none())
         .await
         .expect("kept snapshot intact");
