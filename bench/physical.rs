@@ -13,6 +13,9 @@
 //! 3. physical restore: restore into an empty directory (download,
 //!    decrypt, write the files), start Chroma on it, and wait for the first
 //!    query to answer; timed as a whole and per step;
+//!    then the recall check (`backups verify LOGICAL_ID --recall` against
+//!    the restored server: the logical snapshot's recorded queries), timed
+//!    apart;
 //! 4. logical restore of the same data (the full backup) into a new
 //!    collection on a fresh server, until the restore's own verification
 //!    ends, then a first query;
@@ -31,6 +34,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chromaprod::backup::crypto::MasterKey;
+use chromaprod::backup::recall::RecallOptions;
 use chromaprod::backup::{
     BackupManager, BackupRequest, BackupType, PhysicalRestoreOptions, RestoreOptions, Trigger,
 };
@@ -153,6 +157,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let work = tempfile::tempdir().expect("tempdir");
     let key = work.path().join("backup-key");
@@ -274,12 +279,39 @@ fn main() {
     )
     .expect("store");
     let physical_total = rt.block_on(first_query(&store, t));
+    let (recall_s, recall) = rt.block_on(async {
+        let c = config(
+            restored_server.url(),
+            &work.path().join("repo-logical"),
+            &key,
+            None,
+        );
+        let m = manager(&c).await;
+        let t = Instant::now();
+        let r = m
+            .verify_recall(&logical_id, &RecallOptions::default())
+            .await
+            .expect("recall check");
+        let recall: Vec<String> = r
+            .collections
+            .iter()
+            .map(|c| format!("{}: {:?}", c.collection, c.check.recall()))
+            .collect();
+        (t.elapsed().as_secs_f64(), recall.join(", "))
+    });
     rows.push((
         "physical restore → first query".into(),
         format!(
             "{physical_total:.2} s (files written {written_s:.2} s, {:.1} MB; Chroma up {:.2} s)",
             mb(restored.bytes),
             started_s - written_s
+        ),
+    ));
+    rows.push((
+        "recall check on the restored server (the logical snapshot's 100 recorded queries, k = 10)".into(),
+        format!(
+            "{recall_s:.2} s (recall@10 {recall}); physical restore → first query + recall check: {:.2} s",
+            physical_total + recall_s
         ),
     ));
     drop(restored_server);
@@ -339,5 +371,12 @@ fn main() {
     println!(
         "\nphysical restore is {:.1}× faster than the logical one to a first answered query",
         logical_total / physical_total.max(f64::EPSILON)
+    );
+    println!(
+        "\nload average before {}, after {}",
+        load_before.trim(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
 }
