@@ -245,6 +245,7 @@ fn main() {
         let t = Instant::now();
         let dir = writer::migrations_dir(dir.path());
         let persist = server.data_dir();
+        let wstore = writer::writer_store(&config);
         let mut probes = Vec::new();
         for (mode, list, persist) in [
             ("after (change feed)", &after, Some(persist.as_path())),
@@ -252,7 +253,7 @@ fn main() {
         ] {
             let m = writer::manager(&config, &dir, persist);
             for &rate in list {
-                let p = writer::probe(&store, &m, mode, n, rate, timeout).await;
+                let p = writer::probe(&store, &wstore, &m, mode, n, rate, timeout).await;
                 let done = p.completed && p.lost == Some(0);
                 probes.push(p);
                 if !done {

@@ -35,7 +35,7 @@ use super::{vector, COLLECTION};
 /// Records per writer request (the batches of 20 issue 13 describes).
 const WRITE_BATCH: usize = 20;
 /// Writer requests waiting for Chroma at once, at most.
-pub const MAX_IN_FLIGHT: u64 = 64;
+pub const MAX_IN_FLIGHT: u64 = 32;
 
 pub struct Probe {
     pub mode: &'static str,
@@ -62,6 +62,15 @@ pub fn migrations_dir(dir: &Path) -> std::path::PathBuf {
     )
     .expect("migration");
     p
+}
+
+/// The writer's client: a pool as wide as its requests in flight (the
+/// default 10 slots, waited for at most 5 s, would fail the writer's own
+/// requests rather than Chroma's).
+pub fn writer_store(base: &Config) -> ProductionChromaStore {
+    let mut c = base.clone();
+    c.pool.max_connections = MAX_IN_FLIGHT as usize;
+    ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new())).expect("store")
 }
 
 pub fn manager(base: &Config, migrations: &Path, persist: Option<&Path>) -> MigrationManager {
@@ -109,10 +118,16 @@ async fn write_one(store: &ProductionChromaStore, w: &Writer, n: usize, k: u64) 
     };
     // Between the swap's two renames the name briefly resolves to
     // nothing: a client retries on its next tick.
-    let ok = match store.get_collection(COLLECTION).await {
-        Ok(col) => store.upsert(&col.id, &b).await.is_ok(),
-        Err(_) => false,
+    let r = match store.get_collection(COLLECTION).await {
+        Ok(col) => store.upsert(&col.id, &b).await.map(|_| ()),
+        Err(e) => Err(e),
     };
+    if let Err(e) = &r {
+        if w.failed.load(Ordering::Relaxed) < 3 {
+            eprintln!("writer request failed: {e}");
+        }
+    }
+    let ok = r.is_ok();
     if ok {
         let mut acked = w.acked.lock().expect("lock");
         for id in &b.ids {
@@ -128,6 +143,7 @@ async fn write_one(store: &ProductionChromaStore, w: &Writer, n: usize, k: u64) 
 /// One rebuild under a writer at `rate` records/s.
 pub async fn probe(
     store: &ProductionChromaStore,
+    wstore: &ProductionChromaStore,
     manager: &MigrationManager,
     mode: &'static str,
     n: usize,
@@ -144,7 +160,7 @@ pub async fn probe(
     });
     let period = Duration::from_secs_f64(WRITE_BATCH as f64 / rate as f64);
     let writer = {
-        let (w, store) = (w.clone(), store.clone());
+        let (w, store) = (w.clone(), wstore.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -177,9 +193,20 @@ pub async fn probe(
             cancel.cancel();
         })
     };
-    let (p, _rx) = Progress::detached();
+    let (p, mut rx) = Progress::detached();
     let t = Instant::now();
+    let events = tokio::spawn(async move {
+        let mut last = Instant::now();
+        while let Ok(ev) = rx.recv().await {
+            if ev["step"] != "copy" || last.elapsed() > Duration::from_secs(15) {
+                eprintln!("  {:.1} s: {ev}", t.elapsed().as_secs_f64());
+                last = Instant::now();
+            }
+        }
+    });
     let result = manager.up(None, &p, &cancel).await;
+    drop(p);
+    events.abort();
     let secs = t.elapsed().as_secs_f64();
     timer.abort();
     tokio::time::sleep(Duration::from_millis(500)).await;
