@@ -32,6 +32,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{vector, COLLECTION};
 
+/// Probes run so far in this process: each probe's versions start past
+/// the last one's, so a later probe's writes always change the records (a
+/// probe that wrote the same versions as an earlier one would upsert
+/// identical records, which no comparison can see as a change).
+static PROBES: AtomicU64 = AtomicU64::new(0);
+
 /// Records per writer request (the batches of 20 issue 13 describes).
 const WRITE_BATCH: usize = 20;
 /// Writer requests waiting for Chroma at once, at most.
@@ -92,15 +98,15 @@ struct Writer {
     stop: AtomicBool,
 }
 
-async fn write_one(store: &ProductionChromaStore, w: &Writer, n: usize, k: u64) {
+async fn write_one(store: &ProductionChromaStore, w: &Writer, n: usize, k: u64, salt: u64) {
     let first = (k as usize * WRITE_BATCH) % n;
     let idx: Vec<usize> = (first..first + WRITE_BATCH).map(|i| i % n).collect();
-    let version = k + 1;
+    let version = salt + k + 1;
     let ids: Vec<String> = idx.iter().map(|i| format!("r{i:07}")).collect();
     let b = RecordBatch {
         embeddings: Some(
             idx.iter()
-                .map(|&i| vector(i + 7_777_777 * version as usize))
+                .map(|&i| vector(i.wrapping_add(7_777_777usize.wrapping_mul(version as usize))))
                 .collect(),
         ),
         documents: Some(
@@ -158,6 +164,7 @@ pub async fn probe(
         in_flight: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
+    let salt = PROBES.fetch_add(1, Ordering::Relaxed) * 1_000_000_000;
     let period = Duration::from_secs_f64(WRITE_BATCH as f64 / rate as f64);
     let writer = {
         let (w, store) = (w.clone(), wstore.clone());
@@ -178,7 +185,7 @@ pub async fn probe(
                 let kk = k;
                 k += 1;
                 tasks.spawn(async move {
-                    write_one(&store2, &w2, n, kk).await;
+                    write_one(&store2, &w2, n, kk, salt).await;
                     w2.in_flight.fetch_sub(1, Ordering::Relaxed);
                 });
             }
