@@ -35,6 +35,9 @@
 #[path = "../tests/common/chroma.rs"]
 #[allow(dead_code)]
 mod chroma_server;
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,114 +54,19 @@ use chromaprod::chroma::{
 use chromaprod::config::Config;
 use chromaprod::observe::MetricsCollector;
 use chromaprod::progress::Progress;
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-const DIM: usize = 384;
+use common::{
+    batch, best, dir_size, mb, median, op_seconds, raw_read, report_peak, run_child,
+    unit_malloc_tunables, DIM, PAGE,
+};
+
 const SEED_BATCH: usize = 1000;
-const PAGE: usize = 1000;
 const COLLECTION: &str = "bench";
 /// The collection the memory step's restores write.
 const MEM_RESTORED: &str = "bench-mem-restored";
-
-// ---------------------------------------------------------------- data
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// Record `i` in `version` (0 = as seeded; 1 = after the 1 % update).
-fn vector(i: usize, version: u64) -> Vec<f32> {
-    let mut s = splitmix(i as u64 ^ (version << 40));
-    (0..DIM)
-        .map(|_| {
-            s = splitmix(s);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-const WORDS: &[&str] = &[
-    "vector",
-    "index",
-    "backup",
-    "restore",
-    "chunk",
-    "query",
-    "embedding",
-    "server",
-    "daemon",
-    "record",
-    "snapshot",
-    "metadata",
-    "document",
-    "collection",
-    "shard",
-    "replica",
-    "latency",
-    "the",
-    "of",
-    "and",
-    "a",
-    "to",
-    "in",
-    "is",
-    "for",
-    "with",
-    "on",
-    "from",
-    "über",
-    "café",
-];
-
-fn document(i: usize, version: u64) -> String {
-    let mut s = splitmix(i as u64 * 3 + version);
-    let target = 100 + (s % 101) as usize;
-    let mut d = format!("doc {i} v{version}:");
-    while d.len() < target {
-        s = splitmix(s);
-        d.push(' ');
-        d.push_str(WORDS[(s % WORDS.len() as u64) as usize]);
-    }
-    d
-}
-
-fn metadata(i: usize, version: u64) -> Map<String, Value> {
-    let s = splitmix(i as u64 * 7 + version);
-    let lang = ["en", "de", "fr", "ja"][i % 4];
-    json!({
-        "source": format!("feed-{}", i % 17),
-        "lang": lang,
-        "seq": i,
-        "version": version,
-        "score": (s % 10_000) as f64 / 7.0,
-        "weight": i as f64 / 3.0,
-        "published": i % 2 == 0,
-        "reviewed": s % 3 == 0,
-    })
-    .as_object()
-    .cloned()
-    .expect("object")
-}
-
-fn batch(range: std::ops::Range<usize>, version_of: impl Fn(usize) -> u64) -> RecordBatch {
-    RecordBatch {
-        ids: range.clone().map(|i| format!("rec-{i:07}")).collect(),
-        embeddings: Some(range.clone().map(|i| vector(i, version_of(i))).collect()),
-        documents: Some(
-            range
-                .clone()
-                .map(|i| Some(document(i, version_of(i))))
-                .collect(),
-        ),
-        metadatas: Some(range.map(|i| Some(metadata(i, version_of(i)))).collect()),
-        uris: None,
-    }
-}
 
 // ---------------------------------------------------------------- helpers
 
@@ -191,52 +99,6 @@ fn req(backup_type: BackupType) -> BackupRequest {
         },
         trigger: Trigger::Command,
     }
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let mut n = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            n += if m.is_dir() {
-                dir_size(&e.path())
-            } else {
-                m.len()
-            };
-        }
-    }
-    n
-}
-
-/// Sum of the recorded durations of `operation` (seconds), from the
-/// Prometheus text of `metrics`.
-fn op_seconds(metrics: &MetricsCollector, operation: &str) -> f64 {
-    let needle = format!("operation=\"{operation}\"");
-    metrics
-        .encode()
-        .lines()
-        .filter(|l| l.contains("request_duration_seconds_sum") && l.contains(&needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / 1e6
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn best(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::NAN, f64::min)
 }
 
 // ---------------------------------------------------------------- child
@@ -297,27 +159,7 @@ fn child() {
             .expect("backup");
         (t.elapsed().as_millis(), man.bytes_written)
     });
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("0")
-        .to_string();
-    println!("VmHWM_KB {hwm} MS {ms} BYTES {bytes}");
-}
-
-/// The `GLIBC_TUNABLES` value the systemd unit sets (read from
-/// `systemd/chromaprod.service`, so the two cannot drift apart).
-fn unit_malloc_tunables() -> String {
-    let unit = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/chromaprod.service");
-    std::fs::read_to_string(&unit)
-        .expect("unit file")
-        .lines()
-        .find_map(|l| l.strip_prefix("Environment=GLIBC_TUNABLES="))
-        .expect("the unit sets GLIBC_TUNABLES")
-        .trim()
-        .to_string()
+    report_peak(ms, bytes);
 }
 
 /// Peak RSS (kB) and time (ms) of a child process running `kind` (`full`,
@@ -329,31 +171,15 @@ fn peak_rss_of_child(
     kind: &str,
     tunables: Option<&str>,
 ) -> (u64, u64) {
-    let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-    match tunables {
-        Some(t) => cmd.env("GLIBC_TUNABLES", t),
-        None => cmd.env_remove("GLIBC_TUNABLES"),
-    };
-    let out = cmd
-        .env("BACKUP_BENCH_CHILD", "1")
-        .env("BACKUP_BENCH_CHILD_TYPE", kind)
-        .env("BACKUP_BENCH_URL", url.as_str())
-        .env("BACKUP_BENCH_REPO", repo)
-        .output()
-        .expect("child");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed: {}\n{}",
-        text,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("VmHWM_KB"))
-        .expect("line");
-    let f: Vec<&str> = line.split_whitespace().collect();
-    (f[1].parse().expect("kb"), f[3].parse().expect("ms"))
+    run_child(
+        &[
+            ("BACKUP_BENCH_CHILD", "1".into()),
+            ("BACKUP_BENCH_CHILD_TYPE", kind.into()),
+            ("BACKUP_BENCH_URL", url.as_str().into()),
+            ("BACKUP_BENCH_REPO", repo.into()),
+        ],
+        tunables,
+    )
 }
 
 // ---------------------------------------------------------------- main
@@ -933,32 +759,4 @@ async fn raw_read_by_id(store: &ProductionChromaStore, id: &str) -> usize {
         got += r.ids.len();
     }
     got
-}
-
-/// Pages through every record with limit/offset, all fields, decoded and
-/// dropped. Returns (records, approximate JSON bytes of the records).
-async fn raw_read(store: &ProductionChromaStore, id: &str) -> (usize, u64) {
-    let mut offset = 0;
-    let mut bytes = 0u64;
-    loop {
-        let page = store
-            .get_records(id, &GetRequest::page(offset, PAGE, &Include::RECORD))
-            .await
-            .expect("get page");
-        let got = page.ids.len();
-        if offset == 0 {
-            // Size of the first page's JSON, scaled (for MB/s only).
-            bytes = serde_json::to_vec(&json!({
-                "ids": page.ids, "embeddings": page.embeddings,
-                "documents": page.documents, "metadatas": page.metadatas
-            }))
-            .map_or(0, |v| v.len() as u64);
-        }
-        drop(page);
-        offset += got;
-        if got < PAGE {
-            break;
-        }
-    }
-    (offset, bytes * offset as u64 / PAGE.max(1) as u64)
 }

@@ -17,10 +17,18 @@
 //! indexes approximate the same ranking. Uniformly random 384-dimensional
 //! vectors are the hardest case for HNSW (every point almost equally far),
 //! so `min_overlap` is 0.7 here rather than the default 0.9.
+//!
+//! With `MIGRATE_BENCH_RATES` (records/s, comma-separated, e.g.
+//! `100,300,500`), after the rounds (`MIGRATE_BENCH_ROUNDS=0` skips them):
+//! rebuilds under a steady writer at each rate, with the change feed and
+//! without (`MIGRATE_BENCH_RATES_BEFORE` sets the second list), see
+//! `bench/migrate_writer.rs`.
 
 #[path = "../tests/common/chroma.rs"]
 #[allow(dead_code)]
 mod chroma_server;
+#[path = "migrate_writer.rs"]
+mod writer;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -197,6 +205,7 @@ fn main() {
             }
             eprintln!("round {round}: raw copy {:.2} s, rebuild {:.2} s", raw[round], rebuild[round]);
         }
+        if rounds > 0 {
         let (r, b): (f64, f64) = (raw.iter().sum(), rebuild.iter().sum());
         println!("| round | chromaprod rebuild | raw copy | ratio (raw ÷ chromaprod) |");
         println!("| --- | --- | --- | --- |");
@@ -210,5 +219,54 @@ fn main() {
             r / b
         );
         println!("\nneighbour overlap reported by the rebuild: {overlap:.3}");
+        }
+
+        // Rebuilds under a steady writer.
+        let rates = |var: &str| -> Vec<u64> {
+            std::env::var(var)
+                .ok()
+                .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+                .unwrap_or_default()
+        };
+        let after = rates("MIGRATE_BENCH_RATES");
+        if after.is_empty() {
+            return;
+        }
+        let before = Some(rates("MIGRATE_BENCH_RATES_BEFORE"))
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| after.clone());
+        let timeout = std::time::Duration::from_secs(
+            std::env::var("MIGRATE_BENCH_PROBE_TIMEOUT_S")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(600),
+        );
+        let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let t = Instant::now();
+        let dir = writer::migrations_dir(dir.path());
+        let persist = server.data_dir();
+        let wstore = writer::writer_store(&config);
+        let mut probes = Vec::new();
+        for (mode, list, persist) in [
+            ("after (change feed)", &after, Some(persist.as_path())),
+            ("before (no change feed)", &before, None),
+        ] {
+            let m = writer::manager(&config, &dir, persist);
+            for &rate in list {
+                let p = writer::probe(&store, &wstore, &m, mode, n, rate, timeout).await;
+                let done = p.completed && p.lost == Some(0);
+                probes.push(p);
+                if !done {
+                    break;
+                }
+            }
+        }
+        writer::print(&probes, n);
+        println!(
+            "\n{:.0} s in all; load average before {}, after {}",
+            t.elapsed().as_secs_f64(),
+            load_before.trim(),
+            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        );
     });
 }
