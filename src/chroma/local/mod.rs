@@ -37,7 +37,7 @@ pub use physical::{
 pub use schema::KNOWN_MIGRATIONS;
 
 /// Rows per listing page (one short read transaction each).
-pub const PAGE: usize = 20_000;
+pub const PAGE: usize = 5_000;
 /// How long a read waits for Chroma's writer to let go before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Chroma's database file in its persist directory.
