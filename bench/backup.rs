@@ -59,12 +59,11 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    batch, best, dir_size, mb, median, op_seconds, raw_read, report_peak, run_child,
-    unit_malloc_tunables, DIM, PAGE,
+    batch, best, dir_size, mb, median, op_seconds, raw_read, report_peak, request, run_child,
+    unit_malloc_tunables, COLLECTION, DIM, PAGE,
 };
 
 const SEED_BATCH: usize = 1000;
-const COLLECTION: &str = "bench";
 /// The collection the memory step's restores write.
 const MEM_RESTORED: &str = "bench-mem-restored";
 
@@ -87,18 +86,6 @@ async fn manager(c: &Arc<Config>, metrics: Arc<MetricsCollector>) -> BackupManag
     BackupManager::open(store_with(c, metrics), c.clone(), true)
         .await
         .expect("open repository")
-}
-
-fn req(backup_type: BackupType) -> BackupRequest {
-    BackupRequest {
-        backup_type,
-        collections: if backup_type == BackupType::Full {
-            vec![]
-        } else {
-            vec![COLLECTION.into()]
-        },
-        trigger: Trigger::Command,
-    }
 }
 
 // ---------------------------------------------------------------- child
@@ -435,7 +422,11 @@ fn main() {
                         let (progress, _rx) = Progress::detached();
                         let t = Instant::now();
                         let man = m
-                            .create(req(BackupType::Full), &progress, &CancellationToken::new())
+                            .create(
+                                request(BackupType::Full),
+                                &progress,
+                                &CancellationToken::new(),
+                            )
                             .await
                             .expect("full");
                         plain_s.push(t.elapsed().as_secs_f64());
@@ -461,7 +452,11 @@ fn main() {
                         let (progress, _rx) = Progress::detached();
                         let t = Instant::now();
                         let man = m
-                            .create(req(BackupType::Full), &progress, &CancellationToken::new())
+                            .create(
+                                request(BackupType::Full),
+                                &progress,
+                                &CancellationToken::new(),
+                            )
                             .await
                             .expect("full encrypted");
                         enc_s.push(t.elapsed().as_secs_f64());
@@ -566,7 +561,7 @@ fn main() {
         let t = Instant::now();
         let man = m
             .create(
-                req(BackupType::Incremental),
+                request(BackupType::Incremental),
                 &progress,
                 &CancellationToken::new(),
             )

@@ -50,8 +50,7 @@ use std::time::{Duration, Instant};
 
 use chromaprod::backup::recall::RecallOptions;
 use chromaprod::backup::{
-    BackupManager, BackupRequest, BackupType, DeltaRestored, Manifest, RestoreMode, RestoreOptions,
-    RestoreOutcome, Trigger,
+    BackupManager, BackupType, DeltaRestored, Manifest, RestoreMode, RestoreOptions, RestoreOutcome,
 };
 use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
@@ -62,12 +61,11 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use common::{
-    batch, best, loadavg, mb, median, percentile, raw_read, report_peak, run_child,
-    unit_malloc_tunables, vector, DIM,
+    batch, best, loadavg, manager, mb, median, percentile, raw_read, report_peak, request,
+    run_child, unit_malloc_tunables, vector, COLLECTION, DIM,
 };
 
 const SEED_BATCH: usize = 1000;
-const COLLECTION: &str = "bench";
 const FULL_COPY: &str = "bench-full-restore";
 /// Records per `add` in the latency step.
 const ADD_BATCH: usize = 10;
@@ -89,25 +87,6 @@ fn config(url: &url::Url, repo: &Path, persist: Option<&Path>) -> Arc<Config> {
     c.backup.encrypt = false;
     c.daemon.state_dir = repo.with_extension("state");
     Arc::new(c)
-}
-
-async fn manager(c: &Arc<Config>) -> BackupManager {
-    let store = ProductionChromaStore::new(c, Arc::new(MetricsCollector::new())).expect("store");
-    BackupManager::open(store, c.clone(), true)
-        .await
-        .expect("open repository")
-}
-
-fn request(backup_type: BackupType) -> BackupRequest {
-    BackupRequest {
-        backup_type,
-        collections: if backup_type == BackupType::Full {
-            vec![]
-        } else {
-            vec![COLLECTION.into()]
-        },
-        trigger: Trigger::Command,
-    }
 }
 
 /// One backup; its time (s) and manifest.

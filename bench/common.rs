@@ -13,6 +13,8 @@ use chromaprod::observe::MetricsCollector;
 use serde_json::{json, Map, Value};
 
 pub const DIM: usize = 384;
+/// The collection every bench seeds.
+pub const COLLECTION: &str = "bench";
 /// Records per `get` page of the raw paged read.
 pub const PAGE: usize = 1000;
 
@@ -264,4 +266,29 @@ pub fn run_child(env: &[(&str, OsString)], tunables: Option<&str>) -> (u64, u64)
         .expect("line");
     let f: Vec<&str> = line.split_whitespace().collect();
     (f[1].parse().expect("kb"), f[3].parse().expect("ms"))
+}
+
+/// A backup request: every collection for a full backup, [`COLLECTION`]
+/// alone otherwise.
+pub fn request(backup_type: chromaprod::backup::BackupType) -> chromaprod::backup::BackupRequest {
+    chromaprod::backup::BackupRequest {
+        backup_type,
+        collections: if backup_type == chromaprod::backup::BackupType::Full {
+            vec![]
+        } else {
+            vec![COLLECTION.into()]
+        },
+        trigger: chromaprod::backup::Trigger::Command,
+    }
+}
+
+/// A backup manager for `c`, with metrics of its own.
+pub async fn manager(
+    c: &std::sync::Arc<chromaprod::config::Config>,
+) -> chromaprod::backup::BackupManager {
+    let store =
+        ProductionChromaStore::new(c, std::sync::Arc::new(MetricsCollector::new())).expect("store");
+    chromaprod::backup::BackupManager::open(store, c.clone(), true)
+        .await
+        .expect("open repository")
 }

@@ -27,6 +27,9 @@
 #[path = "../tests/common/chroma.rs"]
 #[allow(dead_code)]
 mod chroma_server;
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
 
 use std::path::Path;
 use std::process::Command;
@@ -36,7 +39,7 @@ use std::time::Instant;
 use chromaprod::backup::crypto::MasterKey;
 use chromaprod::backup::recall::RecallOptions;
 use chromaprod::backup::{
-    BackupManager, BackupRequest, BackupType, PhysicalRestoreOptions, RestoreOptions, Trigger,
+    BackupRequest, BackupType, PhysicalRestoreOptions, RestoreOptions, Trigger,
 };
 use chromaprod::chroma::{
     CreateCollection, Include, ProductionChromaStore, QueryRequest, RecordBatch,
@@ -47,9 +50,10 @@ use chromaprod::progress::Progress;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use common::{dir_size, manager, COLLECTION};
+
 const DIM: usize = 384;
 const SEED_BATCH: usize = 1000;
-const COLLECTION: &str = "bench";
 
 fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -101,28 +105,6 @@ fn config(url: url::Url, repo: &Path, key: &Path, persist: Option<&Path>) -> Arc
     c.backup.key_file = Some(key.to_path_buf());
     c.daemon.state_dir = repo.with_extension("state");
     Arc::new(c)
-}
-
-async fn manager(c: &Arc<Config>) -> BackupManager {
-    let store = ProductionChromaStore::new(c, Arc::new(MetricsCollector::new())).expect("store");
-    BackupManager::open(store, c.clone(), true)
-        .await
-        .expect("open repository")
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let mut n = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            n += if m.is_dir() {
-                dir_size(&e.path())
-            } else {
-                m.len()
-            };
-        }
-    }
-    n
 }
 
 fn mb(bytes: u64) -> f64 {
