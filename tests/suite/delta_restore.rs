@@ -644,6 +644,18 @@ fn a_delta_restore_killed_midway_converges_and_its_restore_point_undoes_it() {
         "not killed midway: {status}"
     );
     let restore_point = restore_point.expect("the restore point's snapshot was reported");
+    // A write the killed process had already sent may still be applied by
+    // Chroma: wait until the collection stops changing.
+    let settle = Instant::now() + Duration::from_secs(30);
+    let mut count = rt.block_on(store.count(&col_id)).expect("count");
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = rt.block_on(store.count(&col_id)).expect("count");
+        if now == count || Instant::now() > settle {
+            break;
+        }
+        count = now;
+    }
     let (_, midway) = rt.block_on(collection_records(&store, "docs"));
     assert!(
         midway.len() > 1500 && midway.len() < 8000,
