@@ -45,10 +45,28 @@ fn full_backup(config: &Path) -> String {
 }
 
 /// Two collections, l2 and cosine, of `n` records.
+/// `docs` (l2) and `notes` (cosine), searched with a wide beam
+/// (`ef_search` 200 over a few thousand records: as good as exact), so a
+/// copy whose graph was built in another order still answers every
+/// recorded query in full.
 async fn seed_two(url: &str, n: usize) -> ProductionChromaStore {
     let store = store_for(url);
-    seed(&store, "docs", n, 16).await;
-    seed_with(&store, "notes", n, 16, json!({"hnsw": {"space": "cosine"}})).await;
+    seed_with(
+        &store,
+        "docs",
+        n,
+        16,
+        json!({"hnsw": {"space": "l2", "ef_search": 200}}),
+    )
+    .await;
+    seed_with(
+        &store,
+        "notes",
+        n,
+        16,
+        json!({"hnsw": {"space": "cosine", "ef_search": 200}}),
+    )
+    .await;
     store
 }
 
