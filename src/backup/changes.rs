@@ -6,16 +6,26 @@
 //! read it ([`ChangeMark`]: the metadata segment and its applied `seq_id`,
 //! read before anything else). The next incremental then:
 //! 1. reads the segment's position again and checks it against the
-//!    parent's mark (same segment, sequence not gone backwards) and its
-//!    record count against the server's (so `chroma.persist_directory` is
-//!    the directory this server uses, now);
-//! 2. lists the segment's `(id, seq_id)` rows in keyset pages: a row written
-//!    after the mark goes to the list of ids to fetch over HTTP (embeddings
-//!    are not in SQLite); a row at or before it must be a live record of the
-//!    parent, unchanged, and is marked as such in the
-//!    [`IncrementalPlanner`]; parent records never marked were deleted;
-//! 3. anything unexpected ([`Unusable`]) sends the collection back to the
-//!    full read, which the caller logs with its reason and counts.
+//!    parent's mark (same database file and segment, sequence not gone
+//!    backwards) and its record count against the server's (so
+//!    `chroma.persist_directory` is the directory this server uses, now);
+//! 2. if the position has not moved and the count is the parent's, nothing
+//!    was written since (every add, update, upsert and delete Chroma
+//!    applies moves it): the parent's chunks stand, and neither they nor
+//!    the segment are read ([`unchanged_since`], `read=nothing`);
+//! 3. else reads, in one short transaction, the rows written after the
+//!    mark and the record count: if the count is the parent's live records
+//!    plus the written ids the parent lacks, no parent record is gone, and
+//!    every parent record not written is unchanged (`read=changes`);
+//! 4. else (records deleted, or more than [`ONE_READ_ROWS`] written) lists
+//!    the segment's `(id, seq_id)` rows in keyset pages: a row written
+//!    after the mark goes to the list of ids to fetch; a row at or before
+//!    it must be a live record of the parent, unchanged, and is marked as
+//!    such in the [`IncrementalPlanner`]; parent records never marked were
+//!    deleted (`read=listing`);
+//! 5. the written ids are fetched over HTTP (embeddings are not in
+//!    SQLite); anything unexpected ([`Unusable`]) sends the collection back
+//!    to the full read, which the caller logs with its reason and counts.
 //!
 //! Memory: 32 bytes per live parent record ([`ParentIds`]: a 16-byte key of
 //! the id and its record digest), beside the planner's 16 bytes and a bit;
@@ -99,6 +109,8 @@ pub struct Changes {
     pub unchanged: u64,
     /// The mark this snapshot records.
     pub mark: ChangeMark,
+    /// How the change was found.
+    pub read: ReadBy,
 }
 
 /// Where `collection_id` stands in the persist directory, checked against
@@ -196,23 +208,118 @@ pub async fn list_all(
     Ok(Ok(ids.finish()?))
 }
 
-/// Lists what changed in `collection_id` since `parent`'s mark and marks the
-/// unchanged parent records in `planner`. On `Err(Unusable)` the planner may
-/// hold marks: the caller resets it ([`IncrementalPlanner::reset_seen`])
-/// before reading every record instead.
+/// Whether a collection holds exactly its parent's records: the segment's
+/// applied position is still the parent's mark (every add, update, upsert
+/// and delete Chroma applies moves it) and the count agrees. `now` is
+/// [`after`] the mark, so the same file and segment.
+pub fn unchanged_since(mark: &ChangeMark, parent_records: u64, now: &Position) -> bool {
+    now.seq_id == mark.seq_id && now.records == parent_records
+}
+
+/// Changed rows read in one transaction with the record count
+/// ([`LocalChroma::written_since`]); more than this and the segment is
+/// listed page by page instead.
+pub const ONE_READ_ROWS: usize = 5_000;
+
+/// How a change-aware incremental found what changed (the `read=` field of
+/// its log line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadBy {
+    /// The position had not moved: nothing was read ([`unchanged_since`]).
+    Nothing,
+    /// The rows written since the mark and the record count, in one short
+    /// transaction: the count showed no parent record was deleted.
+    Changes,
+    /// Every row of the segment, page by page: records were deleted, or
+    /// too many changed for one transaction.
+    Listing,
+}
+
+impl ReadBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadBy::Nothing => "nothing",
+            ReadBy::Changes => "changes",
+            ReadBy::Listing => "listing",
+        }
+    }
+}
+
+/// Lists what changed in `collection_id` since `parent`'s mark (`now`:
+/// [`after`] it) and marks the unchanged parent records in `planner`. On
+/// `Err(Unusable)` the planner may hold marks: the caller resets it
+/// ([`IncrementalPlanner::reset_seen`]) before reading every record instead.
+///
+/// First one short read of the rows written since the mark with the
+/// record count: when the count is the parent's live records plus the
+/// changed ids the parent lacks, no parent record is gone, so every parent
+/// record not changed is unchanged and the segment need not be listed.
+/// (Every record live now with a `seq_id` at or before the mark existed,
+/// unwritten, since the mark, so the parent read it; the count cannot
+/// balance a deletion with anything the listing would not also see.)
+/// Otherwise every row is listed.
 pub async fn since(
     local: &LocalChroma,
-    store: &ProductionChromaStore,
     collection_id: &str,
+    now: Position,
     parent: &ChangeMark,
     mut parent_ids: ParentIds,
     planner: &mut IncrementalPlanner,
 ) -> Result<Result<Changes, Unusable>, BackupError> {
-    let now = match after(local, store, collection_id, parent).await? {
-        Ok(p) => p,
+    parent_ids.seal();
+    let collection = collection_id.to_string();
+    let (latest, written) = match local
+        .written_since(collection_id, parent.seq_id, ONE_READ_ROWS)
+        .await
+    {
+        Ok(r) => r,
         Err(e) => return Ok(Err(e)),
     };
-    parent_ids.seal();
+    if latest.file != now.file {
+        return Ok(Err(Unusable::Replaced {
+            was: now.file,
+            now: latest.file,
+        }));
+    }
+    if latest.segment != now.segment {
+        return Ok(Err(Unusable::SegmentChanged {
+            collection,
+            was: now.segment,
+            now: latest.segment,
+        }));
+    }
+    if latest.seq_id < now.seq_id {
+        return Ok(Err(Unusable::SequenceBackwards {
+            collection,
+            was: now.seq_id,
+            now: latest.seq_id,
+        }));
+    }
+    if let Some(written) = written {
+        let changed_keys: HashSet<IdKey> = written.iter().map(|(id, _)| id_key(id)).collect();
+        let new = written
+            .iter()
+            .filter(|(id, _)| parent_ids.digest(id).is_none())
+            .count() as u64;
+        if latest.records == parent_ids.entries.len() as u64 + new {
+            let mut changed = IdSpool::new()?;
+            for (id, _) in &written {
+                changed.push(id)?;
+            }
+            let mut unchanged = 0u64;
+            for (key, digest) in &parent_ids.entries {
+                if !changed_keys.contains(key) && planner.unchanged(digest) {
+                    unchanged += 1;
+                }
+            }
+            return Ok(Ok(Changes {
+                changed: changed.finish()?,
+                unchanged,
+                mark: mark_of(latest),
+                read: ReadBy::Changes,
+            }));
+        }
+    }
     let mut changed = IdSpool::new()?;
     let mut unchanged = 0u64;
     let mut rows = local.rows(&now.segment, None);
@@ -242,12 +349,20 @@ pub async fn since(
     Ok(Ok(Changes {
         changed: changed.finish()?,
         unchanged,
-        mark: ChangeMark {
-            segment: now.segment,
-            seq_id: now.seq_id,
-            file: Some(now.file),
-        },
+        // Read before the listing: every record written at or before it
+        // is in the listing.
+        mark: mark_of(now),
+        read: ReadBy::Listing,
     }))
+}
+
+/// The mark a snapshot records for a position.
+pub fn mark_of(p: Position) -> ChangeMark {
+    ChangeMark {
+        segment: p.segment,
+        seq_id: p.seq_id,
+        file: Some(p.file),
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use std::time::{Instant, SystemTime};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::changes::{self, ParentIds};
+use super::changes::{self, ParentIds, ReadBy};
 use super::chunks::read_chunk;
 use super::lock::Lease;
 use super::manifest::{
@@ -40,7 +40,7 @@ use super::repository::{index_key, snapshot_key};
 use super::source::{CollectionReader, FETCH_CONCURRENCY};
 use super::upload::Uploader;
 use super::{BackupError, BackupManager};
-use crate::chroma::local::{LocalChroma, Unusable};
+use crate::chroma::local::{LocalChroma, Position, Unusable};
 use crate::chroma::swap::JOURNAL_COLLECTION;
 use crate::chroma::Collection;
 use crate::config::Config;
@@ -258,9 +258,27 @@ impl BackupManager {
         let span = tracing::info_span!("backup_collection", collection = %name);
         let _enter = span.enter();
         drop(_enter);
+        // Where the change feed stands against the parent's mark, when it
+        // may say what changed.
+        let feed = self.feed_position(&collection, local, parent).await?;
+        if let (Some(p), Some(mark), Some((_, now))) = (
+            parent,
+            parent.and_then(|p| p.change_mark.as_ref()),
+            feed.as_ref(),
+        ) {
+            if changes::unchanged_since(mark, p.record_count, now) {
+                // Not a record written since: the parent's chunks stand,
+                // and neither they nor the segment are read.
+                tracing::info!(collection = %name, changed = 0, unchanged = p.record_count, since = mark.seq_id, read = ReadBy::Nothing.as_str(), "reading only the records written since the parent snapshot");
+                self.store.metrics().change_feed(None);
+                let mark = changes::mark_of(now.clone());
+                let snap = self.collection_snapshot(collection, p.chunks.clone(), Some(mark));
+                return Ok((snap, 0));
+            }
+        }
         // The parent's live records, as digests (16 bytes each, whatever the
         // ids), and by id when the change feed may tell which are unchanged.
-        let by_id = local.is_some() && parent.is_some_and(|p| p.change_mark.is_some());
+        let by_id = feed.is_some();
         let mut planner =
             parent.map(|p| IncrementalPlanner::new(p.record_count, DEFAULT_COMPACT_THRESHOLD));
         let mut parent_ids = parent
@@ -276,7 +294,14 @@ impl BackupManager {
             }
         }
         let (reader, change_mark) = self
-            .reader(&collection, local, parent, parent_ids, planner.as_mut())
+            .reader(
+                &collection,
+                local,
+                parent,
+                feed,
+                parent_ids,
+                planner.as_mut(),
+            )
             .await?;
         let total = reader.listed();
         // Read ahead: the next batches are fetched while this one is digested,
@@ -367,23 +392,61 @@ impl BackupManager {
         }
         let (new_refs, bytes) = uploader.finish().await?;
         chunks.extend(new_refs);
-        let record_count = chunks.iter().map(ChunkRef::live_records).sum();
         Ok((
-            CollectionSnapshot {
-                name: collection.name,
-                id: collection.id,
-                tenant: self.config.chroma.tenant.clone(),
-                database: self.config.chroma.database.clone(),
-                metadata: collection.metadata.map(Value::Object),
-                configuration_json: collection.configuration_json,
-                schema: collection.schema,
-                record_count,
-                chunks,
-                change_mark,
-                queries: None,
-            },
+            self.collection_snapshot(collection, chunks, change_mark),
             bytes,
         ))
+    }
+
+    /// A collection's entry in a manifest: the live collection's metadata
+    /// and configuration with `chunks` (the recall queries come later).
+    fn collection_snapshot(
+        &self,
+        collection: Collection,
+        chunks: Vec<ChunkRef>,
+        change_mark: Option<ChangeMark>,
+    ) -> CollectionSnapshot {
+        let record_count = chunks.iter().map(ChunkRef::live_records).sum();
+        CollectionSnapshot {
+            name: collection.name,
+            id: collection.id,
+            tenant: self.config.chroma.tenant.clone(),
+            database: self.config.chroma.database.clone(),
+            metadata: collection.metadata.map(Value::Object),
+            configuration_json: collection.configuration_json,
+            schema: collection.schema,
+            record_count,
+            chunks,
+            change_mark,
+            queries: None,
+        }
+    }
+
+    /// The segment's position now, checked against the parent's change
+    /// mark ([`changes::after`]), when there is a local Chroma and a mark;
+    /// `Some((local, position))` when the feed can say what changed. A
+    /// position that cannot be trusted is logged with its reason and
+    /// counted, and the collection is read whole.
+    async fn feed_position<'l>(
+        &self,
+        collection: &Collection,
+        local: Option<&'l LocalChroma>,
+        parent: Option<&CollectionSnapshot>,
+    ) -> Result<Option<(&'l LocalChroma, Position)>, BackupError> {
+        let (Some(local), Some(mark)) = (local, parent.and_then(|p| p.change_mark.as_ref())) else {
+            return Ok(None);
+        };
+        match changes::after(local, &self.store, &collection.id, mark).await? {
+            Ok(now) => Ok(Some((local, now))),
+            Err(why) => {
+                why.report(
+                    self.store.metrics(),
+                    &collection.name,
+                    "reading every record",
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// What to read of a collection, and the change mark this snapshot
@@ -396,6 +459,7 @@ impl BackupManager {
         collection: &Collection,
         local: Option<&LocalChroma>,
         parent: Option<&CollectionSnapshot>,
+        feed: Option<(&LocalChroma, Position)>,
         parent_ids: Option<ParentIds>,
         planner: Option<&mut IncrementalPlanner>,
     ) -> Result<(CollectionReader, Option<ChangeMark>), BackupError> {
@@ -403,12 +467,12 @@ impl BackupManager {
         let fallback =
             |why: &Unusable| why.report(metrics, &collection.name, "reading every record");
         let parent_mark = parent.and_then(|p| p.change_mark.as_ref());
-        if let (Some(local), Some(mark), Some(ids), Some(planner)) =
-            (local, parent_mark, parent_ids, planner)
+        if let (Some((feed, now)), Some(mark), Some(ids), Some(planner)) =
+            (feed, parent_mark, parent_ids, planner)
         {
-            match changes::since(local, &self.store, &collection.id, mark, ids, planner).await? {
+            match changes::since(feed, &collection.id, now, mark, ids, planner).await? {
                 Ok(changed) => {
-                    tracing::info!(collection = %collection.name, changed = changed.changed.len(), unchanged = changed.unchanged, since = mark.seq_id, "reading only the records written since the parent snapshot");
+                    tracing::info!(collection = %collection.name, changed = changed.changed.len(), unchanged = changed.unchanged, since = mark.seq_id, read = changed.read.as_str(), "reading only the records written since the parent snapshot");
                     metrics.change_feed(None);
                     let reader = CollectionReader::from_ids(
                         self.store.clone(),
@@ -437,12 +501,7 @@ impl BackupManager {
                     Ok(ids) => {
                         let reader =
                             CollectionReader::from_ids(self.store.clone(), collection.clone(), ids);
-                        let mark = ChangeMark {
-                            segment: p.segment,
-                            seq_id: p.seq_id,
-                            file: Some(p.file),
-                        };
-                        return Ok((reader, Some(mark)));
+                        return Ok((reader, Some(changes::mark_of(p))));
                     }
                     Err(why) => fallback(&why),
                 },

@@ -152,18 +152,33 @@ enum Write {
     MetadataOnly,
 }
 
-/// The `changed=` count of the log line of a change-aware read of `docs`
-/// (the restored copies are backed up too), if any.
-fn changed_count(log: &str) -> Option<u64> {
-    let line = log.lines().find(|l| {
+/// The log line of a change-aware read of `docs` (the restored copies are
+/// backed up too), if any.
+fn feed_line(log: &str) -> Option<&str> {
+    log.lines().find(|l| {
         l.contains("reading only the records written since") && l.contains(" collection=docs ")
-    })?;
+    })
+}
+
+/// The `changed=` count of that line.
+fn changed_count(log: &str) -> Option<u64> {
+    let line = feed_line(log)?;
     let at = line.find("changed=")? + "changed=".len();
     line[at..]
         .split(|c: char| !c.is_ascii_digit())
         .next()?
         .parse()
         .ok()
+}
+
+/// The `read=` field of that line: how the change was found.
+fn read_by(log: &str) -> Option<&str> {
+    let line = feed_line(log)?;
+    let at = line.find("read=")? + "read=".len();
+    line[at..]
+        .trim_start_matches('"')
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
 }
 
 fn ids(range: std::ops::Range<usize>) -> Vec<String> {
@@ -182,40 +197,75 @@ fn each_kind_of_change_is_read_from_the_feed_and_restores_equal() {
     s.assert_restores(&full, &s.live());
 
     // Each step: a change, an incremental that reads exactly the records it
-    // touched, and a restore equal to the collection at that moment.
+    // touched, found the cheapest honest way (`read=`: nothing when the
+    // segment's position has not moved; the rows written since the mark
+    // with the record count when that count shows nothing deleted; the
+    // whole listing otherwise), and a restore equal to the collection at
+    // that moment.
     type Change = Box<dyn Fn(&Setup)>;
-    let steps: Vec<(&str, Change, u64)> = vec![
+    let delete = |s: &Setup, ids: Vec<String>| {
+        s.rt.block_on(s.store.delete(&s.collection, Some(&ids), None))
+            .expect("delete");
+    };
+    let steps: Vec<(&str, Change, u64, &str)> = vec![
         (
             "adds",
             Box::new(|s: &Setup| s.write(&ids(600..620), 1, Write::Upsert)),
             20,
+            "changes",
         ),
         (
             "upserts of existing records",
             Box::new(|s: &Setup| s.write(&ids(10..25), 2, Write::Upsert)),
             15,
+            "changes",
         ),
         (
             "metadata-only updates",
             Box::new(|s: &Setup| s.write(&ids(100..105), 3, Write::MetadataOnly)),
             5,
+            "changes",
         ),
         (
             "embedding-only updates",
             Box::new(|s: &Setup| s.write(&ids(200..203), 4, Write::EmbeddingOnly)),
             3,
+            "changes",
         ),
         (
             "deletes",
-            Box::new(|s: &Setup| {
-                s.rt.block_on(s.store.delete(&s.collection, Some(&ids(300..307)), None))
-                    .expect("delete");
-            }),
+            Box::new(move |s: &Setup| delete(s, ids(300..307))),
             0,
+            "listing",
         ),
-        ("nothing", Box::new(|_: &Setup| {}), 0),
+        (
+            // The count is the parent's: only the listing can tell.
+            "a delete and an add of as many records",
+            Box::new(move |s: &Setup| {
+                delete(s, ids(400..403));
+                s.write(&ids(700..703), 5, Write::Upsert);
+            }),
+            3,
+            "listing",
+        ),
+        (
+            "records deleted and added again under the same ids",
+            Box::new(move |s: &Setup| {
+                delete(s, ids(410..412));
+                s.write(&ids(410..412), 6, Write::Upsert);
+            }),
+            2,
+            "changes",
+        ),
+        ("nothing", Box::new(|_: &Setup| {}), 0, "nothing"),
+        (
+            "a delete only, after nothing",
+            Box::new(move |s: &Setup| delete(s, ids(500..501))),
+            0,
+            "listing",
+        ),
     ];
-    for (what, change, expected) in steps {
+    for (what, change, expected, how) in steps {
         change(&s);
         let live = s.live();
         let (snap, log) = s.backup("--incremental");
@@ -223,6 +273,11 @@ fn each_kind_of_change_is_read_from_the_feed_and_restores_equal() {
             changed_count(&log),
             Some(expected),
             "after {what}, the incremental should read {expected} records through the change feed:\n{log}"
+        );
+        assert_eq!(
+            read_by(&log),
+            Some(how),
+            "after {what}, the change should be found by `{how}`:\n{log}"
         );
         s.assert_restores(&snap, &live);
     }
@@ -368,4 +423,126 @@ fn a_directory_another_server_uses_is_not_trusted() {
     assert_eq!(changed_count(&log), None, "{log}");
     assert!(log.contains("no_collection"), "{log}");
     s.assert_restores(&snap, &live);
+}
+
+/// A writer upserts existing records and adds new ones while a change-aware
+/// incremental runs: the rows written since the mark and the record count
+/// are read in one transaction, so the read stays the short one (no
+/// deletion), every record that existed for the whole backup is in the
+/// snapshot, and each field holds a value its record really had.
+#[test]
+fn a_writer_during_a_change_aware_incremental_loses_no_record() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut s = Setup::new();
+    s.backup("--full");
+    let before: HashMap<String, Record> = s.live().into_iter().map(|r| (r.id.clone(), r)).collect();
+    let versions: Arc<Mutex<HashMap<String, HashSet<u32>>>> = Arc::default();
+    let (stop, rounds) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU32::new(0)),
+    );
+    let writer = {
+        let (store, col) = (s.store.clone(), s.collection.clone());
+        let (versions, stop, rounds) = (versions.clone(), stop.clone(), rounds.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            let mut round = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                round += 1;
+                // Ten existing records in turn and five new ones.
+                let start = (round as usize * 10) % 600;
+                let mut batch = ids(start..start + 10);
+                batch.extend(ids(1000 + round as usize * 5..1005 + round as usize * 5));
+                {
+                    let mut v = versions.lock().expect("lock");
+                    for id in &batch {
+                        v.entry(id.clone()).or_default().insert(round);
+                    }
+                }
+                let records = RecordBatch {
+                    ids: batch.clone(),
+                    embeddings: Some(
+                        batch
+                            .iter()
+                            .map(|_| vec![round as f32 / 100.0; 8])
+                            .collect(),
+                    ),
+                    documents: Some(
+                        batch
+                            .iter()
+                            .map(|i| Some(format!("{i} v{round}")))
+                            .collect(),
+                    ),
+                    metadatas: Some(
+                        batch
+                            .iter()
+                            .map(|_| json!({"v": round}).as_object().cloned())
+                            .collect(),
+                    ),
+                    uris: None,
+                };
+                rt.block_on(store.upsert(&col, &records)).expect("upsert");
+                rounds.store(round, Ordering::SeqCst);
+            }
+        })
+    };
+    while rounds.load(Ordering::SeqCst) < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let first = rounds.load(Ordering::SeqCst);
+    let (snap, log) = s.backup("--incremental");
+    let last = rounds.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer");
+    assert!(
+        last > first,
+        "no write landed during the backup; the test proves nothing"
+    );
+    assert_eq!(read_by(&log), Some("changes"), "{log}");
+
+    s.restored += 1;
+    let (code, out, err) = offline(
+        &s.config,
+        &["restore", &snap, "--collection", "docs", "--as", "docs_w"],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let got: HashMap<String, Record> =
+        s.rt.block_on(collection_records(&s.store, "docs_w"))
+            .1
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+    let missing: Vec<&String> = before.keys().filter(|id| !got.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "existed for the whole backup but missing: {missing:?}"
+    );
+    let versions = versions.lock().expect("lock");
+    for (id, r) in &got {
+        let written = versions.get(id).cloned().unwrap_or_default();
+        let was = before.get(id);
+        assert!(
+            was.is_some() || !written.is_empty(),
+            "{id} was never written but is in the snapshot"
+        );
+        let document_ok = was.is_some_and(|w| w.document == r.document)
+            || written
+                .iter()
+                .any(|v| r.document.as_deref() == Some(format!("{id} v{v}").as_str()));
+        let metadata_ok = was.is_some_and(|w| w.metadata == r.metadata)
+            || written
+                .iter()
+                .any(|v| r.metadata.as_ref().and_then(|m| m.get("v")) == Some(&json!(v)));
+        let embedding_ok = was.is_some_and(|w| w.embedding == r.embedding)
+            || written
+                .iter()
+                .any(|v| r.embedding == Some(vec![*v as f32 / 100.0; 8]));
+        assert!(
+            document_ok && metadata_ok && embedding_ok,
+            "{id} holds a value it never had: {r:?}"
+        );
+    }
 }

@@ -15,7 +15,9 @@
 //!   that persists, and never touches the journal mode;
 //! - keeps each read transaction short (Chroma uses a rollback journal, so
 //!   a reader briefly holds its writer back): one query per transaction,
-//!   listings in keyset pages of [`PAGE`] rows;
+//!   listings in keyset pages of [`PAGE`] rows; the one exception,
+//!   [`LocalChroma::written_since`], reads a count and one scan of a
+//!   segment's rows together, no longer than one pass over them;
 //! - checks the schema (Chroma's migration levels and the columns read)
 //!   before trusting it ([`schema`]);
 //! - answers every surprise with [`Unusable`], which callers treat as a
@@ -261,40 +263,59 @@ impl LocalChroma {
     pub async fn position(&self, collection_id: &str) -> Result<Position, Unusable> {
         let id = collection_id.to_string();
         let file = self.file_identity()?;
+        // One statement: one read transaction, consistent.
+        self.read(move |conn| position_in(conn, &id, file)).await
+    }
+
+    /// Where `collection_id`'s metadata segment stands and its rows written
+    /// after `since`, read in one transaction, so the record count and the
+    /// rows describe the same moment. `None` for the rows when more than
+    /// `limit` were written (list the segment page by page instead). The
+    /// transaction scans the segment's rows once: it is as short as a
+    /// whole-segment listing can be, and callers keep `limit` small.
+    pub async fn written_since(
+        &self,
+        collection_id: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<(Position, Option<Vec<(String, u64)>>), Unusable> {
+        let id = collection_id.to_string();
+        let file = self.file_identity()?;
         self.read(move |conn| {
-            // One statement: one read transaction, consistent.
-            let row = conn
-                .query_row(
-                    "SELECT s.id, m.seq_id, \
-                        (SELECT COUNT(*) FROM embeddings e WHERE e.segment_id = s.id) \
-                     FROM segments s LEFT JOIN max_seq_id m ON m.segment_id = s.id \
-                     WHERE s.collection = ?1 AND s.scope = 'METADATA' AND s.type = ?2",
-                    (&id, METADATA_SEGMENT),
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            seq_value(r.get_ref(1)?),
-                            r.get::<_, i64>(2)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            Ok(match row {
-                None => Err(Unusable::NoCollection(id)),
-                Some((segment, seq, records)) => {
-                    // A segment nothing was written to yet has no position.
-                    let seq_id = match seq {
-                        Seq::Null => Ok(0),
-                        s => s.value(),
-                    };
-                    seq_id.map(|seq_id| Position {
-                        file,
-                        segment,
-                        seq_id,
-                        records: u64::try_from(records).unwrap_or(0),
-                    })
+            // Deferred: the read lock is taken by the first statement and
+            // held to the end of the block; dropped, it ends (nothing to
+            // roll back on a read-only connection).
+            let tx = conn.unchecked_transaction()?;
+            let position = match position_in(&tx, &id, file)? {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            let mut stmt = tx.prepare_cached(
+                "SELECT embedding_id, seq_id FROM embeddings \
+                 WHERE segment_id = ?1 AND seq_id > ?2 LIMIT ?3",
+            )?;
+            let mut rows = stmt.query((
+                &position.segment,
+                i64::try_from(since).unwrap_or(i64::MAX),
+                i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX),
+            ))?;
+            let (mut out, mut scanned) = (Vec::new(), 0usize);
+            while let Some(r) = rows.next()? {
+                scanned += 1;
+                let id: String = r.get(0)?;
+                match seq_value(r.get_ref(1)?).value() {
+                    // A blob (an older Chroma's row) compares above any
+                    // integer in SQL: its value decides here.
+                    Ok(seq) if seq > since => out.push((id, seq)),
+                    Ok(_) => {}
+                    Err(e) => return Ok(Err(e)),
                 }
-            })
+            }
+            drop(rows);
+            drop(stmt);
+            tx.finish()?;
+            let rows = (scanned <= limit).then_some(out);
+            Ok(Ok((position, rows)))
         })
         .await
     }
@@ -335,6 +356,48 @@ impl LocalChroma {
         })
         .await
     }
+}
+
+/// [`LocalChroma::position`]'s query: the metadata segment of
+/// `collection_id`, its applied `seq_id` and its record count, in one
+/// statement.
+fn position_in(
+    conn: &Connection,
+    collection_id: &str,
+    file: String,
+) -> rusqlite::Result<Result<Position, Unusable>> {
+    let row = conn
+        .query_row(
+            "SELECT s.id, m.seq_id, \
+                (SELECT COUNT(*) FROM embeddings e WHERE e.segment_id = s.id) \
+             FROM segments s LEFT JOIN max_seq_id m ON m.segment_id = s.id \
+             WHERE s.collection = ?1 AND s.scope = 'METADATA' AND s.type = ?2",
+            (collection_id, METADATA_SEGMENT),
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    seq_value(r.get_ref(1)?),
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(match row {
+        None => Err(Unusable::NoCollection(collection_id.to_string())),
+        Some((segment, seq, records)) => {
+            // A segment nothing was written to yet has no position.
+            let seq_id = match seq {
+                Seq::Null => Ok(0),
+                s => s.value(),
+            };
+            seq_id.map(|seq_id| Position {
+                file,
+                segment,
+                seq_id,
+                records: u64::try_from(records).unwrap_or(0),
+            })
+        }
+    })
 }
 
 /// Every row of a segment (only those written after `since` when set), in

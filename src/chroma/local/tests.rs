@@ -99,6 +99,58 @@ async fn reads_the_position_and_pages_in_id_order() {
 }
 
 #[tokio::test]
+async fn rows_written_since_a_mark_come_with_the_count_of_the_same_moment() {
+    let dir = tempfile::tempdir().expect("should succeed");
+    let conn = database(
+        dir.path(),
+        &[("c", 3), ("a", 7), ("b", 5), ("d", 9)],
+        Some(9),
+    );
+    // A row an older Chroma wrote: a blob, which SQL ranks above any
+    // integer; its value (2) is at the mark's side.
+    conn.execute(
+        "INSERT INTO embeddings (segment_id, embedding_id, seq_id) VALUES (?1, 'old', ?2)",
+        (SEGMENT, 2u64.to_be_bytes().to_vec()),
+    )
+    .expect("should succeed");
+    let local = LocalChroma::open(dir.path()).await.expect("should succeed");
+    let (p, rows) = local
+        .written_since(COLLECTION, 4, 10)
+        .await
+        .expect("should succeed");
+    assert_eq!((p.segment.as_str(), p.seq_id, p.records), (SEGMENT, 9, 5));
+    assert_eq!(p.file, local.file_identity().expect("should succeed"));
+    let mut rows = rows.expect("within the limit");
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            ("a".to_string(), 7),
+            ("b".to_string(), 5),
+            ("d".to_string(), 9)
+        ]
+    );
+    // More rows than the limit (the blob row counts as scanned): no rows,
+    // the caller lists the segment instead.
+    let (p, rows) = local
+        .written_since(COLLECTION, 4, 3)
+        .await
+        .expect("should succeed");
+    assert_eq!(p.records, 5);
+    assert_eq!(rows, None);
+    let (_, rows) = local
+        .written_since(COLLECTION, 9, 0)
+        .await
+        .expect("should succeed");
+    assert_eq!(rows, None, "the blob row is scanned though not after 9");
+    let e = local
+        .written_since("not-a-collection", 0, 10)
+        .await
+        .expect_err("should fail");
+    assert_eq!(e.reason(), "no_collection", "{e}");
+}
+
+#[tokio::test]
 async fn a_segment_never_written_stands_at_zero() {
     let dir = tempfile::tempdir().expect("should succeed");
     database(dir.path(), &[], None);
@@ -183,6 +235,10 @@ async fn reading_changes_nothing_in_the_file() {
     let before = std::fs::read(&file).expect("should succeed");
     let local = LocalChroma::open(dir.path()).await.expect("should succeed");
     local.position(COLLECTION).await.expect("should succeed");
+    local
+        .written_since(COLLECTION, 0, 10)
+        .await
+        .expect("should succeed");
     local
         .page(SEGMENT, None, None, 10)
         .await
