@@ -60,10 +60,9 @@ use tokio_util::sync::CancellationToken;
 
 use common::{
     batch, best, dir_size, mb, median, op_seconds, raw_read, report_peak, request, run_child,
-    unit_malloc_tunables, COLLECTION, DIM, PAGE,
+    seed_range, unit_malloc_tunables, COLLECTION, DIM, PAGE, SEED_BATCH,
 };
 
-const SEED_BATCH: usize = 1000;
 /// The collection the memory step's restores write.
 const MEM_RESTORED: &str = "bench-mem-restored";
 
@@ -238,16 +237,8 @@ fn main() {
     let mut seeded = 0;
     for stop_at in [n / 4, n / 2, n] {
         let t = Instant::now();
-        rt.block_on(async {
-            while seeded < stop_at {
-                let end = (seeded + SEED_BATCH).min(stop_at);
-                store
-                    .upsert(&coll_id, &batch(seeded..end, |_| 0))
-                    .await
-                    .expect("seed");
-                seeded = end;
-            }
-        });
+        rt.block_on(seed_range(&store, &coll_id, seeded, stop_at));
+        seeded = stop_at;
         seed_time += t.elapsed();
         eprintln!("seeded {seeded} in {:.1} s", seed_time.as_secs_f64());
         let mut m = Vec::new();

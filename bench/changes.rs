@@ -62,10 +62,9 @@ use tokio_util::sync::CancellationToken;
 
 use common::{
     batch, best, loadavg, manager, mb, median, percentile, raw_read, report_peak, request,
-    run_child, unit_malloc_tunables, vector, COLLECTION, DIM,
+    run_child, seed_range, unit_malloc_tunables, vector, COLLECTION, DIM, SEED_BATCH,
 };
 
-const SEED_BATCH: usize = 1000;
 const FULL_COPY: &str = "bench-full-restore";
 /// Records per `add` in the latency step.
 const ADD_BATCH: usize = 10;
@@ -101,21 +100,6 @@ async fn timed_backup(m: &BackupManager, backup_type: BackupType) -> (f64, Manif
         .await
         .expect("backup");
     (t.elapsed().as_secs_f64(), man)
-}
-
-/// `chromaprod_change_feed_reads_total` by outcome: (used, fallback).
-fn feed_reads(m: &BackupManager) -> (u64, u64) {
-    let text = m.store().metrics().encode();
-    let count = |outcome: &str| -> u64 {
-        text.lines()
-            .filter(|l| {
-                l.starts_with("chromaprod_change_feed_reads_total{")
-                    && l.contains(&format!("outcome=\"{outcome}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
-    (count("used"), count("fallback"))
 }
 
 /// Upserts records `ids` as `version`.
@@ -182,7 +166,11 @@ fn child() {
     let (ms, bytes, fallback) = rt.block_on(async move {
         let m = manager(&config(&url, &repo, Some(&persist))).await;
         let (s, man) = timed_backup(&m, BackupType::Incremental).await;
-        ((s * 1000.0) as u128, man.bytes_written, feed_reads(&m).1)
+        (
+            (s * 1000.0) as u128,
+            man.bytes_written,
+            m.store().metrics().change_feed_reads().fallback,
+        )
     });
     assert_eq!(fallback, 0, "the child's incremental read the change feed");
     report_peak(ms, bytes);
@@ -318,16 +306,8 @@ fn main() {
     let mut mem = Vec::new();
     for stop_at in [n / 4, n / 2, n] {
         let t = Instant::now();
-        rt.block_on(async {
-            while seeded < stop_at {
-                let end = (seeded + SEED_BATCH).min(stop_at);
-                store
-                    .upsert(&coll, &batch(seeded..end, |_| 0))
-                    .await
-                    .expect("seed");
-                seeded = end;
-            }
-        });
+        rt.block_on(seed_range(&store, &coll, seeded, stop_at));
+        seeded = stop_at;
         seed_s += t.elapsed().as_secs_f64();
         eprintln!("seeded {seeded} in {seed_s:.1} s");
         let repo = work.path().join(format!("mem-{stop_at}"));
@@ -553,7 +533,8 @@ fn main() {
             );
         }
     });
-    let (used, fallback) = feed_reads(&ma);
+    let chromaprod::observe::FeedReads { used, fallback } =
+        ma.store().metrics().change_feed_reads();
     assert_eq!(
         fallback, 0,
         "repository A's incrementals read the change feed"
@@ -597,7 +578,7 @@ fn main() {
         (a, b, t.elapsed().as_secs_f64())
     });
     assert_eq!(
-        feed_reads(&ma).1,
+        ma.store().metrics().change_feed_reads().fallback,
         0,
         "the delta restore on A read the change feed"
     );
@@ -671,16 +652,19 @@ fn main() {
     );
     eprintln!("recall: {recall}");
 
-    // 6. `add` latency alone and under three loads, rotating: change-aware
+    // 6. `add` latency alone and under four loads, rotating: change-aware
     // incrementals back to back (as configured, recording recall queries);
-    // the same without recall queries; the change feed's SQLite reads
-    // alone (the segment's position and its whole `(id, seq_id)` listing,
-    // in a loop: what an incremental reads from SQLite).
+    // the same without recall queries; the SQLite reads of such an
+    // incremental alone, in a loop (the segment's position, then its rows
+    // page by page, those written since the block began read out, the
+    // others counted); and the whole `(id, seq_id)` listing alone, in a
+    // loop (what an incremental reads again when records were deleted).
     let loads = [
         "alone",
         "incrementals",
         "incrementals, no recall queries",
-        "SQLite listing alone",
+        "an incremental's SQLite reads alone",
+        "SQLite whole listing alone",
     ];
     let (lat_ms, cycles) = rt.block_on(async {
         let mut lat_ms: Vec<Vec<f64>> = vec![Vec::new(); loads.len()];
@@ -698,7 +682,7 @@ fn main() {
             let reader = tokio::spawn(async move {
                 match which {
                     0 => 0,
-                    3 => {
+                    3 | 4 => {
                         let m = manager(&cfg).await;
                         let local = chromaprod::chroma::local::LocalChroma::configured(
                             &cfg,
@@ -711,10 +695,30 @@ fn main() {
                             .get_collection(COLLECTION)
                             .await
                             .expect("collection");
+                        let mark = local.position(&coll.id).await.expect("position").seq_id;
                         while !stop2.load(Ordering::Relaxed) {
                             let pos = local.position(&coll.id).await.expect("position");
-                            let mut rows = local.rows(&pos.segment, None);
-                            while rows.next().await.expect("rows").is_some() {}
+                            if which == 3 {
+                                let mut after = None;
+                                loop {
+                                    let page = local
+                                        .page_split(
+                                            &pos.segment,
+                                            after,
+                                            mark,
+                                            chromaprod::chroma::local::PAGE,
+                                        )
+                                        .await
+                                        .expect("rows");
+                                    match page.next {
+                                        Some(n) => after = Some(n),
+                                        None => break,
+                                    }
+                                }
+                            } else {
+                                let mut rows = local.rows(&pos.segment, None);
+                                while rows.next().await.expect("rows").is_some() {}
+                            }
                             count.fetch_add(1, Ordering::Relaxed);
                         }
                         0
@@ -725,7 +729,7 @@ fn main() {
                             timed_backup(&m, BackupType::Incremental).await;
                             count.fetch_add(1, Ordering::Relaxed);
                         }
-                        feed_reads(&m).1
+                        m.store().metrics().change_feed_reads().fallback
                     }
                 }
             });

@@ -101,6 +101,19 @@ pub fn metadata(i: usize, version: u64) -> Map<String, Value> {
     .expect("object")
 }
 
+/// Records per seeding upsert.
+pub const SEED_BATCH: usize = 1000;
+
+/// Upserts records `from..to` at version 0, [`SEED_BATCH`] a request.
+pub async fn seed_range(store: &ProductionChromaStore, coll: &str, from: usize, to: usize) {
+    for start in (from..to).step_by(SEED_BATCH) {
+        store
+            .upsert(coll, &batch(start..(start + SEED_BATCH).min(to), |_| 0))
+            .await
+            .expect("seed");
+    }
+}
+
 pub fn batch(range: std::ops::Range<usize>, version_of: impl Fn(usize) -> u64) -> RecordBatch {
     RecordBatch {
         ids: range.clone().map(|i| format!("rec-{i:07}")).collect(),

@@ -22,7 +22,9 @@
 //! `100,300,500`), after the rounds (`MIGRATE_BENCH_ROUNDS=0` skips them):
 //! rebuilds under a steady writer at each rate, with the change feed and
 //! without (`MIGRATE_BENCH_RATES_BEFORE` sets the second list), see
-//! `bench/migrate_writer.rs`.
+//! `bench/migrate_writer.rs`. With `MIGRATE_BENCH_ALONE_RATES`, first the
+//! same writer alone (no rebuild) for `MIGRATE_BENCH_ALONE_S` seconds
+//! (default 60) at each rate: what Chroma itself acknowledges of it.
 
 #[path = "../tests/common/chroma.rs"]
 #[allow(dead_code)]
@@ -228,6 +230,20 @@ fn main() {
                 .map(|v| v.split(',').filter_map(|r| r.trim().parse().ok()).collect())
                 .unwrap_or_default()
         };
+        // The writer alone first: Chroma's own ceiling for it.
+        let alone = rates("MIGRATE_BENCH_ALONE_RATES");
+        if !alone.is_empty() {
+            let secs = std::env::var("MIGRATE_BENCH_ALONE_S")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(60);
+            let wstore = writer::writer_store(&config);
+            let mut runs = Vec::new();
+            for &rate in &alone {
+                runs.push(writer::alone(&wstore, n, rate, secs).await);
+            }
+            writer::print_alone(&runs, n);
+        }
         let after = rates("MIGRATE_BENCH_RATES");
         if after.is_empty() {
             return;

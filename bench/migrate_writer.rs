@@ -89,6 +89,7 @@ pub fn manager(base: &Config, migrations: &Path, persist: Option<&Path>) -> Migr
     MigrationManager::new(store, c, metrics)
 }
 
+#[derive(Default)]
 struct Writer {
     acked: Mutex<HashMap<String, u64>>,
     acked_records: AtomicU64,
@@ -96,6 +97,104 @@ struct Writer {
     skipped: AtomicU64,
     in_flight: AtomicU64,
     stop: AtomicBool,
+    /// Each acknowledged request's time, in ms.
+    latency_ms: Mutex<Vec<f64>>,
+}
+
+impl Writer {
+    /// Starts writing at `rate` records/s until `stop` (see the module).
+    fn start(
+        self: &Arc<Self>,
+        store: &ProductionChromaStore,
+        n: usize,
+        rate: u64,
+    ) -> tokio::task::JoinHandle<()> {
+        let salt = PROBES.fetch_add(1, Ordering::Relaxed) * 1_000_000_000;
+        let period = Duration::from_secs_f64(WRITE_BATCH as f64 / rate as f64);
+        let (w, store) = (self.clone(), store.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut k = 0u64;
+            while !w.stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                while tasks.try_join_next().is_some() {}
+                if w.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+                    w.skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                w.in_flight.fetch_add(1, Ordering::Relaxed);
+                let (w2, store2) = (w.clone(), store.clone());
+                let kk = k;
+                k += 1;
+                tasks.spawn(async move {
+                    write_one(&store2, &w2, n, kk, salt).await;
+                    w2.in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        })
+    }
+}
+
+/// The writer alone at one rate: what Chroma acknowledges of it with no
+/// rebuild running, the ceiling any rebuild under it works below.
+pub struct Alone {
+    pub rate: u64,
+    pub secs: f64,
+    pub acked: u64,
+    pub achieved: f64,
+    pub skipped: u64,
+    pub failed_writes: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Runs the writer at `rate` for `secs` seconds on the collection as it is.
+pub async fn alone(wstore: &ProductionChromaStore, n: usize, rate: u64, secs: u64) -> Alone {
+    let w = Arc::new(Writer::default());
+    let t = Instant::now();
+    let writer = w.start(wstore, n, rate);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    w.stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let secs = t.elapsed().as_secs_f64();
+    let acked = w.acked_records.load(Ordering::Relaxed);
+    let mut lat = w.latency_ms.lock().expect("lock").clone();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let out = Alone {
+        rate,
+        secs,
+        acked,
+        achieved: acked as f64 / secs,
+        skipped: w.skipped.load(Ordering::Relaxed),
+        failed_writes: w.failed.load(Ordering::Relaxed),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    };
+    eprintln!(
+        "writer alone at {rate} rec/s: acked {acked} in {secs:.1} s ({:.0} rec/s, {} ticks skipped, {} failed), request p50 {:.0} ms, p99 {:.0} ms",
+        out.achieved, out.skipped, out.failed_writes, out.p50_ms, out.p99_ms
+    );
+    out
+}
+
+pub fn print_alone(runs: &[Alone], n: usize) {
+    println!("\n### The writer alone on {n} records, no rebuild (upserts of {WRITE_BATCH} existing records)\n");
+    println!("| target rate | ran | acknowledged | request p50 / p99 |");
+    println!("| ---: | ---: | --- | --- |");
+    for a in runs {
+        println!(
+            "| {} rec/s | {:.1} s | {} records = {:.0} rec/s ({} ticks skipped at {MAX_IN_FLIGHT} in flight, {} failed requests) | {:.0} / {:.0} ms |",
+            a.rate, a.secs, a.acked, a.achieved, a.skipped, a.failed_writes, a.p50_ms, a.p99_ms
+        );
+    }
 }
 
 async fn write_one(store: &ProductionChromaStore, w: &Writer, n: usize, k: u64, salt: u64) {
@@ -124,6 +223,7 @@ async fn write_one(store: &ProductionChromaStore, w: &Writer, n: usize, k: u64, 
     };
     // Between the swap's two renames the name briefly resolves to
     // nothing: a client retries on its next tick.
+    let t = Instant::now();
     let r = match store.get_collection(COLLECTION).await {
         Ok(col) => store.upsert(&col.id, &b).await.map(|_| ()),
         Err(e) => Err(e),
@@ -135,6 +235,10 @@ async fn write_one(store: &ProductionChromaStore, w: &Writer, n: usize, k: u64, 
     }
     let ok = r.is_ok();
     if ok {
+        w.latency_ms
+            .lock()
+            .expect("lock")
+            .push(t.elapsed().as_secs_f64() * 1000.0);
         let mut acked = w.acked.lock().expect("lock");
         for id in &b.ids {
             acked.insert(id.clone(), version);
@@ -156,42 +260,8 @@ pub async fn probe(
     rate: u64,
     timeout: Duration,
 ) -> Probe {
-    let w = Arc::new(Writer {
-        acked: Mutex::new(HashMap::new()),
-        acked_records: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        skipped: AtomicU64::new(0),
-        in_flight: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
-    let salt = PROBES.fetch_add(1, Ordering::Relaxed) * 1_000_000_000;
-    let period = Duration::from_secs_f64(WRITE_BATCH as f64 / rate as f64);
-    let writer = {
-        let (w, store) = (w.clone(), wstore.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let mut tasks = tokio::task::JoinSet::new();
-            let mut k = 0u64;
-            while !w.stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                while tasks.try_join_next().is_some() {}
-                if w.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
-                    w.skipped.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                w.in_flight.fetch_add(1, Ordering::Relaxed);
-                let (w2, store2) = (w.clone(), store.clone());
-                let kk = k;
-                k += 1;
-                tasks.spawn(async move {
-                    write_one(&store2, &w2, n, kk, salt).await;
-                    w2.in_flight.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            while tasks.join_next().await.is_some() {}
-        })
-    };
+    let w = Arc::new(Writer::default());
+    let writer = w.start(wstore, n, rate);
     let cancel = CancellationToken::new();
     let timer = {
         let cancel = cancel.clone();

@@ -13,22 +13,22 @@
 //!    was written since (every add, update, upsert and delete Chroma
 //!    applies moves it): the parent's chunks stand, and neither they nor
 //!    the segment are read ([`unchanged_since`], `read=nothing`);
-//! 3. else reads, in one short transaction, the rows written after the
-//!    mark and the record count: if the count is the parent's live records
-//!    plus the written ids the parent lacks, no parent record is gone, and
-//!    every parent record not written is unchanged (`read=changes`);
-//! 4. else (records deleted, or more than [`ONE_READ_ROWS`] written) lists
-//!    the segment's `(id, seq_id)` rows in keyset pages: a row written
-//!    after the mark goes to the list of ids to fetch; a row at or before
-//!    it must be a live record of the parent, unchanged, and is marked as
-//!    such in the [`IncrementalPlanner`]; parent records never marked were
-//!    deleted (`read=listing`);
+//! 3. else goes through the segment's rows page by page, reading out only
+//!    those written after the mark and counting the others: if the count
+//!    is the parent's records less those written, no parent record is gone,
+//!    and every parent record not written is unchanged (`read=changes`);
+//! 4. else (records were deleted) lists the segment's `(id, seq_id)` rows
+//!    again in keyset pages: a row written after the mark goes to the list
+//!    of ids to fetch; a row at or before it must be a live record of the
+//!    parent, unchanged, and is marked as such in the
+//!    [`IncrementalPlanner`]; parent records never marked were deleted
+//!    (`read=listing`);
 //! 5. the written ids are fetched over HTTP (embeddings are not in
 //!    SQLite); anything unexpected ([`Unusable`]) sends the collection back
 //!    to the full read, which the caller logs with its reason and counts.
 //!
-//! Memory: 32 bytes per live parent record ([`ParentIds`]: a 16-byte key of
-//! the id and its record digest), beside the planner's 16 bytes and a bit;
+//! Memory: 32 bytes and a bit per live parent record ([`ParentIds`]: a
+//! 16-byte key of the id and its record digest), beside the planner's 16 bytes and a bit;
 //! the changed ids go to a temporary file ([`IdSpool`]).
 
 use std::collections::HashSet;
@@ -39,7 +39,7 @@ use super::manifest::{ChangeMark, ChunkRef, IncrementalPlanner};
 use super::records::{ChunkIndex, RecordDigest};
 use super::source::{IdList, IdSpool};
 use super::BackupError;
-use crate::chroma::local::{LocalChroma, Position, Unusable};
+use crate::chroma::local::{LocalChroma, Position, Unusable, PAGE};
 use crate::chroma::ProductionChromaStore;
 
 /// Times the record counts are compared before the persist directory is
@@ -92,12 +92,13 @@ impl ParentIds {
         }
     }
 
-    fn digest(&self, id: &str) -> Option<RecordDigest> {
+    fn position(&self, id: &str) -> Option<usize> {
         let k = id_key(id);
-        self.entries
-            .binary_search_by(|e| e.0.cmp(&k))
-            .ok()
-            .map(|at| self.entries[at].1)
+        self.entries.binary_search_by(|e| e.0.cmp(&k)).ok()
+    }
+
+    fn digest(&self, id: &str) -> Option<RecordDigest> {
+        self.position(id).map(|at| self.entries[at].1)
     }
 }
 
@@ -216,22 +217,17 @@ pub fn unchanged_since(mark: &ChangeMark, parent_records: u64, now: &Position) -
     now.seq_id == mark.seq_id && now.records == parent_records
 }
 
-/// Changed rows read in one transaction with the record count
-/// ([`LocalChroma::written_since`]); more than this and the segment is
-/// listed page by page instead.
-pub const ONE_READ_ROWS: usize = 5_000;
-
 /// How a change-aware incremental found what changed (the `read=` field of
 /// its log line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadBy {
     /// The position had not moved: nothing was read ([`unchanged_since`]).
     Nothing,
-    /// The rows written since the mark and the record count, in one short
-    /// transaction: the count showed no parent record was deleted.
+    /// The segment's rows page by page, only those written since the mark
+    /// read out and the others counted: the count showed every parent
+    /// record still there.
     Changes,
-    /// Every row of the segment, page by page: records were deleted, or
-    /// too many changed for one transaction.
+    /// Every row of the segment by id, page by page: records were deleted.
     Listing,
 }
 
@@ -250,76 +246,63 @@ impl ReadBy {
 /// `Err(Unusable)` the planner may hold marks: the caller resets it
 /// ([`IncrementalPlanner::reset_seen`]) before reading every record instead.
 ///
-/// First one short read of the rows written since the mark with the
-/// record count: when the count is the parent's live records plus the
-/// changed ids the parent lacks, no parent record is gone, so every parent
-/// record not changed is unchanged and the segment need not be listed.
-/// (Every record live now with a `seq_id` at or before the mark existed,
-/// unwritten, since the mark, so the parent read it; the count cannot
-/// balance a deletion with anything the listing would not also see.)
-/// Otherwise every row is listed.
+/// First the segment's rows go by page by page ([`LocalChroma::page_split`]):
+/// the rows written after the mark are read out, the others only counted.
+/// A row at or before the mark belongs to a record nobody wrote since the
+/// mark, which the parent therefore read, as it still is; each id is in one
+/// page only. So if the rows counted are as many as the parent's records
+/// not among the written ones, each of those was there when its page was
+/// read: none was deleted before this backup, and all are unchanged.
+/// Otherwise records were deleted, and the rows are listed again by id to
+/// find which.
 pub async fn since(
     local: &LocalChroma,
-    collection_id: &str,
     now: Position,
     parent: &ChangeMark,
     mut parent_ids: ParentIds,
     planner: &mut IncrementalPlanner,
 ) -> Result<Result<Changes, Unusable>, BackupError> {
     parent_ids.seal();
-    let collection = collection_id.to_string();
-    let (latest, written) = match local
-        .written_since(collection_id, parent.seq_id, ONE_READ_ROWS)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(e)),
-    };
-    if latest.file != now.file {
-        return Ok(Err(Unusable::Replaced {
-            was: now.file,
-            now: latest.file,
-        }));
-    }
-    if latest.segment != now.segment {
-        return Ok(Err(Unusable::SegmentChanged {
-            collection,
-            was: now.segment,
-            now: latest.segment,
-        }));
-    }
-    if latest.seq_id < now.seq_id {
-        return Ok(Err(Unusable::SequenceBackwards {
-            collection,
-            was: now.seq_id,
-            now: latest.seq_id,
-        }));
-    }
-    if let Some(written) = written {
-        let changed_keys: HashSet<IdKey> = written.iter().map(|(id, _)| id_key(id)).collect();
-        let new = written
-            .iter()
-            .filter(|(id, _)| parent_ids.digest(id).is_none())
-            .count() as u64;
-        if latest.records == parent_ids.entries.len() as u64 + new {
-            let mut changed = IdSpool::new()?;
-            for (id, _) in &written {
-                changed.push(id)?;
+    let mut written = IdSpool::new()?;
+    // Which parent records were written since the mark: a bit each.
+    let mut rewritten = vec![0u64; parent_ids.entries.len().div_ceil(64)];
+    let (mut at_or_before, mut after) = (0u64, None);
+    loop {
+        let page = match local
+            .page_split(&now.segment, after.take(), parent.seq_id, PAGE)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        at_or_before += page.at_or_before;
+        for (id, _) in &page.written {
+            written.push(id)?;
+            if let Some(at) = parent_ids.position(id) {
+                rewritten[at / 64] |= 1 << (at % 64);
             }
-            let mut unchanged = 0u64;
-            for (key, digest) in &parent_ids.entries {
-                if !changed_keys.contains(key) && planner.unchanged(digest) {
-                    unchanged += 1;
-                }
-            }
-            return Ok(Ok(Changes {
-                changed: changed.finish()?,
-                unchanged,
-                mark: mark_of(latest),
-                read: ReadBy::Changes,
-            }));
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
         }
     }
+    let rewritten_count: u64 = rewritten.iter().map(|w| u64::from(w.count_ones())).sum();
+    if at_or_before == parent_ids.entries.len() as u64 - rewritten_count {
+        let mut unchanged = 0u64;
+        for (at, (_, digest)) in parent_ids.entries.iter().enumerate() {
+            if rewritten[at / 64] & (1 << (at % 64)) == 0 && planner.unchanged(digest) {
+                unchanged += 1;
+            }
+        }
+        return Ok(Ok(Changes {
+            changed: written.finish()?,
+            unchanged,
+            mark: mark_of(now),
+            read: ReadBy::Changes,
+        }));
+    }
+    drop(written);
     let mut changed = IdSpool::new()?;
     let mut unchanged = 0u64;
     let mut rows = local.rows(&now.segment, None);

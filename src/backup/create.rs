@@ -186,14 +186,18 @@ impl BackupManager {
             if cancel.is_cancelled() {
                 return Err(BackupError::Cancelled);
             }
-            let (queries, queries_bytes) = match same_records_as(&snap, parent_col)
-                .and_then(|p| p.queries.clone())
-                .filter(|q| {
-                    self.config.backup.verify_queries > 0
-                        && q.k == u64::try_from(self.config.backup.verify_k).unwrap_or(0)
-                }) {
-                // Exactly the parent's records: its recorded answers stand,
-                // and the live index is not asked again.
+            let k = u64::try_from(self.config.backup.verify_k).unwrap_or(0);
+            let lent = earlier
+                .iter()
+                .filter_map(|p| p.collections.iter().find(|c| c.name == collection.name))
+                .filter_map(|c| same_records_as(&snap, Some(c)))
+                .find_map(|c| c.queries.clone().filter(|q| q.k == k))
+                .filter(|_| self.config.backup.verify_queries > 0);
+            let (queries, queries_bytes) = match lent {
+                // Exactly the records of an earlier snapshot (the parent,
+                // or one before a snapshot taken without queries): its
+                // recorded answers stand, and the live index is not asked
+                // again.
                 Some(q) => (Some(q), 0),
                 None => self.record_queries(&snapshot_id, &collection).await?,
             };
@@ -470,7 +474,7 @@ impl BackupManager {
         if let (Some((feed, now)), Some(mark), Some(ids), Some(planner)) =
             (feed, parent_mark, parent_ids, planner)
         {
-            match changes::since(feed, &collection.id, now, mark, ids, planner).await? {
+            match changes::since(feed, now, mark, ids, planner).await? {
                 Ok(changed) => {
                     tracing::info!(collection = %collection.name, changed = changed.changed.len(), unchanged = changed.unchanged, since = mark.seq_id, read = changed.read.as_str(), "reading only the records written since the parent snapshot");
                     metrics.change_feed(None);
@@ -532,8 +536,9 @@ impl BackupManager {
     }
 }
 
-/// `parent`, when `snap` holds exactly its records (the same chunks, masked
-/// the same way): nothing in the collection changed between the two.
+/// `parent`, when `snap` holds exactly its records (the same collection,
+/// the same chunks masked the same way): nothing in it changed between the
+/// two.
 fn same_records_as<'a>(
     snap: &CollectionSnapshot,
     parent: Option<&'a CollectionSnapshot>,

@@ -45,6 +45,14 @@ struct TypeLabels {
     r#type: &'static str,
 }
 
+/// Collections read through a local Chroma's change feed, and read whole
+/// although `chroma.persist_directory` is set ([`MetricsCollector::change_feed_reads`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeedReads {
+    pub used: u64,
+    pub fallback: u64,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FeedLabels {
     outcome: &'static str,
@@ -95,6 +103,9 @@ pub struct MetricsCollector {
     migration_version: Gauge,
     migration_runs: Family<DirectionOutcomeLabels, Counter>,
     change_feed: Family<FeedLabels, Counter>,
+    /// The same by outcome alone, for [`MetricsCollector::change_feed_reads`].
+    feed_used: Counter,
+    feed_fallback: Counter,
     /// Endpoints currently exported, so removed endpoints stop being reported.
     endpoints: Mutex<Vec<String>>,
 }
@@ -229,6 +240,8 @@ impl MetricsCollector {
         }
         MetricsCollector {
             change_feed,
+            feed_used: Counter::default(),
+            feed_fallback: Counter::default(),
             migration_version,
             migration_runs,
             backup_last_success,
@@ -337,16 +350,31 @@ impl MetricsCollector {
     /// (`reason`: a fixed label, `chroma::local::Unusable::reason`).
     pub fn change_feed(&self, reason: Option<&'static str>) {
         let labels = match reason {
-            None => FeedLabels {
-                outcome: "used",
-                reason: "",
-            },
-            Some(reason) => FeedLabels {
-                outcome: "fallback",
-                reason,
-            },
+            None => {
+                self.feed_used.inc();
+                FeedLabels {
+                    outcome: "used",
+                    reason: "",
+                }
+            }
+            Some(reason) => {
+                self.feed_fallback.inc();
+                FeedLabels {
+                    outcome: "fallback",
+                    reason,
+                }
+            }
         };
         self.change_feed.get_or_create(&labels).inc();
+    }
+
+    /// `chromaprod_change_feed_reads_total` summed by outcome, every reason
+    /// together.
+    pub fn change_feed_reads(&self) -> FeedReads {
+        FeedReads {
+            used: self.feed_used.get(),
+            fallback: self.feed_fallback.get(),
+        }
     }
 
     /// Prometheus text exposition of every metric.

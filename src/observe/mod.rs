@@ -4,7 +4,7 @@ pub mod audit;
 pub mod metrics;
 
 pub use audit::{Actor, AuditError, AuditLog};
-pub use metrics::{MetricsCollector, Outcome};
+pub use metrics::{FeedReads, MetricsCollector, Outcome};
 pub mod health;
 pub mod http;
 pub mod logging;

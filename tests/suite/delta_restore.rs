@@ -22,7 +22,7 @@ use chromaprod::backup::{
 };
 use chromaprod::chroma::{CreateCollection, ProductionChromaStore, RecordBatch};
 use chromaprod::config::Config;
-use chromaprod::observe::MetricsCollector;
+use chromaprod::observe::{FeedReads, MetricsCollector};
 use chromaprod::progress::Progress;
 use common::chroma::ChromaServer;
 use common::daemon::{encrypted_setup, offline, offline_cmd};
@@ -167,21 +167,6 @@ fn changed(r: &Record, embedding: bool) -> Record {
     c
 }
 
-/// `chromaprod_change_feed_reads_total` by outcome: (used, fallback).
-fn feed_reads(m: &BackupManager) -> (u64, u64) {
-    let text = m.store().metrics().encode();
-    let count = |outcome: &str| -> u64 {
-        text.lines()
-            .filter(|l| {
-                l.starts_with("chromaprod_change_feed_reads_total{")
-                    && l.contains(&format!("outcome=\"{outcome}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
-    (count("used"), count("fallback"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_restore_writes_only_the_missing_and_changed_records() {
     delta_restore_writes_only_what_differs(false).await;
@@ -226,12 +211,12 @@ async fn delta_restore_writes_only_what_differs(change_feed: bool) {
     // A dry run counts and writes nothing, and takes no restore point.
     let before = write_seqs(&chroma);
     let listed = m.list().await.expect("list").len();
-    let feed_before = feed_reads(&m);
+    let feed_before = m.store().metrics().change_feed_reads();
     let (point, plan) = run_delta(&m, &id, &delta("docs", false, true)).await;
-    let (used, fallback) = feed_reads(&m);
-    assert_eq!(fallback, feed_before.1, "no fallback");
+    let FeedReads { used, fallback } = m.store().metrics().change_feed_reads();
+    assert_eq!(fallback, feed_before.fallback, "no fallback");
     assert_eq!(
-        used - feed_before.0,
+        used - feed_before.used,
         u64::from(change_feed),
         "the dry run compared through the change feed only with persist_directory"
     );
@@ -243,12 +228,12 @@ async fn delta_restore_writes_only_what_differs(change_feed: bool) {
     assert_eq!(write_seqs(&chroma), before, "a dry run wrote");
     assert_eq!(m.list().await.expect("list").len(), listed);
 
-    let feed_before = feed_reads(&m);
+    let feed_before = m.store().metrics().change_feed_reads();
     let (point, done) = run_delta(&m, &id, &delta("docs", false, false)).await;
-    let (used, fallback) = feed_reads(&m);
-    assert_eq!(fallback, feed_before.1, "no fallback");
+    let FeedReads { used, fallback } = m.store().metrics().change_feed_reads();
+    assert_eq!(fallback, feed_before.fallback, "no fallback");
     // The restore point (an incremental) and the comparison.
-    assert_eq!(used - feed_before.0, 2 * u64::from(change_feed));
+    assert_eq!(used - feed_before.used, 2 * u64::from(change_feed));
     assert_eq!(
         done,
         DeltaRestored {
@@ -313,14 +298,18 @@ async fn delta_restore_writes_only_what_differs(change_feed: bool) {
             .delete(&copy.id, Some(&deleted[..5]), None)
             .await
             .expect("delete");
-        let before = feed_reads(&m);
+        let before = m.store().metrics().change_feed_reads();
         let opts = RestoreOptions {
             as_name: Some("copy".into()),
             ..delta("docs", false, false)
         };
         let (_, d) = run_delta(&m, &id, &opts).await;
         assert_eq!((d.missing, d.changed, d.unchanged), (5, 0, 2995));
-        assert_eq!(feed_reads(&m), before, "the feed was not read for a copy");
+        assert_eq!(
+            m.store().metrics().change_feed_reads(),
+            before,
+            "the feed was not read for a copy"
+        );
         let (_, restored) = collection_records(m.store(), "copy").await;
         assert_same(&restored, &original, false);
 
@@ -338,11 +327,11 @@ async fn delta_restore_writes_only_what_differs(change_feed: bool) {
             .delete(&col_id, Some(&deleted[..3]), None)
             .await
             .expect("delete");
-        let before = feed_reads(&m);
+        let before = m.store().metrics().change_feed_reads();
         let (_, d) = run_delta(&m, &id, &delta("docs", false, false)).await;
         assert_eq!((d.missing, d.changed, d.unchanged), (3, 0, 2997));
         assert_eq!(
-            feed_reads(&m).1 - before.1,
+            m.store().metrics().change_feed_reads().fallback - before.fallback,
             2,
             "the restore point's and the comparison's fallbacks"
         );

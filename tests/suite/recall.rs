@@ -393,17 +393,38 @@ async fn the_queries_object_is_encrypted_verified_and_pruned_with_its_snapshot()
         Some(&q2),
         "an unchanged collection keeps its parent's recorded queries"
     );
+    // A snapshot taken without queries in between (`verify_queries = 0`)
+    // does not make the next one ask again: the newest earlier snapshot
+    // holding the same records lends its answers.
+    let mut without = (*config).clone();
+    without.backup.verify_queries = 0;
+    let m0 = BackupManager::open(store.clone(), Arc::new(without), true)
+        .await
+        .expect("open");
+    let fourth = take(&m0, BackupType::Incremental).await;
+    assert_eq!(fourth.collections[0].queries, None);
+    let fifth = take(&m, BackupType::Incremental).await;
+    assert_eq!(
+        fifth.collections[0].queries.as_ref(),
+        Some(&q2),
+        "the answers of the newest earlier snapshot with the same records"
+    );
 
     // Prune keeps what a kept snapshot references and deletes the rest.
     assert_eq!(queries_files(&repo).len(), 2);
     let report = m.prune(false).await.expect("prune");
     let mut deleted = report.snapshots_deleted.clone();
     deleted.sort();
-    let mut expected = vec![id1.clone(), second.snapshot_id.to_string()];
+    let mut expected = vec![
+        id1.clone(),
+        second.snapshot_id.to_string(),
+        third.snapshot_id.to_string(),
+        fourth.snapshot_id.to_string(),
+    ];
     expected.sort();
     assert_eq!(deleted, expected);
     assert_eq!(queries_files(&repo), vec![path_of(&repo, &q2)]);
-    let kept = third.snapshot_id.to_string();
+    let kept = fifth.snapshot_id.to_string();
     m.verify(&kept, true, &Progress::none())
         .await
         .expect("kept snapshot intact");

@@ -99,55 +99,52 @@ async fn reads_the_position_and_pages_in_id_order() {
 }
 
 #[tokio::test]
-async fn rows_written_since_a_mark_come_with_the_count_of_the_same_moment() {
+async fn a_split_page_reads_out_the_rows_written_since_and_counts_the_rest() {
     let dir = tempfile::tempdir().expect("should succeed");
     let conn = database(
         dir.path(),
         &[("c", 3), ("a", 7), ("b", 5), ("d", 9)],
         Some(9),
     );
-    // A row an older Chroma wrote: a blob, which SQL ranks above any
-    // integer; its value (2) is at the mark's side.
+    // A row an older Chroma wrote: a blob, its value (2) at the mark's side.
     conn.execute(
-        "INSERT INTO embeddings (segment_id, embedding_id, seq_id) VALUES (?1, 'old', ?2)",
+        "INSERT INTO embeddings (segment_id, embedding_id, seq_id) VALUES (?1, 'e', ?2)",
         (SEGMENT, 2u64.to_be_bytes().to_vec()),
     )
     .expect("should succeed");
     let local = LocalChroma::open(dir.path()).await.expect("should succeed");
-    let (p, rows) = local
-        .written_since(COLLECTION, 4, 10)
+    let first = local
+        .page_split(SEGMENT, None, 4, 3)
         .await
         .expect("should succeed");
-    assert_eq!((p.segment.as_str(), p.seq_id, p.records), (SEGMENT, 9, 5));
-    assert_eq!(p.file, local.file_identity().expect("should succeed"));
-    let mut rows = rows.expect("within the limit");
-    rows.sort();
     assert_eq!(
-        rows,
-        vec![
-            ("a".to_string(), 7),
-            ("b".to_string(), 5),
-            ("d".to_string(), 9)
-        ]
+        first,
+        SplitPage {
+            written: vec![("a".to_string(), 7), ("b".to_string(), 5)],
+            at_or_before: 1,
+            next: Some("c".into()),
+        }
     );
-    // More rows than the limit (the blob row counts as scanned): no rows,
-    // the caller lists the segment instead.
-    let (p, rows) = local
-        .written_since(COLLECTION, 4, 3)
+    let rest = local
+        .page_split(SEGMENT, first.next, 4, 3)
         .await
         .expect("should succeed");
-    assert_eq!(p.records, 5);
-    assert_eq!(rows, None);
-    let (_, rows) = local
-        .written_since(COLLECTION, 9, 0)
+    assert_eq!(
+        rest,
+        SplitPage {
+            written: vec![("d".to_string(), 9)],
+            at_or_before: 1,
+            next: None,
+        }
+    );
+    let all = local
+        .page_split(SEGMENT, None, 9, 10)
         .await
         .expect("should succeed");
-    assert_eq!(rows, None, "the blob row is scanned though not after 9");
-    let e = local
-        .written_since("not-a-collection", 0, 10)
-        .await
-        .expect_err("should fail");
-    assert_eq!(e.reason(), "no_collection", "{e}");
+    assert_eq!(
+        (all.written.len(), all.at_or_before, all.next),
+        (0, 5, None)
+    );
 }
 
 #[tokio::test]
@@ -236,7 +233,7 @@ async fn reading_changes_nothing_in_the_file() {
     let local = LocalChroma::open(dir.path()).await.expect("should succeed");
     local.position(COLLECTION).await.expect("should succeed");
     local
-        .written_since(COLLECTION, 0, 10)
+        .page_split(SEGMENT, None, 0, 10)
         .await
         .expect("should succeed");
     local
