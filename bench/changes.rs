@@ -66,6 +66,30 @@ use common::{
 };
 
 const FULL_COPY: &str = "bench-full-restore";
+/// The unit's `Nice=` (systemd/chromaprod.service).
+const UNIT_NICE: i32 = 10;
+
+/// Sets the calling thread's nice value (Linux keeps it per thread, and
+/// threads started afterwards inherit it) with `renice`, which on Linux
+/// takes a thread id for `-p`.
+fn renice_this_thread(nice: i32) {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
+    let tid = stat.split(' ').next().expect("tid");
+    let ok = std::process::Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p", tid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("renice")
+        .success();
+    assert!(ok, "renice -n {nice} -p {tid}");
+    let now = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+    let after_comm = now.rsplit_once(") ").expect("stat").1;
+    assert_eq!(
+        after_comm.split(' ').nth(16),
+        Some(nice.to_string().as_str()),
+        "nice of {tid}"
+    );
+}
 /// Records per `add` in the latency step.
 const ADD_BATCH: usize = 10;
 
@@ -652,19 +676,47 @@ fn main() {
     );
     eprintln!("recall: {recall}");
 
-    // 6. `add` latency alone and under four loads, rotating: change-aware
-    // incrementals back to back (as configured, recording recall queries);
-    // the same without recall queries; the SQLite reads of such an
-    // incremental alone, in a loop (the segment's position, then its rows
-    // page by page, those written since the block began read out, the
-    // others counted); and the whole `(id, seq_id)` listing alone, in a
-    // loop (what an incremental reads again when records were deleted).
-    let loads = [
-        "alone",
-        "incrementals",
-        "incrementals, no recall queries",
-        "an incremental's SQLite reads alone",
-        "SQLite whole listing alone",
+    // 6. `add` latency alone and under five loads, rotating: change-aware
+    // incrementals back to back as the unit runs them (`Nice=10`, recording
+    // recall queries); the same without recall queries; the same at the
+    // adds' own priority (nice 0); the SQLite reads of such an incremental
+    // alone, in a loop (the segment's position, then its rows page by page,
+    // those written since the block began read out, the others counted);
+    // and the whole `(id, seq_id)` listing alone, in a loop (what an
+    // incremental reads again when records were deleted). Each load runs
+    // on a thread of its own with its own runtime, so its priority is its
+    // own (Linux keeps the nice value per thread; the threads it starts
+    // inherit it).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Load {
+        Alone,
+        Incrementals { queries: bool },
+        SplitScan,
+        Listing,
+    }
+    let loads: [(&str, Load, i32); 6] = [
+        ("alone", Load::Alone, 0),
+        (
+            "incrementals at the unit's Nice=10",
+            Load::Incrementals { queries: true },
+            UNIT_NICE,
+        ),
+        (
+            "incrementals at Nice=10, no recall queries",
+            Load::Incrementals { queries: false },
+            UNIT_NICE,
+        ),
+        (
+            "incrementals at nice 0 (the adds' own priority)",
+            Load::Incrementals { queries: true },
+            0,
+        ),
+        (
+            "an incremental's SQLite reads alone",
+            Load::SplitScan,
+            UNIT_NICE,
+        ),
+        ("SQLite whole listing alone", Load::Listing, UNIT_NICE),
     ];
     let (lat_ms, cycles) = rt.block_on(async {
         let mut lat_ms: Vec<Vec<f64>> = vec![Vec::new(); loads.len()];
@@ -672,66 +724,76 @@ fn main() {
         let mut k = 0usize;
         for block in 0..2 * loads.len() {
             let which = block % loads.len();
+            let (_, load, nice) = loads[which];
             let stop = Arc::new(AtomicBool::new(false));
             let (stop2, count) = (stop.clone(), cycles[which].clone());
-            let cfg = if which == 2 {
+            let cfg = if load == (Load::Incrementals { queries: false }) {
                 cfg_a0.clone()
             } else {
                 cfg_a.clone()
             };
-            let reader = tokio::spawn(async move {
-                match which {
-                    0 => 0,
-                    3 | 4 => {
-                        let m = manager(&cfg).await;
-                        let local = chromaprod::chroma::local::LocalChroma::configured(
-                            &cfg,
-                            m.store().metrics(),
-                        )
-                        .await
-                        .expect("local chroma");
-                        let coll = m
-                            .store()
-                            .get_collection(COLLECTION)
-                            .await
-                            .expect("collection");
-                        let mark = local.position(&coll.id).await.expect("position").seq_id;
-                        while !stop2.load(Ordering::Relaxed) {
-                            let pos = local.position(&coll.id).await.expect("position");
-                            if which == 3 {
-                                let mut after = None;
-                                loop {
-                                    let page = local
-                                        .page_split(
-                                            &pos.segment,
-                                            after,
-                                            mark,
-                                            chromaprod::chroma::local::PAGE,
-                                        )
-                                        .await
-                                        .expect("rows");
-                                    match page.next {
-                                        Some(n) => after = Some(n),
-                                        None => break,
-                                    }
-                                }
-                            } else {
-                                let mut rows = local.rows(&pos.segment, None);
-                                while rows.next().await.expect("rows").is_some() {}
-                            }
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        0
-                    }
-                    _ => {
-                        let m = manager(&cfg).await;
-                        while !stop2.load(Ordering::Relaxed) {
-                            timed_backup(&m, BackupType::Incremental).await;
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        m.store().metrics().change_feed_reads().fallback
-                    }
+            let reader = std::thread::spawn(move || {
+                if nice != 0 {
+                    renice_this_thread(nice);
                 }
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    match load {
+                        Load::Alone => 0,
+                        Load::SplitScan | Load::Listing => {
+                            let m = manager(&cfg).await;
+                            let local = chromaprod::chroma::local::LocalChroma::configured(
+                                &cfg,
+                                m.store().metrics(),
+                            )
+                            .await
+                            .expect("local chroma");
+                            let coll = m
+                                .store()
+                                .get_collection(COLLECTION)
+                                .await
+                                .expect("collection");
+                            let mark = local.position(&coll.id).await.expect("position").seq_id;
+                            while !stop2.load(Ordering::Relaxed) {
+                                let pos = local.position(&coll.id).await.expect("position");
+                                if load == Load::SplitScan {
+                                    let mut after = None;
+                                    loop {
+                                        let page = local
+                                            .page_split(
+                                                &pos.segment,
+                                                after,
+                                                mark,
+                                                chromaprod::chroma::local::PAGE,
+                                            )
+                                            .await
+                                            .expect("rows");
+                                        match page.next {
+                                            Some(n) => after = Some(n),
+                                            None => break,
+                                        }
+                                    }
+                                } else {
+                                    let mut rows = local.rows(&pos.segment, None);
+                                    while rows.next().await.expect("rows").is_some() {}
+                                }
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                            0
+                        }
+                        Load::Incrementals { .. } => {
+                            let m = manager(&cfg).await;
+                            while !stop2.load(Ordering::Relaxed) {
+                                timed_backup(&m, BackupType::Incremental).await;
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                            m.store().metrics().change_feed_reads().fallback
+                        }
+                    }
+                })
             });
             if which > 0 {
                 // Let the load start.
@@ -757,7 +819,9 @@ fn main() {
             }
             stop.store(true, Ordering::Relaxed);
             assert_eq!(
-                reader.await.expect("reader"),
+                tokio::task::spawn_blocking(move || reader.join().expect("reader"))
+                    .await
+                    .expect("reader"),
                 0,
                 "the incrementals read the change feed"
             );
@@ -789,7 +853,7 @@ fn main() {
             &mut rows,
             format!(
                 "the same adds during: {} ({} run back to back)",
-                loads[w], cycles[w]
+                loads[w].0, cycles[w]
             ),
             lat(&lat_ms[w]),
             format!(
