@@ -27,8 +27,8 @@
 //!    SQLite); anything unexpected ([`Unusable`]) sends the collection back
 //!    to the full read, which the caller logs with its reason and counts.
 //!
-//! Memory: 32 bytes and a bit per live parent record ([`ParentIds`]: a
-//! 16-byte key of the id and its record digest), beside the planner's 16 bytes and a bit;
+//! Memory: 40 bytes and a bit per live parent record ([`ParentIds`]: a
+//! 16-byte key of the id, its record digest and an 8-byte id hash), beside the planner's 16 bytes and a bit;
 //! the changed ids go to a temporary file ([`IdSpool`]).
 
 use std::collections::HashSet;
@@ -39,7 +39,7 @@ use super::manifest::{ChangeMark, ChunkRef, IncrementalPlanner};
 use super::records::{ChunkIndex, RecordDigest};
 use super::source::{IdList, IdSpool};
 use super::BackupError;
-use crate::chroma::local::{LocalChroma, Position, Unusable, PAGE};
+use crate::chroma::local::{id_hash, LocalChroma, Position, Unusable, PAGE};
 use crate::chroma::ProductionChromaStore;
 
 /// Times the record counts are compared before the persist directory is
@@ -61,7 +61,9 @@ fn id_key(id: &str) -> IdKey {
 /// records in the planner without reading them.
 #[derive(Debug, Default)]
 pub struct ParentIds {
-    entries: Vec<(IdKey, RecordDigest)>,
+    /// Per record: the key of its id, its digest, and its id's
+    /// [`id_hash`] (what a page of Chroma's rows is checked against).
+    entries: Vec<(IdKey, RecordDigest, u64)>,
     sealed: bool,
 }
 
@@ -81,7 +83,7 @@ impl ParentIds {
                 .entries
                 .iter()
                 .filter(|(id, _)| !excluded.contains(id.as_str()))
-                .map(|(id, d)| (id_key(id), *d)),
+                .map(|(id, d)| (id_key(id), *d, id_hash(id))),
         );
     }
 
@@ -250,11 +252,12 @@ impl ReadBy {
 /// the rows written after the mark are read out, the others only counted.
 /// A row at or before the mark belongs to a record nobody wrote since the
 /// mark, which the parent therefore read, as it still is; each id is in one
-/// page only. So if the rows counted are as many as the parent's records
-/// not among the written ones, each of those was there when its page was
-/// read: none was deleted before this backup, and all are unchanged.
-/// Otherwise records were deleted, and the rows are listed again by id to
-/// find which.
+/// page only. So if the rows counted are the parent's records not among the
+/// written ones (as many, and the same ids by the XOR of their
+/// [`id_hash`]es), each of those was there when its page was read: none was
+/// deleted before this backup, and all are unchanged. Otherwise records
+/// were deleted (or a row the parent lacks is older than the mark), and the
+/// rows are listed again by id to find which.
 pub async fn since(
     local: &LocalChroma,
     now: Position,
@@ -266,7 +269,7 @@ pub async fn since(
     let mut written = IdSpool::new()?;
     // Which parent records were written since the mark: a bit each.
     let mut rewritten = vec![0u64; parent_ids.entries.len().div_ceil(64)];
-    let (mut at_or_before, mut after) = (0u64, None);
+    let (mut at_or_before, mut at_or_before_ids, mut after) = (0u64, 0u64, None);
     loop {
         let page = match local
             .page_split(&now.segment, after.take(), parent.seq_id, PAGE)
@@ -276,6 +279,7 @@ pub async fn since(
             Err(e) => return Ok(Err(e)),
         };
         at_or_before += page.at_or_before;
+        at_or_before_ids ^= page.at_or_before_ids;
         for (id, _) in &page.written {
             written.push(id)?;
             if let Some(at) = parent_ids.position(id) {
@@ -287,11 +291,20 @@ pub async fn since(
             None => break,
         }
     }
-    let rewritten_count: u64 = rewritten.iter().map(|w| u64::from(w.count_ones())).sum();
-    if at_or_before == parent_ids.entries.len() as u64 - rewritten_count {
+    // The parent's records not written since: as many, and the same ids,
+    // as the rows counted?
+    let is_rewritten = |at: usize| rewritten[at / 64] & (1 << (at % 64)) != 0;
+    let (mut kept, mut kept_ids) = (0u64, 0u64);
+    for (at, (_, _, h)) in parent_ids.entries.iter().enumerate() {
+        if !is_rewritten(at) {
+            kept += 1;
+            kept_ids ^= h;
+        }
+    }
+    if (at_or_before, at_or_before_ids) == (kept, kept_ids) {
         let mut unchanged = 0u64;
-        for (at, (_, digest)) in parent_ids.entries.iter().enumerate() {
-            if rewritten[at / 64] & (1 << (at % 64)) == 0 && planner.unchanged(digest) {
+        for (at, (_, digest, _)) in parent_ids.entries.iter().enumerate() {
+            if !is_rewritten(at) && planner.unchanged(digest) {
                 unchanged += 1;
             }
         }

@@ -310,8 +310,11 @@ impl LocalChroma {
 pub struct SplitPage {
     /// Rows written after the sequence number: `(id, seq_id)`.
     pub written: Vec<(String, u64)>,
-    /// How many rows were written at or before it (their ids not read out).
+    /// How many rows were written at or before it (their ids not read out)...
     pub at_or_before: u64,
+    /// ...and their ids' [`id_hash`]es XORed together: a digest of that set
+    /// of ids, order aside.
+    pub at_or_before_ids: u64,
     /// The page's last id (where the next page starts), `None` after the
     /// last page.
     pub next: Option<String>,
@@ -353,7 +356,10 @@ impl LocalChroma {
                 last.push_str(id);
                 match seq_value(r.get_ref(1)?).value() {
                     Ok(seq) if seq > since => page.written.push((id.to_string(), seq)),
-                    Ok(_) => page.at_or_before += 1,
+                    Ok(_) => {
+                        page.at_or_before += 1;
+                        page.at_or_before_ids ^= id_hash(id);
+                    }
                     Err(e) => return Ok(Err(e)),
                 }
             }
@@ -362,6 +368,16 @@ impl LocalChroma {
         })
         .await
     }
+}
+
+/// A 64-bit hash of a record id (SipHash, fixed keys), cheap enough for
+/// every row of a page: XORed over a set of ids, it tells two sets apart
+/// (unless they differ by a collision, about 2^-64).
+pub fn id_hash(id: &str) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
 }
 
 /// [`LocalChroma::position`]'s query: the metadata segment of

@@ -122,6 +122,7 @@ async fn a_split_page_reads_out_the_rows_written_since_and_counts_the_rest() {
         SplitPage {
             written: vec![("a".to_string(), 7), ("b".to_string(), 5)],
             at_or_before: 1,
+            at_or_before_ids: id_hash("c"),
             next: Some("c".into()),
         }
     );
@@ -134,6 +135,7 @@ async fn a_split_page_reads_out_the_rows_written_since_and_counts_the_rest() {
         SplitPage {
             written: vec![("d".to_string(), 9)],
             at_or_before: 1,
+            at_or_before_ids: id_hash("e"),
             next: None,
         }
     );
