@@ -199,7 +199,10 @@ impl BackupManager {
                 // recorded answers stand, and the live index is not asked
                 // again.
                 Some(q) => (Some(q), 0),
-                None => self.record_queries(&snapshot_id, &collection).await?,
+                None => {
+                    self.record_queries(&snapshot_id, &collection, local.as_ref())
+                        .await?
+                }
             };
             snap.queries = queries;
             written += bytes + queries_bytes;

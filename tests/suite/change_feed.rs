@@ -280,6 +280,16 @@ fn each_kind_of_change_is_read_from_the_feed_and_restores_equal() {
             "after {what}, the change should be found by `{how}`:\n{log}"
         );
         s.assert_restores(&snap, &live);
+        // The recall sample's ids come from the persist directory too
+        // (recorded anew whenever the records changed).
+        if what != "nothing" {
+            assert!(
+                log.lines().any(|l| l.contains("recorded sample queries")
+                    && l.contains(" collection=docs ")
+                    && l.contains("ids_from=\"persist_directory\"")),
+                "after {what}, the sample's ids should be listed from the persist directory:\n{log}"
+            );
+        }
     }
 }
 

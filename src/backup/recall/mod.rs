@@ -242,11 +242,13 @@ pub fn summarize(recorded: &RecordedQueries, returned: &[Vec<Neighbour>]) -> Rec
 /// empty). Vectors that are not finite, and records deleted between the
 /// listing and the fetch, are left out.
 ///
-/// Cost: one id listing, one `get` of the sampled records by id (per 500),
-/// one `query` per 25 samples.
+/// Cost: one id listing (`listing`: over HTTP, or from a local Chroma's
+/// files, which costs the server nothing), one `get` of the sampled records
+/// by id (per 500), one `query` per 25 samples.
 pub async fn record(
     store: &ProductionChromaStore,
     collection: &Collection,
+    mut listing: IdList,
     sample: usize,
     k: usize,
     seed: u64,
@@ -254,7 +256,6 @@ pub async fn record(
     if sample == 0 || k == 0 {
         return Ok(None);
     }
-    let mut listing = IdList::list(store, &collection.id).await?;
     let count = listing.len();
     if count == 0 {
         return Ok(None);

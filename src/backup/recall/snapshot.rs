@@ -7,8 +7,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{check, record, seed_for, QueriesRef, RecallCheck, DEFAULT_MIN_RECALL};
+use crate::backup::changes;
 use crate::backup::manifest::{CollectionSnapshot, SnapshotId};
+use crate::backup::source::IdList;
 use crate::backup::{BackupError, BackupManager};
+use crate::chroma::local::LocalChroma;
 use crate::chroma::{ChromaError, Collection};
 
 /// The result of `backups verify ID --recall`.
@@ -56,6 +59,7 @@ impl BackupManager {
         &self,
         snapshot: &SnapshotId,
         collection: &Collection,
+        local: Option<&LocalChroma>,
     ) -> Result<(Option<QueriesRef>, u64), BackupError> {
         let (n, k) = (
             self.config.backup.verify_queries,
@@ -63,7 +67,11 @@ impl BackupManager {
         );
         let started = Instant::now();
         let seed = seed_for(snapshot.as_str(), &collection.name);
-        let Some(recorded) = record(&self.store, collection, n, k, seed).await? else {
+        if n == 0 || k == 0 {
+            return Ok((None, 0));
+        }
+        let (listing, ids_from) = self.sample_listing(collection, local).await?;
+        let Some(recorded) = record(&self.store, collection, listing, n, k, seed).await? else {
             return Ok((None, 0));
         };
         if recorded.queries.is_empty() {
@@ -75,10 +83,37 @@ impl BackupManager {
             queries = r.queries,
             k = r.k,
             bytes = r.stored_size,
+            ids_from,
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "recorded sample queries for the recall check"
         );
         Ok((Some(r), written))
+    }
+
+    /// The ids the sample is drawn from, and where from: the local Chroma's
+    /// files when there is one (`persist_directory`: the server is not asked
+    /// to list them all), else the server; a local directory that cannot be
+    /// trusted is logged and counted, as for the backup's own read.
+    async fn sample_listing(
+        &self,
+        collection: &Collection,
+        local: Option<&LocalChroma>,
+    ) -> Result<(IdList, &'static str), BackupError> {
+        if let Some(local) = local {
+            let listed = match changes::position(local, &self.store, &collection.id).await? {
+                Ok(p) => changes::list_all(local, &p.segment).await?,
+                Err(why) => Err(why),
+            };
+            match listed {
+                Ok(ids) => return Ok((ids, "persist_directory")),
+                Err(why) => why.report(
+                    self.store.metrics(),
+                    &collection.name,
+                    "listing the recall sample's ids over HTTP",
+                ),
+            }
+        }
+        Ok((IdList::list(&self.store, &collection.id).await?, "server"))
     }
 
     /// Runs the queries `c` recorded against the live collection `target`.
