@@ -14,10 +14,12 @@
 //!    applies moves it): the parent's chunks stand, and neither they nor
 //!    the segment are read ([`unchanged_since`], `read=nothing`);
 //! 3. else goes through the segment's rows page by page, reading out only
-//!    those written after the mark and counting the others: if the count
-//!    is the parent's records less those written, no parent record is gone,
-//!    and every parent record not written is unchanged (`read=changes`);
-//! 4. else (records were deleted) lists the segment's `(id, seq_id)` rows
+//!    those written after the mark and counting the others (with the XOR of
+//!    a hash of their ids): if the count and the hash are those of the
+//!    parent's records less those written, no parent record is gone, and
+//!    every parent record not written is unchanged (`read=changes`);
+//! 4. else (records were deleted, or a row older than the mark is unknown
+//!    to the parent) lists the segment's `(id, seq_id)` rows
 //!    again in keyset pages: a row written after the mark goes to the list
 //!    of ids to fetch; a row at or before it must be a live record of the
 //!    parent, unchanged, and is marked as such in the
@@ -140,7 +142,9 @@ pub async fn position(
             before.records.max(after.records),
         );
         if (lo..=hi).contains(&server) && before.segment == after.segment {
-            return Ok(Ok(before));
+            // The later read: still before anything is listed, and nearer
+            // to now.
+            return Ok(Ok(after));
         }
         last = Some((before.records, server));
     }
@@ -262,8 +266,20 @@ pub async fn since(
     local: &LocalChroma,
     now: Position,
     parent: &ChangeMark,
+    parent_ids: ParentIds,
+    planner: &mut IncrementalPlanner,
+) -> Result<Result<Changes, Unusable>, BackupError> {
+    since_in_pages(local, now, parent, parent_ids, planner, PAGE).await
+}
+
+/// [`since`], its counted scan in pages of `page` rows.
+async fn since_in_pages(
+    local: &LocalChroma,
+    now: Position,
+    parent: &ChangeMark,
     mut parent_ids: ParentIds,
     planner: &mut IncrementalPlanner,
+    page: usize,
 ) -> Result<Result<Changes, Unusable>, BackupError> {
     parent_ids.seal();
     let mut written = IdSpool::new()?;
@@ -272,7 +288,7 @@ pub async fn since(
     let (mut at_or_before, mut at_or_before_ids, mut after) = (0u64, 0u64, None);
     loop {
         let page = match local
-            .page_split(&now.segment, after.take(), parent.seq_id, PAGE)
+            .page_split(&now.segment, after.take(), parent.seq_id, page)
             .await
         {
             Ok(p) => p,
@@ -365,6 +381,164 @@ pub fn mark_of(p: Position) -> ChangeMark {
 mod tests {
     use super::*;
     use crate::backup::records::RecordDigest;
+    use crate::chroma::local::fixture::{database, SEGMENT};
+
+    /// A parent of records `ids` (digest `[i; 16]` for the i-th), marked at
+    /// sequence 10, and what `since` makes of the database holding `rows`,
+    /// read in pages of 3: the result, and which parent records the
+    /// planner was told are unchanged.
+    async fn changes_over(
+        ids: &[&str],
+        rows: &[(&str, i64)],
+    ) -> (Result<Changes, Unusable>, Vec<String>) {
+        let dir = tempfile::tempdir().expect("should succeed");
+        let max = rows.iter().map(|r| r.1).max().unwrap_or(0).max(10);
+        drop(database(dir.path(), rows, Some(max)));
+        let local = LocalChroma::open(dir.path()).await.expect("should succeed");
+        let chunk = ChunkRef {
+            id: String::new(),
+            checksum: String::new(),
+            stored_size: 0,
+            records: ids.len() as u64,
+            index_id: String::new(),
+            index_checksum: String::new(),
+            index_stored_size: 0,
+            excluded_ids: Vec::new(),
+        };
+        let index = ChunkIndex {
+            entries: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.to_string(), RecordDigest([i as u8; 16])))
+                .collect(),
+        };
+        let mut parent_ids = ParentIds::with_capacity(ids.len() as u64);
+        parent_ids.add(&chunk, &index);
+        let mut planner = IncrementalPlanner::new(ids.len() as u64, 0.5);
+        planner.add_parent(&chunk, &index);
+        let now = Position {
+            file: local.file_identity().expect("should succeed"),
+            segment: SEGMENT.into(),
+            seq_id: max as u64,
+            records: rows.len() as u64,
+        };
+        let mark = ChangeMark {
+            segment: SEGMENT.into(),
+            seq_id: 10,
+            file: Some(now.file.clone()),
+        };
+        let got = since_in_pages(&local, now, &mark, parent_ids, &mut planner, 3)
+            .await
+            .expect("should succeed");
+        // The parent records the planner keeps live.
+        let kept = match planner.decide(&chunk, &index) {
+            crate::backup::manifest::ChunkDecision::Keep(k) => ids
+                .iter()
+                .filter(|id| !k.chunk.excluded_ids.iter().any(|e| e == *id))
+                .map(|id| id.to_string())
+                .collect(),
+            other => panic!("{other:?}"),
+        };
+        (got, kept)
+    }
+
+    fn written(ids: &mut IdList) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let part = ids.next(100).expect("should succeed");
+            if part.is_empty() {
+                break;
+            }
+            out.extend(part);
+        }
+        out.sort();
+        out
+    }
+
+    const PARENT: [&str; 8] = ["a", "b", "c", "d", "e", "f", "g", "h"];
+
+    #[tokio::test]
+    async fn rows_written_since_are_read_out_and_the_rest_counted_over_many_pages() {
+        // c rewritten, z added: every other parent record is still there.
+        let rows = [
+            ("a", 1),
+            ("b", 2),
+            ("c", 11),
+            ("d", 4),
+            ("e", 5),
+            ("f", 6),
+            ("g", 7),
+            ("h", 8),
+            ("z", 12),
+        ];
+        let (got, kept) = changes_over(&PARENT, &rows).await;
+        let mut got = got.expect("the feed can say");
+        assert_eq!(got.read, ReadBy::Changes);
+        assert_eq!(written(&mut got.changed), vec!["c", "z"]);
+        assert_eq!(got.unchanged, 7);
+        assert_eq!(kept, vec!["a", "b", "d", "e", "f", "g", "h"]);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_record_sends_the_read_to_the_listing() {
+        let rows = [
+            ("a", 1),
+            ("b", 2),
+            ("c", 11),
+            ("e", 5),
+            ("f", 6),
+            ("g", 7),
+            ("h", 8),
+            ("z", 12),
+        ];
+        let (got, kept) = changes_over(&PARENT, &rows).await;
+        let mut got = got.expect("the feed can say");
+        assert_eq!(got.read, ReadBy::Listing);
+        assert_eq!(written(&mut got.changed), vec!["c", "z"]);
+        assert_eq!(kept, vec!["a", "b", "e", "f", "g", "h"], "d was deleted");
+    }
+
+    #[tokio::test]
+    async fn a_deletion_balanced_by_a_row_older_than_the_mark_is_not_trusted() {
+        // d deleted and y, unknown to the parent, at a sequence number below
+        // the mark: as many rows counted as the parent expects, but not the
+        // same ids; the listing names y.
+        let rows = [
+            ("a", 1),
+            ("b", 2),
+            ("c", 11),
+            ("e", 5),
+            ("f", 6),
+            ("g", 7),
+            ("h", 8),
+            ("y", 9),
+        ];
+        let (got, _) = changes_over(&PARENT, &rows).await;
+        let why = got.err().expect("not trusted");
+        assert_eq!(why.reason(), "unknown_record", "{why}");
+        assert!(why.to_string().contains("\"y\""), "{why}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_id_is_a_row_like_any_other() {
+        let mut parent = PARENT.to_vec();
+        parent.insert(0, "");
+        let rows = [
+            ("", 3),
+            ("a", 1),
+            ("b", 2),
+            ("c", 4),
+            ("d", 4),
+            ("e", 5),
+            ("f", 6),
+            ("g", 7),
+            ("h", 8),
+        ];
+        let (got, kept) = changes_over(&parent, &rows).await;
+        let got = got.expect("the feed can say");
+        assert_eq!((got.read, got.unchanged), (ReadBy::Changes, 9));
+        assert_eq!(kept.len(), 9);
+    }
 
     #[test]
     fn parent_ids_find_live_records_and_skip_excluded_ones() {

@@ -191,8 +191,13 @@ impl BackupManager {
                 .iter()
                 .filter_map(|p| p.collections.iter().find(|c| c.name == collection.name))
                 .filter_map(|c| same_records_as(&snap, Some(c)))
-                .find_map(|c| c.queries.clone().filter(|q| q.k == k))
-                .filter(|_| self.config.backup.verify_queries > 0);
+                .find_map(|c| c.queries.clone())
+                .filter(|q| {
+                    // As many queries as asked for now (or the whole
+                    // collection), of the same k.
+                    let wanted = (self.config.backup.verify_queries as u64).min(snap.record_count);
+                    wanted > 0 && q.k == k && q.queries >= wanted
+                });
             let (queries, queries_bytes) = match lent {
                 // Exactly the records of an earlier snapshot (the parent,
                 // or one before a snapshot taken without queries): its

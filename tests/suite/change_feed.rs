@@ -34,10 +34,15 @@ impl Setup {
 
     /// The same, `docs` created with `configuration`.
     fn with(configuration: Value) -> Setup {
+        Self::sized(600, configuration)
+    }
+
+    /// The same with `n` records.
+    fn sized(n: usize, configuration: Value) -> Setup {
         let chroma = ChromaServer::start();
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let store = store_for(&chroma.base());
-        let collection = rt.block_on(seed_with(&store, "docs", 600, 8, configuration));
+        let collection = rt.block_on(seed_with(&store, "docs", n, 8, configuration));
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Setup {
             config: dir.path().join("chromaprod.toml"),
@@ -436,20 +441,23 @@ fn a_directory_another_server_uses_is_not_trusted() {
 }
 
 /// A writer upserts existing records and adds new ones while a change-aware
-/// incremental runs: the rows written since the mark and the record count
-/// are read in one transaction, so the read stays the short one (no
-/// deletion), every record that existed for the whole backup is in the
-/// snapshot, and each field holds a value its record really had.
+/// incremental runs over 5,000 records (three pages of the counted scan):
+/// the read stays the counted one (nothing deleted), every record that
+/// existed for the whole backup is in the snapshot, none older than it was
+/// when the backup began, and a record nobody wrote during the backup is
+/// whole (every field of one version).
 #[test]
 fn a_writer_during_a_change_aware_incremental_loses_no_record() {
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let mut s = Setup::new();
+    const N: usize = 5000;
+    let s = Setup::sized(N, json!({"hnsw": {"space": "l2"}}));
     s.backup("--full");
     let before: HashMap<String, Record> = s.live().into_iter().map(|r| (r.id.clone(), r)).collect();
-    let versions: Arc<Mutex<HashMap<String, HashSet<u32>>>> = Arc::default();
+    // Per id, the rounds it was written in (version 0: as seeded).
+    let versions: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
     let (stop, rounds) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU32::new(0)),
@@ -462,14 +470,14 @@ fn a_writer_during_a_change_aware_incremental_loses_no_record() {
             let mut round = 0u32;
             while !stop.load(Ordering::SeqCst) {
                 round += 1;
-                // Ten existing records in turn and five new ones.
-                let start = (round as usize * 10) % 600;
+                // Ten existing records spread over the pages, five new ones.
+                let start = (round as usize * 377) % (N - 10);
                 let mut batch = ids(start..start + 10);
-                batch.extend(ids(1000 + round as usize * 5..1005 + round as usize * 5));
+                batch.extend(ids(10_000 + round as usize * 5..10_005 + round as usize * 5));
                 {
                     let mut v = versions.lock().expect("lock");
                     for id in &batch {
-                        v.entry(id.clone()).or_default().insert(round);
+                        v.entry(id.clone()).or_default().push(round);
                     }
                 }
                 let records = RecordBatch {
@@ -502,6 +510,7 @@ fn a_writer_during_a_change_aware_incremental_loses_no_record() {
     while rounds.load(Ordering::SeqCst) < 5 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    // Rounds up to `first` were acknowledged before the backup began.
     let first = rounds.load(Ordering::SeqCst);
     let (snap, log) = s.backup("--incremental");
     let last = rounds.load(Ordering::SeqCst);
@@ -513,7 +522,6 @@ fn a_writer_during_a_change_aware_incremental_loses_no_record() {
     );
     assert_eq!(read_by(&log), Some("changes"), "{log}");
 
-    s.restored += 1;
     let (code, out, err) = offline(
         &s.config,
         &["restore", &snap, "--collection", "docs", "--as", "docs_w"],
@@ -531,28 +539,59 @@ fn a_writer_during_a_change_aware_incremental_loses_no_record() {
         "existed for the whole backup but missing: {missing:?}"
     );
     let versions = versions.lock().expect("lock");
+    let created_before: Vec<&String> = versions
+        .iter()
+        .filter(|(id, v)| !before.contains_key(*id) && v.iter().any(|r| *r <= first))
+        .map(|(id, _)| id)
+        .filter(|id| !got.contains_key(*id))
+        .collect();
+    assert!(
+        created_before.is_empty(),
+        "created before the backup began but missing: {created_before:?}"
+    );
     for (id, r) in &got {
         let written = versions.get(id).cloned().unwrap_or_default();
-        let was = before.get(id);
-        assert!(
-            was.is_some() || !written.is_empty(),
-            "{id} was never written but is in the snapshot"
+        let seeded = before.get(id);
+        // The version each field holds (0: as seeded), if any.
+        let version = |field_is: &dyn Fn(u32) -> bool, seeded_is: bool| -> Option<u32> {
+            if seeded_is {
+                return Some(0);
+            }
+            written.iter().copied().find(|v| field_is(*v))
+        };
+        let doc = version(
+            &|v| r.document.as_deref() == Some(format!("{id} v{v}").as_str()),
+            seeded.is_some_and(|w| w.document == r.document),
         );
-        let document_ok = was.is_some_and(|w| w.document == r.document)
-            || written
-                .iter()
-                .any(|v| r.document.as_deref() == Some(format!("{id} v{v}").as_str()));
-        let metadata_ok = was.is_some_and(|w| w.metadata == r.metadata)
-            || written
-                .iter()
-                .any(|v| r.metadata.as_ref().and_then(|m| m.get("v")) == Some(&json!(v)));
-        let embedding_ok = was.is_some_and(|w| w.embedding == r.embedding)
-            || written
-                .iter()
-                .any(|v| r.embedding == Some(vec![*v as f32 / 100.0; 8]));
-        assert!(
-            document_ok && metadata_ok && embedding_ok,
-            "{id} holds a value it never had: {r:?}"
+        let meta = version(
+            &|v| r.metadata.as_ref().and_then(|m| m.get("v")) == Some(&json!(v)),
+            seeded.is_some_and(|w| w.metadata == r.metadata),
         );
+        let emb = version(
+            &|v| r.embedding == Some(vec![v as f32 / 100.0; 8]),
+            seeded.is_some_and(|w| w.embedding == r.embedding),
+        );
+        let (Some(doc), Some(meta), Some(emb)) = (doc, meta, emb) else {
+            panic!("{id} holds a value it never had: {r:?}");
+        };
+        // Not older than when the backup began; nothing written after it.
+        let floor = written.iter().copied().filter(|v| *v <= first).max();
+        let floor = floor.unwrap_or(0);
+        for v in [doc, meta, emb] {
+            assert!(
+                v >= floor && v <= last + 1,
+                "{id}: version {v}, but it was at version {floor} when the backup began (rounds {first}..={last} ran during it)"
+            );
+        }
+        if !written.iter().any(|v| *v > first) {
+            assert!(
+                doc == meta && meta == emb,
+                "{id} was not written during the backup, yet its fields are from versions {doc}, {meta}, {emb}"
+            );
+            assert!(
+                seeded.is_some() || doc > 0,
+                "{id} was never written but is in the snapshot"
+            );
+        }
     }
 }

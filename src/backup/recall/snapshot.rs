@@ -92,8 +92,8 @@ impl BackupManager {
 
     /// The ids the sample is drawn from, and where from: the local Chroma's
     /// files when there is one (`persist_directory`: the server is not asked
-    /// to list them all), else the server; a local directory that cannot be
-    /// trusted is logged and counted, as for the backup's own read.
+    /// to list them all), else the server (a local directory that cannot be
+    /// trusted is logged; the backup's read has counted it).
     async fn sample_listing(
         &self,
         collection: &Collection,
@@ -106,11 +106,11 @@ impl BackupManager {
             };
             match listed {
                 Ok(ids) => return Ok((ids, "persist_directory")),
-                Err(why) => why.report(
-                    self.store.metrics(),
-                    &collection.name,
-                    "listing the recall sample's ids over HTTP",
-                ),
+                // The backup's own read reported and counted why already,
+                // unless the directory changed in between.
+                Err(why) => {
+                    tracing::info!(collection = %collection.name, reason = why.reason(), error = %why, "listing the recall sample's ids over HTTP");
+                }
             }
         }
         Ok((IdList::list(&self.store, &collection.id).await?, "server"))

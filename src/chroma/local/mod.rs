@@ -280,13 +280,13 @@ impl LocalChroma {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT embedding_id, seq_id FROM embeddings \
-                 WHERE segment_id = ?1 AND embedding_id > ?2 AND (?3 IS NULL OR seq_id > ?3) \
+                 WHERE segment_id = ?1 AND (?2 IS NULL OR embedding_id > ?2) AND (?3 IS NULL OR seq_id > ?3) \
                  ORDER BY embedding_id LIMIT ?4",
             )?;
             let since = since.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
             let mut rows = stmt.query((
                 &segment,
-                after.as_deref().unwrap_or(""),
+                after.as_deref(),
                 since,
                 i64::try_from(limit).unwrap_or(i64::MAX),
             ))?;
@@ -335,12 +335,12 @@ impl LocalChroma {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT embedding_id, seq_id FROM embeddings \
-                 WHERE segment_id = ?1 AND embedding_id > ?2 \
+                 WHERE segment_id = ?1 AND (?2 IS NULL OR embedding_id > ?2) \
                  ORDER BY embedding_id LIMIT ?3",
             )?;
             let mut rows = stmt.query((
                 &segment,
-                after.as_deref().unwrap_or(""),
+                after.as_deref(),
                 i64::try_from(limit).unwrap_or(i64::MAX),
             ))?;
             let (mut page, mut last, mut n) = (SplitPage::default(), String::new(), 0usize);
@@ -511,5 +511,7 @@ fn uri_path(path: &Path) -> String {
     out
 }
 
+#[cfg(test)]
+pub(crate) mod fixture;
 #[cfg(test)]
 mod tests;
