@@ -30,8 +30,9 @@
 //!    to the full read, which the caller logs with its reason and counts.
 //!
 //! Memory: 40 bytes and a bit per live parent record ([`ParentIds`]: a
-//! 16-byte key of the id, its record digest and an 8-byte id hash), beside the planner's 16 bytes and a bit;
-//! the changed ids go to a temporary file ([`IdSpool`]).
+//! 16-byte key of the id, its record digest and an 8-byte id hash), beside
+//! the planner's 16 bytes and a bit; the changed ids go to a temporary file
+//! ([`IdSpool`]).
 
 use std::collections::HashSet;
 

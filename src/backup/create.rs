@@ -205,8 +205,10 @@ impl BackupManager {
                 // again.
                 Some(q) => (Some(q), 0),
                 None => {
-                    self.record_queries(&snapshot_id, &collection, local.as_ref())
-                        .await?
+                    // Read through the local Chroma's files: the sample's
+                    // ids come from the segment the backup just read.
+                    let feed = local.as_ref().zip(snap.change_mark.as_ref());
+                    self.record_queries(&snapshot_id, &collection, feed).await?
                 }
             };
             snap.queries = queries;

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{check, record, seed_for, QueriesRef, RecallCheck, DEFAULT_MIN_RECALL};
 use crate::backup::changes;
-use crate::backup::manifest::{CollectionSnapshot, SnapshotId};
+use crate::backup::manifest::{ChangeMark, CollectionSnapshot, SnapshotId};
 use crate::backup::source::IdList;
 use crate::backup::{BackupError, BackupManager};
 use crate::chroma::local::LocalChroma;
@@ -59,7 +59,7 @@ impl BackupManager {
         &self,
         snapshot: &SnapshotId,
         collection: &Collection,
-        local: Option<&LocalChroma>,
+        feed: Option<(&LocalChroma, &ChangeMark)>,
     ) -> Result<(Option<QueriesRef>, u64), BackupError> {
         let (n, k) = (
             self.config.backup.verify_queries,
@@ -70,7 +70,7 @@ impl BackupManager {
         if n == 0 || k == 0 {
             return Ok((None, 0));
         }
-        let (listing, ids_from) = self.sample_listing(collection, local).await?;
+        let (listing, ids_from) = self.sample_listing(collection, feed).await?;
         let Some(recorded) = record(&self.store, collection, listing, n, k, seed).await? else {
             return Ok((None, 0));
         };
@@ -90,24 +90,18 @@ impl BackupManager {
         Ok((Some(r), written))
     }
 
-    /// The ids the sample is drawn from, and where from: the local Chroma's
-    /// files when there is one (`persist_directory`: the server is not asked
-    /// to list them all), else the server (a local directory that cannot be
-    /// trusted is logged; the backup's read has counted it).
+    /// The ids the sample is drawn from, and where from: the segment the
+    /// backup just read through the local Chroma's files (`feed`: the
+    /// directory and the mark it recorded; the server is not asked to list
+    /// them all), else the server.
     async fn sample_listing(
         &self,
         collection: &Collection,
-        local: Option<&LocalChroma>,
+        feed: Option<(&LocalChroma, &ChangeMark)>,
     ) -> Result<(IdList, &'static str), BackupError> {
-        if let Some(local) = local {
-            let listed = match changes::position(local, &self.store, &collection.id).await? {
-                Ok(p) => changes::list_all(local, &p.segment).await?,
-                Err(why) => Err(why),
-            };
-            match listed {
+        if let Some((local, mark)) = feed {
+            match changes::list_all(local, &mark.segment).await? {
                 Ok(ids) => return Ok((ids, "persist_directory")),
-                // The backup's own read reported and counted why already,
-                // unless the directory changed in between.
                 Err(why) => {
                     tracing::info!(collection = %collection.name, reason = why.reason(), error = %why, "listing the recall sample's ids over HTTP");
                 }
