@@ -7,7 +7,9 @@
 //!
 //! `cargo bench --bench changes` (records: `CHANGES_BENCH_N`, default
 //! 100000, × 384; rounds: `CHANGES_BENCH_ROUNDS`, default 3; add requests
-//! per latency block: `CHANGES_BENCH_ADDS`, default 150, eight blocks).
+//! per latency block: `CHANGES_BENCH_ADDS`, default 150, two blocks per
+//! load). `CHANGES_BENCH_LATENCY_ONLY=1` seeds, takes one full backup and
+//! runs step 6 alone.
 //!
 //! What it does, in order:
 //! 1. seeds one l2 collection (upserts of 1,000); at N/4, N/2 and N it takes
@@ -30,8 +32,11 @@
 //!    restore of A's snapshot into a new collection (`--as`, with its
 //!    recall check, as the CLI runs by default) and the recall check alone;
 //! 6. Chroma's `add` latency (10 records a request, one request at a time):
-//!    blocks alone and blocks while change-aware incrementals of the same
-//!    collection run back to back, alternating.
+//!    blocks alone and blocks under each load in rotation (change-aware
+//!    incrementals of the same collection back to back, with and without
+//!    recall queries, at the unit's `Nice=10` and at nice 0; an
+//!    incremental's SQLite reads alone in a loop; the whole listing alone
+//!    in a loop).
 //!
 //! Prints a markdown table, with the load average before and after.
 
@@ -324,6 +329,18 @@ fn main() {
             .expect("create")
             .id
     });
+    if std::env::var_os("CHANGES_BENCH_LATENCY_ONLY").is_some() {
+        // Step 6 alone, on a full backup of the seeded collection.
+        let t = Instant::now();
+        rt.block_on(seed_range(&store, &coll, 0, n));
+        eprintln!("seeded {n} in {:.1} s", t.elapsed().as_secs_f64());
+        let cfg_a = config(&url, &work.path().join("repo-a"), Some(&persist));
+        rt.block_on(async { timed_backup(&manager(&cfg_a).await, BackupType::Full).await });
+        let cfg_a0 = without_queries(&cfg_a);
+        latency(&rt, &store, &coll, &cfg_a, &cfg_a0, adds, &mut rows);
+        print_rows(n, 0, &started, &load_before, &rows);
+        return;
+    }
     let tunables = unit_malloc_tunables();
     let mut seeded = 0;
     let mut seed_s = 0.0;
@@ -477,11 +494,7 @@ fn main() {
     // the same without recording recall queries: `backup.verify_queries =
     // 0` on repository A), with a full backup beside them for the ratio at
     // the same load.
-    let cfg_a0 = {
-        let mut c = (*cfg_a).clone();
-        c.backup.verify_queries = 0;
-        Arc::new(c)
-    };
+    let cfg_a0 = without_queries(&cfg_a);
     let (mut inc0_a, mut inc0_a0, mut inc0_b, mut full_beside) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
@@ -676,6 +689,21 @@ fn main() {
     );
     eprintln!("recall: {recall}");
 
+    latency(&rt, &store, &coll, &cfg_a, &cfg_a0, adds, &mut rows);
+
+    print_rows(n, rounds, &started, &load_before, &rows);
+}
+
+/// Step 6: Chroma's `add` latency alone and under each load, in rotation.
+fn latency(
+    rt: &tokio::runtime::Runtime,
+    store: &ProductionChromaStore,
+    coll: &str,
+    cfg_a: &Arc<Config>,
+    cfg_a0: &Arc<Config>,
+    adds: usize,
+    rows: &mut Vec<Row>,
+) {
     // 6. `add` latency alone and under five loads, rotating: change-aware
     // incrementals back to back as the unit runs them (`Nice=10`, recording
     // recall queries); the same without recall queries; the same at the
@@ -766,7 +794,7 @@ fn main() {
                                             .page_split(
                                                 &pos.segment,
                                                 after,
-                                                mark,
+                                                Some(mark),
                                                 chromaprod::chroma::local::PAGE,
                                             )
                                             .await
@@ -814,7 +842,7 @@ fn main() {
                 };
                 k += ADD_BATCH;
                 let t = Instant::now();
-                store.add(&coll, &b).await.expect("add");
+                store.add(coll, &b).await.expect("add");
                 lat_ms[which].push(t.elapsed().as_secs_f64() * 1000.0);
             }
             stop.store(true, Ordering::Relaxed);
@@ -843,14 +871,14 @@ fn main() {
         )
     };
     row(
-        &mut rows,
+        rows,
         format!("Chroma `add` of {ADD_BATCH} records, one at a time, alone"),
         lat(&lat_ms[0]),
         "—",
     );
     for w in 1..loads.len() {
         row(
-            &mut rows,
+            rows,
             format!(
                 "the same adds during: {} ({} run back to back)",
                 loads[w].0, cycles[w]
@@ -863,7 +891,16 @@ fn main() {
             ),
         );
     }
+}
 
+/// `cfg` recording no recall queries (`backup.verify_queries = 0`).
+fn without_queries(cfg: &Arc<Config>) -> Arc<Config> {
+    let mut c = (**cfg).clone();
+    c.backup.verify_queries = 0;
+    Arc::new(c)
+}
+
+fn print_rows(n: usize, rounds: usize, started: &Instant, load_before: &str, rows: &[Row]) {
     println!(
         "\n{n} records × {DIM}, {rounds} rounds; chroma {}; {:.0} s in all; load average before {load_before}, after {}\n",
         chroma_server::chroma_bin().display(),
@@ -872,7 +909,7 @@ fn main() {
     );
     println!("| measurement | chromaprod | ratio |");
     println!("| --- | --- | --- |");
-    for r in &rows {
+    for r in rows {
         println!("| {} | {} | {} |", r.what, r.value, r.ratio);
     }
 }

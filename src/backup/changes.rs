@@ -289,7 +289,7 @@ async fn since_in_pages(
     let (mut at_or_before, mut at_or_before_ids, mut after) = (0u64, 0u64, None);
     loop {
         let page = match local
-            .page_split(&now.segment, after.take(), parent.seq_id, page)
+            .page_split(&now.segment, after.take(), Some(parent.seq_id), page)
             .await
         {
             Ok(p) => p,

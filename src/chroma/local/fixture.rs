@@ -37,6 +37,7 @@ pub(crate) fn database(dir: &Path, rows: &[(&str, i64)], max_seq: Option<i64>) -
         (SEGMENT, METADATA_SEGMENT, COLLECTION),
     )
     .expect("should succeed");
+    conn.execute_batch("BEGIN").expect("should succeed");
     for (id, seq) in rows {
         conn.execute(
             "INSERT INTO embeddings (segment_id, embedding_id, seq_id) VALUES (?1, ?2, ?3)",
@@ -44,6 +45,7 @@ pub(crate) fn database(dir: &Path, rows: &[(&str, i64)], max_seq: Option<i64>) -
         )
         .expect("should succeed");
     }
+    conn.execute_batch("COMMIT").expect("should succeed");
     if let Some(m) = max_seq {
         conn.execute("INSERT INTO max_seq_id VALUES (?1, ?2)", (SEGMENT, m))
             .expect("should succeed");

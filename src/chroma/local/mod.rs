@@ -26,7 +26,7 @@ mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -144,11 +144,43 @@ pub struct Position {
 }
 
 /// A read-only connection to a local Chroma's database, shareable between
-/// tasks (reads run on the blocking pool, one at a time).
+/// tasks (reads run on the blocking pool, one at a time, paced).
 #[derive(Clone)]
 pub struct LocalChroma {
     path: PathBuf,
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Reader>>,
+}
+
+struct Reader {
+    conn: Connection,
+    pace: Pace,
+}
+
+/// How reads share Chroma's file with its writer. Chroma keeps a rollback
+/// journal, so its writer cannot commit while any read transaction is open:
+/// it sleeps in SQLite's busy handler (1, 2, 5, 10 ms …) until the reader
+/// lets go. Back to back, short reads still hold the file nearly all the
+/// time and meet almost every commit; so after each read the file is left
+/// alone for as long as that read held it, and chromaprod holds it at most
+/// half the time. A listing of 100,000 rows takes 51 pages of about a
+/// millisecond, so this costs a long read a few tens of milliseconds.
+#[derive(Debug, Default)]
+struct Pace {
+    /// When the next read may begin.
+    next: Option<Instant>,
+}
+
+impl Pace {
+    /// How long a read about to begin at `now` waits first.
+    fn wait(&self, now: Instant) -> Duration {
+        self.next
+            .map_or(Duration::ZERO, |next| next.saturating_duration_since(now))
+    }
+
+    /// A read held the file from `began` to `ended`.
+    fn held(&mut self, began: Instant, ended: Instant) {
+        self.next = Some(ended + ended.saturating_duration_since(began));
+    }
 }
 
 impl std::fmt::Debug for LocalChroma {
@@ -195,7 +227,10 @@ impl LocalChroma {
         })?;
         Ok(LocalChroma {
             path,
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(Reader {
+                conn,
+                pace: Pace::default(),
+            })),
         })
     }
 
@@ -223,6 +258,8 @@ impl LocalChroma {
         &self.path
     }
 
+    /// Runs one read (one transaction) on the blocking pool, after leaving
+    /// the file alone for as long as the previous read held it ([`Pace`]).
     async fn read<T, F>(&self, f: F) -> Result<T, Unusable>
     where
         T: Send + 'static,
@@ -231,8 +268,12 @@ impl LocalChroma {
         let conn = self.conn.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&conn).map_err(|e| Unusable::from_sqlite(&path, &e))?
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            std::thread::sleep(conn.pace.wait(Instant::now()));
+            let began = Instant::now();
+            let out = f(&conn.conn);
+            conn.pace.held(began, Instant::now());
+            out.map_err(|e| Unusable::from_sqlite(&path, &e))?
         })
         .await
         .map_err(|e| Unusable::Value(format!("reader task failed: {e}")))?
@@ -265,43 +306,6 @@ impl LocalChroma {
         // One statement: one read transaction, consistent.
         self.read(move |conn| position_in(conn, &id, file)).await
     }
-
-    /// Up to `limit` records of `segment` with ids after `after`, in id
-    /// order, with their sequence numbers; only those written after
-    /// `since` when it is set. One short read transaction.
-    pub async fn page(
-        &self,
-        segment: &str,
-        after: Option<String>,
-        since: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(String, u64)>, Unusable> {
-        let segment = segment.to_string();
-        self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT embedding_id, seq_id FROM embeddings \
-                 WHERE segment_id = ?1 AND (?2 IS NULL OR embedding_id > ?2) AND (?3 IS NULL OR seq_id > ?3) \
-                 ORDER BY embedding_id LIMIT ?4",
-            )?;
-            let since = since.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
-            let mut rows = stmt.query((
-                &segment,
-                after.as_deref(),
-                since,
-                i64::try_from(limit).unwrap_or(i64::MAX),
-            ))?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let id: String = r.get(0)?;
-                match seq_value(r.get_ref(1)?).value() {
-                    Ok(seq) => out.push((id, seq)),
-                    Err(e) => return Ok(Err(e)),
-                }
-            }
-            Ok(Ok(out))
-        })
-        .await
-    }
 }
 
 /// One page of a segment's rows, split at a sequence number
@@ -323,26 +327,30 @@ pub struct SplitPage {
 impl LocalChroma {
     /// Up to `limit` rows of `segment` with ids after `after`, in id order
     /// (one short read transaction), split at `since`: the rows written
-    /// after it with their ids, the others only counted.
+    /// after it with their ids, the others only counted. Without `since`,
+    /// every row is read out.
     pub async fn page_split(
         &self,
         segment: &str,
         after: Option<String>,
-        since: u64,
+        since: Option<u64>,
         limit: usize,
     ) -> Result<SplitPage, Unusable> {
         let segment = segment.to_string();
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT embedding_id, seq_id FROM embeddings \
-                 WHERE segment_id = ?1 AND (?2 IS NULL OR embedding_id > ?2) \
-                 ORDER BY embedding_id LIMIT ?3",
-            )?;
-            let mut rows = stmt.query((
-                &segment,
-                after.as_deref(),
-                i64::try_from(limit).unwrap_or(i64::MAX),
-            ))?;
+            let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+            // Two statements, not `(?2 IS NULL OR embedding_id > ?2)`: SQLite
+            // plans that once for either binding, as a walk of the index from
+            // the segment's first row, so every page would read all the rows
+            // before it.
+            let mut stmt = conn.prepare_cached(match after {
+                None => FIRST_PAGE,
+                Some(_) => NEXT_PAGE,
+            })?;
+            let mut rows = match after.as_deref() {
+                None => stmt.query((&segment, limit_sql))?,
+                Some(after) => stmt.query((&segment, after, limit_sql))?,
+            };
             let (mut page, mut last, mut n) = (SplitPage::default(), String::new(), 0usize);
             while let Some(r) = rows.next()? {
                 n += 1;
@@ -355,7 +363,9 @@ impl LocalChroma {
                 last.clear();
                 last.push_str(id);
                 match seq_value(r.get_ref(1)?).value() {
-                    Ok(seq) if seq > since => page.written.push((id.to_string(), seq)),
+                    Ok(seq) if since.is_none_or(|since| seq > since) => {
+                        page.written.push((id.to_string(), seq));
+                    }
                     Ok(_) => {
                         page.at_or_before += 1;
                         page.at_or_before_ids ^= id_hash(id);
@@ -369,6 +379,15 @@ impl LocalChroma {
         .await
     }
 }
+
+/// The first page of a segment's rows, in id order (`?1` the segment, `?2`
+/// the page's size).
+const FIRST_PAGE: &str = "SELECT embedding_id, seq_id FROM embeddings \
+     WHERE segment_id = ?1 ORDER BY embedding_id LIMIT ?2";
+/// The page after id `?2`: a range of Chroma's `(segment_id, embedding_id)`
+/// index.
+const NEXT_PAGE: &str = "SELECT embedding_id, seq_id FROM embeddings \
+     WHERE segment_id = ?1 AND embedding_id > ?2 ORDER BY embedding_id LIMIT ?3";
 
 /// A 64-bit hash of a record id (SipHash, fixed keys), cheap enough for
 /// every row of a page: XORed over a set of ids, it tells two sets apart
@@ -434,18 +453,20 @@ pub struct Rows {
 }
 
 impl Rows {
-    /// The next page of `(id, seq_id)`, or `None` after the last.
+    /// The next page of `(id, seq_id)`, or `None` after the last. With
+    /// `since` set, a page holds only the rows of [`PAGE`] read that were
+    /// written after it, and may be empty.
     pub async fn next(&mut self) -> Result<Option<Vec<(String, u64)>>, Unusable> {
         if self.done {
             return Ok(None);
         }
         let page = self
             .local
-            .page(&self.segment, self.after.take(), self.since, PAGE)
+            .page_split(&self.segment, self.after.take(), self.since, PAGE)
             .await?;
-        self.done = page.len() < PAGE;
-        self.after = page.last().map(|(id, _)| id.clone());
-        Ok(Some(page))
+        self.done = page.next.is_none();
+        self.after = page.next;
+        Ok(Some(page.written))
     }
 }
 

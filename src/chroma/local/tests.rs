@@ -39,21 +39,103 @@ async fn reads_the_position_and_pages_in_id_order() {
         p.file,
         "a copy has an identity of its own"
     );
-    let all = local
-        .page(SEGMENT, None, None, 2)
-        .await
+    let written = |after: Option<&str>, since, limit| {
+        let (local, after) = (local.clone(), after.map(String::from));
+        async move {
+            local
+                .page_split(SEGMENT, after, since, limit)
+                .await
+                .expect("should succeed")
+                .written
+        }
+    };
+    assert_eq!(
+        written(None, None, 2).await,
+        vec![("a".to_string(), 7), ("b".to_string(), 5)]
+    );
+    assert_eq!(
+        written(Some("b"), None, 2).await,
+        vec![("c".to_string(), 3)]
+    );
+    assert_eq!(
+        written(None, Some(4), 10).await,
+        vec![("a".to_string(), 7), ("b".to_string(), 5)]
+    );
+}
+
+#[tokio::test]
+async fn rows_since_a_mark_read_every_page_even_those_with_nothing_written() {
+    let dir = tempfile::tempdir().expect("should succeed");
+    let n = 2 * PAGE + 500;
+    let ids: Vec<String> = (0..n).map(|i| format!("r{i:05}")).collect();
+    // Only the last page's 100th row and the first page's first were
+    // written after 10: the middle page reads out nothing.
+    let rows: Vec<(&str, i64)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            (
+                id.as_str(),
+                if i == 0 || i == 2 * PAGE + 99 { 11 } else { 1 },
+            )
+        })
+        .collect();
+    database(dir.path(), &rows, Some(11));
+    let local = LocalChroma::open(dir.path()).await.expect("should succeed");
+    let mut pages = Vec::new();
+    let mut it = local.rows(SEGMENT, Some(10));
+    while let Some(page) = it.next().await.expect("should succeed") {
+        pages.push(page);
+    }
+    assert_eq!(
+        pages,
+        vec![
+            vec![(ids[0].clone(), 11)],
+            vec![],
+            vec![(ids[2 * PAGE + 99].clone(), 11)]
+        ]
+    );
+    let mut all = 0;
+    let mut it = local.rows(SEGMENT, None);
+    while let Some(page) = it.next().await.expect("should succeed") {
+        all += page.len();
+    }
+    assert_eq!(all, n);
+}
+
+#[test]
+fn a_page_after_the_first_reads_a_range_of_the_index_not_the_rows_before_it() {
+    let dir = tempfile::tempdir().expect("should succeed");
+    let conn = database(dir.path(), &[("a", 1)], Some(1));
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {NEXT_PAGE}"))
+        .expect("should succeed")
+        .query_map((SEGMENT, "a", 10), |r| r.get::<_, String>(3))
+        .expect("should succeed")
+        .collect::<Result<_, _>>()
         .expect("should succeed");
-    assert_eq!(all, vec![("a".to_string(), 7), ("b".to_string(), 5)]);
-    let rest = local
-        .page(SEGMENT, Some("b".into()), None, 2)
-        .await
-        .expect("should succeed");
-    assert_eq!(rest, vec![("c".to_string(), 3)]);
-    let since = local
-        .page(SEGMENT, None, Some(4), 10)
-        .await
-        .expect("should succeed");
-    assert_eq!(since, vec![("a".to_string(), 7), ("b".to_string(), 5)]);
+    assert!(
+        plan.iter().any(|p| p.contains("embedding_id>?")),
+        "{plan:?}"
+    );
+    assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+}
+
+#[test]
+fn each_read_leaves_the_file_alone_as_long_as_it_held_it() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut pace = Pace::default();
+    assert_eq!(
+        pace.wait(t0),
+        Duration::ZERO,
+        "the first read does not wait"
+    );
+    pace.held(t0, t0 + ms(3));
+    assert_eq!(pace.wait(t0 + ms(3)), ms(3));
+    assert_eq!(pace.wait(t0 + ms(5)), ms(1));
+    assert_eq!(pace.wait(t0 + ms(6)), Duration::ZERO);
+    assert_eq!(pace.wait(t0 + ms(60)), Duration::ZERO);
 }
 
 #[tokio::test]
@@ -72,7 +154,7 @@ async fn a_split_page_reads_out_the_rows_written_since_and_counts_the_rest() {
     .expect("should succeed");
     let local = LocalChroma::open(dir.path()).await.expect("should succeed");
     let first = local
-        .page_split(SEGMENT, None, 4, 3)
+        .page_split(SEGMENT, None, Some(4), 3)
         .await
         .expect("should succeed");
     assert_eq!(
@@ -85,7 +167,7 @@ async fn a_split_page_reads_out_the_rows_written_since_and_counts_the_rest() {
         }
     );
     let rest = local
-        .page_split(SEGMENT, first.next, 4, 3)
+        .page_split(SEGMENT, first.next, Some(4), 3)
         .await
         .expect("should succeed");
     assert_eq!(
@@ -98,7 +180,7 @@ async fn a_split_page_reads_out_the_rows_written_since_and_counts_the_rest() {
         }
     );
     let all = local
-        .page_split(SEGMENT, None, 9, 10)
+        .page_split(SEGMENT, None, Some(9), 10)
         .await
         .expect("should succeed");
     assert_eq!(
@@ -132,12 +214,12 @@ async fn an_old_big_endian_blob_sequence_number_is_read() {
     .expect("should succeed");
     let local = LocalChroma::open(dir.path()).await.expect("should succeed");
     let page = local
-        .page(SEGMENT, Some("odd".into()), None, 10)
+        .page_split(SEGMENT, Some("odd".into()), None, 10)
         .await
         .expect("should succeed");
-    assert_eq!(page, vec![("old".to_string(), 9)]);
+    assert_eq!(page.written, vec![("old".to_string(), 9)]);
     let e = local
-        .page(SEGMENT, None, None, 10)
+        .page_split(SEGMENT, None, None, 10)
         .await
         .expect_err("should fail");
     assert_eq!(e.reason(), "value", "{e}");
@@ -193,11 +275,11 @@ async fn reading_changes_nothing_in_the_file() {
     let local = LocalChroma::open(dir.path()).await.expect("should succeed");
     local.position(COLLECTION).await.expect("should succeed");
     local
-        .page_split(SEGMENT, None, 0, 10)
+        .page_split(SEGMENT, None, Some(0), 10)
         .await
         .expect("should succeed");
     local
-        .page(SEGMENT, None, None, 10)
+        .page_split(SEGMENT, None, None, 10)
         .await
         .expect("should succeed");
     drop(local);
