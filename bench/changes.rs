@@ -789,6 +789,9 @@ fn latency(
                                 let pos = local.position(&coll.id).await.expect("position");
                                 if load == Load::SplitScan {
                                     let mut after = None;
+                                    // The recall sample an incremental draws.
+                                    let mut sample =
+                                        Some(chromaprod::chroma::local::Sample::new(1, 100));
                                     loop {
                                         let page = local
                                             .page_split(
@@ -796,9 +799,11 @@ fn latency(
                                                 after,
                                                 Some(mark),
                                                 chromaprod::chroma::local::PAGE,
+                                                sample.take(),
                                             )
                                             .await
                                             .expect("rows");
+                                        sample = page.sample;
                                         match page.next {
                                             Some(n) => after = Some(n),
                                             None => break,

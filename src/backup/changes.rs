@@ -42,7 +42,7 @@ use super::manifest::{ChangeMark, ChunkRef, IncrementalPlanner};
 use super::records::{ChunkIndex, RecordDigest};
 use super::source::{IdList, IdSpool};
 use super::BackupError;
-use crate::chroma::local::{id_hash, LocalChroma, Position, Unusable, PAGE};
+use crate::chroma::local::{id_hash, LocalChroma, Position, Sample, Unusable, PAGE};
 use crate::chroma::ProductionChromaStore;
 
 /// Times the record counts are compared before the persist directory is
@@ -117,6 +117,8 @@ pub struct Changes {
     pub mark: ChangeMark,
     /// How the change was found.
     pub read: ReadBy,
+    /// The sample asked for, drawn from every row the scan read.
+    pub sample: Option<Sample>,
 }
 
 /// Where `collection_id` stands in the persist directory, checked against
@@ -263,14 +265,18 @@ impl ReadBy {
 /// deleted before this backup, and all are unchanged. Otherwise records
 /// were deleted (or a row the parent lacks is older than the mark), and the
 /// rows are listed again by id to find which.
+///
+/// `sample` (the recall sample, [`Sample`]) is offered every row of the
+/// scan, so the recall check does not list the segment again.
 pub async fn since(
     local: &LocalChroma,
     now: Position,
     parent: &ChangeMark,
     parent_ids: ParentIds,
     planner: &mut IncrementalPlanner,
+    sample: Option<Sample>,
 ) -> Result<Result<Changes, Unusable>, BackupError> {
-    since_in_pages(local, now, parent, parent_ids, planner, PAGE).await
+    since_in_pages(local, now, parent, parent_ids, planner, sample, PAGE).await
 }
 
 /// [`since`], its counted scan in pages of `page` rows.
@@ -280,6 +286,7 @@ async fn since_in_pages(
     parent: &ChangeMark,
     mut parent_ids: ParentIds,
     planner: &mut IncrementalPlanner,
+    mut sample: Option<Sample>,
     page: usize,
 ) -> Result<Result<Changes, Unusable>, BackupError> {
     parent_ids.seal();
@@ -289,12 +296,19 @@ async fn since_in_pages(
     let (mut at_or_before, mut at_or_before_ids, mut after) = (0u64, 0u64, None);
     loop {
         let page = match local
-            .page_split(&now.segment, after.take(), Some(parent.seq_id), page)
+            .page_split(
+                &now.segment,
+                after.take(),
+                Some(parent.seq_id),
+                page,
+                sample.take(),
+            )
             .await
         {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
+        sample = page.sample;
         at_or_before += page.at_or_before;
         at_or_before_ids ^= page.at_or_before_ids;
         for (id, _) in &page.written {
@@ -330,6 +344,7 @@ async fn since_in_pages(
             unchanged,
             mark: mark_of(now),
             read: ReadBy::Changes,
+            sample,
         }));
     }
     drop(written);
@@ -366,6 +381,8 @@ async fn since_in_pages(
         // is in the listing.
         mark: mark_of(now),
         read: ReadBy::Listing,
+        // The scan read every row before the listing.
+        sample,
     }))
 }
 
@@ -428,9 +445,28 @@ mod tests {
             seq_id: 10,
             file: Some(now.file.clone()),
         };
-        let got = since_in_pages(&local, now, &mark, parent_ids, &mut planner, 3)
-            .await
-            .expect("should succeed");
+        let got = since_in_pages(
+            &local,
+            now,
+            &mark,
+            parent_ids,
+            &mut planner,
+            Some(Sample::new(9, 4)),
+            3,
+        )
+        .await
+        .expect("should succeed");
+        // The recall sample saw every row, whichever way the change was
+        // found: the same ids as drawn from all of them at once.
+        if let Ok(c) = &got {
+            let mut direct = Sample::new(9, 4);
+            for (id, _) in rows {
+                direct.offer(id, id_hash(id));
+            }
+            let drawn = c.sample.clone().expect("a sample");
+            assert_eq!(drawn.seen(), rows.len() as u64);
+            assert_eq!(drawn.into_ids(), direct.into_ids());
+        }
         // The parent records the planner keeps live.
         let kept = match planner.decide(&chunk, &index) {
             crate::backup::manifest::ChunkDecision::Keep(k) => ids

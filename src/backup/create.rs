@@ -40,7 +40,7 @@ use super::repository::{index_key, snapshot_key};
 use super::source::{CollectionReader, FETCH_CONCURRENCY};
 use super::upload::Uploader;
 use super::{BackupError, BackupManager};
-use crate::chroma::local::{LocalChroma, Position, Unusable};
+use crate::chroma::local::{LocalChroma, Position, Sample, Unusable};
 use crate::chroma::swap::JOURNAL_COLLECTION;
 use crate::chroma::Collection;
 use crate::config::Config;
@@ -171,11 +171,13 @@ impl BackupManager {
             if let Some(was) = newest.filter(|c| c.id != collection.id) {
                 tracing::info!(collection = %collection.name, was = %was.id, now = %collection.id, "reading every record: the collection was re-created since the parent snapshot (its id changed)");
             }
-            let (mut snap, bytes) = self
+            let sample = self.recall_sample(&snapshot_id, &collection);
+            let (mut snap, bytes, drawn) = self
                 .snapshot_collection(
                     collection.clone(),
                     parent_col,
                     local.as_ref(),
+                    sample,
                     progress,
                     cancel,
                     lease,
@@ -206,9 +208,11 @@ impl BackupManager {
                 Some(q) => (Some(q), 0),
                 None => {
                     // Read through the local Chroma's files: the sample's
-                    // ids come from the segment the backup just read.
+                    // ids were drawn by the scan of the segment, or come
+                    // from that segment.
                     let feed = local.as_ref().zip(snap.change_mark.as_ref());
-                    self.record_queries(&snapshot_id, &collection, feed).await?
+                    self.record_queries(&snapshot_id, &collection, feed, drawn)
+                        .await?
                 }
             };
             snap.queries = queries;
@@ -258,16 +262,19 @@ impl BackupManager {
     }
 
     /// One collection: every record (full) or only what changed since the
-    /// parent's copy of it (incremental). Returns the bytes written.
+    /// parent's copy of it (incremental). Returns the bytes written, and
+    /// `sample` when a scan of the persist directory drew it.
+    #[allow(clippy::too_many_arguments)]
     async fn snapshot_collection(
         &self,
         collection: Collection,
         parent: Option<&CollectionSnapshot>,
         local: Option<&LocalChroma>,
+        sample: Option<Sample>,
         progress: &Progress,
         cancel: &CancellationToken,
         lease: &Lease,
-    ) -> Result<(CollectionSnapshot, u64), BackupError> {
+    ) -> Result<(CollectionSnapshot, u64, Option<Sample>), BackupError> {
         let name = collection.name.clone();
         let span = tracing::info_span!("backup_collection", collection = %name);
         let _enter = span.enter();
@@ -287,7 +294,7 @@ impl BackupManager {
                 self.store.metrics().change_feed(None);
                 let mark = changes::mark_of(now.clone());
                 let snap = self.collection_snapshot(collection, p.chunks.clone(), Some(mark));
-                return Ok((snap, 0));
+                return Ok((snap, 0, None));
             }
         }
         // The parent's live records, as digests (16 bytes each, whatever the
@@ -307,7 +314,7 @@ impl BackupManager {
                 }
             }
         }
-        let (reader, change_mark) = self
+        let (reader, change_mark, drawn) = self
             .reader(
                 &collection,
                 local,
@@ -315,6 +322,7 @@ impl BackupManager {
                 feed,
                 parent_ids,
                 planner.as_mut(),
+                sample,
             )
             .await?;
         let total = reader.listed();
@@ -409,6 +417,7 @@ impl BackupManager {
         Ok((
             self.collection_snapshot(collection, chunks, change_mark),
             bytes,
+            drawn,
         ))
     }
 
@@ -466,8 +475,10 @@ impl BackupManager {
     /// What to read of a collection, and the change mark this snapshot
     /// records for it: only the records written since the parent's mark
     /// when the local change feed can say (`changes::since`, which marks
-    /// the unchanged ones in `planner`), else every record (a fallback is
-    /// logged with its reason and counted).
+    /// the unchanged ones in `planner` and offers every row to `sample`),
+    /// else every record (a fallback is logged with its reason and
+    /// counted). The sample is returned when the scan drew it.
+    #[allow(clippy::too_many_arguments)]
     async fn reader(
         &self,
         collection: &Collection,
@@ -476,7 +487,8 @@ impl BackupManager {
         feed: Option<(&LocalChroma, Position)>,
         parent_ids: Option<ParentIds>,
         planner: Option<&mut IncrementalPlanner>,
-    ) -> Result<(CollectionReader, Option<ChangeMark>), BackupError> {
+        sample: Option<Sample>,
+    ) -> Result<(CollectionReader, Option<ChangeMark>, Option<Sample>), BackupError> {
         let metrics = self.store.metrics();
         let fallback =
             |why: &Unusable| why.report(metrics, &collection.name, "reading every record");
@@ -484,7 +496,7 @@ impl BackupManager {
         if let (Some((feed, now)), Some(mark), Some(ids), Some(planner)) =
             (feed, parent_mark, parent_ids, planner)
         {
-            match changes::since(feed, now, mark, ids, planner).await? {
+            match changes::since(feed, now, mark, ids, planner, sample).await? {
                 Ok(changed) => {
                     tracing::info!(collection = %collection.name, changed = changed.changed.len(), unchanged = changed.unchanged, since = mark.seq_id, read = changed.read.as_str(), "reading only the records written since the parent snapshot");
                     metrics.change_feed(None);
@@ -493,7 +505,7 @@ impl BackupManager {
                         collection.clone(),
                         changed.changed,
                     );
-                    return Ok((reader, Some(changed.mark)));
+                    return Ok((reader, Some(changed.mark), changed.sample));
                 }
                 Err(why) => {
                     planner.reset_seen();
@@ -515,7 +527,7 @@ impl BackupManager {
                     Ok(ids) => {
                         let reader =
                             CollectionReader::from_ids(self.store.clone(), collection.clone(), ids);
-                        return Ok((reader, Some(changes::mark_of(p))));
+                        return Ok((reader, Some(changes::mark_of(p)), None));
                     }
                     Err(why) => fallback(&why),
                 },
@@ -523,7 +535,7 @@ impl BackupManager {
             }
         }
         let reader = CollectionReader::open(self.store.clone(), collection.clone()).await?;
-        Ok((reader, None))
+        Ok((reader, None, None))
     }
 
     /// A parent chunk's index, read and checked (also what a diff reads).

@@ -153,11 +153,9 @@ pub fn sample_positions(count: u64, n: usize, seed: u64) -> Vec<u64> {
 }
 
 fn splitmix64(state: &mut u64) -> u64 {
+    let out = crate::chroma::local::mix(*state);
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    out
 }
 
 /// A sampling seed from a snapshot id and a collection name.
@@ -278,6 +276,23 @@ pub async fn record(
         }
     }
     drop(listing);
+    record_picked(store, collection, picked_ids, count as u64, k).await
+}
+
+/// Records the `k` neighbours the live index returns for each of
+/// `picked_ids` (a sample of a collection of `count` records), fetching
+/// their stored vectors. `None` when `count` or `k` is 0. Records deleted
+/// since they were picked, and vectors that are not finite, are left out.
+pub async fn record_picked(
+    store: &ProductionChromaStore,
+    collection: &Collection,
+    picked_ids: Vec<String>,
+    count: u64,
+    k: usize,
+) -> Result<Option<RecordedQueries>, BackupError> {
+    if count == 0 || k == 0 {
+        return Ok(None);
+    }
     let mut picked: Vec<(String, Vec<f32>)> = Vec::with_capacity(picked_ids.len());
     for ids in picked_ids.chunks(FETCH_BATCH) {
         let got = store
@@ -299,7 +314,7 @@ pub async fn record(
         );
     }
     picked.retain(|(_, v)| !v.is_empty() && v.iter().all(|x| x.is_finite()));
-    let k = k.min(count);
+    let k = k.min(usize::try_from(count).unwrap_or(usize::MAX));
     let vectors: Vec<Vec<f32>> = picked.iter().map(|(_, v)| v.clone()).collect();
     let answers = run_queries(store, &collection.id, &vectors, k).await?;
     let queries = picked
@@ -315,7 +330,7 @@ pub async fn record(
         format: QUERIES_FORMAT,
         k,
         space: space_of(&collection.configuration_json).to_string(),
-        records: count as u64,
+        records: count,
         queries,
     }))
 }

@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{check, record, seed_for, QueriesRef, RecallCheck, DEFAULT_MIN_RECALL};
+use super::{check, record, record_picked, seed_for, QueriesRef, RecallCheck, DEFAULT_MIN_RECALL};
 use crate::backup::changes;
 use crate::backup::manifest::{ChangeMark, CollectionSnapshot, SnapshotId};
 use crate::backup::source::IdList;
 use crate::backup::{BackupError, BackupManager};
-use crate::chroma::local::LocalChroma;
+use crate::chroma::local::{LocalChroma, Sample};
 use crate::chroma::{ChromaError, Collection};
 
 /// The result of `backups verify ID --recall`.
@@ -52,14 +52,30 @@ pub struct RecallOptions {
 }
 
 impl BackupManager {
+    /// The sample an incremental's scan of the persist directory draws for
+    /// `collection`'s recall queries ([`Sample`]), when queries are recorded.
+    pub(in crate::backup) fn recall_sample(
+        &self,
+        snapshot: &SnapshotId,
+        collection: &Collection,
+    ) -> Option<Sample> {
+        let (n, k) = (
+            self.config.backup.verify_queries,
+            self.config.backup.verify_k,
+        );
+        (n > 0 && k > 0).then(|| Sample::new(seed_for(snapshot.as_str(), &collection.name), n))
+    }
+
     /// Samples `collection` (just read by the backup) and stores its
     /// recorded queries; returns the reference and the bytes written. Nothing
-    /// when `backup.verify_queries` is 0 or the collection is empty.
+    /// when `backup.verify_queries` is 0 or the collection is empty. The ids
+    /// are `drawn` during the backup's scan when it drew them, else listed.
     pub(in crate::backup) async fn record_queries(
         &self,
         snapshot: &SnapshotId,
         collection: &Collection,
         feed: Option<(&LocalChroma, &ChangeMark)>,
+        drawn: Option<Sample>,
     ) -> Result<(Option<QueriesRef>, u64), BackupError> {
         let (n, k) = (
             self.config.backup.verify_queries,
@@ -70,8 +86,23 @@ impl BackupManager {
         if n == 0 || k == 0 {
             return Ok((None, 0));
         }
-        let (listing, ids_from) = self.sample_listing(collection, feed).await?;
-        let Some(recorded) = record(&self.store, collection, listing, n, k, seed).await? else {
+        let (recorded, ids_from) = match drawn {
+            Some(sample) => {
+                let count = sample.seen();
+                (
+                    record_picked(&self.store, collection, sample.into_ids(), count, k).await?,
+                    "scan",
+                )
+            }
+            None => {
+                let (listing, ids_from) = self.sample_listing(collection, feed).await?;
+                (
+                    record(&self.store, collection, listing, n, k, seed).await?,
+                    ids_from,
+                )
+            }
+        };
+        let Some(recorded) = recorded else {
             return Ok((None, 0));
         };
         if recorded.queries.is_empty() {

@@ -15,13 +15,15 @@
 //!   that persists, and never touches the journal mode;
 //! - keeps each read transaction short (Chroma uses a rollback journal, so
 //!   a reader briefly holds its writer back): one query per transaction,
-//!   listings in keyset pages of [`PAGE`] rows (a few milliseconds each);
+//!   listings in keyset pages of [`PAGE`] rows (about a millisecond each),
+//!   the file left alone between reads as long as the last one held it;
 //! - checks the schema (Chroma's migration levels and the columns read)
 //!   before trusting it ([`schema`]);
 //! - answers every surprise with [`Unusable`], which callers treat as a
 //!   reason to fall back to reading over HTTP, never to guess.
 
 mod physical;
+mod sample;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -34,11 +36,14 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 pub use physical::{
     copy_facts, migration_levels, CopyFacts, MigrationLevels, VectorSegment, VECTOR_SEGMENT,
 };
+pub use sample::{mix, Sample};
 pub use schema::KNOWN_MIGRATIONS;
 
-/// Rows per listing page (one short read transaction each: about 2 ms at
-/// 100,000 rows, so a writer that finds the file held waits no longer).
-pub const PAGE: usize = 2_000;
+/// Rows per listing page: one read transaction each, under a millisecond,
+/// so a writer that finds the file held is let through by the first sleep
+/// of its busy handler (1 ms). Pages of 2,000 (1–2 ms) slowed Chroma's adds
+/// more under a reader in a loop (docs/benchmarks.md, runs C6 and C7).
+pub const PAGE: usize = 1_000;
 /// How long a read waits for Chroma's writer to let go before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Chroma's database file in its persist directory.
@@ -162,7 +167,7 @@ struct Reader {
 /// lets go. Back to back, short reads still hold the file nearly all the
 /// time and meet almost every commit; so after each read the file is left
 /// alone for as long as that read held it, and chromaprod holds it at most
-/// half the time. A listing of 100,000 rows takes 51 pages of about a
+/// half the time. A listing of 100,000 rows takes 100 pages of under a
 /// millisecond, so this costs a long read a few tens of milliseconds.
 #[derive(Debug, Default)]
 struct Pace {
@@ -322,19 +327,22 @@ pub struct SplitPage {
     /// The page's last id (where the next page starts), `None` after the
     /// last page.
     pub next: Option<String>,
+    /// The sample the read was given, every row of the page offered to it.
+    pub sample: Option<Sample>,
 }
 
 impl LocalChroma {
     /// Up to `limit` rows of `segment` with ids after `after`, in id order
     /// (one short read transaction), split at `since`: the rows written
     /// after it with their ids, the others only counted. Without `since`,
-    /// every row is read out.
+    /// every row is read out. Every row is offered to `sample`, if given.
     pub async fn page_split(
         &self,
         segment: &str,
         after: Option<String>,
         since: Option<u64>,
         limit: usize,
+        sample: Option<Sample>,
     ) -> Result<SplitPage, Unusable> {
         let segment = segment.to_string();
         self.read(move |conn| {
@@ -351,7 +359,14 @@ impl LocalChroma {
                 None => stmt.query((&segment, limit_sql))?,
                 Some(after) => stmt.query((&segment, after, limit_sql))?,
             };
-            let (mut page, mut last, mut n) = (SplitPage::default(), String::new(), 0usize);
+            let (mut page, mut last, mut n) = (
+                SplitPage {
+                    sample,
+                    ..SplitPage::default()
+                },
+                String::new(),
+                0usize,
+            );
             while let Some(r) = rows.next()? {
                 n += 1;
                 let id = match r.get_ref(0)? {
@@ -362,15 +377,21 @@ impl LocalChroma {
                 };
                 last.clear();
                 last.push_str(id);
-                match seq_value(r.get_ref(1)?).value() {
-                    Ok(seq) if since.is_none_or(|since| seq > since) => {
-                        page.written.push((id.to_string(), seq));
-                    }
-                    Ok(_) => {
-                        page.at_or_before += 1;
-                        page.at_or_before_ids ^= id_hash(id);
-                    }
+                let seq = match seq_value(r.get_ref(1)?).value() {
+                    Ok(seq) => seq,
                     Err(e) => return Ok(Err(e)),
+                };
+                let written = since.is_none_or(|since| seq > since);
+                let hash = (!written || page.sample.is_some()).then(|| id_hash(id));
+                if let (Some(sample), Some(hash)) = (page.sample.as_mut(), hash) {
+                    sample.offer(id, hash);
+                }
+                match hash {
+                    Some(hash) if !written => {
+                        page.at_or_before += 1;
+                        page.at_or_before_ids ^= hash;
+                    }
+                    _ => page.written.push((id.to_string(), seq)),
                 }
             }
             page.next = (n == limit && limit > 0).then_some(last);
@@ -462,7 +483,7 @@ impl Rows {
         }
         let page = self
             .local
-            .page_split(&self.segment, self.after.take(), self.since, PAGE)
+            .page_split(&self.segment, self.after.take(), self.since, PAGE, None)
             .await?;
         self.done = page.next.is_none();
         self.after = page.next;

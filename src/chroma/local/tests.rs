@@ -43,7 +43,7 @@ async fn reads_the_position_and_pages_in_id_order() {
         let (local, after) = (local.clone(), after.map(String::from));
         async move {
             local
-                .page_split(SEGMENT, after, since, limit)
+                .page_split(SEGMENT, after, since, limit, None)
                 .await
                 .expect("should succeed")
                 .written
@@ -154,7 +154,7 @@ async fn a_split_page_reads_out_the_rows_written_since_and_counts_the_rest() {
     .expect("should succeed");
     let local = LocalChroma::open(dir.path()).await.expect("should succeed");
     let first = local
-        .page_split(SEGMENT, None, Some(4), 3)
+        .page_split(SEGMENT, None, Some(4), 3, None)
         .await
         .expect("should succeed");
     assert_eq!(
@@ -164,10 +164,11 @@ async fn a_split_page_reads_out_the_rows_written_since_and_counts_the_rest() {
             at_or_before: 1,
             at_or_before_ids: id_hash("c"),
             next: Some("c".into()),
+            sample: None,
         }
     );
     let rest = local
-        .page_split(SEGMENT, first.next, Some(4), 3)
+        .page_split(SEGMENT, first.next, Some(4), 3, None)
         .await
         .expect("should succeed");
     assert_eq!(
@@ -177,10 +178,11 @@ async fn a_split_page_reads_out_the_rows_written_since_and_counts_the_rest() {
             at_or_before: 1,
             at_or_before_ids: id_hash("e"),
             next: None,
+            sample: None,
         }
     );
     let all = local
-        .page_split(SEGMENT, None, Some(9), 10)
+        .page_split(SEGMENT, None, Some(9), 10, None)
         .await
         .expect("should succeed");
     assert_eq!(
@@ -214,12 +216,12 @@ async fn an_old_big_endian_blob_sequence_number_is_read() {
     .expect("should succeed");
     let local = LocalChroma::open(dir.path()).await.expect("should succeed");
     let page = local
-        .page_split(SEGMENT, Some("odd".into()), None, 10)
+        .page_split(SEGMENT, Some("odd".into()), None, 10, None)
         .await
         .expect("should succeed");
     assert_eq!(page.written, vec![("old".to_string(), 9)]);
     let e = local
-        .page_split(SEGMENT, None, None, 10)
+        .page_split(SEGMENT, None, None, 10, None)
         .await
         .expect_err("should fail");
     assert_eq!(e.reason(), "value", "{e}");
@@ -275,11 +277,11 @@ async fn reading_changes_nothing_in_the_file() {
     let local = LocalChroma::open(dir.path()).await.expect("should succeed");
     local.position(COLLECTION).await.expect("should succeed");
     local
-        .page_split(SEGMENT, None, Some(0), 10)
+        .page_split(SEGMENT, None, Some(0), 10, None)
         .await
         .expect("should succeed");
     local
-        .page_split(SEGMENT, None, None, 10)
+        .page_split(SEGMENT, None, None, 10, None)
         .await
         .expect("should succeed");
     drop(local);
