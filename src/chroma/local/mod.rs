@@ -16,7 +16,8 @@
 //! - keeps each read transaction short (Chroma uses a rollback journal, so
 //!   a reader briefly holds its writer back): one query per transaction,
 //!   listings in keyset pages of [`PAGE`] rows (about a millisecond each),
-//!   the file left alone between reads as long as the last one held it;
+//!   the file left alone between reads twice as long as the last one held
+//!   it;
 //! - checks the schema (Chroma's migration levels and the columns read)
 //!   before trusting it ([`schema`]);
 //! - answers every surprise with [`Unusable`], which callers treat as a
@@ -166,14 +167,20 @@ struct Reader {
 /// it sleeps in SQLite's busy handler (1, 2, 5, 10 ms …) until the reader
 /// lets go. Back to back, short reads still hold the file nearly all the
 /// time and meet almost every commit; so after each read the file is left
-/// alone for as long as that read held it, and chromaprod holds it at most
-/// half the time. A listing of 100,000 rows takes 100 pages of under a
-/// millisecond, so this costs a long read a few tens of milliseconds.
+/// alone twice as long as that read held it ([`LEFT_ALONE`]), and
+/// chromaprod holds it at most a third of the time. A listing of 100,000
+/// rows takes 100 pages of under a millisecond, so this costs a long read
+/// about a tenth of a second. (Left alone once as long, the whole listing
+/// in a loop slowed Chroma's adds 1.34–1.50×; twice, 1.13×: runs C6–C8 in
+/// docs/benchmarks.md.)
 #[derive(Debug, Default)]
 struct Pace {
     /// When the next read may begin.
     next: Option<Instant>,
 }
+
+/// How many times as long as a read held the file it is left alone after.
+const LEFT_ALONE: u32 = 2;
 
 impl Pace {
     /// How long a read about to begin at `now` waits first.
@@ -184,7 +191,7 @@ impl Pace {
 
     /// A read held the file from `began` to `ended`.
     fn held(&mut self, began: Instant, ended: Instant) {
-        self.next = Some(ended + ended.saturating_duration_since(began));
+        self.next = Some(ended + ended.saturating_duration_since(began) * LEFT_ALONE);
     }
 }
 
@@ -264,7 +271,7 @@ impl LocalChroma {
     }
 
     /// Runs one read (one transaction) on the blocking pool, after leaving
-    /// the file alone for as long as the previous read held it ([`Pace`]).
+    /// the file alone after the previous read ([`Pace`]).
     async fn read<T, F>(&self, f: F) -> Result<T, Unusable>
     where
         T: Send + 'static,

@@ -122,7 +122,7 @@ fn a_page_after_the_first_reads_a_range_of_the_index_not_the_rows_before_it() {
 }
 
 #[test]
-fn each_read_leaves_the_file_alone_as_long_as_it_held_it() {
+fn each_read_leaves_the_file_alone_longer_than_it_held_it() {
     let t0 = Instant::now();
     let ms = Duration::from_millis;
     let mut pace = Pace::default();
@@ -131,10 +131,12 @@ fn each_read_leaves_the_file_alone_as_long_as_it_held_it() {
         Duration::ZERO,
         "the first read does not wait"
     );
+    // A read of 3 ms: the next one waits twice that from its end.
+    assert_eq!(LEFT_ALONE, 2);
     pace.held(t0, t0 + ms(3));
-    assert_eq!(pace.wait(t0 + ms(3)), ms(3));
-    assert_eq!(pace.wait(t0 + ms(5)), ms(1));
-    assert_eq!(pace.wait(t0 + ms(6)), Duration::ZERO);
+    assert_eq!(pace.wait(t0 + ms(3)), ms(6));
+    assert_eq!(pace.wait(t0 + ms(5)), ms(4));
+    assert_eq!(pace.wait(t0 + ms(9)), Duration::ZERO);
     assert_eq!(pace.wait(t0 + ms(60)), Duration::ZERO);
 }
 
