@@ -181,6 +181,8 @@ struct Pace {
 
 /// How many times as long as a read held the file it is left alone after.
 const LEFT_ALONE: u32 = 2;
+/// The longest pause between two reads.
+const MAX_LEFT_ALONE: Duration = Duration::from_millis(100);
 
 impl Pace {
     /// How long a read about to begin at `now` waits first.
@@ -189,9 +191,12 @@ impl Pace {
             .map_or(Duration::ZERO, |next| next.saturating_duration_since(now))
     }
 
-    /// A read held the file from `began` to `ended`.
+    /// A read held the file from `began` to `ended`. (Its time includes
+    /// any wait for Chroma's writer, up to the busy timeout: the pause is
+    /// capped at [`MAX_LEFT_ALONE`].)
     fn held(&mut self, began: Instant, ended: Instant) {
-        self.next = Some(ended + ended.saturating_duration_since(began) * LEFT_ALONE);
+        let pause = (ended.saturating_duration_since(began) * LEFT_ALONE).min(MAX_LEFT_ALONE);
+        self.next = Some(ended + pause);
     }
 }
 

@@ -138,6 +138,10 @@ fn each_read_leaves_the_file_alone_longer_than_it_held_it() {
     assert_eq!(pace.wait(t0 + ms(5)), ms(4));
     assert_eq!(pace.wait(t0 + ms(9)), Duration::ZERO);
     assert_eq!(pace.wait(t0 + ms(60)), Duration::ZERO);
+    // A read that waited out Chroma's writer for a second does not keep
+    // the next one waiting two more.
+    pace.held(t0, t0 + ms(1000));
+    assert_eq!(pace.wait(t0 + ms(1000)), MAX_LEFT_ALONE);
 }
 
 #[tokio::test]
