@@ -43,7 +43,7 @@ pub use schema::KNOWN_MIGRATIONS;
 /// Rows per listing page: one read transaction each, under a millisecond,
 /// so a writer that finds the file held is let through by the first sleep
 /// of its busy handler (1 ms). Pages of 2,000 (1–2 ms) slowed Chroma's adds
-/// more under a reader in a loop (docs/benchmarks.md, runs C6 and C7).
+/// more under a reader in a loop (docs/benchmarks.md, runs C6–C8).
 pub const PAGE: usize = 1_000;
 /// How long a read waits for Chroma's writer to let go before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -171,8 +171,8 @@ struct Reader {
 /// chromaprod holds it at most a third of the time. A listing of 100,000
 /// rows takes 100 pages of under a millisecond, so this costs a long read
 /// about a tenth of a second. (Left alone once as long, the whole listing
-/// in a loop slowed Chroma's adds 1.34–1.50×; twice, 1.13×: runs C6–C8 in
-/// docs/benchmarks.md.)
+/// in a loop slowed Chroma's adds 1.34–1.50×; twice, 1.13–1.26×: runs
+/// C6–C8 in docs/benchmarks.md.)
 #[derive(Debug, Default)]
 struct Pace {
     /// When the next read may begin.
