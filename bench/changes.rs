@@ -788,27 +788,14 @@ fn latency(
                             while !stop2.load(Ordering::Relaxed) {
                                 let pos = local.position(&coll.id).await.expect("position");
                                 if load == Load::SplitScan {
-                                    let mut after = None;
-                                    // The recall sample an incremental draws.
-                                    let mut sample =
-                                        Some(chromaprod::chroma::local::Sample::new(1, 100));
-                                    loop {
-                                        let page = local
-                                            .page_split(
-                                                &pos.segment,
-                                                after,
-                                                Some(mark),
-                                                chromaprod::chroma::local::PAGE,
-                                                sample.take(),
-                                            )
-                                            .await
-                                            .expect("rows");
-                                        sample = page.sample;
-                                        match page.next {
-                                            Some(n) => after = Some(n),
-                                            None => break,
-                                        }
-                                    }
+                                    // With the recall sample an incremental draws.
+                                    let mut scan = local.scan(
+                                        &pos.segment,
+                                        Some(mark),
+                                        chromaprod::chroma::local::PAGE,
+                                        Some(chromaprod::chroma::local::Sample::new(1, 100)),
+                                    );
+                                    while scan.next_split().await.expect("rows").is_some() {}
                                 } else {
                                     let mut rows = local.rows(&pos.segment, None);
                                     while rows.next().await.expect("rows").is_some() {}

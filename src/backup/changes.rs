@@ -286,29 +286,21 @@ async fn since_in_pages(
     parent: &ChangeMark,
     mut parent_ids: ParentIds,
     planner: &mut IncrementalPlanner,
-    mut sample: Option<Sample>,
+    sample: Option<Sample>,
     page: usize,
 ) -> Result<Result<Changes, Unusable>, BackupError> {
     parent_ids.seal();
     let mut written = IdSpool::new()?;
     // Which parent records were written since the mark: a bit each.
     let mut rewritten = vec![0u64; parent_ids.entries.len().div_ceil(64)];
-    let (mut at_or_before, mut at_or_before_ids, mut after) = (0u64, 0u64, None);
+    let (mut at_or_before, mut at_or_before_ids) = (0u64, 0u64);
+    let mut scan = local.scan(&now.segment, Some(parent.seq_id), page, sample);
     loop {
-        let page = match local
-            .page_split(
-                &now.segment,
-                after.take(),
-                Some(parent.seq_id),
-                page,
-                sample.take(),
-            )
-            .await
-        {
-            Ok(p) => p,
+        let page = match scan.next_split().await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
             Err(e) => return Ok(Err(e)),
         };
-        sample = page.sample;
         at_or_before += page.at_or_before;
         at_or_before_ids ^= page.at_or_before_ids;
         for (id, _) in &page.written {
@@ -317,11 +309,8 @@ async fn since_in_pages(
                 rewritten[at / 64] |= 1 << (at % 64);
             }
         }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
     }
+    let sample = scan.into_sample();
     // The parent's records not written since: as many, and the same ids,
     // as the rows counted?
     let is_rewritten = |at: usize| rewritten[at / 64] & (1 << (at % 64)) != 0;

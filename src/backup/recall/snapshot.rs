@@ -82,7 +82,6 @@ impl BackupManager {
             self.config.backup.verify_k,
         );
         let started = Instant::now();
-        let seed = seed_for(snapshot.as_str(), &collection.name);
         if n == 0 || k == 0 {
             return Ok((None, 0));
         }
@@ -96,6 +95,7 @@ impl BackupManager {
             }
             None => {
                 let (listing, ids_from) = self.sample_listing(collection, feed).await?;
+                let seed = seed_for(snapshot.as_str(), &collection.name);
                 (
                     record(&self.store, collection, listing, n, k, seed).await?,
                     ids_from,

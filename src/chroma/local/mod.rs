@@ -475,42 +475,78 @@ fn position_in(
 }
 
 /// Every row of a segment (only those written after `since` when set), in
-/// id order, a page of [`PAGE`] rows at a time: one short read transaction
-/// each ([`LocalChroma::rows`]).
+/// id order, `limit` rows read at a time: one short read transaction each
+/// ([`LocalChroma::rows`], [`LocalChroma::scan`]).
 pub struct Rows {
     local: LocalChroma,
     segment: String,
     since: Option<u64>,
+    limit: usize,
     after: Option<String>,
+    sample: Option<Sample>,
     done: bool,
 }
 
 impl Rows {
-    /// The next page of `(id, seq_id)`, or `None` after the last. With
-    /// `since` set, a page holds only the rows of [`PAGE`] read that were
-    /// written after it, and may be empty.
-    pub async fn next(&mut self) -> Result<Option<Vec<(String, u64)>>, Unusable> {
+    /// The next page, split at `since` ([`LocalChroma::page_split`]), or
+    /// `None` after the last. Its rows have been offered to the sample,
+    /// which stays with the scan ([`Rows::into_sample`]).
+    pub async fn next_split(&mut self) -> Result<Option<SplitPage>, Unusable> {
         if self.done {
             return Ok(None);
         }
-        let page = self
+        let mut page = self
             .local
-            .page_split(&self.segment, self.after.take(), self.since, PAGE, None)
+            .page_split(
+                &self.segment,
+                self.after.take(),
+                self.since,
+                self.limit,
+                self.sample.take(),
+            )
             .await?;
+        self.sample = page.sample.take();
         self.done = page.next.is_none();
-        self.after = page.next;
-        Ok(Some(page.written))
+        self.after.clone_from(&page.next);
+        Ok(Some(page))
+    }
+
+    /// The next page of `(id, seq_id)`, or `None` after the last. With
+    /// `since` set, a page holds only the rows of those read that were
+    /// written after it, and may be empty.
+    pub async fn next(&mut self) -> Result<Option<Vec<(String, u64)>>, Unusable> {
+        Ok(self.next_split().await?.map(|page| page.written))
+    }
+
+    /// The sample the scan was given, every row read so far offered to it.
+    pub fn into_sample(self) -> Option<Sample> {
+        self.sample
     }
 }
 
 impl LocalChroma {
-    /// The rows of `segment` (written after `since` when set), page by page.
+    /// The rows of `segment` (written after `since` when set), [`PAGE`]
+    /// rows at a time.
     pub fn rows(&self, segment: &str, since: Option<u64>) -> Rows {
+        self.scan(segment, since, PAGE, None)
+    }
+
+    /// The rows of `segment`, `limit` at a time, split at `since`, each
+    /// offered to `sample` if given.
+    pub fn scan(
+        &self,
+        segment: &str,
+        since: Option<u64>,
+        limit: usize,
+        sample: Option<Sample>,
+    ) -> Rows {
         Rows {
             local: self.clone(),
             segment: segment.to_string(),
             since,
+            limit,
             after: None,
+            sample,
             done: false,
         }
     }
