@@ -4,6 +4,7 @@
 
 use rusqlite::Connection;
 
+use super::rows::NEXT_PAGE;
 use super::*;
 
 use super::fixture::{database, COLLECTION, SEGMENT};
