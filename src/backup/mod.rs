@@ -46,7 +46,7 @@ use crate::storage::StorageError;
 pub enum BackupError {
     #[error("no backup repository at {location}; take a first backup to create it, or fix backup.storage_path")]
     NoRepository { location: String },
-    #[error("the repository at {location} has objects ({found}) but no `config` object, so chromaprod will not create a new repository over them (its snapshots would be written under a new key and the old ones become unreadable). The `config` object was deleted or not copied: put it back from a copy of the repository (it holds no secret), or point backup.storage_path at an empty location. If another chromaprod is creating this repository right now, retry in a moment")]
+    #[error("the repository at {location} has objects ({found}) but no `config` object, so chromaprod will not create a new repository over them (its snapshots would be written under a new key and the old ones become unreadable). The `config` object was deleted or not copied: put it back from a copy of the repository (it holds no secret), or point backup.storage_path at an empty location")]
     ConfigMissing { location: String, found: String },
     #[error("the repository at {location} is not the one this host backs up to: its id is {found}, but {pinned} is pinned in {pin_file}. It was recreated or replaced, and the pinned repository's snapshots are not in it. Put the original repository back at this location, or, if the change is intended, remove {pin_file}")]
     RepositoryChanged {

@@ -81,26 +81,36 @@ async fn read_config(backend: &dyn Backend) -> Result<Option<RepoConfig>, Backup
     }
 }
 
-/// Fails with [`BackupError::ConfigMissing`] if any repository object (a
-/// key slot, snapshot, index, chunk or lock) is stored at the location: only
-/// a location without them may become a repository. Other names (a
-/// `lost+found`, a README beside it) are not chromaprod's and do not count.
-async fn refuse_if_occupied(backend: &dyn Backend, location: &str) -> Result<(), BackupError> {
+/// What is stored at a location that has no `config` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unconfigured {
+    /// No repository object: a repository may be created here.
+    Empty,
+    /// Key slots only: a repository is being created (its `config` is
+    /// written last), or its creation was interrupted. No snapshot can exist
+    /// yet, because a backup starts only once the `config` is there.
+    Creating,
+}
+
+/// What a location without a `config` object holds. Fails with
+/// [`BackupError::ConfigMissing`] if any repository object other than a key
+/// slot (a snapshot, index, chunk or lock) is stored there: a repository that
+/// lost its `config` must never be created again over its data. Other names
+/// (a `lost+found`, a README beside it) are not chromaprod's and do not count.
+async fn unconfigured(backend: &dyn Backend, location: &str) -> Result<Unconfigured, BackupError> {
+    let slots = backend.list(Some(&key("keys")?)).await?;
     let mut objects = Vec::new();
-    for prefix in [
-        "keys",
-        "snapshots",
-        "index",
-        "chunks",
-        "queries",
-        "blocks",
-        "locks",
-    ] {
+    for prefix in ["snapshots", "index", "chunks", "queries", "blocks", "locks"] {
         objects.extend(backend.list(Some(&key(prefix)?)).await?);
     }
     if objects.is_empty() {
-        return Ok(());
+        return Ok(if slots.is_empty() {
+            Unconfigured::Empty
+        } else {
+            Unconfigured::Creating
+        });
     }
+    objects.extend(slots);
     let mut names: Vec<&str> = objects.iter().map(|m| m.key.as_str()).collect();
     names.sort_unstable();
     let shown = names.iter().take(3).copied().collect::<Vec<_>>().join(", ");
@@ -161,17 +171,19 @@ impl Repository {
         let location = backend.describe();
         let config = match read_config(&*backend).await? {
             Some(config) => config,
+            // A repository is created only where its prefix is empty:
+            // objects without a `config` are a damaged repository, and a new
+            // one over them would fork it.
             None => {
-                // A repository is created only where its prefix is empty:
-                // objects without a `config` are a damaged repository, and a
-                // new one over them would fork it.
-                refuse_if_occupied(&*backend, &location).await?;
-                if create {
-                    return Self::init(backend, master, location).await;
-                }
-                return Err(BackupError::NoRepository {
-                    location: url.to_string(),
-                });
+                return match (unconfigured(&*backend, &location).await?, create) {
+                    (Unconfigured::Empty, true) => Self::init(backend, master, location).await,
+                    (Unconfigured::Creating, true) => Err(BackupError::Busy(format!(
+                        "the repository at {location} is being created (it has key slots but no `config` object yet); retry in a moment. If no chromaprod is creating it, an earlier creation was interrupted: delete the objects under keys/ there (no snapshot was written under them)"
+                    ))),
+                    (_, false) => Err(BackupError::NoRepository {
+                        location: url.to_string(),
+                    }),
+                };
             }
         };
         config.check(master.is_some())?;
@@ -201,7 +213,7 @@ impl Repository {
         let backend = storage::open(url, options)?;
         let location = backend.describe();
         let Some(config) = read_config(&*backend).await? else {
-            refuse_if_occupied(&*backend, &location).await?;
+            unconfigured(&*backend, &location).await?;
             return Err(BackupError::NoRepository {
                 location: url.to_string(),
             });

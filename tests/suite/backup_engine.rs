@@ -564,6 +564,46 @@ async fn a_repository_missing_its_config_is_refused_not_recreated() {
     assert_eq!(ids, vec![first.snapshot_id.to_string()]);
 }
 
+/// A repository is created by writing its key slots, then its `config`.
+/// Between the two, a reader (`backups list`, the daemon's scheduled backup
+/// polled by an operator) must see no repository yet, not a damaged one, and
+/// a second creator must be told to retry, not that the repository is corrupt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_being_created_is_no_repository_yet_to_readers_and_busy_to_creators() {
+    let chroma = ChromaServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_path = dir.path().join("key");
+    MasterKey::generate()
+        .expect("key")
+        .write_new_key_file(&key_path)
+        .expect("write key");
+    let repo = dir.path().join("repo");
+    let created = config_with_state(&chroma, &repo, Some(&key_path), &dir.path().join("state"));
+    drop(manager(&created).await);
+    // What a creator has written just before its `config`: the key slots.
+    std::fs::remove_file(repo.join("config")).expect("delete config");
+    assert!(
+        walk(&repo).iter().all(|p| p.starts_with(repo.join("keys"))),
+        "only key slots are left: {:?}",
+        walk(&repo)
+    );
+    let before = walk(&repo);
+    // Another host (no pin in its state directory) opens the location.
+    let config = config_with_state(&chroma, &repo, Some(&key_path), &dir.path().join("other"));
+
+    let err = open_err(&config, false).await;
+    assert!(
+        matches!(err, BackupError::NoRepository { .. }),
+        "a reader sees no repository yet: {err}"
+    );
+    let err = open_err(&config, true).await;
+    let msg = err.to_string();
+    assert_eq!(err.kind(), "busy", "{msg}");
+    assert!(msg.contains("being created"), "{msg}");
+    assert!(msg.contains("keys/"), "says what to do if no one is: {msg}");
+    assert_eq!(walk(&repo), before, "nothing was written to the repository");
+}
+
 /// The repository a host backs up to is pinned in its state directory: one
 /// recreated or replaced at the same location is refused until the operator
 /// says the change is intended (by removing the pin).
