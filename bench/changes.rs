@@ -34,7 +34,7 @@
 //! 6. Chroma's `add` latency (10 records a request, one request at a time):
 //!    blocks alone and blocks under each load in rotation (change-aware
 //!    incrementals of the same collection back to back, with and without
-//!    recall queries, at the unit's `Nice=10` and at nice 0; an
+//!    recall queries, at the unit's `Nice=10` and `SCHED_BATCH` and at nice 0; an
 //!    incremental's SQLite reads alone in a loop; the whole listing alone
 //!    in a loop).
 //!
@@ -95,6 +95,26 @@ fn renice_this_thread(nice: i32) {
         "nice of {tid}"
     );
 }
+/// Puts the calling thread under `SCHED_BATCH` (what the unit's
+/// `CPUSchedulingPolicy=batch` gives every thread of the daemon) with
+/// `chrt`, which on Linux takes a thread id for `-p`; threads started
+/// afterwards inherit it.
+fn batch_this_thread() {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
+    let tid = stat.split(' ').next().expect("tid");
+    let ok = std::process::Command::new("chrt")
+        .args(["--batch", "-p", "0", tid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("chrt")
+        .success();
+    assert!(ok, "chrt --batch -p 0 {tid}");
+    let now = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+    let after_comm = now.rsplit_once(") ").expect("stat").1;
+    // Field 41 of stat, `policy`: 3 is SCHED_BATCH.
+    assert_eq!(after_comm.split(' ').nth(38), Some("3"), "policy of {tid}");
+}
+
 /// Records per `add` in the latency step.
 const ADD_BATCH: usize = 10;
 
@@ -705,7 +725,7 @@ fn latency(
     rows: &mut Vec<Row>,
 ) {
     // 6. `add` latency alone and under five loads, rotating: change-aware
-    // incrementals back to back as the unit runs them (`Nice=10`, recording
+    // incrementals back to back as the unit runs them (`Nice=10`, `SCHED_BATCH`, recording
     // recall queries); the same without recall queries; the same at the
     // adds' own priority (nice 0); the SQLite reads of such an incremental
     // alone, in a loop (the segment's position, then its rows page by page,
@@ -725,17 +745,17 @@ fn latency(
     let loads: [(&str, Load, i32); 6] = [
         ("alone", Load::Alone, 0),
         (
-            "incrementals at the unit's Nice=10",
+            "incrementals at the unit's Nice=10 and SCHED_BATCH",
             Load::Incrementals { queries: true },
             UNIT_NICE,
         ),
         (
-            "incrementals at Nice=10, no recall queries",
+            "the same, no recall queries",
             Load::Incrementals { queries: false },
             UNIT_NICE,
         ),
         (
-            "incrementals at nice 0 (the adds' own priority)",
+            "incrementals at nice 0, SCHED_OTHER (the adds' own priority)",
             Load::Incrementals { queries: true },
             0,
         ),
@@ -762,7 +782,9 @@ fn latency(
             };
             let reader = std::thread::spawn(move || {
                 if nice != 0 {
+                    // The unit's Nice= and CPUSchedulingPolicy=.
                     renice_this_thread(nice);
+                    batch_this_thread();
                 }
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -21,7 +21,8 @@
 //! With `MIGRATE_BENCH_RATES` (records/s, comma-separated, e.g.
 //! `100,300,500`), after the rounds (`MIGRATE_BENCH_ROUNDS=0` skips them):
 //! rebuilds under a steady writer at each rate, with the change feed and
-//! without (`MIGRATE_BENCH_RATES_BEFORE` sets the second list), see
+//! without (`MIGRATE_BENCH_RATES_BEFORE` sets the second list, `none`
+//! skips it), see
 //! `bench/migrate_writer.rs`. With `MIGRATE_BENCH_ALONE_RATES`, first the
 //! same writer alone (no rebuild) for `MIGRATE_BENCH_ALONE_S` seconds
 //! (default 60) at each rate: what Chroma itself acknowledges of it.
@@ -248,9 +249,12 @@ fn main() {
         if after.is_empty() {
             return;
         }
-        let before = Some(rates("MIGRATE_BENCH_RATES_BEFORE"))
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| after.clone());
+        let before = match std::env::var("MIGRATE_BENCH_RATES_BEFORE").as_deref() {
+            Ok("none") => Vec::new(),
+            _ => Some(rates("MIGRATE_BENCH_RATES_BEFORE"))
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| after.clone()),
+        };
         let timeout = std::time::Duration::from_secs(
             std::env::var("MIGRATE_BENCH_PROBE_TIMEOUT_S")
                 .ok()

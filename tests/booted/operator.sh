@@ -142,6 +142,11 @@ step_first_start() {
         sed 's/.*) //' "$t/stat" 2>/dev/null | cut -d' ' -f17 || true
     done | sort -u | tee nice.out
     want "the daemon runs at nice 10" test "$(cat nice.out)" = 10
+    # ... and under SCHED_BATCH (the 39th field after "(comm) ", policy 3).
+    for t in /proc/"$pid"/task/*; do
+        sed 's/.*) //' "$t/stat" 2>/dev/null | cut -d' ' -f39 || true
+    done | sort -u | tee policy.out
+    want "the daemon's threads are SCHED_BATCH" test "$(cat policy.out)" = 3
     # The credentials, readable only by the service's user.
     local cred=/run/credentials/chromaprod.service
     stat -c '%U %a %n' $cred/*

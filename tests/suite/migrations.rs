@@ -702,7 +702,9 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
     // acknowledged. Several keep the rate up on a loaded machine, where one
     // writer's round trips left too few writes inside a short copy.
     const WRITERS: usize = 4;
-    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    // The last write Chroma acknowledged per id: its document, or `None`
+    // for a delete.
+    let acked: Arc<Mutex<HashMap<String, Option<String>>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let writes_to_old = Arc::new(Mutex::new(0u64));
     let writers: Vec<_> = (0..WRITERS)
@@ -719,13 +721,13 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
                 while !stop.load(Ordering::Relaxed) {
                     j += 1;
                     let i = j * WRITERS + w;
-                    // New records and updates of existing ones, alternately;
-                    // writer w updates only the records whose number is w
-                    // modulo WRITERS.
-                    let id = if j % 2 == 0 {
-                        format!("w{i:06}")
-                    } else {
-                        format!("d{:05}", ((j * 7919) % (n / WRITERS)) * WRITERS + w)
+                    // New records, updates of existing ones and deletes of
+                    // existing ones, in turn; writer w updates and deletes
+                    // only the records whose number is w modulo WRITERS.
+                    let id = match j % 3 {
+                        0 => format!("w{i:06}"),
+                        1 => format!("d{:05}", ((j * 7919) % (n / WRITERS)) * WRITERS + w),
+                        _ => format!("d{:05}", ((j * 104_729) % (n / WRITERS)) * WRITERS + w),
                     };
                     let doc = format!("write {i}");
                     // Between the swap's two renames the name briefly
@@ -733,10 +735,23 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
                     let Ok(col) = store.get_collection("docs").await else {
                         continue;
                     };
+                    if j % 3 == 2 {
+                        if store
+                            .delete(&col.id, Some(std::slice::from_ref(&id)), None)
+                            .await
+                            .is_ok()
+                        {
+                            acked.lock().expect("lock").insert(id, None);
+                            if col.id == original {
+                                *writes_to_old.lock().expect("lock") += 1;
+                            }
+                        }
+                        continue;
+                    }
                     // An update also removes the record's `author` key,
                     // which the copy must lose too (an upsert merges
                     // metadata).
-                    let metadata = (j % 2 == 1)
+                    let metadata = (j % 3 == 1)
                         .then(|| json!({"author": null, "w": i}).as_object().cloned())
                         .flatten();
                     let batch = RecordBatch {
@@ -747,7 +762,7 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
                         uris: None,
                     };
                     if store.upsert(&col.id, &batch).await.is_ok() {
-                        acked.lock().expect("lock").insert(id, doc);
+                        acked.lock().expect("lock").insert(id, Some(doc));
                         if col.id == original {
                             *writes_to_old.lock().expect("lock") += 1;
                         }
@@ -793,7 +808,7 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
         .collect();
     let kept_author: Vec<&str> = records
         .iter()
-        .filter(|r| acked.contains_key(&r.id) && r.id.starts_with('d'))
+        .filter(|r| acked.get(&r.id).is_some_and(Option::is_some) && r.id.starts_with('d'))
         .filter(|r| {
             r.metadata
                 .as_ref()
@@ -805,10 +820,14 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
         kept_author.is_empty(),
         "a metadata key the writers removed survived in the copy: {kept_author:?}; {r}"
     );
-    let mut lost = Vec::new();
+    let (mut lost, mut back) = (Vec::new(), Vec::new());
     for (id, doc) in &acked {
-        if by_id.get(id.as_str()).copied().flatten() != Some(doc) {
-            lost.push(id.clone());
+        match doc {
+            Some(doc) if by_id.get(id.as_str()).copied().flatten() != Some(doc) => {
+                lost.push(id.clone());
+            }
+            None if by_id.contains_key(id.as_str()) => back.push(id.clone()),
+            _ => {}
         }
     }
     assert!(
@@ -817,8 +836,16 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
         lost.len(),
         &lost[..lost.len().min(5)]
     );
+    assert!(
+        back.is_empty(),
+        "{} acknowledged deletes undone, e.g. {:?}; {r}",
+        back.len(),
+        &back[..back.len().min(5)]
+    );
+    let deleted = acked.values().filter(|d| d.is_none()).count();
+    assert!(deleted > 0, "the writers deleted records: {r}");
     let new_ids = acked.keys().filter(|k| k.starts_with('w')).count();
-    assert_eq!(records.len(), n + new_ids);
+    assert_eq!(records.len(), n + new_ids - deleted);
 }
 
 /// The second pass reads the source alone (by the first pass's digests):

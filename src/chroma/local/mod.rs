@@ -16,8 +16,8 @@
 //! - keeps each read transaction short (Chroma uses a rollback journal, so
 //!   a reader briefly holds its writer back): one query per transaction,
 //!   listings in keyset pages of [`PAGE`] rows (about a millisecond each),
-//!   the file left alone between reads twice as long as the last one held
-//!   it;
+//!   the file left alone between reads, while Chroma writes, four times as
+//!   long as the last one held it ([`Pace`]);
 //! - checks the schema (Chroma's migration levels and the columns read)
 //!   before trusting it ([`schema`]);
 //! - answers every surprise with [`Unusable`], which callers treat as a
@@ -168,37 +168,58 @@ struct Reader {
 /// journal, so its writer cannot commit while any read transaction is open:
 /// it sleeps in SQLite's busy handler (1, 2, 5, 10 ms …) until the reader
 /// lets go. Back to back, short reads still hold the file nearly all the
-/// time and meet almost every commit; so after each read the file is left
-/// alone twice as long as that read held it ([`LEFT_ALONE`]), and
-/// chromaprod holds it at most a third of the time. A listing of 100,000
-/// rows takes 100 pages of under a millisecond, so this costs a long read
-/// about a tenth of a second. (Left alone once as long, the whole listing
-/// in a loop slowed Chroma's adds 1.34–1.50×; twice, 1.13–1.26×: runs
-/// C6–C8 in docs/benchmarks.md.)
+/// time and meet almost every commit. So while Chroma writes, each read is
+/// followed by a pause [`LEFT_ALONE`] times as long as the read held the
+/// file, and chromaprod holds it at most a fifth of the time: a listing of
+/// 100,000 rows (100 pages of under a millisecond) then takes about a third
+/// of a second longer. While Chroma does not write, nobody waits for the
+/// file and reads follow each other without a pause.
+///
+/// Whether Chroma writes is `PRAGMA data_version`, read after each read: it
+/// moves when another connection has committed since this connection's
+/// previous look. The first read counts as one during writes.
 #[derive(Debug, Default)]
 struct Pace {
-    /// When the next read may begin.
-    next: Option<Instant>,
+    /// When the previous read let go of the file.
+    ended: Option<Instant>,
+    /// How long the file is left alone after it.
+    pause: Duration,
+    /// `PRAGMA data_version` after the previous read.
+    version: Option<i64>,
 }
 
-/// How many times as long as a read held the file it is left alone after.
-const LEFT_ALONE: u32 = 2;
+/// While Chroma writes, how many times as long as a read held the file it is
+/// left alone after. (The whole listing in a loop slowed Chroma's adds
+/// 1.34–1.50× left alone once as long, 1.13–1.26× twice: runs C6–C8 in
+/// docs/benchmarks.md. Four times, 1.29× at nice 10 and 1.09× with the
+/// unit's `SCHED_BATCH` as well, runs L5–L6: what remains is the CPU, not
+/// the file.)
+const LEFT_ALONE: u32 = 4;
 /// The longest pause between two reads.
 const MAX_LEFT_ALONE: Duration = Duration::from_millis(100);
 
 impl Pace {
     /// How long a read about to begin at `now` waits first.
     fn wait(&self, now: Instant) -> Duration {
-        self.next
-            .map_or(Duration::ZERO, |next| next.saturating_duration_since(now))
+        self.ended.map_or(Duration::ZERO, |ended| {
+            (ended + self.pause).saturating_duration_since(now)
+        })
     }
 
-    /// A read held the file from `began` to `ended`. (Its time includes
-    /// any wait for Chroma's writer, up to the busy timeout: the pause is
-    /// capped at [`MAX_LEFT_ALONE`].)
-    fn held(&mut self, began: Instant, ended: Instant) {
-        let pause = (ended.saturating_duration_since(began) * LEFT_ALONE).min(MAX_LEFT_ALONE);
-        self.next = Some(ended + pause);
+    /// A read held the file from `began` to `ended`, after which the
+    /// connection's `PRAGMA data_version` was `version` (`None`: not known,
+    /// taken as a write). (The read's time includes any wait for Chroma's
+    /// writer, up to the busy timeout: the pause is capped at
+    /// [`MAX_LEFT_ALONE`].)
+    fn held(&mut self, began: Instant, ended: Instant, version: Option<i64>) {
+        let writing = version.is_none() || self.version != version;
+        self.version = version;
+        self.ended = Some(ended);
+        self.pause = if writing {
+            (ended.saturating_duration_since(began) * LEFT_ALONE).min(MAX_LEFT_ALONE)
+        } else {
+            Duration::ZERO
+        };
     }
 }
 
@@ -291,7 +312,12 @@ impl LocalChroma {
             std::thread::sleep(conn.pace.wait(Instant::now()));
             let began = Instant::now();
             let out = f(&conn.conn);
-            conn.pace.held(began, Instant::now());
+            let ended = Instant::now();
+            let version = conn
+                .conn
+                .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+                .ok();
+            conn.pace.held(began, ended, version);
             out.map_err(|e| Unusable::from_sqlite(&path, &e))?
         })
         .await

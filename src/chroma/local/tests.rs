@@ -123,7 +123,7 @@ fn a_page_after_the_first_reads_a_range_of_the_index_not_the_rows_before_it() {
 }
 
 #[test]
-fn each_read_leaves_the_file_alone_longer_than_it_held_it() {
+fn while_chroma_writes_each_read_leaves_the_file_alone_longer_than_it_held_it() {
     let t0 = Instant::now();
     let ms = Duration::from_millis;
     let mut pace = Pace::default();
@@ -132,17 +132,51 @@ fn each_read_leaves_the_file_alone_longer_than_it_held_it() {
         Duration::ZERO,
         "the first read does not wait"
     );
-    // A read of 3 ms: the next one waits twice that from its end.
-    assert_eq!(LEFT_ALONE, 2);
-    pace.held(t0, t0 + ms(3));
-    assert_eq!(pace.wait(t0 + ms(3)), ms(6));
-    assert_eq!(pace.wait(t0 + ms(5)), ms(4));
-    assert_eq!(pace.wait(t0 + ms(9)), Duration::ZERO);
-    assert_eq!(pace.wait(t0 + ms(60)), Duration::ZERO);
+    // The first read counts as one during writes: a read of 3 ms, and the
+    // next one waits four times that from its end.
+    assert_eq!(LEFT_ALONE, 4);
+    pace.held(t0, t0 + ms(3), Some(7));
+    assert_eq!(pace.wait(t0 + ms(3)), ms(12));
+    assert_eq!(pace.wait(t0 + ms(5)), ms(10));
+    assert_eq!(pace.wait(t0 + ms(15)), Duration::ZERO);
+    // Nothing committed since (the same data_version): no pause.
+    pace.held(t0 + ms(15), t0 + ms(18), Some(7));
+    assert_eq!(pace.wait(t0 + ms(18)), Duration::ZERO);
+    // Chroma committed in between: the pause again.
+    pace.held(t0 + ms(18), t0 + ms(20), Some(8));
+    assert_eq!(pace.wait(t0 + ms(20)), ms(8));
+    // A data_version that could not be read counts as a write.
+    pace.held(t0 + ms(28), t0 + ms(30), None);
+    assert_eq!(pace.wait(t0 + ms(30)), ms(8));
     // A read that waited out Chroma's writer for a second does not keep
-    // the next one waiting two more.
-    pace.held(t0, t0 + ms(1000));
+    // the next one waiting four more.
+    pace.held(t0, t0 + ms(1000), Some(9));
     assert_eq!(pace.wait(t0 + ms(1000)), MAX_LEFT_ALONE);
+}
+
+/// The pause follows the file: another connection's commit between two
+/// reads moves `PRAGMA data_version`, and only then is the file left alone.
+#[tokio::test]
+async fn reads_pause_only_after_another_connection_committed() {
+    let dir = tempfile::tempdir().expect("should succeed");
+    let writer = database(dir.path(), &[("a", 1), ("b", 2)], Some(2));
+    let local = LocalChroma::open(dir.path()).await.expect("should succeed");
+    let paused = |local: &LocalChroma| {
+        local.conn.lock().expect("should succeed").pace.pause > Duration::ZERO
+    };
+    local.position(COLLECTION).await.expect("should succeed");
+    local.position(COLLECTION).await.expect("should succeed");
+    assert!(!paused(&local), "nothing was written between the reads");
+    writer
+        .execute(
+            "INSERT INTO embeddings (segment_id, embedding_id, seq_id) VALUES (?1, 'c', 3)",
+            [SEGMENT],
+        )
+        .expect("should succeed");
+    local.position(COLLECTION).await.expect("should succeed");
+    assert!(paused(&local), "a commit came between the reads");
+    local.position(COLLECTION).await.expect("should succeed");
+    assert!(!paused(&local), "and none since");
 }
 
 #[tokio::test]

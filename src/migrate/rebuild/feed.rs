@@ -3,12 +3,15 @@
 //! touched since the last pass, from Chroma's own sequence numbers
 //! (`chroma::local`), instead of comparing both collections whole.
 //!
-//! A pass reads the source's position first (the next pass's mark), lists
-//! the rows written after the mark, copies those records, and deletes in
-//! the copy what the source no longer holds (both id sets from SQLite, a
-//! fraction of a second at 100k records). Anything unexpected
-//! ([`Unusable`]) is logged and counted, and the rebuild goes on with the
-//! whole-collection comparison.
+//! A pass reads the source's position first (the next pass's mark), then
+//! lists the source's rows once: those written after the mark are copied,
+//! and the ids the copy holds beyond the listing are deleted there. The
+//! copy's ids are listed once, at the first pass; after that they are kept
+//! as the passes write and delete them (before the swap only the rebuild
+//! writes to the copy). So a pass costs one listing of the source (a
+//! fraction of a second at 100k records) and the writes. Anything
+//! unexpected ([`Unusable`]) is logged and counted, and the rebuild goes on
+//! with the whole-collection comparison.
 
 use std::collections::HashSet;
 
@@ -26,6 +29,9 @@ pub(super) struct Feed {
     mark: u64,
     /// The source's ids at the last pass (for deletions after the swap).
     source_ids: HashSet<String>,
+    /// The copy's ids, listed at the first pass before the swap and kept
+    /// since as passes write and delete.
+    target_ids: Option<HashSet<String>>,
 }
 
 /// What one pass did.
@@ -52,12 +58,16 @@ impl Feed {
             segment: p.segment,
             mark: p.seq_id,
             source_ids: HashSet::new(),
+            target_ids: None,
         }))
     }
 
-    /// The ids written to the source since the mark; moves the mark to the
-    /// position read first.
-    async fn changed(&mut self, source: &Collection) -> Result<Vec<String>, Unusable> {
+    /// The source's rows in one listing: the ids written since the mark,
+    /// and every id. Moves the mark to the position read first.
+    async fn changed(
+        &mut self,
+        source: &Collection,
+    ) -> Result<(Vec<String>, HashSet<String>), Unusable> {
         let now = self.local.position(&source.id).await?;
         if now.segment != self.segment {
             return Err(Unusable::SegmentChanged {
@@ -73,13 +83,18 @@ impl Feed {
                 now: now.seq_id,
             });
         }
-        let mut out = Vec::new();
-        let mut rows = self.local.rows(&self.segment, Some(self.mark));
+        let (mut changed, mut ids) = (Vec::new(), HashSet::new());
+        let mut rows = self.local.rows(&self.segment, None);
         while let Some(page) = rows.next().await? {
-            out.extend(page.into_iter().map(|(id, _)| id));
+            for (id, seq) in page {
+                if seq > self.mark {
+                    changed.push(id.clone());
+                }
+                ids.insert(id);
+            }
         }
         self.mark = now.seq_id;
-        Ok(out)
+        Ok((changed, ids))
     }
 
     /// Every id of a collection, from its metadata segment.
@@ -107,29 +122,35 @@ impl Feed {
         target: &Collection,
         settling: bool,
     ) -> Result<Result<Pass, Unusable>, MigrationError> {
-        let changed = match self.changed(source).await {
+        let (changed, source_ids) = match self.changed(source).await {
             Ok(c) => c,
             Err(why) => return Ok(Err(why)),
         };
+        if !settling && self.target_ids.is_none() {
+            match self.ids(&target.id).await {
+                Ok(t) => self.target_ids = Some(t),
+                Err(why) => return Ok(Err(why)),
+            }
+        }
         let mut fixed = 0u64;
         for part in changed.chunks(FETCH_BATCH) {
             let records = fetch(store, &source.id, part.to_vec()).await?;
+            if let Some(t) = self.target_ids.as_mut() {
+                t.extend(records.iter().map(|r| r.id.clone()));
+            }
             fixed += write_over(store, &target.id, spec.prepare(records).await?).await? as u64;
         }
-        let source_ids = match self.ids(&source.id).await {
-            Ok(ids) => ids,
-            Err(why) => return Ok(Err(why)),
-        };
-        let gone: Vec<String> = if settling {
-            self.source_ids.difference(&source_ids).cloned().collect()
-        } else {
-            match self.ids(&target.id).await {
-                Ok(t) => t.difference(&source_ids).cloned().collect(),
-                Err(why) => return Ok(Err(why)),
-            }
+        let gone: Vec<String> = match (settling, self.target_ids.as_ref()) {
+            (false, Some(t)) => t.difference(&source_ids).cloned().collect(),
+            _ => self.source_ids.difference(&source_ids).cloned().collect(),
         };
         for part in gone.chunks(FETCH_BATCH) {
             store.delete(&target.id, Some(part), None).await?;
+        }
+        if let Some(t) = self.target_ids.as_mut() {
+            for id in &gone {
+                t.remove(id);
+            }
         }
         fixed += gone.len() as u64;
         self.source_ids = source_ids;

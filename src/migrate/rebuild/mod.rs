@@ -45,11 +45,11 @@ use super::tracker::{fetch, find, list_ids, resume_position, Tracker};
 use super::MigrationError;
 use crate::backup::compare::{overwrite, records_match};
 use crate::backup::records::{Record, RecordDigest};
-use crate::backup::source::{to_batch, FETCH_BATCH};
+use crate::backup::source::{to_batch, to_records, FETCH_BATCH};
 use crate::chroma::configuration::{creatable_configuration, merge_configuration, space_of};
 use crate::chroma::local::Unusable;
 use crate::chroma::swap::{self, SwapEntry};
-use crate::chroma::{Collection, CreateCollection, ProductionChromaStore};
+use crate::chroma::{Collection, CreateCollection, GetRequest, Include, ProductionChromaStore};
 use crate::progress::{MigrateDetail, RebuildStep};
 
 async fn write(
@@ -78,6 +78,8 @@ async fn write(
 /// versions of them, so each ends up exactly as given
 /// ([`overwrite`]: metadata keys the source no longer has are removed, and a
 /// record whose stored document or uri the source dropped is deleted first).
+/// The stored versions are read without their vectors, which [`overwrite`]
+/// does not look at.
 async fn write_over(
     store: &ProductionChromaStore,
     collection_id: &str,
@@ -87,11 +89,15 @@ async fn write_over(
         return Ok(0);
     }
     let ids = records.iter().map(|r| r.id.clone()).collect();
-    let stored: HashMap<String, Record> = fetch(store, collection_id, ids)
-        .await?
-        .into_iter()
-        .map(|r| (r.id.clone(), r))
-        .collect();
+    let without_vectors = [Include::Documents, Include::Metadatas, Include::Uris];
+    let stored: HashMap<String, Record> = to_records(
+        store
+            .get_records(collection_id, &GetRequest::ids(ids, &without_vectors))
+            .await?,
+    )
+    .into_iter()
+    .map(|r| (r.id.clone(), r))
+    .collect();
     let mut clear = Vec::new();
     for r in &mut records {
         if stored.get(&r.id).is_some_and(|have| overwrite(r, have)) {
