@@ -47,8 +47,10 @@ pub const QUERIES_FORMAT: u32 = 1;
 /// k neighbours differently. Lost records cost far more (a fifth of the
 /// records lost: about 0.8).
 pub const DEFAULT_MIN_RECALL: f64 = 0.95;
-/// Query vectors per `query` request.
-const QUERY_BATCH: usize = 25;
+/// Query vectors per `query` request: few, so each request is short and a
+/// write that reaches Chroma meanwhile waits less for it (25 in runs up to
+/// L6; 5 since run C9 in docs/benchmarks.md).
+const QUERY_BATCH: usize = 5;
 /// Ids read from the listing at a time while picking the sample.
 const LISTING_STEP: usize = 10_000;
 
