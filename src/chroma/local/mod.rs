@@ -175,9 +175,11 @@ struct Reader {
 /// of a second longer. While Chroma does not write, nobody waits for the
 /// file and reads follow each other without a pause.
 ///
-/// Whether Chroma writes is `PRAGMA data_version`, read after each read: it
-/// moves when another connection has committed since this connection's
-/// previous look. The first read counts as one during writes.
+/// Chroma writes while it has committed within the last [`WRITING`]:
+/// `PRAGMA data_version`, read after each read, moves when another
+/// connection has committed since this connection's previous look. The
+/// first read, and a read after which the version could not be read, are
+/// paused as if Chroma wrote.
 #[derive(Debug, Default)]
 struct Pace {
     /// When the previous read let go of the file.
@@ -186,17 +188,21 @@ struct Pace {
     pause: Duration,
     /// `PRAGMA data_version` after the previous read.
     version: Option<i64>,
+    /// When a read last found that Chroma had committed.
+    wrote: Option<Instant>,
 }
 
 /// While Chroma writes, how many times as long as a read held the file it is
 /// left alone after. (The whole listing in a loop slowed Chroma's adds
 /// 1.34–1.50× left alone once as long, 1.13–1.26× twice: runs C6–C8 in
-/// docs/benchmarks.md. Four times, 1.29× at nice 10 and 1.09× with the
-/// unit's `SCHED_BATCH` as well, runs L5–L6: what remains is the CPU, not
-/// the file.)
+/// docs/benchmarks.md; four times: run L7.)
 const LEFT_ALONE: u32 = 4;
 /// The longest pause between two reads.
 const MAX_LEFT_ALONE: Duration = Duration::from_millis(100);
+/// How long after a commit was last seen Chroma counts as writing: longer
+/// than the gaps between a steady writer's commits, so every read of a scan
+/// under writes is paced, not only the first after each commit.
+const WRITING: Duration = Duration::from_secs(1);
 
 impl Pace {
     /// How long a read about to begin at `now` waits first.
@@ -207,12 +213,19 @@ impl Pace {
     }
 
     /// A read held the file from `began` to `ended`, after which the
-    /// connection's `PRAGMA data_version` was `version` (`None`: not known,
-    /// taken as a write). (The read's time includes any wait for Chroma's
-    /// writer, up to the busy timeout: the pause is capped at
-    /// [`MAX_LEFT_ALONE`].)
+    /// connection's `PRAGMA data_version` was `version` (`None`: not known).
+    /// (The read's time includes any wait for Chroma's writer, up to the
+    /// busy timeout: the pause is capped at [`MAX_LEFT_ALONE`].)
     fn held(&mut self, began: Instant, ended: Instant, version: Option<i64>) {
-        let writing = version.is_none() || self.version != version;
+        let first = self.version.is_none();
+        if !first && version.is_some() && version != self.version {
+            self.wrote = Some(ended);
+        }
+        let writing = first
+            || version.is_none()
+            || self
+                .wrote
+                .is_some_and(|at| ended.saturating_duration_since(at) < WRITING);
         self.version = version;
         self.ended = Some(ended);
         self.pause = if writing {
@@ -315,7 +328,8 @@ impl LocalChroma {
             let ended = Instant::now();
             let version = conn
                 .conn
-                .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+                .prepare_cached("PRAGMA data_version")
+                .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
                 .ok();
             conn.pace.held(began, ended, version);
             out.map_err(|e| Unusable::from_sqlite(&path, &e))?

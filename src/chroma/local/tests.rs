@@ -132,7 +132,7 @@ fn while_chroma_writes_each_read_leaves_the_file_alone_longer_than_it_held_it() 
         Duration::ZERO,
         "the first read does not wait"
     );
-    // The first read counts as one during writes: a read of 3 ms, and the
+    // The first read is paused as if Chroma wrote: a read of 3 ms, and the
     // next one waits four times that from its end.
     assert_eq!(LEFT_ALONE, 4);
     pace.held(t0, t0 + ms(3), Some(7));
@@ -142,20 +142,31 @@ fn while_chroma_writes_each_read_leaves_the_file_alone_longer_than_it_held_it() 
     // Nothing committed since (the same data_version): no pause.
     pace.held(t0 + ms(15), t0 + ms(18), Some(7));
     assert_eq!(pace.wait(t0 + ms(18)), Duration::ZERO);
-    // Chroma committed in between: the pause again.
+    // Chroma committed in between: paused...
     pace.held(t0 + ms(18), t0 + ms(20), Some(8));
     assert_eq!(pace.wait(t0 + ms(20)), ms(8));
-    // A data_version that could not be read counts as a write.
-    pace.held(t0 + ms(28), t0 + ms(30), None);
+    // ...and so is every read for a while after, commit or not: a steady
+    // writer's next commit must not find reads back to back.
+    pace.held(t0 + ms(28), t0 + ms(30), Some(8));
     assert_eq!(pace.wait(t0 + ms(30)), ms(8));
+    let later = t0 + ms(20) + WRITING;
+    pace.held(later - ms(3), later - ms(1), Some(8));
+    assert_eq!(pace.wait(later - ms(1)), ms(8));
+    // Once Chroma has not committed for that long, no pause.
+    pace.held(later, later + ms(2), Some(8));
+    assert_eq!(pace.wait(later + ms(2)), Duration::ZERO);
+    // A data_version that could not be read counts as a write.
+    pace.held(later + ms(2), later + ms(4), None);
+    assert_eq!(pace.wait(later + ms(4)), ms(8));
     // A read that waited out Chroma's writer for a second does not keep
     // the next one waiting four more.
-    pace.held(t0, t0 + ms(1000), Some(9));
-    assert_eq!(pace.wait(t0 + ms(1000)), MAX_LEFT_ALONE);
+    pace.held(later, later + ms(1000), Some(9));
+    assert_eq!(pace.wait(later + ms(1000)), MAX_LEFT_ALONE);
 }
 
 /// The pause follows the file: another connection's commit between two
-/// reads moves `PRAGMA data_version`, and only then is the file left alone.
+/// reads moves `PRAGMA data_version`, and only for a while after one is the
+/// file left alone.
 #[tokio::test]
 async fn reads_pause_only_after_another_connection_committed() {
     let dir = tempfile::tempdir().expect("should succeed");
@@ -176,7 +187,10 @@ async fn reads_pause_only_after_another_connection_committed() {
     local.position(COLLECTION).await.expect("should succeed");
     assert!(paused(&local), "a commit came between the reads");
     local.position(COLLECTION).await.expect("should succeed");
-    assert!(!paused(&local), "and none since");
+    assert!(paused(&local), "one did a moment ago");
+    tokio::time::sleep(WRITING).await;
+    local.position(COLLECTION).await.expect("should succeed");
+    assert!(!paused(&local), "and none for a while");
 }
 
 #[tokio::test]
