@@ -175,17 +175,38 @@ impl Repository {
             // objects without a `config` are a damaged repository, and a new
             // one over them would fork it.
             None => {
-                return match (unconfigured(&*backend, &location).await?, create) {
-                    (Unconfigured::Empty, true) => Self::init(backend, master, location).await,
-                    (Unconfigured::Creating, true) => Err(BackupError::Busy(format!(
-                        "the repository at {location} is being created (it has key slots but no `config` object yet); retry in a moment. If no chromaprod is creating it, an earlier creation was interrupted: delete the objects under keys/ there (no snapshot was written under them)"
-                    ))),
-                    (_, false) => Err(BackupError::NoRepository {
-                        location: url.to_string(),
-                    }),
-                };
+                let state = unconfigured(&*backend, &location).await;
+                // A creator may have written its `config`, then its lock,
+                // since the first look: what was listed is judged only if
+                // the `config` is still missing.
+                match read_config(&*backend).await? {
+                    Some(config) => config,
+                    None => {
+                        return match (state?, create) {
+                            (Unconfigured::Empty, true) => {
+                                Self::init(backend, master, location).await
+                            }
+                            (Unconfigured::Creating, true) => Err(BackupError::Busy(format!(
+                                "the repository at {location} is being created (it has key slots but no `config` object yet); retry in a moment. If no chromaprod is creating it, an earlier creation was interrupted: delete the objects under keys/ there (nothing was written under them)"
+                            ))),
+                            (_, false) => Err(BackupError::NoRepository {
+                                location: url.to_string(),
+                            }),
+                        }
+                    }
+                }
             }
         };
+        Self::open_configured(backend, config, master, location).await
+    }
+
+    /// Opens the repository whose `config` was read.
+    async fn open_configured(
+        backend: Arc<dyn Backend>,
+        config: RepoConfig,
+        master: Option<&MasterKey>,
+        location: String,
+    ) -> Result<Repository, BackupError> {
         config.check(master.is_some())?;
         let codec = if config.encrypted {
             let master = master.ok_or_else(|| BackupError::KeyRequired {
@@ -212,11 +233,21 @@ impl Repository {
     ) -> Result<Repository, BackupError> {
         let backend = storage::open(url, options)?;
         let location = backend.describe();
-        let Some(config) = read_config(&*backend).await? else {
-            unconfigured(&*backend, &location).await?;
-            return Err(BackupError::NoRepository {
-                location: url.to_string(),
-            });
+        let config = match read_config(&*backend).await? {
+            Some(config) => config,
+            None => {
+                let state = unconfigured(&*backend, &location).await;
+                // As in `open_on`: created meanwhile.
+                match read_config(&*backend).await? {
+                    Some(config) => config,
+                    None => {
+                        state?;
+                        return Err(BackupError::NoRepository {
+                            location: url.to_string(),
+                        });
+                    }
+                }
+            }
         };
         Ok(Repository {
             backend,
@@ -257,16 +288,15 @@ impl Repository {
         location: String,
     ) -> Result<Repository, BackupError> {
         let config = RepoConfig::new(master.is_some())?;
+        let mut slots = Vec::new();
         let codec = match master {
             Some(m) => {
                 let (ring, data_key) = KeyRing::create(m)?;
                 for slot in &ring.slots {
                     let enc = format::encode_key_slot(slot)?;
+                    let slot_key = key(&format!("keys/{}", slot.key_id))?;
                     let written = backend
-                        .write_if_absent(
-                            &key(&format!("keys/{}", slot.key_id))?,
-                            Bytes::from(enc.bytes),
-                        )
+                        .write_if_absent(&slot_key, Bytes::from(enc.bytes))
                         .await?;
                     // A slot already there wraps someone else's data key:
                     // going on would encrypt under a key stored nowhere.
@@ -275,30 +305,40 @@ impl Repository {
                             "another process is creating the repository at {location}; retry in a moment"
                         )));
                     }
+                    slots.push(slot_key);
                 }
                 Codec::Encrypted(data_key)
             }
             None => Codec::Plain,
         };
         // The config is written last: a repository without it is not yet one.
-        match backend
+        let written = backend
             .write_if_absent(&key("config")?, Bytes::from(config.encode()?.bytes))
-            .await?
-        {
-            Written::Created => {
-                tracing::info!(location = %location, encrypted = config.encrypted, "created backup repository");
-                Ok(Repository {
-                    backend,
-                    config,
-                    codec,
-                    location,
-                })
+            .await?;
+        // `AlreadyExists` may be this very write, retried after a lost
+        // response: the stored config says whose it is.
+        let ours = written == Written::Created
+            || read_config(&*backend)
+                .await?
+                .is_some_and(|c| c.repository_id == config.repository_id);
+        if !ours {
+            // Another creator won, with a data key of its own: this one's
+            // slots must not stay, or this master key would later unlock a
+            // data key no snapshot of that repository uses, and fork it.
+            for slot in &slots {
+                backend.delete(slot).await?;
             }
-            // Someone else initialised it at the same moment: open theirs.
-            Written::AlreadyExists => Err(BackupError::Busy(
+            return Err(BackupError::Busy(
                 "another process created the repository at the same time; retry".into(),
-            )),
+            ));
         }
+        tracing::info!(location = %location, encrypted = config.encrypted, "created backup repository");
+        Ok(Repository {
+            backend,
+            config,
+            codec,
+            location,
+        })
     }
 
     async fn read_keyring(backend: &dyn Backend) -> Result<KeyRing, BackupError> {

@@ -604,6 +604,177 @@ async fn a_repository_being_created_is_no_repository_yet_to_readers_and_busy_to_
     assert_eq!(walk(&repo), before, "nothing was written to the repository");
 }
 
+/// What another process does to the location at the worst moment.
+#[derive(Debug)]
+enum Race {
+    /// A creator writes its `config` (these bytes), then its lock, the first
+    /// time the location is listed: between a reader's look for the
+    /// `config` and its listing of what else is there.
+    CreatorFinishes(bytes::Bytes),
+    /// Another creator's `config` (these bytes) is stored just before this
+    /// process writes its own.
+    CreatorWins(bytes::Bytes),
+    /// This process's `config` is stored, but the response is lost and the
+    /// retried write finds it there (`AlreadyExists`).
+    LostResponse,
+}
+
+/// The local backend, with a [`Race`].
+#[derive(Debug)]
+struct Racing {
+    inner: Arc<dyn chromaprod::storage::Backend>,
+    race: Race,
+    done: std::sync::atomic::AtomicBool,
+}
+
+type Fut<'a, T> = futures_util::future::BoxFuture<'a, chromaprod::storage::Result<T>>;
+type Key = chromaprod::storage::ObjectKey;
+
+impl Racing {
+    fn first(&self) -> bool {
+        !self.done.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl chromaprod::storage::Backend for Racing {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn list<'a>(
+        &'a self,
+        prefix: Option<&'a Key>,
+    ) -> Fut<'a, Vec<chromaprod::storage::ObjectMeta>> {
+        Box::pin(async move {
+            if let Race::CreatorFinishes(config) = &self.race {
+                if self.first() {
+                    let key = |k: &str| Key::new(k).expect("key");
+                    self.inner
+                        .write_if_absent(&key("config"), config.clone())
+                        .await?;
+                    self.inner
+                        .write_if_absent(&key("locks/creator"), bytes::Bytes::from_static(b"lock"))
+                        .await?;
+                }
+            }
+            self.inner.list(prefix).await
+        })
+    }
+    fn read<'a>(&'a self, key: &'a Key) -> Fut<'a, bytes::Bytes> {
+        self.inner.read(key)
+    }
+    fn read_range<'a>(
+        &'a self,
+        key: &'a Key,
+        range: std::ops::Range<u64>,
+    ) -> Fut<'a, bytes::Bytes> {
+        self.inner.read_range(key, range)
+    }
+    fn write_if_absent<'a>(
+        &'a self,
+        key: &'a Key,
+        data: bytes::Bytes,
+    ) -> Fut<'a, chromaprod::storage::Written> {
+        Box::pin(async move {
+            if key.as_str() == "config" {
+                match &self.race {
+                    Race::CreatorWins(theirs) if self.first() => {
+                        self.inner.write_if_absent(key, theirs.clone()).await?;
+                    }
+                    Race::LostResponse if self.first() => {
+                        self.inner.write_if_absent(key, data.clone()).await?;
+                    }
+                    _ => {}
+                }
+            }
+            self.inner.write_if_absent(key, data).await
+        })
+    }
+    fn delete<'a>(&'a self, key: &'a Key) -> Fut<'a, ()> {
+        self.inner.delete(key)
+    }
+    fn head<'a>(&'a self, key: &'a Key) -> Fut<'a, Option<chromaprod::storage::ObjectMeta>> {
+        self.inner.head(key)
+    }
+}
+
+fn racing(url: &str, race: Race) -> Arc<Racing> {
+    use chromaprod::storage::StorageOptions;
+    Arc::new(Racing {
+        inner: chromaprod::storage::open(url, &StorageOptions::default()).expect("backend"),
+        race,
+        done: std::sync::atomic::AtomicBool::new(false),
+    })
+}
+
+/// Creating a repository races with other processes at three moments, and
+/// none may leave two data keys in one repository or call a new one damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_creation_races_end_in_one_repository() {
+    use chromaprod::backup::repository::Repository;
+    use chromaprod::storage::StorageOptions;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = MasterKey::generate().expect("key");
+    let repo = dir.path().join("repo");
+    let url = format!("file://{}", repo.display());
+    let created = Repository::open(&url, &StorageOptions::default(), Some(&key), true)
+        .await
+        .expect("create");
+    let config = bytes::Bytes::from(std::fs::read(repo.join("config")).expect("config"));
+
+    // A reader (or a second creator) that found no `config`, then lists the
+    // location as the creator writes its `config` and lock, opens the new
+    // repository.
+    for create in [false, true] {
+        std::fs::remove_file(repo.join("config")).expect("delete config");
+        let _ = std::fs::remove_dir_all(repo.join("locks"));
+        let backend = racing(&url, Race::CreatorFinishes(config.clone()));
+        let opened = Repository::open_on(backend, &url, Some(&key), create)
+            .await
+            .unwrap_or_else(|e| panic!("create={create}: the new repository is opened: {e}"));
+        assert_eq!(
+            opened.config.repository_id, created.config.repository_id,
+            "create={create}"
+        );
+    }
+
+    // A creator that loses the race for the `config` to another creator
+    // (another key) removes its key slot: only the winner's stays.
+    let other = dir.path().join("other");
+    let other_url = format!("file://{}", other.display());
+    let mine = MasterKey::generate().expect("key");
+    let err = Repository::open_on(
+        racing(&other_url, Race::CreatorWins(config.clone())),
+        &other_url,
+        Some(&mine),
+        true,
+    )
+    .await
+    .expect_err("the other creator won");
+    assert_eq!(err.kind(), "busy", "{err}");
+    assert!(
+        walk(&other.join("keys")).is_empty(),
+        "the loser's key slot was removed: {:?}",
+        walk(&other)
+    );
+
+    // A `config` write whose response was lost, retried: the repository is
+    // this process's own.
+    let third = dir.path().join("third");
+    let third_url = format!("file://{}", third.display());
+    let opened = Repository::open_on(
+        racing(&third_url, Race::LostResponse),
+        &third_url,
+        Some(&mine),
+        true,
+    )
+    .await
+    .expect("its own config");
+    let reopened = Repository::open(&third_url, &StorageOptions::default(), Some(&mine), false)
+        .await
+        .expect("reopen");
+    assert_eq!(opened.config.repository_id, reopened.config.repository_id);
+}
+
 /// The repository a host backs up to is pinned in its state directory: one
 /// recreated or replaced at the same location is refused until the operator
 /// says the change is intended (by removing the pin).

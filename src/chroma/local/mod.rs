@@ -195,7 +195,7 @@ struct Pace {
 /// While Chroma writes, how many times as long as a read held the file it is
 /// left alone after. (The whole listing in a loop slowed Chroma's adds
 /// 1.34–1.50× left alone once as long, 1.13–1.26× twice: runs C6–C8 in
-/// docs/benchmarks.md; four times: run L7.)
+/// docs/benchmarks.md; four times, while Chroma writes: run C9.)
 const LEFT_ALONE: u32 = 4;
 /// The longest pause between two reads.
 const MAX_LEFT_ALONE: Duration = Duration::from_millis(100);
