@@ -124,6 +124,24 @@ async fn unconfigured(backend: &dyn Backend, location: &str) -> Result<Unconfigu
     })
 }
 
+/// The repository's `config`, or else what the location holds without one.
+/// A creator writes its `config`, then its lock: one may have done both
+/// since the first look, so what was listed is judged only if the `config`
+/// is still missing on a second.
+async fn config_or_state(
+    backend: &dyn Backend,
+    location: &str,
+) -> Result<Result<RepoConfig, Unconfigured>, BackupError> {
+    if let Some(config) = read_config(backend).await? {
+        return Ok(Ok(config));
+    }
+    let state = unconfigured(backend, location).await;
+    match read_config(backend).await? {
+        Some(config) => Ok(Ok(config)),
+        None => state.map(Err),
+    }
+}
+
 /// The object at `key` if it is at most `max` bytes, read with one ranged
 /// request so a larger one is refused before its body is read. A missing
 /// object is the backend's `NotFound`.
@@ -169,31 +187,20 @@ impl Repository {
         create: bool,
     ) -> Result<Repository, BackupError> {
         let location = backend.describe();
-        let config = match read_config(&*backend).await? {
-            Some(config) => config,
+        let config = match config_or_state(&*backend, &location).await? {
+            Ok(config) => config,
             // A repository is created only where its prefix is empty:
             // objects without a `config` are a damaged repository, and a new
             // one over them would fork it.
-            None => {
-                let state = unconfigured(&*backend, &location).await;
-                // A creator may have written its `config`, then its lock,
-                // since the first look: what was listed is judged only if
-                // the `config` is still missing.
-                match read_config(&*backend).await? {
-                    Some(config) => config,
-                    None => {
-                        return match (state?, create) {
-                            (Unconfigured::Empty, true) => {
-                                Self::init(backend, master, location).await
-                            }
-                            (Unconfigured::Creating, true) => Err(BackupError::Busy(format!(
-                                "the repository at {location} is being created (it has key slots but no `config` object yet); retry in a moment. If no chromaprod is creating it, an earlier creation was interrupted: delete the objects under keys/ there (nothing was written under them)"
-                            ))),
-                            (_, false) => Err(BackupError::NoRepository {
-                                location: url.to_string(),
-                            }),
-                        }
-                    }
+            Err(state) => {
+                return match (state, create) {
+                    (Unconfigured::Empty, true) => Self::init(backend, master, location).await,
+                    (Unconfigured::Creating, true) => Err(BackupError::Busy(format!(
+                        "the repository at {location} is being created (it has key slots but no `config` object yet); retry in a moment. If no chromaprod is creating it, an earlier creation was interrupted: delete the objects under keys/ there (nothing was written under them)"
+                    ))),
+                    (_, false) => Err(BackupError::NoRepository {
+                        location: url.to_string(),
+                    }),
                 }
             }
         };
@@ -233,21 +240,10 @@ impl Repository {
     ) -> Result<Repository, BackupError> {
         let backend = storage::open(url, options)?;
         let location = backend.describe();
-        let config = match read_config(&*backend).await? {
-            Some(config) => config,
-            None => {
-                let state = unconfigured(&*backend, &location).await;
-                // As in `open_on`: created meanwhile.
-                match read_config(&*backend).await? {
-                    Some(config) => config,
-                    None => {
-                        state?;
-                        return Err(BackupError::NoRepository {
-                            location: url.to_string(),
-                        });
-                    }
-                }
-            }
+        let Ok(config) = config_or_state(&*backend, &location).await? else {
+            return Err(BackupError::NoRepository {
+                location: url.to_string(),
+            });
         };
         Ok(Repository {
             backend,
