@@ -94,9 +94,10 @@ enum Unconfigured {
 
 /// What a location without a `config` object holds. Fails with
 /// [`BackupError::ConfigMissing`] if any repository object other than a key
-/// slot (a snapshot, index, chunk or lock) is stored there: a repository that
-/// lost its `config` must never be created again over its data. Other names
-/// (a `lost+found`, a README beside it) are not chromaprod's and do not count.
+/// slot (a snapshot, index, chunk, recorded queries, block or lock) is
+/// stored there: a repository that lost its `config` must never be created
+/// again over its data. Other names (a `lost+found`, a README beside it) are
+/// not chromaprod's and do not count.
 async fn unconfigured(backend: &dyn Backend, location: &str) -> Result<Unconfigured, BackupError> {
     let slots = backend.list(Some(&key("keys")?)).await?;
     let mut objects = Vec::new();
