@@ -205,16 +205,6 @@ impl Repository {
                 }
             }
         };
-        Self::open_configured(backend, config, master, location).await
-    }
-
-    /// Opens the repository whose `config` was read.
-    async fn open_configured(
-        backend: Arc<dyn Backend>,
-        config: RepoConfig,
-        master: Option<&MasterKey>,
-        location: String,
-    ) -> Result<Repository, BackupError> {
         config.check(master.is_some())?;
         let codec = if config.encrypted {
             let master = master.ok_or_else(|| BackupError::KeyRequired {
