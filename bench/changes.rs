@@ -74,45 +74,50 @@ const FULL_COPY: &str = "bench-full-restore";
 /// The unit's `Nice=` (systemd/chromaprod.service).
 const UNIT_NICE: i32 = 10;
 
+/// The calling thread's id and the fields of its `/proc/thread-self/stat`
+/// after `(comm) ` (field 3 onwards: field N is at N − 3).
+fn this_thread() -> (String, Vec<String>) {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
+    let tid = stat.split(' ').next().expect("tid").to_string();
+    let after_comm = stat.rsplit_once(") ").expect("stat").1;
+    (tid, after_comm.split(' ').map(str::to_string).collect())
+}
+
+/// Runs `program args… TID` on the calling thread, then checks its stat
+/// field `field` (1-based, as in proc(5)) reads `want`.
+fn set_this_thread(program: &str, args: &[&str], field: usize, want: &str) {
+    let (tid, _) = this_thread();
+    let ok = std::process::Command::new(program)
+        .args(args)
+        .arg(&tid)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect(program)
+        .success();
+    assert!(ok, "{program} {args:?} {tid}");
+    assert_eq!(
+        this_thread().1.get(field - 3).map(String::as_str),
+        Some(want),
+        "field {field} of {tid}'s stat after {program}"
+    );
+}
+
 /// Sets the calling thread's nice value (Linux keeps it per thread, and
 /// threads started afterwards inherit it) with `renice`, which on Linux
 /// takes a thread id for `-p`.
 fn renice_this_thread(nice: i32) {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
-    let tid = stat.split(' ').next().expect("tid");
-    let ok = std::process::Command::new("renice")
-        .args(["-n", &nice.to_string(), "-p", tid])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("renice")
-        .success();
-    assert!(ok, "renice -n {nice} -p {tid}");
-    let now = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
-    let after_comm = now.rsplit_once(") ").expect("stat").1;
-    assert_eq!(
-        after_comm.split(' ').nth(16),
-        Some(nice.to_string().as_str()),
-        "nice of {tid}"
-    );
+    let n = nice.to_string();
+    // Field 19 of stat: nice.
+    set_this_thread("renice", &["-n", &n, "-p"], 19, &n);
 }
+
 /// Puts the calling thread under `SCHED_BATCH` (what the unit's
 /// `CPUSchedulingPolicy=batch` gives every thread of the daemon) with
 /// `chrt`, which on Linux takes a thread id for `-p`; threads started
 /// afterwards inherit it.
 fn batch_this_thread() {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("/proc/thread-self/stat");
-    let tid = stat.split(' ').next().expect("tid");
-    let ok = std::process::Command::new("chrt")
-        .args(["--batch", "-p", "0", tid])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("chrt")
-        .success();
-    assert!(ok, "chrt --batch -p 0 {tid}");
-    let now = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
-    let after_comm = now.rsplit_once(") ").expect("stat").1;
     // Field 41 of stat, `policy`: 3 is SCHED_BATCH.
-    assert_eq!(after_comm.split(' ').nth(38), Some("3"), "policy of {tid}");
+    set_this_thread("chrt", &["--batch", "-p", "0"], 41, "3");
 }
 
 /// Records per `add` in the latency step.

@@ -192,6 +192,14 @@ pub fn outcome(out: Output) -> (Option<i32>, String, String) {
     )
 }
 
+/// A new master key, written to `path` as a key file (what `key generate`
+/// writes, without running the CLI); panics if it cannot be.
+pub fn write_key(path: &Path) -> chromaprod::backup::crypto::MasterKey {
+    let key = chromaprod::backup::crypto::MasterKey::generate().expect("key");
+    key.write_new_key_file(path).expect("write key");
+    key
+}
+
 /// `chromaprod key generate PATH`; panics with its stderr if it fails.
 pub fn generate_key(path: &Path) {
     let out = Command::new(bin())

@@ -78,16 +78,13 @@ fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn key_add_and_remove_are_audited_with_who_and_which_key() {
-    use chromaprod::backup::crypto::MasterKey;
     use chromaprod::backup::repository::Repository;
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("repo");
     let first = dir.path().join("backup-key");
     let second = dir.path().join("second-key");
-    let first_key = MasterKey::generate().expect("key");
-    first_key.write_new_key_file(&first).expect("write");
-    let second_key = MasterKey::generate().expect("key");
-    second_key.write_new_key_file(&second).expect("write");
+    let first_key = common::daemon::write_key(&first);
+    let second_key = common::daemon::write_key(&second);
     tokio::runtime::Runtime::new()
         .expect("runtime")
         .block_on(Repository::open(

@@ -296,10 +296,7 @@ async fn round_trips_on(label: &str, url: &str, options: StorageOptions) {
     let chroma = ChromaServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let key_path = dir.path().join("key");
-    MasterKey::generate()
-        .expect("key")
-        .write_new_key_file(&key_path)
-        .expect("write key");
+    common::daemon::write_key(&key_path);
     let key = MasterKey::from_file(&key_path).expect("read key");
     let mut c = Config::default();
     c.chroma.endpoints = vec![chroma.url()];

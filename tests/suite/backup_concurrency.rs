@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chromaprod::backup::compare::records_match;
-use chromaprod::backup::crypto::MasterKey;
 use chromaprod::backup::lock::{list_locks, now_ms, Lease, LockInfo};
 use chromaprod::backup::records::Record;
 use chromaprod::backup::repository::{key as object_key, Repository};
@@ -39,10 +38,7 @@ impl Setup {
     fn new() -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let key_path = dir.path().join("key");
-        MasterKey::generate()
-            .expect("key")
-            .write_new_key_file(&key_path)
-            .expect("write key");
+        common::daemon::write_key(&key_path);
         let repo_url = dir.path().join("repo").display().to_string();
         Setup {
             _dir: dir,

@@ -102,10 +102,7 @@ async fn full_backup_restores_every_field_exactly_for_l2() {
     let chroma = ChromaServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let key_path = dir.path().join("key");
-    MasterKey::generate()
-        .expect("key")
-        .write_new_key_file(&key_path)
-        .expect("write key");
+    common::daemon::write_key(&key_path);
     let config = config_for(&chroma, &dir.path().join("repo"), Some(&key_path));
     let m = manager(&config).await;
     seed(m.store(), "docs", "l2", 1200).await;
@@ -282,10 +279,7 @@ async fn damaged_objects_are_named_and_keys_are_enforced() {
     let chroma = ChromaServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let key_path = dir.path().join("key");
-    MasterKey::generate()
-        .expect("key")
-        .write_new_key_file(&key_path)
-        .expect("write key");
+    common::daemon::write_key(&key_path);
     let repo = dir.path().join("repo");
     let config = config_for(&chroma, &repo, Some(&key_path));
     let m = manager(&config).await;
@@ -296,10 +290,7 @@ async fn damaged_objects_are_named_and_keys_are_enforced() {
 
     // Wrong key and no key: refused with a clear error.
     let other = dir.path().join("other-key");
-    MasterKey::generate()
-        .expect("key")
-        .write_new_key_file(&other)
-        .expect("write");
+    common::daemon::write_key(&other);
     let wrong = config_for(&chroma, &repo, Some(&other));
     let store =
         ProductionChromaStore::new(&wrong, Arc::new(MetricsCollector::new())).expect("store");
@@ -523,10 +514,7 @@ async fn a_repository_missing_its_config_is_refused_not_recreated() {
     let chroma = ChromaServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let key_path = dir.path().join("key");
-    MasterKey::generate()
-        .expect("key")
-        .write_new_key_file(&key_path)
-        .expect("write key");
+    common::daemon::write_key(&key_path);
     let repo = dir.path().join("repo");
     // What is not chromaprod's at the location (a mount point's lost+found,
     // a note) does not stop a repository being created there.
@@ -573,10 +561,7 @@ async fn a_repository_being_created_is_no_repository_yet_to_readers_and_busy_to_
     let chroma = ChromaServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let key_path = dir.path().join("key");
-    MasterKey::generate()
-        .expect("key")
-        .write_new_key_file(&key_path)
-        .expect("write key");
+    common::daemon::write_key(&key_path);
     let repo = dir.path().join("repo");
     let created = config_with_state(&chroma, &repo, Some(&key_path), &dir.path().join("state"));
     drop(manager(&created).await);

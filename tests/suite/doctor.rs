@@ -196,9 +196,7 @@ impl Host {
 
     /// Writes the key file and creates the repository with it.
     fn create_repository(&self) -> MasterKey {
-        let key = MasterKey::generate().expect("key");
-        key.write_new_key_file(&self.path("backup-key"))
-            .expect("key file");
+        let key = common::daemon::write_key(&self.path("backup-key"));
         let url = self.path("repo").display().to_string();
         rt().block_on(async {
             Repository::open(&url, &options(), Some(&key), true)
@@ -435,10 +433,7 @@ fn a_missing_wrong_or_exposed_key_is_reported() {
     run.others_ok(&["key", "socket"]);
 
     // Wrong: a key that is not one of the repository's.
-    MasterKey::generate()
-        .expect("key")
-        .write_new_key_file(&host.path("backup-key"))
-        .expect("write");
+    common::daemon::write_key(&host.path("backup-key"));
     let run = doctor(&host.config, &[]);
     assert_eq!(run.code, Some(1), "{run}");
     assert_eq!(run.status("key"), "ok", "{run}");

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use chromaprod::backup::crypto::MasterKey;
 use chromaprod::chroma::{Include, QueryRequest, RecordBatch};
 use common::chroma::ChromaServer;
 use common::daemon::{config_text, offline};
@@ -36,10 +35,7 @@ impl Setup {
         rt.block_on(seed(&store, "docs", 3000, DIM));
         rt.block_on(seed(&store, "other", 1500, DIM));
         let dir = tempfile::tempdir().expect("tempdir");
-        MasterKey::generate()
-            .expect("key")
-            .write_new_key_file(&dir.path().join("backup-key"))
-            .expect("key file");
+        common::daemon::write_key(&dir.path().join("backup-key"));
         let config = dir.path().join("chromaprod.toml");
         let s = Setup {
             chroma,
@@ -431,10 +427,7 @@ fn physical_restore_refuses_what_it_must_and_names_the_cause() {
     assert_eq!(forced["forced"], true, "{forced}");
 
     // A wrong key.
-    MasterKey::generate()
-        .expect("key")
-        .write_new_key_file(&s.dir.path().join("wrong-key"))
-        .expect("key file");
+    common::daemon::write_key(&s.dir.path().join("wrong-key"));
     let wrong = s.dir.path().join("wrong.toml");
     s.write_config(&wrong, &s.chroma.data_dir(), "wrong-key");
     let target = s.dir.path().join("wrong-key-target");

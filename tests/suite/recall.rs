@@ -221,10 +221,7 @@ fn a_copy_missing_a_fifth_of_its_records_fails_the_recall_verify() {
 
 fn manager_config(chroma: &ChromaServer, dir: &Path) -> Arc<config::Config> {
     let key = dir.join("key");
-    chromaprod::backup::crypto::MasterKey::generate()
-        .expect("key")
-        .write_new_key_file(&key)
-        .expect("write key");
+    common::daemon::write_key(&key);
     let mut c = config::Config::default();
     c.chroma.endpoints = vec![chroma.url()];
     c.backup.storage_path = dir.join("repo").display().to_string();
