@@ -41,9 +41,7 @@ use super::source::{CollectionReader, FETCH_CONCURRENCY};
 use super::upload::Uploader;
 use super::{BackupError, BackupManager};
 use crate::chroma::local::{LocalChroma, Position, Sample, Unusable};
-use crate::chroma::swap::JOURNAL_COLLECTION;
 use crate::chroma::Collection;
-use crate::config::Config;
 use crate::progress::{Event, Progress};
 
 /// Batches fetched ahead of the one being processed.
@@ -65,53 +63,7 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn glob(pattern: &str, name: &str) -> bool {
-    fn m(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => m(&p[1..], n) || (!n.is_empty() && m(p, &n[1..])),
-            (Some(b'?'), Some(_)) => m(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => m(&p[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    m(pattern.as_bytes(), name.as_bytes())
-}
-
-/// Whether a collection is in a full backup's scope.
-/// The swap journal (`chroma::swap`) never is: it describes this database's
-/// swaps in progress, not a restored one's.
-pub fn in_scope(config: &Config, name: &str) -> bool {
-    name != JOURNAL_COLLECTION
-        && config.backup.include.iter().any(|p| glob(p, name))
-        && !config.backup.exclude.iter().any(|p| glob(p, name))
-}
-
 impl BackupManager {
-    /// The collections a request covers, as Chroma describes them now.
-    async fn scope(&self, req: &BackupRequest) -> Result<Vec<Collection>, BackupError> {
-        let all = self.store.list_collections().await?;
-        if req.collections.is_empty() {
-            if req.backup_type == BackupType::Collection {
-                return Err(BackupError::Invalid(
-                    "a collection backup needs --collection NAME".into(),
-                ));
-            }
-            return Ok(all
-                .into_iter()
-                .filter(|c| in_scope(&self.config, &c.name))
-                .collect());
-        }
-        let mut out = Vec::new();
-        for name in &req.collections {
-            match all.iter().find(|c| &c.name == name) {
-                Some(c) => out.push(c.clone()),
-                None => return Err(BackupError::NoCollection(name.clone())),
-            }
-        }
-        Ok(out)
-    }
-
     /// Takes a snapshot. Nothing is recorded unless it completes.
     pub async fn create(
         &self,
@@ -126,9 +78,28 @@ impl BackupManager {
                 &format!("{:?} backup", req.backup_type).to_lowercase(),
             )
             .await?;
-        let result = self
-            .create_locked(&req, progress, cancel, &lease, started)
-            .await;
+        let local = LocalChroma::configured(&self.config, self.store.metrics()).await;
+        // Beside a local Chroma, the backup's requests leave Chroma alone
+        // while it writes (`chroma::courtesy`).
+        let courteous = local.as_ref().map(|l| BackupManager {
+            store: self.store.courteous(l),
+            config: self.config.clone(),
+            repo: self.repo.clone(),
+        });
+        // On the heap: the snapshot's future is large, and migrations hold
+        // it inside their own (a restore point before a rebuild).
+        let result = Box::pin(courteous.as_ref().unwrap_or(self).create_locked(
+            &req,
+            local.as_ref(),
+            progress,
+            cancel,
+            &lease,
+            started,
+        ))
+        .await;
+        if let Some(courtesy) = courteous.as_ref().and_then(|m| m.store.courtesy()) {
+            courtesy.log();
+        }
         lease.release().await;
         result
     }
@@ -136,6 +107,7 @@ impl BackupManager {
     async fn create_locked(
         &self,
         req: &BackupRequest,
+        local: Option<&LocalChroma>,
         progress: &Progress,
         cancel: &CancellationToken,
         lease: &Lease,
@@ -155,7 +127,6 @@ impl BackupManager {
         };
         let parent = earlier.first();
         let info = self.store.check_ready().await?;
-        let local = LocalChroma::configured(&self.config, self.store.metrics()).await;
         let snapshot_id = SnapshotId::generate()?;
         let mut written = 0u64;
         let mut snaps = Vec::new();
@@ -176,7 +147,7 @@ impl BackupManager {
                 .snapshot_collection(
                     collection.clone(),
                     parent_col,
-                    local.as_ref(),
+                    local,
                     sample,
                     progress,
                     cancel,
@@ -210,7 +181,7 @@ impl BackupManager {
                     // Read through the local Chroma's files: the sample's
                     // ids were drawn by the scan of the segment, or come
                     // from that segment.
-                    let feed = local.as_ref().zip(snap.change_mark.as_ref());
+                    let feed = local.zip(snap.change_mark.as_ref());
                     self.record_queries(&snapshot_id, &collection, feed, drawn)
                         .await?
                 }
@@ -576,19 +547,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob("*", "anything"));
-        assert!(glob("docs_*", "docs_2024"));
-        assert!(!glob("docs_*", "other"));
-        assert!(glob("a?c", "abc"));
-        assert!(!glob("a?c", "abbc"));
     }
 }

@@ -25,17 +25,19 @@ pub mod recall;
 pub mod records;
 pub mod repository;
 pub mod restore;
+mod scope;
 pub mod source;
 mod upload;
 pub mod verify;
 
-pub use create::{in_scope, BackupRequest};
+pub use create::BackupRequest;
 pub use delta::DeltaRestored;
 pub use manager::{load_key, BackupManager, SnapshotSummary};
 pub use manifest::{BackupMetadata, BackupType, Manifest, SnapshotId, Trigger};
 pub use physical::{PhysicalRestoreOptions, PhysicalRestored};
 pub use prune::PruneReport;
 pub use restore::{RestoreMode, RestoreOptions, RestoreOutcome};
+pub use scope::in_scope;
 pub use verify::VerifyReport;
 
 use crate::chroma::ChromaError;

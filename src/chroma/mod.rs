@@ -5,6 +5,7 @@
 pub mod breaker;
 pub mod client;
 pub mod configuration;
+pub mod courtesy;
 pub mod error;
 pub mod local;
 pub mod names;

@@ -16,7 +16,9 @@ use super::client::{
     ModifyCollection, PreFlight, QueryRequest, QueryResult, RecordBatch, ServerInfo, WriteOp,
     WRITE_REQUEST_BYTES,
 };
+use super::courtesy::Courtesy;
 use super::error::{ChromaError, RetryExhaustedError};
+use super::local::LocalChroma;
 use super::pool::{ConnectionPool, PoolStatus};
 use super::retry::{CallKind, Decision, GiveUp, RetryManager};
 use crate::config::Config;
@@ -34,6 +36,9 @@ struct StoreInner {
 #[derive(Clone)]
 pub struct ProductionChromaStore {
     inner: Arc<StoreInner>,
+    /// Set on a [`Self::courteous`] store: its reads leave Chroma alone
+    /// while it writes.
+    courtesy: Option<Arc<Courtesy>>,
 }
 
 impl std::fmt::Debug for ProductionChromaStore {
@@ -81,7 +86,23 @@ impl ProductionChromaStore {
                 metrics,
                 preflight: Mutex::new(None),
             }),
+            courtesy: None,
         })
+    }
+
+    /// This store (same pool, breaker, retry policy and metrics) for
+    /// background work beside the local Chroma `local`: its reads leave
+    /// Chroma alone while it writes ([`Courtesy`]).
+    pub fn courteous(&self, local: &LocalChroma) -> Self {
+        ProductionChromaStore {
+            inner: self.inner.clone(),
+            courtesy: Some(Arc::new(Courtesy::new(local.clone()))),
+        }
+    }
+
+    /// A [`Self::courteous`] store's courtesy.
+    pub fn courtesy(&self) -> Option<&Courtesy> {
+        self.courtesy.as_deref()
     }
 
     pub fn pool(&self) -> &ConnectionPool {
@@ -103,8 +124,29 @@ impl ProductionChromaStore {
     }
 
     /// One call through pool, breaker and retry policy. `f` is called once
-    /// per attempt with the chosen endpoint's client.
+    /// per attempt with the chosen endpoint's client. A [`Self::courteous`]
+    /// store's read waits its turn first (its deadline and metrics count
+    /// from when it is sent).
     pub async fn call<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        kind: CallKind,
+        f: F,
+    ) -> Result<T, ChromaError>
+    where
+        F: Fn(ChromaClient) -> Fut,
+        Fut: Future<Output = Result<T, ChromaError>>,
+    {
+        match &self.courtesy {
+            // Boxed, so every call's future stays the size of a plain one.
+            Some(courtesy) if kind == CallKind::Read => {
+                courtesy.read(Box::pin(self.send(operation, kind, f))).await
+            }
+            _ => self.send(operation, kind, f).await,
+        }
+    }
+
+    async fn send<T, F, Fut>(
         &self,
         operation: &'static str,
         kind: CallKind,

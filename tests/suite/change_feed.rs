@@ -9,6 +9,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 
 use chromaprod::backup::records::Record;
+use chromaprod::chroma::local::LocalChroma;
 use chromaprod::chroma::{ProductionChromaStore, RecordBatch};
 use common::chroma::ChromaServer;
 use common::daemon::{config_text, offline, offline_cmd, outcome};
@@ -530,6 +531,12 @@ fn a_writer_during_a_change_aware_incremental_loses_no_record() {
         "no write landed during the backup; the test proves nothing"
     );
     assert_eq!(read_by(&log), Some("changes"), "{log}");
+    // Its requests to Chroma went one at a time, each after a pause, while
+    // the writer's commits moved Chroma's file (`chroma::courtesy`).
+    assert!(
+        log.contains("requests to Chroma left it alone while it wrote"),
+        "{log}"
+    );
 
     let (code, out, err) = offline(
         &s.config,
@@ -603,4 +610,47 @@ fn a_writer_during_a_change_aware_incremental_loses_no_record() {
             );
         }
     }
+}
+
+/// A store made courteous beside a local Chroma: after Chroma commits a
+/// write, its reads go one at a time, each after a pause; its own writes are
+/// never held back.
+#[test]
+fn a_courteous_store_pauses_its_reads_while_chroma_writes_and_never_its_writes() {
+    let s = Setup::new();
+    let (local, courteous) = s.rt.block_on(async {
+        let local = LocalChroma::open(&s.chroma.data_dir())
+            .await
+            .expect("local chroma");
+        // The first look sets where the file stands.
+        local.writing().await;
+        let courteous = s.store.courteous(&local);
+        (local, courteous)
+    });
+    let paused = || courteous.courtesy().expect("courteous").paused().0;
+    s.rt.block_on(async {
+        for round in 0..3 {
+            let records = RecordBatch {
+                ids: ids(20_000 + round * 10..20_010 + round * 10),
+                embeddings: Some(vec![vec![0.5; 8]; 10]),
+                documents: None,
+                metadatas: None,
+                uris: None,
+            };
+            courteous
+                .upsert(&s.collection, &records)
+                .await
+                .expect("upsert");
+        }
+        assert_eq!(paused(), 0, "writes go as they come");
+        assert!(local.writing().await, "Chroma committed the upserts");
+        for _ in 0..3 {
+            courteous.count(&s.collection).await.expect("count");
+        }
+    });
+    assert!(
+        paused() >= 2,
+        "each read after the first waited its turn ({} did)",
+        paused()
+    );
 }

@@ -22,9 +22,9 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 use self::tally::{plan_chunks, BaseTable, Comparison, IndexRead, Tally};
-use super::create::in_scope;
 use super::manifest::{CollectionSnapshot, Manifest, SnapshotId};
 use super::records::record_digest;
+use super::scope::in_scope;
 use super::source::{CollectionReader, IdList};
 use super::{BackupError, BackupManager};
 use crate::chroma::Collection;

@@ -196,7 +196,7 @@ struct Pace {
 /// left alone after. (The whole listing in a loop slowed Chroma's adds
 /// 1.34–1.50× left alone once as long, 1.13–1.26× twice: runs C6–C8 in
 /// docs/benchmarks.md; four times, while Chroma writes: run C9.)
-const LEFT_ALONE: u32 = 4;
+pub const LEFT_ALONE: u32 = 4;
 /// The longest pause between two reads.
 const MAX_LEFT_ALONE: Duration = Duration::from_millis(100);
 /// How long after a commit was last seen Chroma counts as writing: longer
@@ -217,22 +217,30 @@ impl Pace {
     /// (The read's time includes any wait for Chroma's writer, up to the
     /// busy timeout: the pause is capped at [`MAX_LEFT_ALONE`].)
     fn held(&mut self, began: Instant, ended: Instant, version: Option<i64>) {
-        let first = self.version.is_none();
-        if !first && version.is_some() && version != self.version {
-            self.wrote = Some(ended);
-        }
-        let writing = first
-            || version.is_none()
-            || self
-                .wrote
-                .is_some_and(|at| ended.saturating_duration_since(at) < WRITING);
-        self.version = version;
+        let writing = self.looked(ended, version);
         self.ended = Some(ended);
         self.pause = if writing {
             (ended.saturating_duration_since(began) * LEFT_ALONE).min(MAX_LEFT_ALONE)
         } else {
             Duration::ZERO
         };
+    }
+
+    /// The connection's `PRAGMA data_version` was `version` at `at`
+    /// (`None`: not known): whether Chroma writes, that is, has committed
+    /// within [`WRITING`]. Unknown (a first look, or one that failed)
+    /// counts as writing.
+    fn looked(&mut self, at: Instant, version: Option<i64>) -> bool {
+        let first = self.version.is_none();
+        if !first && version.is_some() && version != self.version {
+            self.wrote = Some(at);
+        }
+        self.version = version;
+        first
+            || version.is_none()
+            || self
+                .wrote
+                .is_some_and(|w| at.saturating_duration_since(w) < WRITING)
     }
 }
 
@@ -326,16 +334,28 @@ impl LocalChroma {
             let began = Instant::now();
             let out = f(&conn.conn);
             let ended = Instant::now();
-            let version = conn
-                .conn
-                .prepare_cached("PRAGMA data_version")
-                .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
-                .ok();
+            let version = data_version(&conn.conn);
             conn.pace.held(began, ended, version);
             out.map_err(|e| Unusable::from_sqlite(&path, &e))?
         })
         .await
         .map_err(|e| Unusable::Value(format!("reader task failed: {e}")))?
+    }
+
+    /// Whether Chroma writes now: it has committed within [`WRITING`] (or
+    /// that cannot be told). One look at `PRAGMA data_version`, which
+    /// reads no table: for work beside the file's reads, such as requests
+    /// to the server ([`crate::chroma::courtesy`]), to leave Chroma alone
+    /// while it writes.
+    pub async fn writing(&self) -> bool {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let version = data_version(&conn.conn);
+            conn.pace.looked(Instant::now(), version)
+        })
+        .await
+        .unwrap_or(true)
     }
 
     /// Which database file this is: its device, inode and creation time.
@@ -365,6 +385,15 @@ impl LocalChroma {
         // One statement: one read transaction, consistent.
         self.read(move |conn| position_in(conn, &id, file)).await
     }
+}
+
+/// The connection's `PRAGMA data_version`: it moves when another
+/// connection has committed since this one's previous look (`None`: it
+/// could not be read).
+fn data_version(conn: &Connection) -> Option<i64> {
+    conn.prepare_cached("PRAGMA data_version")
+        .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+        .ok()
 }
 
 /// A 64-bit hash of a record id (SipHash, fixed keys), cheap enough for
