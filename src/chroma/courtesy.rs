@@ -19,7 +19,7 @@
 //! [`ProductionChromaStore::courteous`]: super::store::ProductionChromaStore::courteous
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::local::{LocalChroma, LEFT_ALONE};
@@ -34,6 +34,8 @@ pub struct Courtesy {
     local: LocalChroma,
     /// Taken by each read while Chroma writes: when the next may begin.
     next: tokio::sync::Mutex<Option<Instant>>,
+    /// Whether Chroma wrote when the last read was sent.
+    writing: AtomicBool,
     /// Reads that waited for their turn, and how long in all (µs).
     paused: AtomicU64,
     paused_us: AtomicU64,
@@ -45,6 +47,7 @@ impl Courtesy {
         Courtesy {
             local,
             next: tokio::sync::Mutex::new(None),
+            writing: AtomicBool::new(false),
             paused: AtomicU64::new(0),
             paused_us: AtomicU64::new(0),
         }
@@ -53,7 +56,9 @@ impl Courtesy {
     /// Runs the read `request`: at once while Chroma does not write; while
     /// it does, after the previous read's pause, alone.
     pub async fn read<T>(&self, request: impl Future<Output = T>) -> T {
-        if !self.local.writing().await {
+        let writing = self.local.writing().await;
+        self.writing.store(writing, Ordering::Relaxed);
+        if !writing {
             return request.await;
         }
         let mut next = self.next.lock().await;
@@ -73,6 +78,12 @@ impl Courtesy {
         let ended = Instant::now();
         *next = Some(ended + ((ended - began) * LEFT_ALONE).min(MAX_LEFT_ALONE));
         out
+    }
+
+    /// Whether Chroma wrote when the last read was sent: callers size
+    /// their requests by it (a write that arrives during one waits for it).
+    pub fn writing(&self) -> bool {
+        self.writing.load(Ordering::Relaxed)
     }
 
     /// Logs how many reads waited, and how long in all, if any did.
@@ -139,6 +150,7 @@ mod tests {
             "nothing was written: the requests ran together"
         );
         assert_eq!(courtesy.paused().0, 0);
+        assert!(!courtesy.writing());
 
         writer
             .execute(
@@ -157,5 +169,6 @@ mod tests {
             );
         }
         assert_eq!(courtesy.paused().0, 2, "the second and third waited");
+        assert!(courtesy.writing());
     }
 }

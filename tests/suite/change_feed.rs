@@ -613,10 +613,14 @@ fn a_writer_during_a_change_aware_incremental_loses_no_record() {
 }
 
 /// A store made courteous beside a local Chroma: after Chroma commits a
-/// write, its reads go one at a time, each after a pause; its own writes are
-/// never held back.
+/// write, its reads go one at a time, each after a pause, and a backup's
+/// fetches through it are small; its own writes are never held back.
 #[test]
 fn a_courteous_store_pauses_its_reads_while_chroma_writes_and_never_its_writes() {
+    use chromaprod::backup::source::{
+        next_batch_size, CollectionReader, IdSpool, COURTEOUS_FETCH_BYTES,
+    };
+
     let s = Setup::new();
     let (local, courteous) = s.rt.block_on(async {
         let local = LocalChroma::open(&s.chroma.data_dir())
@@ -628,12 +632,16 @@ fn a_courteous_store_pauses_its_reads_while_chroma_writes_and_never_its_writes()
         (local, courteous)
     });
     let paused = || courteous.courtesy().expect("courteous").paused().0;
+    // 200 records with 4 KiB documents: 500 to a fetch as a rule, 31 while
+    // Chroma writes.
+    const BIG: usize = 200;
+    let big = ids(20_000..20_000 + BIG);
     s.rt.block_on(async {
-        for round in 0..3 {
+        for part in big.chunks(50) {
             let records = RecordBatch {
-                ids: ids(20_000 + round * 10..20_010 + round * 10),
-                embeddings: Some(vec![vec![0.5; 8]; 10]),
-                documents: None,
+                ids: part.to_vec(),
+                embeddings: Some(vec![vec![0.5; 8]; part.len()]),
+                documents: Some(vec![Some("d".repeat(4096)); part.len()]),
                 metadatas: None,
                 uris: None,
             };
@@ -652,5 +660,56 @@ fn a_courteous_store_pauses_its_reads_while_chroma_writes_and_never_its_writes()
         paused() >= 2,
         "each read after the first waited its turn ({} did)",
         paused()
+    );
+
+    // Fetch sizes: each fetch after the first (which learns the record
+    // size) is sized for a writing Chroma when the read before it found
+    // one, and for a quiet one when not.
+    let fetch_sizes = |write_between: bool| -> Vec<usize> {
+        s.rt.block_on(async {
+            let collection = courteous.get_collection("docs").await.expect("collection");
+            let mut spool = IdSpool::new().expect("spool");
+            for id in &big {
+                spool.push(id).expect("push");
+            }
+            let mut reader = CollectionReader::from_ids(
+                courteous.clone(),
+                collection,
+                spool.finish().expect("list"),
+            );
+            let mut sizes = Vec::new();
+            loop {
+                if write_between {
+                    let one = RecordBatch {
+                        ids: vec!["written-between".into()],
+                        embeddings: Some(vec![vec![0.1; 8]]),
+                        documents: None,
+                        metadatas: None,
+                        uris: None,
+                    };
+                    courteous.upsert(&s.collection, &one).await.expect("upsert");
+                    // The look at Chroma's file before the fetch sees it.
+                    courteous.count(&s.collection).await.expect("count");
+                }
+                match reader.next_batch().await.expect("batch") {
+                    Some(b) => sizes.push(b.len()),
+                    None => return sizes,
+                }
+            }
+        })
+    };
+    let courteous_batch = next_batch_size(4096, COURTEOUS_FETCH_BYTES);
+    let writing = fetch_sizes(true);
+    assert_eq!(writing.iter().sum::<usize>(), BIG);
+    assert!(
+        writing[1..].iter().all(|n| *n <= courteous_batch) && writing.len() > 3,
+        "while Chroma writes, fetches of at most {courteous_batch}: {writing:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let quiet = fetch_sizes(false);
+    assert_eq!(
+        quiet.len(),
+        2,
+        "quiet: the first fetch, then the rest: {quiet:?}"
     );
 }

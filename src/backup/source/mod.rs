@@ -16,6 +16,7 @@ mod ids;
 
 pub use ids::{IdList, IdSpool};
 
+use crate::chroma::courtesy::Courtesy;
 use crate::chroma::{
     ChromaError, Collection, GetRequest, GetResult, Include, ProductionChromaStore, RecordBatch,
 };
@@ -33,6 +34,11 @@ pub const FETCH_CONCURRENCY: usize = 3;
 /// [`FETCH_BATCH`] ids), so wide embeddings or long documents do not make
 /// batches, and the batches read ahead, grow with the records.
 pub const FETCH_BATCH_BYTES: usize = 2 * 1024 * 1024;
+/// Decoded bytes a fetch aims for while Chroma writes and the store is
+/// courteous (`chroma::courtesy`): a write that arrives during a fetch
+/// waits for it, so each is short: 56 records of 384 dimensions with a
+/// document, against 500 (whose `get` takes Chroma some 80 ms).
+pub const COURTEOUS_FETCH_BYTES: usize = 128 * 1024;
 /// Ids in the first fetch, before the record size is known.
 const FIRST_BATCH: usize = 32;
 
@@ -46,7 +52,9 @@ pub struct CollectionReader {
     store: ProductionChromaStore,
     pub collection: Collection,
     ids: IdList,
+    /// Ids per fetch: as a rule, and while Chroma writes (courteous).
     batch: usize,
+    courteous_batch: usize,
     /// Records listed but gone by the time they were fetched.
     pub vanished: u64,
 }
@@ -64,6 +72,7 @@ impl CollectionReader {
             collection,
             ids,
             batch: FIRST_BATCH,
+            courteous_batch: FIRST_BATCH,
             vanished: 0,
         })
     }
@@ -77,6 +86,7 @@ impl CollectionReader {
             collection,
             ids,
             batch: FIRST_BATCH,
+            courteous_batch: FIRST_BATCH,
             vanished: 0,
         }
     }
@@ -104,7 +114,12 @@ impl CollectionReader {
     /// The fetch of the next batch of ids, to await apart from the reader
     /// (several may be in flight), or `None` at the end.
     fn next_fetch(&mut self) -> Result<Option<Fetch>, BackupError> {
-        let wanted = self.ids.next(self.batch)?;
+        let writing = self.store.courtesy().is_some_and(Courtesy::writing);
+        let wanted = self.ids.next(if writing {
+            self.courteous_batch
+        } else {
+            self.batch
+        })?;
         if wanted.is_empty() {
             return Ok(None);
         }
@@ -124,7 +139,8 @@ impl CollectionReader {
         self.vanished += (asked - records.len()) as u64;
         if !records.is_empty() {
             let bytes: usize = records.iter().map(Record::approx_bytes).sum();
-            self.batch = next_batch_size(bytes / records.len());
+            self.batch = next_batch_size(bytes / records.len(), FETCH_BATCH_BYTES);
+            self.courteous_batch = next_batch_size(bytes / records.len(), COURTEOUS_FETCH_BYTES);
         }
     }
 
@@ -168,9 +184,10 @@ impl CollectionReader {
     }
 }
 
-/// Ids per fetch for records of about `record_bytes` each.
-pub fn next_batch_size(record_bytes: usize) -> usize {
-    (FETCH_BATCH_BYTES / record_bytes.max(1)).clamp(1, FETCH_BATCH)
+/// Ids per fetch of about `aim` bytes for records of about
+/// `record_bytes` each.
+pub fn next_batch_size(record_bytes: usize, aim: usize) -> usize {
+    (aim / record_bytes.max(1)).clamp(1, FETCH_BATCH)
 }
 
 /// Every id of a collection, in insertion order, from one `get` without
@@ -349,13 +366,15 @@ mod tests {
     #[test]
     fn batches_are_sized_by_bytes() {
         // 384 dimensions with a document and metadata: the full count.
-        assert_eq!(next_batch_size(2_300), FETCH_BATCH);
+        assert_eq!(next_batch_size(2_300, FETCH_BATCH_BYTES), FETCH_BATCH);
         // 3,072 dimensions (12 KiB a vector): fewer, about 2 MiB a batch.
-        let n = next_batch_size(12_500);
+        let n = next_batch_size(12_500, FETCH_BATCH_BYTES);
         assert!(n < FETCH_BATCH && n * 12_500 <= FETCH_BATCH_BYTES, "{n}");
         // A record larger than the target still comes, alone.
-        assert_eq!(next_batch_size(50 * 1024 * 1024), 1);
-        assert_eq!(next_batch_size(0), FETCH_BATCH);
+        assert_eq!(next_batch_size(50 * 1024 * 1024, FETCH_BATCH_BYTES), 1);
+        assert_eq!(next_batch_size(0, FETCH_BATCH_BYTES), FETCH_BATCH);
+        // While Chroma writes, a sixteenth as much.
+        assert_eq!(next_batch_size(2_300, COURTEOUS_FETCH_BYTES), 56);
     }
 
     #[test]
