@@ -12,9 +12,9 @@
 //! backup holds Chroma at most a fifth of the time. While Chroma does not
 //! write, requests go as they come, as many at once as the caller sends.
 //!
-//! Only a store made with [`ProductionChromaStore::courteous`] waits, and
-//! only its reads: writes, and the requests of work an operator waits on
-//! (a restore, a migration), are never held back.
+//! Only a store made with [`ProductionChromaStore::courteous`] waits (a
+//! backup's, restore points included), and only its reads: writes, and the
+//! requests of a restore's or a migration's own work, are never held back.
 //!
 //! [`ProductionChromaStore::courteous`]: super::store::ProductionChromaStore::courteous
 

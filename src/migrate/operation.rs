@@ -105,6 +105,9 @@ pub enum Operation {
         k: usize,
         #[serde(default = "default_min_overlap")]
         min_overlap: f64,
+        /// Catch-up passes without headway (fixing no fewer records than
+        /// the pass before; the first counts) before the rebuild is
+        /// refused: a catch-up that keeps shrinking goes on.
         #[serde(default = "default_max_passes")]
         max_passes: u32,
         /// A catch-up pass that fixed at most this many records ends the

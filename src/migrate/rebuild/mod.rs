@@ -14,8 +14,8 @@
 //!    writers go on, until a pass had at most `max_lag` records to fix or
 //!    took at most `max_lag_ms` (the copy then trails the source by about
 //!    that long; a steady writer's rate no longer decides whether it
-//!    ends). A source that keeps changing for `max_passes` passes is
-//!    refused, not swapped.
+//!    ends). A source that keeps changing for `max_passes` passes that
+//!    made no headway (`passes`) is refused, not swapped.
 //! 3. **Verify**: the top-`k` neighbours of `sample` stored vectors, queried
 //!    in both collections; the mean overlap is reported and must reach
 //!    `min_overlap`.
@@ -30,6 +30,7 @@
 
 mod compare;
 mod feed;
+mod passes;
 
 use std::collections::HashMap;
 
@@ -37,6 +38,7 @@ use serde_json::{json, Value};
 
 use self::compare::{catch_up, copy_changed};
 use self::feed::Feed;
+use self::passes::Passes;
 use super::embed::Embedder;
 use super::history::Outcome;
 use super::operation::{previous_name, staging_name, Operation};
@@ -386,7 +388,7 @@ async fn fill_verify_swap(
     // records to fix (then the counts may differ by at most that) or took
     // at most `max_lag_ms` (then by at most what it fixed: what the writers
     // wrote in about as long).
-    let mut passes = 0;
+    let mut passes = Passes::new(max_passes);
     let mut caught_up = 0u64;
     let mut feed_passes = 0u32;
     // The source's digests as the last comparison pass read them: after one
@@ -395,7 +397,6 @@ async fn fill_verify_swap(
     let mut seen: Option<HashMap<String, RecordDigest>> = None;
     let counts = loop {
         t.check_cancel()?;
-        passes += 1;
         let began = std::time::Instant::now();
         let mut by_feed = None;
         if let Some(f) = feed.as_mut().filter(|_| !compare_next) {
@@ -440,16 +441,17 @@ async fn fill_verify_swap(
             store.count(&target.id).await?,
         );
         let apart = counts.0.abs_diff(counts.1);
+        let out_of_passes = passes.after(fixed);
         if (fixed == 0 && apart == 0)
             || (fixed <= max_lag && apart <= max_lag)
             || (short && apart <= fixed.max(max_lag))
         {
             break counts;
         }
-        if passes >= max_passes {
+        if out_of_passes {
             return Err(MigrationError::SourceChanging {
                 collection: collection.to_string(),
-                passes,
+                passes: passes.done,
                 last: fixed,
             });
         }
@@ -554,7 +556,7 @@ async fn fill_verify_swap(
         "collection": collection,
         "records": count,
         "copied": copied,
-        "catch_up_passes": passes,
+        "catch_up_passes": passes.done,
         "catch_up_by_change_feed": feed_passes,
         "caught_up_records": caught_up,
         "counts_at_verify": {"source": counts.0, "copy": counts.1},
