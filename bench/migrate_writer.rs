@@ -79,14 +79,48 @@ pub fn writer_store(base: &Config) -> ProductionChromaStore {
     ProductionChromaStore::new(&c, Arc::new(MetricsCollector::new())).expect("store")
 }
 
-pub fn manager(base: &Config, migrations: &Path, persist: Option<&Path>) -> MigrationManager {
+/// A migration manager, and the metrics its store counts requests in.
+pub fn manager(
+    base: &Config,
+    migrations: &Path,
+    persist: Option<&Path>,
+) -> (MigrationManager, Arc<MetricsCollector>) {
     let mut c = base.clone();
     c.migrations.path = migrations.to_path_buf();
     c.chroma.persist_directory = persist.map(Path::to_path_buf);
     let c = Arc::new(c);
     let metrics = Arc::new(MetricsCollector::new());
     let store = ProductionChromaStore::new(&c, metrics.clone()).expect("store");
-    MigrationManager::new(store, c, metrics)
+    (MigrationManager::new(store, c, metrics.clone()), metrics)
+}
+
+/// The rebuild's requests to Chroma since `before` (per operation: count
+/// and seconds, from `chromaprod_chroma_request_duration_seconds`), as one
+/// line; `before` becomes now.
+fn requests_since(metrics: &MetricsCollector, before: &mut HashMap<String, f64>) -> String {
+    let mut now = HashMap::new();
+    for line in metrics.encode().lines() {
+        let Some(rest) = line.strip_prefix("chromaprod_chroma_request_duration_seconds_") else {
+            continue;
+        };
+        let (key, value) = rest.rsplit_once(' ').unwrap_or((rest, "0"));
+        if key.starts_with("sum") || key.starts_with("count") {
+            now.insert(key.to_string(), value.parse::<f64>().unwrap_or(0.0));
+        }
+    }
+    let mut parts: Vec<String> = now
+        .iter()
+        .filter_map(|(key, sum)| {
+            let op = key.strip_prefix("sum")?;
+            let count = now.get(&format!("count{op}")).copied().unwrap_or(0.0)
+                - before.get(&format!("count{op}")).copied().unwrap_or(0.0);
+            let secs = sum - before.get(key).copied().unwrap_or(0.0);
+            (count > 0.0).then(|| format!("{op}: {count:.0} requests, {secs:.1} s"))
+        })
+        .collect();
+    parts.sort();
+    *before = now;
+    parts.join("; ")
 }
 
 #[derive(Default)]
@@ -254,7 +288,7 @@ async fn write_one(store: &ProductionChromaStore, w: &Writer, n: usize, k: u64, 
 pub async fn probe(
     store: &ProductionChromaStore,
     wstore: &ProductionChromaStore,
-    manager: &MigrationManager,
+    (manager, metrics): &(MigrationManager, Arc<MetricsCollector>),
     mode: &'static str,
     n: usize,
     rate: u64,
@@ -272,12 +306,19 @@ pub async fn probe(
     };
     let (p, mut rx) = Progress::detached();
     let t = Instant::now();
+    let metrics = metrics.clone();
     let events = tokio::spawn(async move {
         let mut last = Instant::now();
+        let mut requests = HashMap::new();
         while let Ok(ev) = rx.recv().await {
             if ev["step"] != "copy" || last.elapsed() > Duration::from_secs(15) {
                 eprintln!("  {:.1} s: {ev}", t.elapsed().as_secs_f64());
                 last = Instant::now();
+            }
+            if ev["step"] == "catch_up" || ev["step"] == "verify" {
+                // Where the step's time went: the rebuild's requests since
+                // the step before (the copy, for the first pass).
+                eprintln!("    requests: {}", requests_since(&metrics, &mut requests));
             }
         }
     });
