@@ -26,6 +26,8 @@
 //! `bench/migrate_writer.rs`. With `MIGRATE_BENCH_ALONE_RATES`, first the
 //! same writer alone (no rebuild) for `MIGRATE_BENCH_ALONE_S` seconds
 //! (default 60) at each rate: what Chroma itself acknowledges of it.
+//! `MIGRATE_BENCH_WRITER_IN_FLIGHT` caps the writer's requests in flight
+//! (default 32).
 
 #[path = "../tests/common/chroma.rs"]
 #[allow(dead_code)]

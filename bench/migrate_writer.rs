@@ -43,6 +43,16 @@ const WRITE_BATCH: usize = 20;
 /// Writer requests waiting for Chroma at once, at most.
 pub const MAX_IN_FLIGHT: u64 = 32;
 
+/// The writer's requests in flight at most: [`MAX_IN_FLIGHT`], or
+/// `MIGRATE_BENCH_WRITER_IN_FLIGHT`.
+fn max_in_flight() -> u64 {
+    std::env::var("MIGRATE_BENCH_WRITER_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MAX_IN_FLIGHT)
+        .max(1)
+}
+
 pub struct Probe {
     pub mode: &'static str,
     pub rate: u64,
@@ -154,7 +164,7 @@ impl Writer {
             while !w.stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 while tasks.try_join_next().is_some() {}
-                if w.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+                if w.in_flight.load(Ordering::Relaxed) >= max_in_flight() {
                     w.skipped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -225,8 +235,8 @@ pub fn print_alone(runs: &[Alone], n: usize) {
     println!("| ---: | ---: | --- | --- |");
     for a in runs {
         println!(
-            "| {} rec/s | {:.1} s | {} records = {:.0} rec/s ({} ticks skipped at {MAX_IN_FLIGHT} in flight, {} failed requests) | {:.0} / {:.0} ms |",
-            a.rate, a.secs, a.acked, a.achieved, a.skipped, a.failed_writes, a.p50_ms, a.p99_ms
+            "| {} rec/s | {:.1} s | {} records = {:.0} rec/s ({} ticks skipped at {} in flight, {} failed requests) | {:.0} / {:.0} ms |",
+            a.rate, a.secs, a.acked, a.achieved, a.skipped, max_in_flight(), a.failed_writes, a.p50_ms, a.p99_ms
         );
     }
 }
@@ -434,7 +444,7 @@ pub fn print(probes: &[Probe], n: usize) {
     println!("| --- | ---: | --- | ---: | --- | --- | ---: |");
     for p in probes {
         println!(
-            "| {} | {} rec/s | {} | {:.1} s | {} | {} records = {:.0} rec/s ({} ticks skipped at {MAX_IN_FLIGHT} in flight, {} failed requests) | {} |",
+            "| {} | {} rec/s | {} | {:.1} s | {} | {} records = {:.0} rec/s ({} ticks skipped at {} in flight, {} failed requests) | {} |",
             p.mode,
             p.rate,
             p.outcome,
@@ -443,6 +453,7 @@ pub fn print(probes: &[Probe], n: usize) {
             p.acked,
             p.achieved,
             p.skipped,
+            max_in_flight(),
             p.failed_writes,
             p.lost.map_or("—".into(), |l| l.to_string())
         );
