@@ -52,9 +52,9 @@ pub struct CollectionReader {
     store: ProductionChromaStore,
     pub collection: Collection,
     ids: IdList,
-    /// Ids per fetch: as a rule, and while Chroma writes (courteous).
-    batch: usize,
-    courteous_batch: usize,
+    /// The records' mean size so far (`None` before the first batch),
+    /// which sizes each fetch.
+    record_bytes: Option<usize>,
     /// Records listed but gone by the time they were fetched.
     pub vanished: u64,
 }
@@ -71,8 +71,7 @@ impl CollectionReader {
             store,
             collection,
             ids,
-            batch: FIRST_BATCH,
-            courteous_batch: FIRST_BATCH,
+            record_bytes: None,
             vanished: 0,
         })
     }
@@ -85,8 +84,7 @@ impl CollectionReader {
             store,
             collection,
             ids,
-            batch: FIRST_BATCH,
-            courteous_batch: FIRST_BATCH,
+            record_bytes: None,
             vanished: 0,
         }
     }
@@ -114,12 +112,15 @@ impl CollectionReader {
     /// The fetch of the next batch of ids, to await apart from the reader
     /// (several may be in flight), or `None` at the end.
     fn next_fetch(&mut self) -> Result<Option<Fetch>, BackupError> {
-        let writing = self.store.courtesy().is_some_and(Courtesy::writing);
-        let wanted = self.ids.next(if writing {
-            self.courteous_batch
+        let aim = if self.store.courtesy().is_some_and(Courtesy::writing) {
+            COURTEOUS_FETCH_BYTES
         } else {
-            self.batch
-        })?;
+            FETCH_BATCH_BYTES
+        };
+        let n = self
+            .record_bytes
+            .map_or(FIRST_BATCH, |b| next_batch_size(b, aim));
+        let wanted = self.ids.next(n)?;
         if wanted.is_empty() {
             return Ok(None);
         }
@@ -139,8 +140,7 @@ impl CollectionReader {
         self.vanished += (asked - records.len()) as u64;
         if !records.is_empty() {
             let bytes: usize = records.iter().map(Record::approx_bytes).sum();
-            self.batch = next_batch_size(bytes / records.len(), FETCH_BATCH_BYTES);
-            self.courteous_batch = next_batch_size(bytes / records.len(), COURTEOUS_FETCH_BYTES);
+            self.record_bytes = Some(bytes / records.len());
         }
     }
 
