@@ -182,6 +182,24 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// The writer's requests in flight now, and its acknowledged requests
+    /// since the `seen`-th (how many, their p50 time), as one line; `seen`
+    /// becomes now.
+    fn since(&self, seen: &mut usize) -> String {
+        let mut new = self.latency_ms.lock().expect("lock")[*seen..].to_vec();
+        *seen += new.len();
+        new.sort_by(f64::total_cmp);
+        let p50 = new.get(new.len() / 2).copied().unwrap_or(0.0);
+        format!(
+            "{} requests in flight, {} acknowledged since (p50 {p50:.0} ms), {} ticks skipped in all",
+            self.in_flight.load(Ordering::Relaxed),
+            new.len(),
+            self.skipped.load(Ordering::Relaxed)
+        )
+    }
+}
+
 /// The writer alone at one rate: what Chroma acknowledges of it with no
 /// rebuild running, the ceiling any rebuild under it works below.
 pub struct Alone {
@@ -317,9 +335,11 @@ pub async fn probe(
     let (p, mut rx) = Progress::detached();
     let t = Instant::now();
     let metrics = metrics.clone();
+    let w_events = w.clone();
     let events = tokio::spawn(async move {
         let mut last = Instant::now();
         let mut requests = HashMap::new();
+        let mut acks_seen = 0;
         while let Ok(ev) = rx.recv().await {
             if ev["step"] != "copy" || last.elapsed() > Duration::from_secs(15) {
                 eprintln!("  {:.1} s: {ev}", t.elapsed().as_secs_f64());
@@ -329,6 +349,7 @@ pub async fn probe(
                 // Where the step's time went: the rebuild's requests since
                 // the step before (the copy, for the first pass).
                 eprintln!("    requests: {}", requests_since(&metrics, &mut requests));
+                eprintln!("    writer: {}", w_events.since(&mut acks_seen));
             }
         }
     });

@@ -117,11 +117,16 @@ pub enum Operation {
         max_lag: u64,
         /// So does a pass that took at most this many milliseconds: the copy
         /// then trails the source by about that long, whatever the writers'
-        /// rate. With `max_lag = 0`, only a pass that finds nothing ends it.
+        /// rate. So does a pass at its floor: no headway, its fixes in one
+        /// write request, the rest of it within this many milliseconds
+        /// (beside writers that keep Chroma's write queue long, no pass is
+        /// shorter than one write's wait). With `max_lag = 0`, only a pass
+        /// that finds nothing ends it.
         #[serde(default = "default_max_lag_ms")]
         max_lag_ms: u64,
         /// How long writes that still reach the old collection after the
-        /// swap (clients holding its id) are copied over, in milliseconds.
+        /// swap (clients holding its id) are copied over, in milliseconds;
+        /// at least twice the last catch-up pass's longest write.
         #[serde(default = "default_settle_ms")]
         settle_ms: u64,
     },

@@ -788,6 +788,17 @@ async fn rebuild_under_writes(env: Env, change_feed: bool) {
         op["caught_up_records"].as_u64().expect("caught up") > 0,
         "writes during the copy were caught up before the swap: {r}"
     );
+    // The settle step lasted `settle_ms`, and at least twice the last
+    // pass's longest write (a write sent to the old collection just before
+    // the swap waits in Chroma's queue about as long).
+    let longest = op["last_pass_writes"]["longest_ms"]
+        .as_u64()
+        .expect("the last pass's writes");
+    let settle = op["settle_ms"].as_u64().expect("settle_ms");
+    assert!(
+        settle >= 1_500.max(2 * longest) && settle <= 1_500.max(2 * longest + 1),
+        "{r}"
+    );
     let by_feed = op["catch_up_by_change_feed"].as_u64().expect("feed passes");
     if change_feed {
         assert_eq!(

@@ -5,7 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{write_over, MigrationError, Spec};
+use super::write::{delete, write_over, Writes};
+use super::{MigrationError, Spec};
 use crate::backup::records::{record_digest, Record, RecordDigest};
 use crate::backup::source::FETCH_BATCH;
 use crate::chroma::{Collection, ProductionChromaStore};
@@ -19,6 +20,7 @@ pub(super) async fn catch_up(
     source: &Collection,
     target: &Collection,
     tolerant: bool,
+    writes: &mut Writes,
 ) -> Result<(u64, HashMap<String, RecordDigest>), MigrationError> {
     let store = t.store;
     let src_ids = list_ids(store, &source.id, None).await?;
@@ -41,7 +43,8 @@ pub(super) async fn catch_up(
                 stale.push(r.clone());
             }
         }
-        fixed += write_over(store, &target.id, spec.prepare(stale).await?).await? as u64;
+        let stale = spec.prepare(stale).await?;
+        fixed += write_over(store, &target.id, stale, writes).await? as u64;
     }
     // What the source holds is what this pass fetched: a record listed but
     // deleted before its batch was read is gone from it too (and is not in
@@ -53,7 +56,7 @@ pub(super) async fn catch_up(
         .filter(|id| !src.contains(id))
         .collect();
     for part in gone.chunks(FETCH_BATCH) {
-        store.delete(&target.id, Some(part), None).await?;
+        delete(store, &target.id, part, writes).await?;
     }
     fixed += gone.len() as u64;
     Ok((fixed, digests))
@@ -69,6 +72,7 @@ pub(super) async fn copy_changed(
     source: &Collection,
     target: &Collection,
     seen: &mut HashMap<String, RecordDigest>,
+    writes: &mut Writes,
 ) -> Result<(u64, u64), MigrationError> {
     let ids = list_ids(store, &source.id, None).await?;
     let mut copied = 0u64;
@@ -82,7 +86,8 @@ pub(super) async fn copy_changed(
                 changed.push(r);
             }
         }
-        copied += write_over(store, &target.id, spec.prepare(changed).await?).await? as u64;
+        let changed = spec.prepare(changed).await?;
+        copied += write_over(store, &target.id, changed, writes).await? as u64;
     }
     let now: HashSet<&String> = ids.iter().collect();
     let gone: Vec<String> = seen
@@ -92,7 +97,7 @@ pub(super) async fn copy_changed(
         .collect();
     let mut deleted = 0u64;
     for part in gone.chunks(FETCH_BATCH) {
-        deleted += store.delete(&target.id, Some(part), None).await?;
+        deleted += delete(store, &target.id, part, writes).await?;
     }
     for id in &gone {
         seen.remove(id);

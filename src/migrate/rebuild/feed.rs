@@ -15,12 +15,20 @@
 
 use std::collections::HashSet;
 
-use super::{write_over, MigrationError, Spec};
+use super::write::{delete, write_over, Writes};
+use super::{MigrationError, Spec};
 use crate::backup::changes;
-use crate::backup::source::FETCH_BATCH;
 use crate::chroma::local::{LocalChroma, Unusable};
-use crate::chroma::{Collection, ProductionChromaStore};
+use crate::chroma::{Collection, ProductionChromaStore, WRITE_REQUEST_BYTES};
 use crate::migrate::tracker::fetch;
+
+/// Records a pass fetches and writes at a time: what one write request
+/// ([`WRITE_REQUEST_BYTES`]) holds of 384-dimensional records with short
+/// documents (about 2,200 bytes each in base64). Beside busy writers each
+/// write request waits its turn at Chroma, so a pass's time follows its
+/// requests more than its records.
+const CATCH_UP_BATCH: usize = 1_500;
+const _: () = assert!(WRITE_REQUEST_BYTES >= CATCH_UP_BATCH * 2_200);
 
 /// The source's change feed and where the last pass left it.
 pub(super) struct Feed {
@@ -121,6 +129,7 @@ impl Feed {
         source: &Collection,
         target: &Collection,
         settling: bool,
+        writes: &mut Writes,
     ) -> Result<Result<Pass, Unusable>, MigrationError> {
         let (changed, source_ids) = match self.changed(source).await {
             Ok(c) => c,
@@ -133,19 +142,20 @@ impl Feed {
             }
         }
         let mut fixed = 0u64;
-        for part in changed.chunks(FETCH_BATCH) {
+        for part in changed.chunks(CATCH_UP_BATCH) {
             let records = fetch(store, &source.id, part.to_vec()).await?;
             if let Some(t) = self.target_ids.as_mut() {
                 t.extend(records.iter().map(|r| r.id.clone()));
             }
-            fixed += write_over(store, &target.id, spec.prepare(records).await?).await? as u64;
+            let records = spec.prepare(records).await?;
+            fixed += write_over(store, &target.id, records, writes).await? as u64;
         }
         let gone: Vec<String> = match (settling, self.target_ids.as_ref()) {
             (false, Some(t)) => t.difference(&source_ids).cloned().collect(),
             _ => self.source_ids.difference(&source_ids).cloned().collect(),
         };
-        for part in gone.chunks(FETCH_BATCH) {
-            store.delete(&target.id, Some(part), None).await?;
+        for part in gone.chunks(CATCH_UP_BATCH) {
+            delete(store, &target.id, part, writes).await?;
         }
         if let Some(t) = self.target_ids.as_mut() {
             for id in &gone {

@@ -14,8 +14,10 @@
 //!    writers go on, until a pass had at most `max_lag` records to fix or
 //!    took at most `max_lag_ms` (the copy then trails the source by about
 //!    that long; a steady writer's rate no longer decides whether it
-//!    ends). A source that keeps changing for `max_passes` passes that
-//!    made no headway (`passes`) is refused, not swapped.
+//!    ends), or was as short as a pass can get beside writers that keep
+//!    Chroma's write queue long (`passes`). A source that keeps changing
+//!    for `max_passes` passes that made no headway is refused, not
+//!    swapped.
 //! 3. **Verify**: the top-`k` neighbours of `sample` stored vectors, queried
 //!    in both collections; the mean overlap is reported and must reach
 //!    `min_overlap`.
@@ -25,12 +27,14 @@
 //!    covers it.
 //! 5. **Settle**: writes that still reach the old collection after the swap
 //!    (clients that hold its id, not its name) are copied over for
-//!    `settle_ms`, using the digests of the last catch-up pass to tell them
-//!    from what was already copied.
+//!    `settle_ms`, and at least twice the last pass's longest write
+//!    (`write`), using the feed or the digests of the last catch-up pass
+//!    to tell them from what was already copied.
 
 mod compare;
 mod feed;
 mod passes;
+mod write;
 
 use std::collections::HashMap;
 
@@ -38,79 +42,22 @@ use serde_json::{json, Value};
 
 use self::compare::{catch_up, copy_changed};
 use self::feed::Feed;
-use self::passes::Passes;
+use self::passes::{settle_for, PassFacts, Passes};
+use self::write::{write, Writes};
 use super::embed::Embedder;
 use super::history::Outcome;
 use super::operation::{previous_name, staging_name, Operation};
 use super::overlap::overlap;
 use super::tracker::{fetch, find, list_ids, resume_position, Tracker};
 use super::MigrationError;
-use crate::backup::compare::{overwrite, records_match};
+use crate::backup::compare::records_match;
 use crate::backup::records::{Record, RecordDigest};
-use crate::backup::source::{to_batch, to_records, FETCH_BATCH};
+use crate::backup::source::FETCH_BATCH;
 use crate::chroma::configuration::{creatable_configuration, merge_configuration, space_of};
 use crate::chroma::local::Unusable;
 use crate::chroma::swap::{self, SwapEntry};
-use crate::chroma::{Collection, CreateCollection, GetRequest, Include, ProductionChromaStore};
+use crate::chroma::{Collection, CreateCollection, ProductionChromaStore};
 use crate::progress::{MigrateDetail, RebuildStep};
-
-async fn write(
-    store: &ProductionChromaStore,
-    collection_id: &str,
-    records: Vec<Record>,
-) -> Result<usize, MigrationError> {
-    let (batch, without) = to_batch(records);
-    if let Some(r) = without.first() {
-        return Err(MigrationError::Verify {
-            collection: collection_id.to_string(),
-            why: format!(
-                "record {:?} has no embedding and cannot be copied (Chroma returned none)",
-                r.id
-            ),
-        });
-    }
-    let n = batch.len();
-    if n > 0 {
-        store.upsert(collection_id, &batch).await?;
-    }
-    Ok(n)
-}
-
-/// Upserts `records` (prepared for the copy) over `collection_id`'s stored
-/// versions of them, so each ends up exactly as given
-/// ([`overwrite`]: metadata keys the source no longer has are removed, and a
-/// record whose stored document or uri the source dropped is deleted first).
-/// The stored versions are read without their vectors, which [`overwrite`]
-/// does not look at.
-async fn write_over(
-    store: &ProductionChromaStore,
-    collection_id: &str,
-    mut records: Vec<Record>,
-) -> Result<usize, MigrationError> {
-    if records.is_empty() {
-        return Ok(0);
-    }
-    let ids = records.iter().map(|r| r.id.clone()).collect();
-    let without_vectors = [Include::Documents, Include::Metadatas, Include::Uris];
-    let stored: HashMap<String, Record> = to_records(
-        store
-            .get_records(collection_id, &GetRequest::ids(ids, &without_vectors))
-            .await?,
-    )
-    .into_iter()
-    .map(|r| (r.id.clone(), r))
-    .collect();
-    let mut clear = Vec::new();
-    for r in &mut records {
-        if stored.get(&r.id).is_some_and(|have| overwrite(r, have)) {
-            clear.push(r.id.clone());
-        }
-    }
-    if !clear.is_empty() {
-        store.delete(collection_id, Some(&clear), None).await?;
-    }
-    write(store, collection_id, records).await
-}
 
 /// What a rebuild does, from a `rebuild` or a `reembed` operation.
 struct Spec<'a> {
@@ -326,8 +273,7 @@ async fn fill_verify_swap(
 ) -> Result<Value, MigrationError> {
     let store = t.store;
     let collection = spec.collection;
-    let (max_passes, max_lag, settle_ms) = (spec.max_passes, spec.max_lag, spec.settle_ms);
-    let max_lag_time = std::time::Duration::from_millis(spec.max_lag_ms);
+    let (max_passes, max_lag, max_lag_ms) = (spec.max_passes, spec.max_lag, spec.max_lag_ms);
     // Where the source's change feed stands before the copy reads it: each
     // catch-up pass then reads only what was written after the last one. A
     // resumed copy may hold records changed before this mark, so its first
@@ -368,7 +314,8 @@ async fn fill_verify_swap(
         });
         let last = records.last().map(|r| r.id.clone());
         copied += records.len();
-        write(store, &target.id, spec.prepare(records).await?).await?;
+        let mut writes = Writes::default();
+        write(store, &target.id, spec.prepare(records).await?, &mut writes).await?;
         if let Some(last) = last {
             t.progress_save(json!({"phase": "copy", "last_id": last}))
                 .await?;
@@ -386,8 +333,9 @@ async fn fill_verify_swap(
     // 2. Catch up until a pass finds nothing (then the counts must be
     // equal), or while writers go on, until a pass had at most `max_lag`
     // records to fix (then the counts may differ by at most that) or took
-    // at most `max_lag_ms` (then by at most what it fixed: what the writers
-    // wrote in about as long).
+    // at most `max_lag_ms` or was as short as a pass can get (then by at
+    // most what it fixed: what the writers wrote in about as long; see
+    // `passes`).
     let mut passes = Passes::new(max_passes);
     let mut caught_up = 0u64;
     let mut feed_passes = 0u32;
@@ -395,12 +343,17 @@ async fn fill_verify_swap(
     // two-sided pass, later passes read the source alone and copy what
     // moved since (half the reads; the settle step works the same way).
     let mut seen: Option<HashMap<String, RecordDigest>> = None;
+    let mut last_writes;
     let counts = loop {
         t.check_cancel()?;
         let began = std::time::Instant::now();
+        let mut writes = Writes::default();
         let mut by_feed = None;
         if let Some(f) = feed.as_mut().filter(|_| !compare_next) {
-            match f.pass(store, spec, source, target, false).await? {
+            match f
+                .pass(store, spec, source, target, false, &mut writes)
+                .await?
+            {
                 Ok(p) => by_feed = Some(p.fixed),
                 Err(why) => {
                     feed_fallback(store, collection, &why);
@@ -416,12 +369,13 @@ async fn fill_verify_swap(
                 fixed
             }
             (None, Some(d)) => {
-                let (copied, deleted) = copy_changed(store, spec, source, target, d).await?;
+                let (copied, deleted) =
+                    copy_changed(store, spec, source, target, d, &mut writes).await?;
                 copied + deleted
             }
             (None, None) => {
                 compare_next = false;
-                let (fixed, d) = catch_up(t, spec, source, target, tolerant).await?;
+                let (fixed, d) = catch_up(t, spec, source, target, tolerant, &mut writes).await?;
                 seen = Some(d);
                 fixed
             }
@@ -434,18 +388,20 @@ async fn fill_verify_swap(
             }),
         );
         caught_up += fixed;
-        // `max_lag = 0` asks for a pass that finds nothing, however short.
-        let short = max_lag > 0 && began.elapsed() <= max_lag_time;
+        let took = began.elapsed();
         let counts = (
             store.count(&source.id).await?,
             store.count(&target.id).await?,
         );
-        let apart = counts.0.abs_diff(counts.1);
+        let pass = PassFacts {
+            fixed,
+            apart: counts.0.abs_diff(counts.1),
+            took,
+            writes,
+        };
+        last_writes = writes;
         let out_of_passes = passes.after(fixed);
-        if (fixed == 0 && apart == 0)
-            || (fixed <= max_lag && apart <= max_lag)
-            || (short && apart <= fixed.max(max_lag))
-        {
+        if passes.converged(&pass, max_lag, max_lag_ms) {
             break counts;
         }
         if out_of_passes {
@@ -525,12 +481,21 @@ async fn fill_verify_swap(
     // 5. Settle: copy writes that reached the old collection by id, through
     // the feed when the last pass used it, else by the last pass's digests.
     let mut after_swap = 0u64;
-    let until = std::time::Instant::now() + std::time::Duration::from_millis(settle_ms);
+    let settle = settle_for(spec.settle_ms, &last_writes);
+    let until = std::time::Instant::now() + settle;
     let mut last = false;
+    let mut writes = Writes::default();
     loop {
         let n = match (feed.as_mut(), seen.as_mut()) {
-            (_, Some(d)) => copy_changed(store, spec, source, target, d).await?.0,
-            (Some(f), None) => match f.pass(store, spec, source, target, true).await? {
+            (_, Some(d)) => {
+                copy_changed(store, spec, source, target, d, &mut writes)
+                    .await?
+                    .0
+            }
+            (Some(f), None) => match f
+                .pass(store, spec, source, target, true, &mut writes)
+                .await?
+            {
                 Ok(p) => p.fixed,
                 Err(why) => {
                     feed_fallback(store, collection, &why);
@@ -558,6 +523,12 @@ async fn fill_verify_swap(
         "copied": copied,
         "catch_up_passes": passes.done,
         "catch_up_by_change_feed": feed_passes,
+        "last_pass_writes": {
+            "requests": last_writes.requests,
+            "ms": last_writes.time.as_millis() as u64,
+            "longest_ms": last_writes.longest.as_millis() as u64,
+        },
+        "settle_ms": settle.as_millis() as u64,
         "caught_up_records": caught_up,
         "counts_at_verify": {"source": counts.0, "copy": counts.1},
         "overlap": overlap,
