@@ -90,7 +90,7 @@ pub enum MigrationError {
     Conflict(String),
     #[error("verification of the rebuilt {collection:?} failed: {why}; the original collection was left in place")]
     Verify { collection: String, why: String },
-    #[error("{collection:?} kept changing during its rebuild: {last} records still differed after {passes} catch-up passes; not swapped. Retry when writes are quieter, or raise max_passes")]
+    #[error("{collection:?} kept changing during its rebuild: {last} records still differed after {passes} catch-up passes; not swapped. Retry when writes are quieter, or let the copy trail further at the swap (max_lag, max_lag_ms) or try longer (max_passes)")]
     SourceChanging {
         collection: String,
         passes: u32,

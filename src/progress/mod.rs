@@ -123,9 +123,16 @@ pub enum RebuildStep {
         records_done: u64,
         records_total: u64,
     },
+    /// One catch-up pass: what it fixed, and its write requests to the
+    /// copy and their time in all (beside busy writers, mostly their wait
+    /// in Chroma's queue).
     CatchUp {
         collection: String,
         records_fixed: u64,
+        #[serde(default)]
+        write_requests: u32,
+        #[serde(default)]
+        write_ms: u64,
     },
     /// `overlap` is `null` when nothing was sampled.
     Verify {
@@ -315,10 +322,17 @@ impl fmt::Display for Event {
             Event::Migrate(MigrateStep {
                 detail:
                     MigrateDetail::Rebuild(RebuildStep::CatchUp {
-                        records_fixed: n, ..
+                        records_fixed: n,
+                        write_requests: w,
+                        write_ms,
+                        ..
                     }),
                 ..
-            }) => write!(f, ": {n} records fixed")?,
+            }) => write!(
+                f,
+                ": {n} records fixed in {w} write requests ({:.1} s)",
+                *write_ms as f64 / 1000.0
+            )?,
             Event::Migrate(MigrateStep {
                 detail:
                     MigrateDetail::Rebuild(RebuildStep::Verify {

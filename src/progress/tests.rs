@@ -98,8 +98,10 @@ fn wire() -> Vec<(Event, Value)> {
             step(MigrateDetail::Rebuild(RebuildStep::CatchUp {
                 collection: "docs".into(),
                 records_fixed: 7,
+                write_requests: 2,
+                write_ms: 1_300,
             })),
-            json!({"phase": "migrate", "version": 3, "operation": "rebuild", "step": "catch_up", "collection": "docs", "records_fixed": 7}),
+            json!({"phase": "migrate", "version": 3, "operation": "rebuild", "step": "catch_up", "collection": "docs", "records_fixed": 7, "write_requests": 2, "write_ms": 1300}),
         ),
         (
             step(MigrateDetail::Rebuild(RebuildStep::Verify {
@@ -142,7 +144,7 @@ fn people_read_counts_and_collections() {
     let (e, _) = &wire()[11];
     assert_eq!(
         e.to_string(),
-        "migrate 3 rebuild catch-up docs: 7 records fixed"
+        "migrate 3 rebuild catch-up docs: 7 records fixed in 2 write requests (1.3 s)"
     );
 }
 

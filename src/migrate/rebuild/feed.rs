@@ -15,20 +15,12 @@
 
 use std::collections::HashSet;
 
-use super::write::{delete, write_over, Writes};
+use super::write::{delete, write_over, Writes, PART};
 use super::{MigrationError, Spec};
 use crate::backup::changes;
 use crate::chroma::local::{LocalChroma, Unusable};
-use crate::chroma::{Collection, ProductionChromaStore, WRITE_REQUEST_BYTES};
+use crate::chroma::{Collection, ProductionChromaStore};
 use crate::migrate::tracker::fetch;
-
-/// Records a pass fetches and writes at a time: what one write request
-/// ([`WRITE_REQUEST_BYTES`]) holds of 384-dimensional records with short
-/// documents (about 2,200 bytes each in base64). Beside busy writers each
-/// write request waits its turn at Chroma, so a pass's time follows its
-/// requests more than its records.
-const CATCH_UP_BATCH: usize = 1_500;
-const _: () = assert!(WRITE_REQUEST_BYTES >= CATCH_UP_BATCH * 2_200);
 
 /// The source's change feed and where the last pass left it.
 pub(super) struct Feed {
@@ -142,7 +134,7 @@ impl Feed {
             }
         }
         let mut fixed = 0u64;
-        for part in changed.chunks(CATCH_UP_BATCH) {
+        for part in changed.chunks(PART) {
             let records = fetch(store, &source.id, part.to_vec()).await?;
             if let Some(t) = self.target_ids.as_mut() {
                 t.extend(records.iter().map(|r| r.id.clone()));
@@ -154,7 +146,7 @@ impl Feed {
             (false, Some(t)) => t.difference(&source_ids).cloned().collect(),
             _ => self.source_ids.difference(&source_ids).cloned().collect(),
         };
-        for part in gone.chunks(CATCH_UP_BATCH) {
+        for part in gone.chunks(PART) {
             delete(store, &target.id, part, writes).await?;
         }
         if let Some(t) = self.target_ids.as_mut() {

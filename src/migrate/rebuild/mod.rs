@@ -2,8 +2,9 @@
 //! (the distance metric, fixed index parameters), filled from the old one
 //! while it stays in service, verified, and swapped in by name.
 //!
-//! 1. **Copy** every record by id into `NAME.rebuild-vVERSION` (the next
-//!    batch is read while the current one is written). The checkpoint
+//! 1. **Copy** every record by id into `NAME.rebuild-vVERSION`, in parts
+//!    of [`write::PART`] (the next part is read while the current one is
+//!    written). The checkpoint
 //!    names the last id copied, so a crashed run continues from there.
 //! 2. **Catch up**: compare the source with the copy record by record
 //!    (within the server's rounding where either side is cosine), then read
@@ -43,7 +44,7 @@ use serde_json::{json, Value};
 use self::compare::{catch_up, copy_changed};
 use self::feed::Feed;
 use self::passes::{settle_for, PassFacts, Passes};
-use self::write::{write, Writes};
+use self::write::{write, Writes, PART};
 use super::embed::Embedder;
 use super::history::Outcome;
 use super::operation::{previous_name, staging_name, Operation};
@@ -52,7 +53,6 @@ use super::tracker::{fetch, find, list_ids, resume_position, Tracker};
 use super::MigrationError;
 use crate::backup::compare::records_match;
 use crate::backup::records::{Record, RecordDigest};
-use crate::backup::source::FETCH_BATCH;
 use crate::chroma::configuration::{creatable_configuration, merge_configuration, space_of};
 use crate::chroma::local::Unusable;
 use crate::chroma::swap::{self, SwapEntry};
@@ -298,7 +298,7 @@ async fn fill_verify_swap(
     let total = ids.len();
     let start = resume_position(&ids, resume.as_ref());
     let mut copied = start;
-    let mut parts = ids[start..].chunks(FETCH_BATCH);
+    let mut parts = ids[start..].chunks(PART);
     let mut next = parts.next().map(|p| {
         let (s, id, p) = (store.clone(), source.id.clone(), p.to_vec());
         tokio::spawn(async move { fetch(&s, &id, p).await })
@@ -385,6 +385,8 @@ async fn fill_verify_swap(
             MigrateDetail::Rebuild(RebuildStep::CatchUp {
                 collection: collection.to_string(),
                 records_fixed: fixed,
+                write_requests: writes.requests,
+                write_ms: writes.time.as_millis() as u64,
             }),
         );
         caught_up += fixed;

@@ -15,7 +15,17 @@ use super::MigrationError;
 use crate::backup::compare::overwrite;
 use crate::backup::records::Record;
 use crate::backup::source::{to_batch, to_records};
-use crate::chroma::{GetRequest, Include, ProductionChromaStore};
+use crate::chroma::{GetRequest, Include, ProductionChromaStore, WRITE_REQUEST_BYTES};
+
+/// Records the copy and the change feed's passes fetch and write at a
+/// time: what one write request ([`WRITE_REQUEST_BYTES`]) holds of
+/// 384-dimensional records with short documents (about 2,200 bytes each in
+/// base64). Beside busy writers each write request waits its turn at
+/// Chroma, so the copy's and a pass's time follow their requests more than
+/// their records (docs/benchmarks.md, run M8: parts of 500 left each pass
+/// 0.8 of the one before, parts of 1,500 0.43).
+pub(super) const PART: usize = 1_500;
+const _: () = assert!(WRITE_REQUEST_BYTES >= PART * 2_200);
 
 /// A pass's write requests to the copy.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
