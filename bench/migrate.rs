@@ -21,8 +21,8 @@
 //! With `MIGRATE_BENCH_RATES` (records/s, comma-separated, e.g.
 //! `100,300,500`), after the rounds (`MIGRATE_BENCH_ROUNDS=0` skips them):
 //! rebuilds under a steady writer at each rate, with the change feed and
-//! without (`MIGRATE_BENCH_RATES_BEFORE` sets the second list, `none`
-//! skips it), see
+//! without (`MIGRATE_BENCH_RATES_BEFORE` sets the second list; `none`
+//! skips either mode), see
 //! `bench/migrate_writer.rs`. With `MIGRATE_BENCH_ALONE_RATES`, first the
 //! same writer alone (no rebuild) for `MIGRATE_BENCH_ALONE_S` seconds
 //! (default 60) at each rate: what Chroma itself acknowledges of it.
@@ -247,16 +247,20 @@ fn main() {
             }
             writer::print_alone(&runs, n);
         }
-        let after = rates("MIGRATE_BENCH_RATES");
-        if after.is_empty() {
-            return;
-        }
+        // `none` skips a mode; the before list defaults to the after list.
+        let after = match std::env::var("MIGRATE_BENCH_RATES").as_deref() {
+            Ok("none") => Vec::new(),
+            _ => rates("MIGRATE_BENCH_RATES"),
+        };
         let before = match std::env::var("MIGRATE_BENCH_RATES_BEFORE").as_deref() {
             Ok("none") => Vec::new(),
             _ => Some(rates("MIGRATE_BENCH_RATES_BEFORE"))
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| after.clone()),
         };
+        if after.is_empty() && before.is_empty() {
+            return;
+        }
         let timeout = std::time::Duration::from_secs(
             std::env::var("MIGRATE_BENCH_PROBE_TIMEOUT_S")
                 .ok()
