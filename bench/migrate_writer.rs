@@ -155,6 +155,7 @@ impl Writer {
     ) -> tokio::task::JoinHandle<()> {
         let salt = PROBES.fetch_add(1, Ordering::Relaxed) * 1_000_000_000;
         let period = Duration::from_secs_f64(WRITE_BATCH as f64 / rate as f64);
+        let cap = max_in_flight();
         let (w, store) = (self.clone(), store.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
@@ -164,7 +165,7 @@ impl Writer {
             while !w.stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 while tasks.try_join_next().is_some() {}
-                if w.in_flight.load(Ordering::Relaxed) >= max_in_flight() {
+                if w.in_flight.load(Ordering::Relaxed) >= cap {
                     w.skipped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -180,9 +181,7 @@ impl Writer {
             while tasks.join_next().await.is_some() {}
         })
     }
-}
 
-impl Writer {
     /// The writer's requests in flight now, and its acknowledged requests
     /// since the `seen`-th (how many, their p50 time), as one line; `seen`
     /// becomes now.
@@ -190,7 +189,7 @@ impl Writer {
         let mut new = self.latency_ms.lock().expect("lock")[*seen..].to_vec();
         *seen += new.len();
         new.sort_by(f64::total_cmp);
-        let p50 = new.get(new.len() / 2).copied().unwrap_or(0.0);
+        let p50 = percentile(&new, 0.50).unwrap_or(0.0);
         format!(
             "{} requests in flight, {} acknowledged since (p50 {p50:.0} ms), {} ticks skipped in all",
             self.in_flight.load(Ordering::Relaxed),
@@ -198,6 +197,12 @@ impl Writer {
             self.skipped.load(Ordering::Relaxed)
         )
     }
+}
+
+/// The `p` quantile of `sorted` (ascending), or `None` when it is empty.
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied()
 }
 
 /// The writer alone at one rate: what Chroma acknowledges of it with no
@@ -225,11 +230,7 @@ pub async fn alone(wstore: &ProductionChromaStore, n: usize, rate: u64, secs: u6
     let acked = w.acked_records.load(Ordering::Relaxed);
     let mut lat = w.latency_ms.lock().expect("lock").clone();
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| percentile(&lat, p).unwrap_or(f64::NAN);
     let out = Alone {
         rate,
         secs,

@@ -343,8 +343,7 @@ async fn fill_verify_swap(
     // two-sided pass, later passes read the source alone and copy what
     // moved since (half the reads; the settle step works the same way).
     let mut seen: Option<HashMap<String, RecordDigest>> = None;
-    let mut last_writes;
-    let counts = loop {
+    let (counts, last_writes) = loop {
         t.check_cancel()?;
         let began = std::time::Instant::now();
         let mut writes = Writes::default();
@@ -401,10 +400,9 @@ async fn fill_verify_swap(
             took,
             writes,
         };
-        last_writes = writes;
         let out_of_passes = passes.after(fixed);
         if passes.converged(&pass, max_lag, max_lag_ms) {
-            break counts;
+            break (counts, writes);
         }
         if out_of_passes {
             return Err(MigrationError::SourceChanging {
